@@ -1,0 +1,38 @@
+# Two commands: `make repro` (set up + run the whole pipeline) and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup repro test bench clean
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install -q -e . 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import torch, prefect, dvc, great_expectations, datasets, transformers" 
+	touch $(STAMP)
+
+repro: setup
+	$(BIN)/dvc repro
+	@echo "Report: $(CURDIR)/reports/report.html"
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m benchmarks.phase1
+
+clean:
+	rm -rf $(VENV)

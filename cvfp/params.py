@@ -1,0 +1,200 @@
+"""params.yaml schema. Every hyperparameter lives here with its allowed range.
+
+`load_params(path)` returns a validated `Params`; any problem raises `ParamsError`
+whose message names the key path, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PosInt = Field(gt=0)
+
+
+class _Section(BaseModel):
+    # forbid: a typo in params.yaml must fail, not be silently ignored
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=False)
+
+
+class DataParams(_Section):
+    source: Literal["chatterbot", "ultrachat", "local"]
+    path: str
+    split: str
+    num_samples: int | None = Field(gt=0)
+    streaming: bool
+    timeout_s: float = Field(gt=0)
+
+
+class TokenizerParams(_Section):
+    kind: Literal["bpe", "pretrained"]
+    name: str
+    vocab_size: int = Field(ge=260, le=1_000_000)  # byte-level BPE needs 256 bytes + specials
+    max_seq_length: int | None = Field(ge=2)
+    num_proc: int = Field(ge=1, le=64)
+
+
+class SplitParams(_Section):
+    strategy: Literal["holdout", "tail"]
+    val_fraction: float = Field(gt=0, lt=1)
+
+
+class ModelParams(_Section):
+    context_dim: int = Field(gt=0)
+    embed_dim: int = Field(gt=0)
+    hidden_dim: int = Field(gt=0)
+    layer_structure: list[int] = Field(min_length=1)
+    layernorm_mix: float = Field(ge=0, le=1)
+    init_std: float = Field(gt=0)
+    bias_init_std: float = Field(ge=0)
+    embedding: Literal["pretrained", "random_frozen", "learned"]
+    embed_init_std: float = Field(gt=0)
+    pretrained_name: str
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelParams":
+        if self.hidden_dim != self.context_dim + self.embed_dim:
+            raise ValueError(
+                f"hidden_dim={self.hidden_dim} must equal context_dim + embed_dim "
+                f"= {self.context_dim} + {self.embed_dim} = {self.context_dim + self.embed_dim}")
+        if any(n < 1 for n in self.layer_structure):
+            raise ValueError(f"layer_structure={self.layer_structure}: every block needs >= 1 layer")
+        return self
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.layer_structure)
+
+
+class DiversityParams(_Section):
+    kind: Literal["global_mean", "ema_variance", "distribution"]
+    momentum: float = Field(ge=0, lt=1)
+
+
+class Phase1Params(_Section):
+    mode: Literal["parallel", "sequential"]
+    context_reset: Literal["stream", "conversation"]
+    max_iterations: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    dist_reg_weight: float = Field(ge=0, le=1)
+    convergence_threshold: float = Field(gt=0)
+    min_converged_ratio: float = Field(gt=0, le=1)
+    grad_clip: float = Field(gt=0)
+    diversity: DiversityParams
+    warn_tokens: int = Field(gt=0)
+    progress: bool
+
+
+class ChecksParams(_Section):
+    convergence_trials: int = Field(ge=2)
+    convergence_final_diff: float = Field(gt=0)
+    slope_tol: float = Field(gt=0)
+    std_tol: float = Field(gt=0)
+    probe_samples: int = Field(ge=2)
+    identity_warn: float = Field(gt=0, le=1)
+    ignores_tokens_warn: float = Field(gt=0, le=1)
+
+
+class MaterializeParams(_Section):
+    chunk_tokens: int = Field(gt=0)
+
+
+class Phase2Params(_Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    grad_clip: float = Field(gt=0)
+    patience: int = Field(ge=1)
+    freeze_context: bool
+    heads: Literal["single", "per_block"]
+    block_weights: list[float] = Field(min_length=1)
+
+
+class BaselineParams(_Section):
+    bigram_k: float = Field(gt=0)
+    transformer_n_layer: int = Field(ge=1)
+    transformer_n_head: int = Field(ge=1)
+    transformer_n_positions: int = Field(ge=2)
+    param_tolerance: float = Field(gt=0, lt=1)
+
+
+class GenerateParams(_Section):
+    max_new_tokens: int = Field(ge=1)
+    temperature: float = Field(gt=0)
+    top_k: int = Field(ge=0)
+
+
+class Params(_Section):
+    seed: int = Field(ge=0)
+    deterministic: bool
+    data: DataParams
+    tokenizer: TokenizerParams
+    split: SplitParams
+    model: ModelParams
+    phase1: Phase1Params
+    checks: ChecksParams
+    materialize: MaterializeParams
+    phase2: Phase2Params
+    baselines: BaselineParams
+    generate: GenerateParams
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Params":
+        if self.phase2.heads == "per_block" and len(self.phase2.block_weights) != self.model.num_blocks:
+            raise ValueError(
+                f"phase2.block_weights has {len(self.phase2.block_weights)} weights but "
+                f"model.layer_structure has {self.model.num_blocks} blocks; give one weight per block")
+        return self
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the key, the value and what is allowed."""
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        kind, msg = e["type"], e["msg"]
+        if kind == "missing":
+            lines.append(f"  {key}: missing (required key)")
+        elif kind == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (typo?) with value {e.get('input')!r}")
+        elif kind == "value_error":  # cross-field rule: the message names the fields
+            lines.append(f"  {key}: {msg.removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {key} = {e.get('input')!r}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Load and validate params.yaml. `overrides` maps dotted keys to values (tests, CLIs)."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return parse_params(raw, str(path))
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value

@@ -1,0 +1,88 @@
+"""Small shared helpers: seeding, atomic outputs, hub reachability, progress bars."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+HUB_HOST = ("huggingface.co", 443)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; with `deterministic`, force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it onto `final` (file or directory).
+
+    On any error the temporary path is removed and `final` is left as it was, so a failed
+    stage never leaves a half-written output behind.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) / final.name
+    try:
+        yield tmp
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        elif final.exists() or final.is_symlink():
+            final.unlink()
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def is_local(name_or_path: str) -> bool:
+    return Path(name_or_path).expanduser().exists()
+
+
+def require_hub(param: str, value: str, timeout: float = 5.0) -> None:
+    """Fail within `timeout` seconds, naming the param to change, if the hub is unreachable.
+
+    Hub libraries retry for minutes when offline; a single TCP probe answers at once.
+    """
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise RuntimeError(f"{param}={value!r} needs the Hugging Face hub but HF_HUB_OFFLINE=1; "
+                           f"set {param} to a local path")
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+    except OSError as err:
+        raise RuntimeError(f"{param}={value!r} needs the Hugging Face hub, which is not reachable "
+                           f"({err}); set {param} to a local path (or use the offline default)") from None
+
+
+def progress(iterable=None, total: int | None = None, desc: str = "", enabled: bool = True, **kw):
+    """tqdm with position/total, rate and ETA; silent when disabled."""
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
+                mininterval=1.0, **kw)

@@ -1,0 +1,104 @@
+"""Phase 1 stage: CVFP fixed-point learning on data/split/train, convergence on val, checks.
+
+Outputs: cache/phase1/model.pt (checkpoint with params), cache/phase1/checks.json (all
+check details incl. singular values), metrics/phase1.json, plots/phase1_{train,val}.csv,
+plots/phase1_spectrum.csv.
+"""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+from cvfp.checkpoint import save_checkpoint
+from cvfp.checks import run_checks
+from cvfp.corpus import Corpus
+from cvfp.embeddings import load_pretrained_embeddings
+from cvfp.model import CVFPModel
+from cvfp.params import Params
+from cvfp.phase1 import Phase1Result, run_phase1
+from cvfp.utils import atomic_path, seed_everything, write_json
+
+from .common import METRICS, PHASE1_DIR, PLOTS, SPLIT, TOKENIZER, cli, load_conversations, log, read_vocab_size
+
+
+def build_model(params: Params, vocab_size: int) -> CVFPModel:
+    mp = params.model
+    weights = None
+    if mp.embedding == "pretrained":
+        weights = load_pretrained_embeddings(mp.pretrained_name, vocab_size, mp.embed_dim)
+    return CVFPModel.from_params(mp, vocab_size, params.phase1.diversity.momentum, weights)
+
+
+def summary(result: Phase1Result, checks: dict) -> dict:
+    f = result.final
+    er = checks["effective_rank"]
+    out = {"converged": f.converged, "total": f.total, "convergence_rate": f.convergence_rate,
+           "convergence": f"{100 * f.convergence_rate:.1f}% ({f.converged}/{f.total})",
+           "iterations": result.iterations, "stopped_early": result.stopped_early,
+           "cvfp_loss": f.cvfp_loss, "diversity_loss": f.diversity_loss, "total_loss": f.total_loss,
+           "skipped_steps": sum(h.skipped_steps for h in result.history),
+           "effective_rank": er["effective_rank"], "effective_rank_ratio": er["ratio"],
+           "effective_rank_text": er["text"], "actual_rank": er["actual_rank"],
+           "degeneracy": checks["degeneracy"],
+           "identity": {k: v for k, v in checks["identity"].items() if v is not None}}
+    if "convergence" in checks:
+        c = checks["convergence"]
+        out["trials"] = {k: c[k] for k in ("verdict", "final_diff", "passed", "initial_loss",
+                                            "final_loss", "reduction_percent", "std", "slope")}
+    return out
+
+
+def run(params: Params) -> dict:
+    seed_everything(params.seed, params.deterministic)
+    p1, show = params.phase1, params.phase1.progress
+    vocab_size = read_vocab_size(TOKENIZER)
+    corpora = {s: Corpus.from_conversations(load_conversations(SPLIT / s), p1.context_reset)
+               for s in ("train", "val")}
+    model = build_model(params, vocab_size)
+    log.info("phase1: %d train / %d val tokens in %d / %d conversations, mode=%s, reset=%s",
+             corpora["train"].n_tokens, corpora["val"].n_tokens, corpora["train"].n_conversations,
+             corpora["val"].n_conversations, p1.mode, p1.context_reset)
+
+    t0 = time.perf_counter()
+    results = {"train": run_phase1(model, corpora["train"], p1, train=True, show_progress=show)}
+    train_seconds = time.perf_counter() - t0
+    results["val"] = run_phase1(model, corpora["val"], p1, train=False, show_progress=show)
+    checks = {s: run_checks(model, corpora[s], results[s].contexts, params.checks,
+                            trials=(s == "val"), show_progress=show) for s in results}
+
+    metrics = {"max_iterations": p1.max_iterations,
+               "iterations_text": f"{results['train'].iterations}/{p1.max_iterations}",
+               "train_seconds": train_seconds,
+               **{s: summary(results[s], checks[s]) for s in results}}
+    with atomic_path(PHASE1_DIR) as tmp:
+        tmp.mkdir()
+        save_checkpoint(tmp / "model.pt", model, params.model_dump(), vocab_size=vocab_size,
+                        history={s: r.history_dicts() for s, r in results.items()})
+        write_json(tmp / "checks.json", {s: {**checks[s], "history": results[s].history_dicts()}
+                                         for s in results})
+    write_json(METRICS / "phase1.json", metrics)
+    for s, r in results.items():
+        _write_csv(PLOTS / f"phase1_{s}.csv", pd.DataFrame(r.history_dicts()))
+    spectrum = pd.DataFrame({"index": range(params.model.context_dim)})
+    for s in results:
+        sv = checks[s]["effective_rank"]["singular_values"]
+        spectrum[f"{s}_singular_value"] = [v / sv[0] if sv[0] else 0.0 for v in sv]
+    _write_csv(PLOTS / "phase1_spectrum.csv", spectrum)
+    for s in results:
+        log.info("phase1 %s: convergence %s, effective rank %s", s, metrics[s]["convergence"],
+                 metrics[s]["effective_rank_text"])
+    return metrics
+
+
+def _write_csv(path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def main() -> None:
+    cli("phase1", run, __doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture
+def tiny_params():
+    """The project's params.yaml with a tiny model (2 blocks, dim 16)."""
+    from cvfp.params import load_params
+    return load_params(ROOT / "params.yaml", {
+        "model.context_dim": 16, "model.embed_dim": 16, "model.hidden_dim": 32,
+        "model.layer_structure": [1, 1], "phase2.block_weights": [0.5, 1.0],
+        "phase1.progress": False})
