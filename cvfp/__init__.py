@@ -1,5 +1,7 @@
-"""cvfp: the New-LLM / CVFP library (plain PyTorch; no Prefect, DVC or GX)."""
-from .model import CVFPBlock, CVFPLayer, CVFPModel
-from .params import Params, ParamsError, load_params
+"""cvfp: the New-LLM / CVFP library (plain PyTorch; no Prefect, DVC or GX).
 
-__all__ = ["CVFPBlock", "CVFPLayer", "CVFPModel", "Params", "ParamsError", "load_params"]
+Modules: model (CVFPLayer/Block/Model), corpus (conversations, sequential pass), phase1
+(fixed-point trainer), diversity, checks, cstar (C* materialization), phase2, baselines,
+generate, data / tokenization / splitting, params (params.yaml schema), report.
+Import what you need from the submodule: `from cvfp.model import CVFPModel`.
+"""

@@ -112,8 +112,9 @@ def sequential_pass(model, corpus: Corpus, start: torch.Tensor | None = None,
     sched = PositionSchedule(corpus)
     dc = model.context_dim
     embeds = model.embed(corpus.ids)
-    state = torch.zeros(corpus.n_conversations, dc) if start is None else start[sched.order].clone()
-    contexts = torch.empty(corpus.n_tokens, dc) if out is None else out
+    state = (torch.zeros(corpus.n_conversations, dc, dtype=embeds.dtype) if start is None
+             else start[sched.order].clone())
+    contexts = torch.empty(corpus.n_tokens, dc, dtype=embeds.dtype) if out is None else out
     for t in progress(range(len(sched)), desc=desc, enabled=show_progress, unit="pos"):
         k = sched.active[t]
         rows = sched.rows(t)

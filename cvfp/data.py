@@ -138,6 +138,15 @@ def load_local(path: str | Path, split: str, num_samples: int | None = None) -> 
     return take(ds, num_samples)
 
 
+def count_messages(ds: datasets.Dataset) -> int:
+    return int(pc.sum(pc.list_value_length(ds.with_format("arrow")["messages"])).as_py() or 0)
+
+
+def chatterbot_origin() -> str:
+    from importlib.metadata import version
+    return f"chatterbot-corpus {version('chatterbot-corpus')} (english)"
+
+
 def take(ds: datasets.Dataset, num_samples: int | None) -> datasets.Dataset:
     return ds.select(range(min(num_samples, len(ds)))) if num_samples else ds
 

@@ -50,7 +50,23 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key] = yaml.safe_load(value)
     params = load_params(args.params, overrides)
-    run(params)
+    run_stage(stage, run, params)
+
+
+def run_stage(stage: str, run: Callable[[Params], object], params: Params):
+    """Run one stage and record its wall time in metrics/timing/<stage>.json (the report's
+    per-stage durations). Used by the CLI and by the Prefect flow alike."""
+    import time
+    from datetime import datetime, timezone
+    from cvfp.utils import write_json
+    t0 = time.perf_counter()
+    result = run(params)
+    seconds = time.perf_counter() - t0
+    write_json(METRICS / "timing" / f"{stage}.json",
+               {"stage": stage, "seconds": round(seconds, 3),
+                "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    log.info("stage %s finished in %.1f s", stage, seconds)
+    return result
 
 
 def load_conversations(path: str | Path) -> list[np.ndarray]:

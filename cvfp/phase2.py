@@ -1,0 +1,311 @@
+"""Phase 2: context-fixed token prediction (SPEC section 6, seed 001 "v2.0 complete fixing").
+
+For every position i with a next token in the same conversation:
+    _, token_out = stack(C*[i-1] or 0 at a conversation start, embed[i])   # context_out discarded
+    logits       = token_output(concat(C*[i], token_out))                  # C* is data, no grad
+    loss         = CE(logits, token[i+1])
+Given C* all positions are independent, so they are trained in shuffled mini-batches; C*
+rows are read from the memory-mapped `.npy` per batch and never change.
+
+`heads: per_block` (seed 002): after the single head is trained, every block gets a clone
+of it, fed concat(C*[i], that block's token_out) (C* stays the only context, so gradients
+still enter the stack through token outputs only); the loss is sum_k w_k * CE_k as in the
+seed. The last block's head is what the model reports, saves as `token_output` and
+generates with.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import save_checkpoint
+from .corpus import Corpus
+from .utils import progress
+
+log = logging.getLogger("cvfp")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class PositionData:
+    """Phase 2 examples of one split: position i -> (C*[i-1] or 0, token[i], C*[i], token[i+1]).
+
+    `offsets` are the corpus segments (conversations, or [0, N] for one stream): a segment's
+    first token gets a zero input context, its last token has no target.
+    """
+
+    def __init__(self, ids, cstar: np.ndarray, offsets):
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.cstar = cstar
+        offsets = np.asarray(offsets, dtype=np.int64)
+        self.prev = np.arange(self.ids.size) - 1
+        self.prev[offsets[:-1]] = -1
+        has_target = np.ones(self.ids.size, dtype=bool)
+        has_target[offsets[1:] - 1] = False
+        self.positions = np.flatnonzero(has_target)
+        self.context = "cstar"            # ablations: "zero" or "shuffled"
+        self.row_map: np.ndarray | None = None
+
+    @classmethod
+    def from_corpus(cls, corpus: Corpus, cstar: np.ndarray) -> "PositionData":
+        return cls(corpus.ids.numpy(), cstar, corpus.offsets.numpy())
+
+    def __len__(self) -> int:
+        return int(self.positions.size)
+
+    def ablated(self, context: str, seed: int = 0) -> "PositionData":
+        """The same examples with C* replaced by zeros or permuted across positions."""
+        out = copy.copy(self)
+        out.context = context
+        if context == "shuffled":
+            out.row_map = np.random.default_rng(seed).permutation(self.ids.size)
+        elif context != "zero":
+            raise ValueError(f"context={context!r}: allowed zero, shuffled")
+        return out
+
+    def batch(self, idx: np.ndarray):
+        """Tensors for positions `idx`: (input context, token ids, fixed context, targets)."""
+        idx = np.sort(idx)                 # ascending rows: sequential reads from the memmap
+        first = self.prev[idx] < 0
+        dc = self.cstar.shape[1]
+        if self.context == "zero":
+            prev_ctx = fixed = torch.zeros(idx.size, dc)
+        else:
+            rows = np.concatenate([np.where(first, idx, self.prev[idx]), idx])
+            if self.row_map is not None:
+                rows = self.row_map[rows]
+            ctx = torch.from_numpy(np.asarray(self.cstar[rows], dtype=np.float32))
+            prev_ctx, fixed = ctx[:idx.size], ctx[idx.size:]
+            prev_ctx[torch.from_numpy(first)] = 0.0
+        return prev_ctx, torch.from_numpy(self.ids[idx]), fixed, torch.from_numpy(self.ids[idx + 1])
+
+
+@dataclass
+class Stats:
+    loss: float
+    acc: float
+    n: int
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.loss)
+
+
+def configure_trainable(model, freeze_context: bool) -> None:
+    """Head always; stack (and embed_norm, trained with it in Phase 1) unless freeze_context;
+    the embedding table only when model.embedding == learned."""
+    model.requires_grad_(False)
+    model.token_output.requires_grad_(True)
+    if not freeze_context:
+        model.blocks.requires_grad_(True)
+        model.embed_norm.requires_grad_(True)
+        if model.embedding_kind == "learned":
+            model.token_embedding.requires_grad_(True)
+
+
+def clone_heads(model, n: int) -> nn.ModuleList:
+    """Per-block heads, each an exact copy of the trained single head (seed 002)."""
+    return nn.ModuleList(copy.deepcopy(model.token_output) for _ in range(n))
+
+
+def trainable_parameters(model, heads: nn.ModuleList | None = None) -> list[nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if heads is not None:
+        params += [p for p in heads.parameters() if p.requires_grad]
+    return params
+
+
+def head_logits(model, heads, fixed: torch.Tensor, outs) -> list[torch.Tensor]:
+    """Logits per head from the stack outputs; context outputs are discarded (C* replaces them)."""
+    if heads is None:
+        _, token_out = outs
+        return [model.logits(fixed, token_out)]
+    return [h(torch.cat([fixed, tok], dim=-1)) for h, (_, tok) in zip(heads, outs)]
+
+
+def forward_logits(model, heads, batch, freeze_context: bool = False) -> list[torch.Tensor]:
+    prev_ctx, ids, fixed, _ = batch
+    # With a frozen stack no graph is built through it: only the head's backward remains.
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_context):
+        outs = model(prev_ctx, model.embed(ids), all_blocks=heads is not None)
+    return head_logits(model, heads, fixed, outs)
+
+
+@torch.no_grad()
+def evaluate(model, data: PositionData, batch_size: int, heads=None) -> list[Stats]:
+    """Loss/accuracy of every head over all positions (one Stats per head; single = one)."""
+    model.eval()
+    n_heads = 1 if heads is None else len(heads)
+    loss_sum, correct = np.zeros(n_heads), np.zeros(n_heads)
+    for s in range(0, len(data), batch_size):
+        batch = data.batch(data.positions[s:s + batch_size])
+        for k, logits in enumerate(forward_logits(model, heads, batch)):
+            loss_sum[k] += F.cross_entropy(logits, batch[3], reduction="sum").item()
+            correct[k] += (logits.argmax(-1) == batch[3]).sum().item()
+    n = max(len(data), 1)
+    return [Stats(float(loss_sum[k] / n), float(correct[k] / n), len(data)) for k in range(n_heads)]
+
+
+@dataclass
+class Phase2Result:
+    history: list[dict] = field(default_factory=list)   # one row per epoch (plots CSV columns)
+    best_epoch: int = 0
+    best: dict = field(default_factory=dict)              # train/val metrics at best_epoch
+    trainable_params: int = 0
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+    heads: nn.ModuleList | None = None
+    stages: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """One training stage (single head, or per-block heads) with early stopping."""
+
+    def __init__(self, model, heads, train: PositionData, val: PositionData, cfg, seed: int,
+                 checkpoint=None, params_dict=None, extra=None, show_progress=False):
+        self.model, self.heads, self.train, self.val, self.cfg = model, heads, train, val, cfg
+        self.gen = torch.Generator().manual_seed(seed)
+        self.checkpoint, self.params_dict, self.extra = checkpoint, params_dict or {}, extra or {}
+        self.show = show_progress
+        n = 1 if heads is None else len(heads)
+        w = [1.0] if heads is None else list(cfg.block_weights)
+        self.weights = torch.tensor(w[:n])
+        self.params = trainable_parameters(model, heads)
+        # fused: one kernel per step instead of ~8 passes over every parameter (5x on CPU)
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, fused=True)
+        self.saved_epoch: int | None = None
+
+    def train_epoch(self, epoch: int) -> Stats:
+        model, cfg = self.model, self.cfg
+        model.train()
+        order = self.train.positions[torch.randperm(len(self.train), generator=self.gen).numpy()]
+        n_steps = math.ceil(len(order) / cfg.batch_size)
+        loss_sum = correct = 0.0
+        bar = progress(range(n_steps), desc=f"phase2 epoch {epoch}", enabled=self.show, unit="batch")
+        for step in bar:
+            batch = self.train.batch(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+            logits = forward_logits(model, self.heads, batch, cfg.freeze_context)
+            losses = torch.stack([F.cross_entropy(lg, batch[3]) for lg in logits])
+            loss = (self.weights * losses).sum()
+            if not torch.isfinite(loss):
+                self._fail(loss.item(), epoch, f"step {step + 1}/{n_steps}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.optimizer.step()
+            b = batch[3].numel()             # report the last head (the model's own)
+            loss_sum += losses[-1].item() * b
+            correct += (logits[-1].argmax(-1) == batch[3]).sum().item()
+            bar.set_postfix(loss=f"{losses[-1].item():.4f}", refresh=False)
+        return Stats(loss_sum / len(order), correct / len(order), len(order))
+
+    def _fail(self, value: float, epoch: int, where: str):
+        kept = (f"the last good checkpoint {self.checkpoint} (epoch {self.saved_epoch}) was kept"
+                if self.saved_epoch is not None else "no checkpoint was written by this run")
+        raise NonFiniteLossError(f"phase2: loss is {value} at epoch {epoch}, {where}; training "
+                                 f"stopped and {kept}")
+
+    def save(self, epoch: int, val: list[Stats]) -> None:
+        model, heads = self.model, self.heads
+        if heads is not None:                # the last block's head is the model's head
+            model.token_output.load_state_dict(heads[-1].state_dict())
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, model, self.params_dict, **self.extra,
+                            phase2={"epoch": epoch, "val_loss": val[-1].loss,
+                                    "heads": "single" if heads is None else "per_block"},
+                            block_heads=None if heads is None else [h.state_dict() for h in heads])
+        self.saved_epoch = epoch
+
+    def snapshot(self):
+        return copy.deepcopy((self.model.state_dict(),
+                              None if self.heads is None else self.heads.state_dict()))
+
+    def restore(self, snap) -> None:
+        self.model.load_state_dict(snap[0])
+        if self.heads is not None:
+            self.heads.load_state_dict(snap[1])
+
+    def fit(self, first_epoch: int, result: Phase2Result, baseline: list[Stats] | None = None):
+        """Train cfg.epochs epochs (numbered from first_epoch); keep the best val loss state.
+
+        `baseline`: val stats of the starting state, which counts as a candidate (per-block
+        stage: the clones are exactly the trained single head)."""
+        cfg = self.cfg
+        best_loss, best_snap, bad, stopped = math.inf, None, 0, False
+        if baseline is not None:
+            best_loss, best_snap = baseline[-1].loss, self.snapshot()
+            self.save(result.best_epoch, baseline)
+        for epoch in range(first_epoch, first_epoch + cfg.epochs):
+            t0 = time.perf_counter()
+            tr = self.train_epoch(epoch)
+            val = evaluate(self.model, self.val, cfg.batch_size, self.heads)
+            seconds = time.perf_counter() - t0
+            result.train_seconds += seconds
+            if not math.isfinite(val[-1].loss):
+                self._fail(val[-1].loss, epoch, "validation")
+            row = {"epoch": epoch, "train_loss": tr.loss, "val_loss": val[-1].loss,
+                   "train_ppl": tr.ppl, "val_ppl": val[-1].ppl, "train_acc": tr.acc,
+                   "val_acc": val[-1].acc, "seconds": seconds}
+            result.history.append(row)
+            log.info("phase2 epoch %d: train loss %.4f ppl %.2f acc %.4f | val loss %.4f ppl %.2f "
+                     "acc %.4f | %.1fs", epoch, tr.loss, tr.ppl, tr.acc, val[-1].loss,
+                     val[-1].ppl, val[-1].acc, seconds)
+            if val[-1].loss < best_loss:
+                best_loss, best_snap, bad = val[-1].loss, self.snapshot(), 0
+                result.best_epoch, result.best = epoch, dict(row)
+                if len(val) > 1:
+                    result.best["val_loss_per_block"] = [s.loss for s in val]
+                self.save(epoch, val)
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    stopped = True
+                    log.info("phase2: early stop after epoch %d (no val improvement for %d epochs)",
+                             epoch, bad)
+                    break
+        self.restore(best_snap)
+        if self.heads is not None:
+            self.model.token_output.load_state_dict(self.heads[-1].state_dict())
+        return epoch, stopped
+
+
+def train_phase2(model, train: PositionData, val: PositionData, cfg, seed: int = 0,
+                 checkpoint=None, params_dict: dict | None = None, extra: dict | None = None,
+                 show_progress: bool = False) -> Phase2Result:
+    """Train the head (and the stack unless cfg.freeze_context) on fixed C*; with
+    cfg.heads == per_block continue with cloned per-block heads. The model ends in its best
+    state; the best checkpoint is at `checkpoint` (if given)."""
+    result = Phase2Result()
+    configure_trainable(model, cfg.freeze_context)
+    kw = dict(checkpoint=checkpoint, params_dict=params_dict, extra=extra, show_progress=show_progress)
+    trainer = Trainer(model, None, train, val, cfg, seed, **kw)
+    result.trainable_params = sum(p.numel() for p in trainer.params)
+    last, stopped = trainer.fit(1, result)
+    result.stopped_early = stopped
+    result.stages["single"] = {"first_epoch": 1, "last_epoch": last, "best_epoch": result.best_epoch,
+                               "stopped_early": stopped}
+    if cfg.heads == "per_block":
+        # Epoch split: the single-head stage runs first (cfg.epochs, early stopping), then
+        # the per-block stage runs up to cfg.epochs more, starting from the best single head.
+        heads = clone_heads(model, len(model.blocks))
+        heads.requires_grad_(True)
+        model.token_output.requires_grad_(False)    # replaced by heads[-1] in this stage
+        trainer = Trainer(model, heads, train, val, cfg, seed + 1, **kw)
+        result.trainable_params = sum(p.numel() for p in trainer.params)
+        start = evaluate(model, val, cfg.batch_size, heads)
+        end, stopped = trainer.fit(last + 1, result, baseline=start)
+        result.stopped_early = stopped
+        result.stages["per_block"] = {"first_epoch": last + 1, "last_epoch": end,
+                                      "best_epoch": result.best_epoch, "stopped_early": stopped}
+        result.heads = heads
+    return result

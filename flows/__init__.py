@@ -1,0 +1,1 @@
+"""Prefect flows composing the stages in tasks/ (python -m flows.pipeline)."""

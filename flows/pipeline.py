@@ -1,0 +1,125 @@
+"""The whole pipeline as a Prefect 3 flow, in process, sharing DVC's cache.
+
+    python -m flows.pipeline                          # run once (temporary Prefect API if no server)
+    python -m flows.pipeline --serve --cron "0 3 * * *"   # deployment with a schedule
+
+Each stage is a Prefect task that calls the same `tasks.<stage>.run` as `dvc repro`. A stage
+DVC reports up to date is skipped (state "Skipped (DVC)" with the reason); a stage that
+runs is committed into dvc.lock afterwards, so `dvc status` stays clean.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "cvfp")  # library logs into Prefect
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.states import Completed  # noqa: E402
+
+from cvfp.params import load_params  # noqa: E402
+from tasks.common import METRICS, REPORTS, run_stage  # noqa: E402
+
+from .dvc_state import STAGES, commit_stage, stage_status  # noqa: E402
+
+METRIC_FILES = {"split": "data.json", "phase1": "phase1.json", "phase2": "phase2.json"}
+
+
+def _no_retry_on_config_errors(task, task_run, state) -> bool:
+    """Retry transient failures (network hiccups) but not errors that say which param to
+    change: retrying an offline hub for minutes helps nobody."""
+    try:
+        state.result()
+    except (RuntimeError, ValueError, FileNotFoundError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _flatten(d: dict, prefix: str = "") -> list[dict]:
+    rows = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows += _flatten(v, key + ".")
+        elif not isinstance(v, list):
+            rows.append({"metric": key, "value": v})
+    return rows
+
+
+def publish(stage: str) -> None:
+    """Metrics as table artifacts, the report as a markdown artifact."""
+    name = METRIC_FILES.get(stage)
+    if name and (METRICS / name).exists():
+        metrics = json.loads((METRICS / name).read_text())
+        create_table_artifact(_flatten(metrics), key=f"{stage}-metrics",
+                              description=f"metrics/{name} after stage {stage}")
+    if stage == "report" and (REPORTS / "report.md").exists():
+        create_markdown_artifact((REPORTS / "report.md").read_text(), key="cvfp-report",
+                                 description="reports/report.md")
+
+
+def _run_stage(stage: str, params_path: str):
+    logger = get_run_logger()
+    up_to_date, reason = stage_status(stage)
+    if up_to_date:
+        logger.info("stage %s skipped: %s", stage, reason)
+        return Completed(name="Skipped (DVC)", message=f"{stage}: {reason}")
+    logger.info("stage %s runs: %s", stage, reason)
+    module = importlib.import_module(f"tasks.{stage}")
+    result = run_stage(stage, module.run, load_params(params_path))
+    commit_stage(stage)
+    publish(stage)
+    logger.info("stage %s done and committed to dvc.lock", stage)
+    return result
+
+
+def stage_task(stage: str):
+    opts = dict(name=stage, task_run_name=stage, cache_policy=None, persist_result=False)
+    if stage == "download":  # the only stage with a network: retry transient failures
+        opts.update(retries=2, retry_delay_seconds=10, retry_condition_fn=_no_retry_on_config_errors)
+    return task(**opts)(_run_stage)
+
+
+@flow(name="cvfp-pipeline", log_prints=True)
+def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) -> dict:
+    """Run the stages in DVC order; returns {stage: 'ran' | 'skipped'}."""
+    load_params(params_path)  # fail before any stage on a bad params file
+    outcome = {}
+    for stage in stages or STAGES:
+        state = stage_task(stage)(stage, params_path, return_state=True)
+        if state.is_failed():
+            state.result()  # re-raise with the stage's error
+        outcome[stage] = "skipped" if state.name == "Skipped (DVC)" else "ran"
+    get_run_logger().info("pipeline: %s", outcome)
+    if (REPORTS / "report.html").exists():
+        print(f"Report: {(REPORTS / 'report.html').resolve()}")
+    return outcome
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages")
+    ap.add_argument("--serve", action="store_true", help="serve a deployment (needs a Prefect server)")
+    ap.add_argument("--cron", default=None, help='schedule for --serve, e.g. "0 3 * * *"')
+    ap.add_argument("--name", default="cvfp-nightly", help="deployment name for --serve")
+    args = ap.parse_args()
+    if not Path("dvc.yaml").exists():
+        ap.error("run from the project root (dvc.yaml not found)")
+    if args.serve:
+        pipeline.serve(name=args.name, cron=args.cron,
+                       parameters={"params_path": args.params, "stages": args.stages})
+    else:
+        pipeline(args.params, args.stages)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Great Expectations suite on the validation tokens, run before anything trains.
+
+The val token stream is exploded to one row per token (conversation_id, position,
+token_id) and must satisfy:
+  * at least one row;
+  * token_id never null;
+  * token_id within [0, vocab_size);
+  * token_id in the set of train token ids (val comes from train, SPEC section 8).
+The result is written to <out>/validation.json and rendered as GX data docs under
+<out>/data_docs/index.html. A failure raises `ExpectationFailed` with the number of
+offending tokens and the first ids with their decoded text.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# GX logs hundreds of INFO lines at import; keep its warnings only.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+SUITE = "val_tokens_from_train"
+SITE = "split"
+
+
+class ExpectationFailed(RuntimeError):
+    """The validation data broke the suite; the split stage writes nothing."""
+
+
+def build_suite(gx, train_vocab: np.ndarray, vocab_size: int):
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name=SUITE)
+    suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=1))
+    suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="token_id"))
+    suite.add_expectation(E.ExpectColumnValuesToBeBetween(
+        column="token_id", min_value=0, max_value=vocab_size - 1))
+    suite.add_expectation(E.ExpectColumnValuesToBeInSet(
+        column="token_id", value_set=[int(x) for x in train_vocab]))
+    return suite
+
+
+def token_frame(val_ids: list[int], val: list[np.ndarray]):
+    import pandas as pd
+    lengths = [len(c) for c in val]
+    return pd.DataFrame({
+        "conversation_id": np.repeat(np.asarray(val_ids, dtype=np.int64), lengths),
+        "position": np.concatenate([np.arange(n) for n in lengths]) if val else np.array([], np.int64),
+        "token_id": np.concatenate(val).astype(np.int64) if val else np.array([], np.int64),
+    })
+
+
+def validate_val(val_ids: list[int], val: list[np.ndarray], train_vocab: np.ndarray,
+                 vocab_size: int, out_dir: str | Path,
+                 decode: Callable[[int], str] | None = None) -> dict:
+    """Run the suite, write validation.json + data docs into out_dir, raise on failure."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    # this module forces its own logger to INFO at import; quiet it after importing
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    ctx.add_data_docs_site(SITE, {
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                          "base_directory": str(out_dir / "data_docs")},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    batch_def = (ctx.data_sources.add_pandas("split")
+                 .add_dataframe_asset("val_tokens")
+                 .add_batch_definition_whole_dataframe("all"))
+    suite = ctx.suites.add(build_suite(gx, train_vocab, vocab_size))
+    vdef = ctx.validation_definitions.add(gx.ValidationDefinition(name="val", data=batch_def, suite=suite))
+    checkpoint = ctx.checkpoints.add(gx.Checkpoint(
+        name="split", validation_definitions=[vdef], result_format={"result_format": "SUMMARY"},
+        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[SITE])]))
+    result = checkpoint.run(batch_parameters={"dataframe": token_frame(val_ids, val)},
+                            run_id=RunIdentifier(run_name="split"))
+    vr = next(iter(result.run_results.values()))
+    (out_dir / "validation.json").write_text(json.dumps(vr.to_json_dict(), indent=2) + "\n")
+    summary = summarize(vr)
+    if not summary["success"]:
+        raise ExpectationFailed(failure_message(vr, decode))
+    return summary
+
+
+def summarize(vr) -> dict:
+    in_set = _result(vr, "expect_column_values_to_be_in_set")
+    return {
+        "success": bool(vr.success),
+        "expectations_evaluated": int(vr.statistics["evaluated_expectations"]),
+        "expectations_successful": int(vr.statistics["successful_expectations"]),
+        "unexpected_val_tokens": int(in_set.result.get("unexpected_count") or 0) if in_set else None,
+    }
+
+
+def _result(vr, kind: str):
+    return next((r for r in vr.results if r.expectation_config.type == kind), None)
+
+
+def failure_message(vr, decode: Callable[[int], str] | None) -> str:
+    lines = [f"validation data failed {vr.statistics['unsuccessful_expectations']} of "
+             f"{vr.statistics['evaluated_expectations']} expectations (suite {SUITE}):"]
+    for r in vr.results:
+        if r.success:
+            continue
+        kind, res = r.expectation_config.type, r.result
+        if "unexpected_count" in res:
+            ids = list(dict.fromkeys(int(x) for x in res.get("partial_unexpected_list") or []))[:5]
+            shown = ", ".join(f"{i} ({decode(i)!r})" if decode else str(i) for i in ids)
+            lines.append(f"  {kind}: {res['unexpected_count']} offending val tokens; first ids: {shown}")
+        else:
+            lines.append(f"  {kind}: observed {res.get('observed_value')!r}")
+        if r.exception_info and r.exception_info.get("raised_exception"):
+            lines.append(f"    error: {r.exception_info.get('exception_message')}")
+    return "\n".join(lines)

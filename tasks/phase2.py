@@ -1,0 +1,75 @@
+"""Phase 2 stage: context-fixed token prediction on C*, baselines and context ablations.
+
+Inputs: cache/phase1/model.pt, cache/cstar/, data/split/{train,val}, data/tokenizer.
+Outputs: cache/phase2/model.pt (best val checkpoint; per-block heads under `block_heads`),
+metrics/phase2.json (cvfp, baselines.{bigram,transformer}, ablations), plots/phase2_epochs.csv.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from cvfp.baselines import bigram_baseline, context_ablations, transformer_baseline
+from cvfp.corpus import Corpus
+from cvfp.cstar import SPLITS, load_phase1_model, open_cstar
+from cvfp.params import Params
+from cvfp.phase2 import PositionData, train_phase2
+from cvfp.utils import atomic_path, seed_everything, write_json
+
+from .common import (CSTAR_DIR, METRICS, PHASE1_DIR, PHASE2_DIR, PLOTS, SPLIT, TOKENIZER, cli,
+                     load_conversations, log, read_vocab_size)
+
+EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "train_ppl", "val_ppl", "train_acc", "val_acc",
+                 "seconds"]
+
+
+def run(params: Params) -> dict:
+    seed_everything(params.seed, params.deterministic)
+    p2, show = params.phase2, params.phase1.progress
+    vocab_size = read_vocab_size(TOKENIZER)
+    model = load_phase1_model(PHASE1_DIR / "model.pt", params.model, vocab_size,
+                              params.phase1.diversity.momentum)
+    corpora = {s: Corpus.from_conversations(load_conversations(SPLIT / s), params.phase1.context_reset)
+               for s in SPLITS}
+    data = {s: PositionData.from_corpus(c, open_cstar(CSTAR_DIR, s, c, params.model.context_dim))
+            for s, c in corpora.items()}
+    log.info("phase2: %d train / %d val positions, heads=%s, freeze_context=%s",
+             len(data["train"]), len(data["val"]), p2.heads, p2.freeze_context)
+
+    result = train_phase2(model, data["train"], data["val"], p2, seed=params.seed,
+                          checkpoint=PHASE2_DIR / "model.pt", params_dict=params.model_dump(),
+                          extra={"vocab_size": vocab_size}, show_progress=show)
+    best = result.best
+    cvfp = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early, "heads": p2.heads,
+            "freeze_context": p2.freeze_context,
+            **{k: best[k] for k in EPOCH_COLUMNS[1:-1]},
+            "trainable_params": result.trainable_params, "train_seconds": result.train_seconds,
+            "train_positions": len(data["train"]), "val_positions": len(data["val"]),
+            "stages": result.stages}
+    if "val_loss_per_block" in best:
+        cvfp["val_loss_per_block"] = best["val_loss_per_block"]
+
+    ablations = context_ablations(model, data["val"], p2.batch_size, params.seed)
+    bp = params.baselines
+    baselines = {
+        "bigram": bigram_baseline(corpora["train"], corpora["val"], vocab_size, bp.bigram_k),
+        "transformer": transformer_baseline(corpora["train"], corpora["val"], vocab_size, bp, p2,
+                                            result.trainable_params, len(result.history),
+                                            params.seed, show)}
+    metrics = {"cvfp": cvfp, "baselines": baselines, "ablations": ablations}
+    write_json(METRICS / "phase2.json", metrics)
+    with atomic_path(PLOTS / "phase2_epochs.csv") as tmp:
+        pd.DataFrame(result.history, columns=EPOCH_COLUMNS).to_csv(tmp, index=False)
+    log.info("phase2: val ppl cvfp %.2f (epoch %d) | bigram %.2f | transformer %.2f | "
+             "zero C* %.2f | shuffled C* %.2f", cvfp["val_ppl"], cvfp["best_epoch"],
+             baselines["bigram"]["val_ppl"], baselines["transformer"]["val_ppl"],
+             ablations["zero_context"]["val_ppl"], ablations["shuffled_context"]["val_ppl"])
+    return metrics
+
+
+def main() -> None:
+    cli("phase2", run, __doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Report stage: one self-contained HTML page and a Markdown twin describing the whole run.
+
+Inputs: params (full), git revision, library versions, metrics/timing/<stage>.json,
+metrics/data.json, data/split/gx/validation.json (+ data docs link), metrics/phase1.json,
+cache/phase1/checks.json, metrics/phase2.json, plots/phase2_epochs.csv.
+Outputs: reports/report.html (plots embedded as base64 PNG, inline CSS, no network needed),
+reports/report.md (same tables, no images).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from cvfp.params import Params
+from cvfp.report import STAGES, ReportInputs, build_report
+from cvfp.utils import atomic_path
+
+from .common import METRICS, PHASE1_DIR, PLOTS, REPORTS, SPLIT, cli, log
+
+GX_DIR = SPLIT / "gx"
+# Every required input and the stage that writes it, for a useful error when one is missing.
+REQUIRED = {
+    "data": (METRICS / "data.json", "split"),
+    "gx": (GX_DIR / "validation.json", "split"),
+    "phase1": (METRICS / "phase1.json", "phase1"),
+    "checks": (PHASE1_DIR / "checks.json", "phase1"),
+    "phase2": (METRICS / "phase2.json", "phase2"),
+    "phase2_epochs": (PLOTS / "phase2_epochs.csv", "phase2"),
+}
+GX_DOCS = GX_DIR / "data_docs" / "index.html"
+LIBRARIES = ("torch", "prefect", "dvc", "great_expectations", "datasets", "transformers", "numpy",
+             "pandas", "matplotlib")
+HTML_OUT, MD_OUT = REPORTS / "report.html", REPORTS / "report.md"
+
+
+class MissingInputError(FileNotFoundError):
+    pass
+
+
+def _require(key: str) -> Path:
+    path, stage = REQUIRED[key]
+    if not path.exists():
+        raise MissingInputError(
+            f"report input missing: {path} (written by the '{stage}' stage; run "
+            f"`python -m tasks.{stage}` or `dvc repro {stage}` first)")
+    return path
+
+
+def _read_json(key: str) -> dict:
+    path = _require(key)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"report input {path} is not valid JSON: {err}") from None
+
+
+def _read_epochs() -> list[dict]:
+    frame = pd.read_csv(_require("phase2_epochs"))
+    # NaN (empty cells) -> None, so the formatters print "n/a".
+    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state() -> tuple[str, bool | None]:
+    """(revision or "unknown", dirty or None). Read-only: --no-optional-locks keeps
+    `git status` from refreshing the index while other processes use the tree."""
+    rev = _git("rev-parse", "HEAD")
+    if rev is None:
+        return "unknown", None
+    status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
+    return rev, (None if status is None else bool(status))
+
+
+def library_versions() -> dict[str, str]:
+    # Distribution metadata only: importing torch/GX/prefect just for a version is slow.
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def read_timing() -> dict[str, dict]:
+    out = {}
+    for stage in STAGES:
+        path = METRICS / "timing" / f"{stage}.json"
+        if path.exists():
+            out[stage] = json.loads(path.read_text())
+    return out
+
+
+def load_inputs(params: Params) -> ReportInputs:
+    rev, dirty = git_state()
+    meta = {"git_revision": rev, "git_dirty": dirty,
+            "generated_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            "versions": library_versions(),
+            # phase1.objective may not exist in this params schema yet (cvfp is the only one then).
+            "phase1_objective": getattr(params.phase1, "objective", "cvfp")}
+    docs = os.path.relpath(GX_DOCS, REPORTS) if GX_DOCS.exists() else None
+    return ReportInputs(
+        params=params.model_dump(mode="json"), meta=meta, timing=read_timing(),
+        data=_read_json("data"), gx=_read_json("gx"), gx_docs_href=Path(docs).as_posix() if docs else None,
+        phase1=_read_json("phase1"), checks=_read_json("checks"), phase2=_read_json("phase2"),
+        phase2_epochs=_read_epochs())
+
+
+def run(params: Params) -> dict:
+    report = build_report(load_inputs(params))
+    for path, text in ((HTML_OUT, report.html), (MD_OUT, report.md)):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    for f in report.findings:
+        log.warning("report: %s %s: %s", f.area, f.check, f.message)
+    log.info("report: %s and %s (%d warning(s))", HTML_OUT, MD_OUT, len(report.findings))
+    return {"html": str(HTML_OUT.resolve()), "md": str(MD_OUT.resolve()), "warnings": len(report.findings)}
+
+
+def main() -> None:
+    cli("report", run, __doc__)
+    print(HTML_OUT.resolve())
+
+
+if __name__ == "__main__":
+    main()
