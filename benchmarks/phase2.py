@@ -10,7 +10,7 @@ and the ratio; target (b)/(a) >= 10x. The reference keeps the whole epoch's grap
 default it runs on a measured subset of positions and is extrapolated linearly (its cost
 per position is constant); --ref-positions 0 runs it on all of them.
 
-    python -m benchmarks.phase2 [--convs 50] [--tokens-per-conv 129] [--ref-positions 1280]
+    python -m benchmarks.phase2 [--convs 50] [--tokens-per-conv 129] [--ref-positions 640]
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=6)
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--ref-positions", type=int, default=1280,
+    ap.add_argument("--ref-positions", type=int, default=640,
                     help="positions timed for the reference (0 = all; extrapolated otherwise)")
     args = ap.parse_args()
 

@@ -285,6 +285,10 @@ def train_phase2(model, train: PositionData, val: PositionData, cfg, seed: int =
     """Train the head (and the stack unless cfg.freeze_context) on fixed C*; with
     cfg.heads == per_block continue with cloned per-block heads. The model ends in its best
     state; the best checkpoint is at `checkpoint` (if given)."""
+    for name, data in (("train", train), ("val", val)):
+        if len(data) == 0:
+            raise ValueError(f"phase2: the {name} split has no position with a next token "
+                             f"(every conversation is a single token)")
     result = Phase2Result()
     configure_trainable(model, cfg.freeze_context)
     kw = dict(checkpoint=checkpoint, params_dict=params_dict, extra=extra, show_progress=show_progress)

@@ -91,7 +91,12 @@ def fmt_int(x: Any) -> str:
 
 
 def fmt_seconds(x: Any) -> str:
-    return "n/a" if x is None else f"{float(x):.1f} s"
+    if x is None:
+        return "n/a"
+    x = float(x)
+    if x < 1:                       # e.g. the bigram fit (milliseconds): keep 3 digits
+        return f"{x:.3g} s"
+    return f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
 
 
 def fmt_bool(x: Any) -> str:
@@ -185,7 +190,7 @@ class Report:
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     # No Software/date metadata: the same numbers give the same bytes.
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -224,6 +229,10 @@ def plot_phase1_history(train: list[dict], val: list[dict], min_ratio: float | N
         xs, ys = _series(val, key)
         ax_l.plot(xs, ys, "--s", color=color, alpha=0.6, label=f"val {key}")
     ax_l.axhline(0, color="grey", lw=0.6)
+    # Same iteration axis on both panels (a single loss point would otherwise get a 0.96..1.04 axis).
+    last = max([r.get("iteration", 0) for r in train + val] or [1])
+    for ax in (ax_c, ax_l):
+        ax.set_xlim(-0.3, max(last, 1) + 0.3)
     ax_l.set(title="Phase 1 losses per iteration (raw)", xlabel="iteration", ylabel="loss")
     ax_l.legend(fontsize=7, ncol=2)
     for ax in (ax_c, ax_l):
@@ -441,8 +450,10 @@ def section_metadata(inp: ReportInputs) -> Section:
             ["seed", str(p.get("seed", "n/a"))], ["deterministic", fmt_bool(p.get("deterministic"))],
             ["phase1.objective", _objective(inp)],
             ["phase1.mode / context_reset",
-             f"{p.get('phase1', {}).get('mode', 'n/a')} / {p.get('phase1', {}).get('context_reset', 'n/a')}"],
-            ["params file", m.get("params_file", "params.yaml")]]
+             f"{p.get('phase1', {}).get('mode', 'n/a')} / {p.get('phase1', {}).get('context_reset', 'n/a')}"]]
+    finished = sorted(t["finished_utc"] for t in inp.timing.values() if t.get("finished_utc"))
+    if finished:
+        rows.insert(2, ["last stage finished (UTC)", finished[-1]])
     versions = m.get("versions", {})
     return Section("metadata").add(
         Table(["item", "value"], rows),
@@ -531,11 +542,12 @@ def section_phase1(inp: ReportInputs) -> Section:
                 "val (no optimizer steps: passes with carryover only)"))
 
     s.add(Heading("Effective rank"))
-    dims = {sp: chk.get(sp, {}).get("effective_rank", {}).get("dim") for sp in ("train", "val")}
-    s.add(Table(["split", "effective rank", "actual rank (S > 1e-6)"],
-                [[sp, _er_text(p1.get(sp, {}), chk.get(sp, {})),
-                  f"{p1.get(sp, {}).get('actual_rank', chk.get(sp, {}).get('effective_rank', {}).get('actual_rank', 'n/a'))}"
-                  f"/{dims[sp] if dims[sp] is not None else '?'}"] for sp in ("train", "val")]))
+    er_rows = []
+    for sp in ("train", "val"):
+        er = chk.get(sp, {}).get("effective_rank", {})
+        actual = p1.get(sp, {}).get("actual_rank", er.get("actual_rank", "n/a"))
+        er_rows.append([sp, _er_text(p1.get(sp, {}), chk.get(sp, {})), f"{actual}/{er.get('dim', '?')}"])
+    s.add(Table(["split", "effective rank", "actual rank (S > 1e-6)"], er_rows))
     spectra = {sp: chk.get(sp, {}).get("effective_rank", {}).get("singular_values") or [] for sp in ("train", "val")}
     if any(spectra.values()):
         s.add(Figure(plot_spectrum(spectra), "Singular values of the contexts, normalised by the largest (log scale)."))
@@ -553,7 +565,8 @@ def section_phase1(inp: ReportInputs) -> Section:
             ["norm std", "", "norm_std"], ["norm min", "", "norm_min"], ["norm max", "", "norm_max"],
             ["sparsity (share of |x| < 0.01)", "", "sparsity"]]
     s.add(Table(["statistic", "rule", "train", "val"],
-                [[label, rule, fmt_num(dg["train"].get(k)), fmt_num(dg["val"].get(k))] for label, rule, k in rows]))
+                [[label, rule, fmt_num(dg["train"].get(k), 6), fmt_num(dg["val"].get(k), 6)]
+                 for label, rule, k in rows]))
 
     s.add(Heading("Identity-mapping probes"))
     c = params.get("checks", {})
@@ -610,8 +623,8 @@ def section_reference(inp: ReportInputs) -> Section:
     s = Section("reference")
     s.add(Para(["Reference only: these effective-rank figures are reported in the seed design notes "
                 "for their 768-d GPT-2 configuration (6400 UltraChat train tokens, 1280 val tokens). "
-                "They are shown for orientation, not as a target this run claims to reach; our "
-                f"configuration differs (context_dim {m.get('context_dim', '?')}, embedding "
+                "They are shown for orientation, not as a target this run claims to reach. This "
+                f"run: context_dim {m.get('context_dim', '?')}, embedding "
                 f"{m.get('embedding', '?')}, data {p.get('data', {}).get('source', '?')}, "
                 f"mode {p.get('phase1', {}).get('mode', '?')})."], "ref"))
     rows = [[split, mode, ref, ours[split] if mode.split()[0] == p.get("phase1", {}).get("mode") else ""]
@@ -632,7 +645,11 @@ def section_phase2(inp: ReportInputs) -> Section:
          f"{fmt_loss(cv.get('val_loss'))} / {fmt_ppl(cv.get('val_ppl'))} / {fmt_acc(cv.get('val_acc'))}"],
         ["train at best epoch: loss / perplexity / accuracy",
          f"{fmt_loss(cv.get('train_loss'))} / {fmt_ppl(cv.get('train_ppl'))} / {fmt_acc(cv.get('train_acc'))}"],
-        ["positions train / val", f"{fmt_int(cv.get('train_positions'))} / {fmt_int(cv.get('val_positions'))}"]]))
+        ["positions train / val", f"{fmt_int(cv.get('train_positions'))} / {fmt_int(cv.get('val_positions'))}"]]
+        # heads: per_block trains in two stages (single head, then cloned per-block heads).
+        + [[f"stage {name}", f"epochs {st.get('first_epoch', '?')}-{st.get('last_epoch', '?')}, best epoch "
+                             f"{st.get('best_epoch', '?')}, stopped early: {fmt_bool(st.get('stopped_early'))}"]
+           for name, st in (cv.get("stages") or {}).items()]))
 
     s.add(Heading("Loss, perplexity and accuracy per epoch"))
     if epochs:
@@ -680,7 +697,8 @@ def section_phase2(inp: ReportInputs) -> Section:
         delta = ("n/a" if ppl is None or a.get("val_ppl") is None
                  else f"{float(a['val_ppl']) - float(ppl):+.2f}")
         rows.append([label, fmt_ppl(a.get("val_ppl")), fmt_acc(a.get("val_acc")), delta])
-    s.add(Table(["context fed to the trained model", "val perplexity", "val accuracy", "perplexity change vs C*"], rows))
+    s.add(Table(["context fed to the trained model", "val perplexity", "val accuracy",
+                 "perplexity change vs C*"], rows))
     return s
 
 
@@ -703,7 +721,7 @@ h3{margin-top:22px;font-size:1.1em}
 table{border-collapse:collapse;margin:8px 0 14px;font-size:0.9em}
 th,td{border:1px solid #d0d7de;padding:4px 9px;text-align:left;vertical-align:top}
 th{background:#f3f5f7}tr:nth-child(even) td{background:#fafbfc}
-caption{caption-side:top;text-align:left;color:#57606a;font-size:0.9em;padding-bottom:3px}
+p.caption{color:#57606a;font-size:0.9em;margin:10px 0 2px}
 pre{background:#f6f8fa;border:1px solid #d0d7de;padding:10px;overflow-x:auto;font-size:0.82em}
 figure{margin:10px 0}figure img{max-width:100%;border:1px solid #eaeef2}
 figcaption{color:#57606a;font-size:0.88em}
@@ -731,7 +749,8 @@ def _block_html(b) -> str:
         cls = f' class="{b.kind}"' if b.kind else ""
         return f"<p{cls}>{_inline_html(b.parts)}</p>"
     if isinstance(b, Table):
-        cap = f"<caption>{e(b.caption)}</caption>" if b.caption else ""
+        # Caption as a paragraph: a <caption> wraps to the width of a narrow table.
+        cap = f'<p class="caption">{e(b.caption)}</p>' if b.caption else ""
         head = "".join(f"<th>{e(h)}</th>" for h in b.headers)
         body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in b.rows)
         return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -20,3 +20,11 @@ def tiny_params():
         "model.context_dim": 16, "model.embed_dim": 16, "model.hidden_dim": 32,
         "model.layer_structure": [1, 1], "phase2.block_weights": [0.5, 1.0],
         "phase1.progress": False})
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (starting one costs ~15-20 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

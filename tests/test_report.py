@@ -177,7 +177,7 @@ def test_report_has_every_section_and_the_metrics_numbers(run_dir):
                 fmt_ppl(p2["ablations"]["zero_context"]["val_ppl"]),
                 fmt_ppl(p2["ablations"]["shuffled_context"]["val_ppl"]),
                 fmt_int(data["train_tokens"]), fmt_int(data["val_conversations"]), "val_unseen_token",
-                "2/2 expectations successful", "CONVERGING", "seed: 42", "1.8 s"]
+                "2/2 expectations successful", "CONVERGING", "seed: 42", "1.75 s"]
     expected += [fmt_ppl(b["val_ppl"]) for b in p2["baselines"].values()]
     for text in expected:
         assert text in html_text, text
