@@ -21,7 +21,7 @@ import torch
 from cvfp.corpus import Corpus, sequential_pass
 from cvfp.diversity import make_diversity
 from cvfp.model import CVFPModel
-from cvfp.params import DiversityParams, Phase1Params
+from cvfp.params import DiversityParams, Phase1Params, ReconstructionParams
 from cvfp.phase1 import parallel_iteration
 
 
@@ -88,7 +88,9 @@ def main() -> None:
     p = Phase1Params(mode="parallel", context_reset="conversation", max_iterations=1, lr=0.002,
                      dist_reg_weight=0.9, convergence_threshold=0.1, min_converged_ratio=0.95,
                      grad_clip=1.0, diversity=DiversityParams(kind="global_mean", momentum=0.99),
-                     warn_tokens=10**9, progress=False)
+                     warn_tokens=10**9, progress=False, objective="cvfp",
+                     reconstruction=ReconstructionParams(recon_weight=1.0, chunk_length=32, epochs=1,
+                                                         batch_conversations=16, lr=0.002))
     model.train()
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=p.lr)
     prev = got.clone()

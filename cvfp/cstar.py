@@ -10,19 +10,35 @@ Memory is bounded by the chunk, not the corpus: conversations are grouped into c
 whole conversations totalling <= chunk_tokens; a conversation longer than that (in
 `stream` mode, the one stream) is run alone, in slices of chunk_tokens, each slice starting
 from the previous slice's final context, which is exactly the recurrent definition.
+
+Sharded (`materialize_sharded`, used by the materialize stage): the chunks are grouped into
+shards of at most `shard_conversations` conversations (never splitting a chunk), and
+`materialize_shard` computes one shard's C* from nothing but its arguments (checkpoint
+bytes, token arrays, model params), so a worker process or machine can run it. Each chunk
+is the same computation whichever shard holds it, so C* is bitwise the same for any shard
+size and engine (plain loop, threads, Dask). `stream` mode has one sequence and so one
+shard.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 
-from .checkpoint import load_state
+from .checkpoint import CheckpointError, load_state
 from .corpus import Corpus, sequential_pass, warn_if_large
 from .model import CVFPModel
 from .utils import atomic_path, progress
+
+if TYPE_CHECKING:  # imported where used: phase2 reads C* without the sharding code
+    from .sharding import MapShards
 
 SPLITS = ("train", "val")
 
@@ -40,28 +56,48 @@ def load_phase1_model(path: str | Path, model_params, vocab_size: int,
     return model
 
 
+def chunk_groups(offsets: list[int], chunk_tokens: int) -> Iterator[tuple[int, int]]:
+    """Conversation ranges [c, d) of the chunks: whole conversations totalling <= chunk_tokens,
+    or one longer conversation alone (d = c + 1). Greedy from the first conversation, so the
+    groups of a corpus that starts at a group boundary are the same groups."""
+    c, n = 0, len(offsets) - 1
+    while c < n:
+        a = offsets[c]
+        d = c + 1
+        while d < n and offsets[d + 1] - a <= chunk_tokens:
+            d += 1
+        yield c, d
+        c = d
+
+
 def chunks(corpus: Corpus, chunk_tokens: int):
     """Yield (row_start, row_end, sub_corpus, carry) in corpus order.
 
     carry=True means the slice continues the previous one's conversation (start from its
     final context); otherwise every conversation in the slice starts from zero."""
     offsets = corpus.offsets.tolist()
-    c = 0
-    while c < corpus.n_conversations:
-        a = offsets[c]
-        if offsets[c + 1] - a > chunk_tokens:          # one long conversation: slices with carry
-            end = offsets[c + 1]
-            for s in range(a, end, chunk_tokens):
-                e = min(s + chunk_tokens, end)
+    for c, d in chunk_groups(offsets, chunk_tokens):
+        a, b = offsets[c], offsets[d]
+        if b - a > chunk_tokens:                        # one long conversation: slices with carry
+            for s in range(a, b, chunk_tokens):
+                e = min(s + chunk_tokens, b)
                 yield s, e, Corpus(corpus.ids[s:e], torch.tensor([0, e - s])), s > a
-            c += 1
-            continue
-        d = c + 1                                       # whole conversations up to chunk_tokens
-        while d < corpus.n_conversations and offsets[d + 1] - a <= chunk_tokens:
-            d += 1
-        b = offsets[d]
-        yield a, b, Corpus(corpus.ids[a:b], corpus.offsets[c:d + 1] - a), False
-        c = d
+        else:                                           # whole conversations up to chunk_tokens
+            yield a, b, Corpus(corpus.ids[a:b], corpus.offsets[c:d + 1] - a), False
+
+
+def shard_plan(corpus: Corpus, chunk_tokens: int, shard_conversations: int) -> list[tuple[int, int]]:
+    """Conversation ranges [c, d) of the shards: consecutive whole chunks, at most
+    `shard_conversations` conversations each unless a single chunk holds more."""
+    if shard_conversations < 1:
+        raise ValueError(f"shard_conversations must be >= 1, got {shard_conversations}")
+    plan: list[tuple[int, int]] = []
+    for c, d in chunk_groups(corpus.offsets.tolist(), chunk_tokens):
+        if plan and d - plan[-1][0] <= shard_conversations:
+            plan[-1] = (plan[-1][0], d)
+        else:
+            plan.append((c, d))
+    return plan
 
 
 @torch.no_grad()
@@ -102,6 +138,145 @@ def materialize(model: CVFPModel, corpora: dict[str, Corpus], out_dir: str | Pat
             meta["splits"][name] = {"shape": [corpus.n_tokens, model.context_dim],
                                     "n_conversations": corpus.n_conversations,
                                     "file": f"{name}.npy", "offsets": f"{name}_offsets.npy"}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+# ---------------------------------------------------------------- sharded
+
+_MODELS: dict[str, CVFPModel] = {}        # checkpoint + model params hash -> model (per process)
+_MODELS_LOCK = threading.Lock()
+
+
+def _shard_model(checkpoint: str | Path | bytes, model_params, vocab_size: int,
+                 momentum: float) -> CVFPModel:
+    """The Phase 1 model in eval mode, loaded once per process per checkpoint content."""
+    data = checkpoint if isinstance(checkpoint, bytes) else Path(checkpoint).read_bytes()
+    spec = json.dumps([model_params.model_dump(), vocab_size, momentum], sort_keys=True)
+    key = hashlib.sha256(data + spec.encode()).hexdigest()
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            model = CVFPModel.from_params(model_params, vocab_size, momentum)
+            load_state(checkpoint if not isinstance(checkpoint, bytes) else "<checkpoint bytes>",
+                       model, state)
+            model.eval()
+            _MODELS.clear()                     # a worker keeps only the latest model
+            _MODELS[key] = model
+    return model
+
+
+@torch.no_grad()
+def materialize_shard(shard: list[np.ndarray], checkpoint: str | Path | bytes, model_params,
+                      vocab_size: int, chunk_tokens: int, momentum: float = 0.99,
+                      deterministic: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """C* of one shard: `shard` is a list of token sequences, each starting from a zero
+    context; `checkpoint` the Phase 1 model.pt (path or its bytes), `model_params` the
+    `model` params section. Returns (contexts float32 [n_tokens, Dc], offsets int64 [C+1]).
+
+    A pure function of its arguments: any process can run it, and the result is the rows
+    `write_cstar` gives for the same sequences on one torch thread (same chunks, same
+    operations; see `one_intraop_thread`)."""
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    model = _shard_model(checkpoint, model_params, vocab_size, momentum)
+    corpus = Corpus.from_conversations(shard, "conversation")
+    out = np.empty((corpus.n_tokens, model.context_dim), dtype=np.float32)
+    final = None
+    with one_intraop_thread():
+        for a, b, sub, carry in chunks(corpus, chunk_tokens):
+            _, final = sequential_pass(model, sub, start=final if carry else None,
+                                       out=torch.from_numpy(out[a:b]))
+    return out, corpus.offsets.numpy().astype(np.int64)
+
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = 0
+_THREADS_SAVED = 1
+
+
+@contextlib.contextmanager
+def one_intraop_thread():
+    """Run torch ops on one intra-op thread (restored when the last concurrent user leaves).
+
+    CPU kernels may split a matrix product differently with another thread count, which
+    changes the last bits; every shard runs on one thread, as a Dask worker with
+    `threads_per_worker=1` does anyway, so C* is the same bytes in-process, on threads
+    and on any worker."""
+    global _THREADS_USERS, _THREADS_SAVED
+    with _THREADS_LOCK:
+        if _THREADS_USERS == 0:
+            _THREADS_SAVED = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS_USERS += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_USERS -= 1
+            if _THREADS_USERS == 0:
+                torch.set_num_threads(_THREADS_SAVED)
+
+
+def materialize_sharded(checkpoint: str | Path, corpora: dict[str, Corpus], out_dir: str | Path,
+                        model_params, vocab_size: int, chunk_tokens: int, context_reset: str,
+                        shard_conversations: int, momentum: float = 0.99,
+                        deterministic: bool = True, map_shards: MapShards | None = None,
+                        show_progress: bool = False, warn_tokens: int | None = None) -> dict:
+    """`materialize` in shards: the same files, bitwise, for any shard size and any
+    `map_shards` (default: a plain loop here; the Prefect flow maps them as tasks).
+    Each shard's rows are written into the memory-mapped output as soon as they arrive."""
+    from .sharding import run_shards
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise CheckpointError(f"checkpoint not found: {checkpoint} (run the phase1 stage first)")
+    # Load here first: a checkpoint that does not match the params fails naming the file
+    # and both shapes, before any shard is sent out (and the plain loop reuses this model).
+    _shard_model(checkpoint, model_params, vocab_size, momentum)
+    data = checkpoint.read_bytes()           # shards get the bytes: no shared disk needed
+    common = {"checkpoint": data, "model_params": model_params, "vocab_size": vocab_size,
+              "chunk_tokens": chunk_tokens, "momentum": momentum, "deterministic": deterministic}
+    dc = model_params.context_dim
+    meta = {"format": "npy float32 [n_tokens, context_dim], row i = context after token i",
+            "context_dim": dc, "embed_dim": model_params.embed_dim,
+            "vocab_size": vocab_size, "context_reset": context_reset,
+            "chunk_tokens": chunk_tokens, "phase1_checkpoint": str(checkpoint), "splits": {}}
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        # One job for all splits: every shard of train and val is mapped at once.
+        outs, shards, where = {}, [], []
+        for name, corpus in corpora.items():
+            if warn_tokens is not None:
+                warn_if_large(corpus.n_tokens, warn_tokens, f"C* materialization ({name})")
+            outs[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32,
+                                                   shape=(corpus.n_tokens, dc))
+            offsets = corpus.offsets.numpy()
+            for c, d in shard_plan(corpus, chunk_tokens, shard_conversations):
+                shards.append([corpus.ids[offsets[i]:offsets[i + 1]].numpy() for i in range(c, d)])
+                where.append((name, c, d))
+        bar = progress(total=sum(c.n_tokens for c in corpora.values()), desc="C*",
+                       enabled=show_progress, unit="tok")
+
+        def consume(i: int, result: tuple[np.ndarray, np.ndarray]) -> None:
+            contexts, shard_offsets = result
+            name, c, d = where[i]
+            offsets = corpora[name].offsets.numpy()
+            a, b = int(offsets[c]), int(offsets[d])
+            if contexts.shape != (b - a, dc) or not np.array_equal(shard_offsets, offsets[c:d + 1] - a):
+                raise CstarError(f"C* {name} shard {i}: got {contexts.shape} rows for conversations "
+                                 f"{c}..{d - 1}, expected {(b - a, dc)}")
+            outs[name][a:b] = contexts
+            bar.update(b - a)
+
+        (map_shards or run_shards)(materialize_shard, shards, consume, common)
+        bar.close()
+        for name, corpus in corpora.items():
+            outs[name].flush()
+            np.save(tmp / f"{name}_offsets.npy", corpus.offsets.numpy().astype(np.int64))
+            meta["splits"][name] = {"shape": [corpus.n_tokens, dc],
+                                    "n_conversations": corpus.n_conversations,
+                                    "file": f"{name}.npy", "offsets": f"{name}_offsets.npy"}
+        del outs
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 

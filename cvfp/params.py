@@ -5,6 +5,7 @@ whose message names the key path, the bad value and what is allowed.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,7 +74,17 @@ class DiversityParams(_Section):
     momentum: float = Field(ge=0, lt=1)
 
 
+class ReconstructionParams(_Section):
+    """phase1.objective = reconstruction (SPEC section 7, seed 003); see cvfp/reconstruction.py."""
+    recon_weight: float = Field(ge=0)         # lambda in loss = CE + lambda * MSE
+    chunk_length: int = Field(ge=1)           # TBPTT: positions per backpropagation chunk
+    epochs: int = Field(ge=1)
+    batch_conversations: int = Field(ge=1)    # conversations trained side by side
+    lr: float = Field(gt=0)
+
+
 class Phase1Params(_Section):
+    objective: Literal["cvfp", "reconstruction"]
     mode: Literal["parallel", "sequential"]
     context_reset: Literal["stream", "conversation"]
     max_iterations: int = Field(ge=1)
@@ -85,6 +96,7 @@ class Phase1Params(_Section):
     diversity: DiversityParams
     warn_tokens: int = Field(gt=0)
     progress: bool
+    reconstruction: ReconstructionParams
 
 
 class ChecksParams(_Section):
@@ -126,6 +138,28 @@ class GenerateParams(_Section):
     top_k: int = Field(ge=0)
 
 
+_DASK_ADDRESS = re.compile(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+
+
+class OrchestrationParams(_Section):
+    """How the Prefect flow runs the sharded stages (tokenize, materialize). Never changes
+    an output, so none of it is a DVC param."""
+    task_runner: Literal["thread", "dask"]
+    dask_address: str | None
+    workers: int = Field(ge=1, le=256)
+    shard_conversations: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "OrchestrationParams":
+        if self.dask_address is not None:
+            m = _DASK_ADDRESS.fullmatch(self.dask_address)
+            if not m or not 0 < int(m.group(3)) < 65536:
+                raise ValueError(
+                    f"dask_address={self.dask_address!r}: expected null (a temporary LocalCluster) "
+                    f"or a scheduler address like 'tcp://host:8786' (tcp:// or tls://, port 1-65535)")
+        return self
+
+
 class Params(_Section):
     seed: int = Field(ge=0)
     deterministic: bool
@@ -139,6 +173,7 @@ class Params(_Section):
     phase2: Phase2Params
     baselines: BaselineParams
     generate: GenerateParams
+    orchestration: OrchestrationParams
 
     @model_validator(mode="after")
     def _cross(self) -> "Params":

@@ -279,12 +279,25 @@ class Trainer:
         return epoch, stopped
 
 
+def starting_row(model, train: PositionData, val: PositionData, batch_size: int) -> tuple[dict, Stats]:
+    """Epoch 0: the model as it comes in (full passes over train and val, no step)."""
+    t0 = time.perf_counter()
+    tr, va = evaluate(model, train, batch_size)[0], evaluate(model, val, batch_size)[0]
+    return {"epoch": 0, "train_loss": tr.loss, "val_loss": va.loss, "train_ppl": tr.ppl,
+            "val_ppl": va.ppl, "train_acc": tr.acc, "val_acc": va.acc,
+            "seconds": time.perf_counter() - t0}, va
+
+
 def train_phase2(model, train: PositionData, val: PositionData, cfg, seed: int = 0,
                  checkpoint=None, params_dict: dict | None = None, extra: dict | None = None,
-                 show_progress: bool = False) -> Phase2Result:
+                 show_progress: bool = False, warm_start: bool = False) -> Phase2Result:
     """Train the head (and the stack unless cfg.freeze_context) on fixed C*; with
     cfg.heads == per_block continue with cloned per-block heads. The model ends in its best
-    state; the best checkpoint is at `checkpoint` (if given)."""
+    state; the best checkpoint is at `checkpoint` (if given).
+
+    warm_start: the incoming head is already trained (Phase 1 objective `reconstruction`).
+    Its state is then epoch 0 of the history, evaluated before any step, and counts as a
+    candidate for the best epoch, so Phase 2 never reports worse than what it started from."""
     for name, data in (("train", train), ("val", val)):
         if len(data) == 0:
             raise ValueError(f"phase2: the {name} split has no position with a next token "
@@ -294,7 +307,15 @@ def train_phase2(model, train: PositionData, val: PositionData, cfg, seed: int =
     kw = dict(checkpoint=checkpoint, params_dict=params_dict, extra=extra, show_progress=show_progress)
     trainer = Trainer(model, None, train, val, cfg, seed, **kw)
     result.trainable_params = sum(p.numel() for p in trainer.params)
-    last, stopped = trainer.fit(1, result)
+    baseline = None
+    if warm_start:
+        row, start = starting_row(model, train, val, cfg.batch_size)
+        log.info("phase2 epoch 0 (warm start, no step): train loss %.4f ppl %.2f acc %.4f | val loss "
+                 "%.4f ppl %.2f acc %.4f", row["train_loss"], row["train_ppl"], row["train_acc"],
+                 row["val_loss"], row["val_ppl"], row["val_acc"])
+        result.history.append(row)
+        result.best_epoch, result.best, baseline = 0, dict(row), [start]
+    last, stopped = trainer.fit(1, result, baseline=baseline)
     result.stopped_early = stopped
     result.stages["single"] = {"first_epoch": 1, "last_epoch": last, "best_epoch": result.best_epoch,
                                "stopped_early": stopped}

@@ -33,6 +33,8 @@ TITLES = {
     "reference": "Reference figures from the seeds",
     "phase2": "Phase 2: context-fixed token prediction",
 }
+# The Phase 1 section's title when phase1.objective is reconstruction (SPEC section 7).
+RECONSTRUCTION_TITLE = "Phase 1: context reconstruction learning (v3)"
 
 # The seeds' published effective-rank results (SPEC section 4.1). They come from the
 # 768-d GPT-2 configuration on 6400 UltraChat train tokens, so they are context for our
@@ -145,10 +147,11 @@ class Code:
 class Section:
     key: str
     blocks: list = field(default_factory=list)
+    name: str = ""                    # overrides TITLES[key] (e.g. Phase 1 of another objective)
 
     @property
     def title(self) -> str:
-        return TITLES[self.key]
+        return self.name or TITLES[self.key]
 
     def add(self, *blocks) -> "Section":
         self.blocks.extend(blocks)
@@ -241,6 +244,32 @@ def plot_phase1_history(train: list[dict], val: list[dict], min_ratio: float | N
     return _png(fig)
 
 
+def plot_reconstruction(epochs: list[dict]) -> bytes:
+    """Phase 1 objective `reconstruction`: token and reconstruction loss, val perplexity and
+    accuracy per epoch (train = running averages over the epoch, val = a full pass after it)."""
+    fig, axes = _figure(3, width=12.0)
+    ax_l, ax_p, ax_a = axes
+    for key, color in (("token_loss", "C0"), ("recon_loss", "C1")):
+        for split, style in (("train", "-o"), ("val", "--s")):
+            xs, ys = _series(epochs, f"{split}_{key}")
+            ax_l.plot(xs, ys, style, color=color, alpha=1.0 if split == "train" else 0.7,
+                      label=f"{split} {key}")
+    ax_l.set(title="Token (CE) and reconstruction (MSE) loss", xlabel="epoch", ylabel="loss")
+    for split, style in (("train", "-o"), ("val", "-s")):
+        xs, ys = _series(epochs, f"{split}_ppl")
+        ax_p.plot(xs, ys, style, label=split)
+        xs, ys = _series(epochs, f"{split}_acc")
+        ax_a.plot(xs, [100 * y for y in ys], style, label=split)
+    ax_p.set_yscale("log")
+    ax_p.set(title="perplexity (log)", xlabel="epoch")
+    ax_a.set(title="next-token accuracy (%)", xlabel="epoch")
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def plot_spectrum(spectra: dict[str, list[float]]) -> bytes:
     fig, (ax,) = _figure(1, width=7.5, height=3.6)
     for name, sv in spectra.items():
@@ -304,17 +333,20 @@ def collect_findings(inp: ReportInputs) -> list[Finding]:
             + (f" (failed: {', '.join(failed)})" if failed else ""))
 
     min_ratio = p.get("phase1", {}).get("min_converged_ratio")
+    recon = _objective(inp) == "reconstruction"
     for split in ("train", "val"):
         m = inp.phase1.get(split, {})
         area = f"phase1 {split}"
         rate = m.get("convergence_rate")
         if min_ratio is not None and rate is not None and rate < min_ratio:
+            after = (f"after {m.get('iterations', '?')} passes without training (objective reconstruction)"
+                     if recon else f"after {inp.phase1.get('iterations_text', '?')} iterations")
             add(area, "min_converged_ratio",
                 f"convergence {m.get('convergence', fmt_num(rate))} is below min_converged_ratio "
-                f"{100 * min_ratio:.1f}% after {inp.phase1.get('iterations_text', '?')} iterations")
+                f"{100 * min_ratio:.1f}% {after}")
         if m.get("skipped_steps"):
             add(area, "skipped_steps", f"{m['skipped_steps']} optimizer step(s) skipped (NaN/Inf loss)")
-        for k in ("cvfp_loss", "diversity_loss", "total_loss"):
+        for k in ("cvfp_loss", "diversity_loss", "total_loss") + (("token_loss", "recon_loss") if recon else ()):
             v = m.get(k)
             if v is not None and not math.isfinite(float(v)):
                 add(area, k, f"final {k} is {v}")
@@ -418,13 +450,21 @@ def _er_text(m: dict, chk: dict) -> str:
 
 def section_summary(inp: ReportInputs, findings: list[Finding]) -> Section:
     p1, cv, bl = inp.phase1, inp.phase2.get("cvfp", {}), inp.phase2.get("baselines", {})
+    recon = _objective(inp) == "reconstruction"
     rows = [
-        ["Phase 1 iterations", p1.get("iterations_text", "n/a")],
+        ["Phase 1 objective", _objective(inp)],
+        ["Phase 1 training" if recon else "Phase 1 iterations", p1.get("iterations_text", "n/a")],
         ["Phase 1 train convergence", p1.get("train", {}).get("convergence", "n/a")],
         ["Phase 1 val convergence", p1.get("val", {}).get("convergence", "n/a")],
         ["Effective rank train", _er_text(p1.get("train", {}), inp.checks.get("train", {}))],
         ["Effective rank val", _er_text(p1.get("val", {}), inp.checks.get("val", {}))],
         ["Convergence-trial verdict (val)", p1.get("val", {}).get("trials", {}).get("verdict", "n/a")],
+    ]
+    if recon:
+        va = p1.get("val", {})
+        rows.append(["Phase 1 (reconstruction) val perplexity / accuracy",
+                     f"{fmt_ppl(va.get('ppl'))} / {fmt_acc(va.get('acc'))}"])
+    rows += [
         ["Phase 2 CVFP val perplexity", f"{fmt_ppl(cv.get('val_ppl'))} (best epoch {cv.get('best_epoch', 'n/a')})"],
         ["Bigram val perplexity", fmt_ppl(bl.get("bigram", {}).get("val_ppl"))],
         ["Transformer val perplexity", fmt_ppl(bl.get("transformer", {}).get("val_ppl"))],
@@ -517,29 +557,78 @@ def section_phase1(inp: ReportInputs) -> Section:
     p1, chk, params = inp.phase1, inp.checks, inp.params
     pp = params.get("phase1", {})
     hist = {sp: chk.get(sp, {}).get("history", []) for sp in ("train", "val")}
-    s = Section("phase1")
+    recon = _objective(inp) == "reconstruction"
+    s = Section("phase1", name=RECONSTRUCTION_TITLE if recon else "")
     mr = pp.get("min_converged_ratio")
     tr, va = p1.get("train", {}), p1.get("val", {})
-    s.add(Table(["item", "value"], [
-        ["objective", _objective(inp)],
-        ["mode / context_reset", f"{pp.get('mode', 'n/a')} / {pp.get('context_reset', 'n/a')}"],
-        ["iterations completed", f"{p1.get('iterations_text', 'n/a')} (stopped early: "
-                                 f"{fmt_bool(tr.get('stopped_early'))})"],
-        ["min_converged_ratio", "n/a" if mr is None else f"{100 * mr:.1f}%"],
-        ["final train convergence", tr.get("convergence", "n/a")],
-        ["final val convergence", va.get("convergence", "n/a")],
-        ["final train losses (CVFP / diversity / total)",
-         f"{fmt_loss(tr.get('cvfp_loss'))} / {fmt_loss(tr.get('diversity_loss'))} / {fmt_loss(tr.get('total_loss'))}"],
-        ["skipped optimizer steps (train)", str(tr.get("skipped_steps", "n/a"))],
-        ["train wall time", fmt_seconds(p1.get("train_seconds"))]]))
+    if recon:
+        rp = pp.get("reconstruction", {})
+        s.add(Table(["item", "value"], [
+            ["objective", _objective(inp)],
+            ["loss", f"CE(next token) + {rp.get('recon_weight', 'lambda')} * MSE(decoder(new context), "
+                     "concat(previous context, token embedding))"],
+            ["epochs completed", p1.get("iterations_text", "n/a")],
+            ["truncated BPTT chunk / conversations per batch / lr",
+             f"{rp.get('chunk_length', 'n/a')} positions / {rp.get('batch_conversations', 'n/a')} / "
+             f"{rp.get('lr', 'n/a')}"],
+            ["final train token loss / reconstruction loss / total",
+             f"{fmt_loss(tr.get('token_loss'))} / {fmt_loss(tr.get('recon_loss'))} / {fmt_loss(tr.get('loss'))}"],
+            ["final val token loss / reconstruction loss / total",
+             f"{fmt_loss(va.get('token_loss'))} / {fmt_loss(va.get('recon_loss'))} / {fmt_loss(va.get('loss'))}"],
+            ["final train perplexity / accuracy", f"{fmt_ppl(tr.get('ppl'))} / {fmt_acc(tr.get('acc'))}"],
+            ["final val perplexity / accuracy", f"{fmt_ppl(va.get('ppl'))} / {fmt_acc(va.get('acc'))}"],
+            ["skipped optimizer steps (train)", str(tr.get("skipped_steps", "n/a"))],
+            ["train wall time", fmt_seconds(p1.get("train_seconds"))]]))
+        s.add(Para(["Final numbers: one pass per split from a zero context per conversation after "
+                    "training (the contexts are C*). Seed 003's success criterion is a perplexity "
+                    "below 100 (for its own 256-d setup)."], "note"))
+        epochs = chk.get("reconstruction", {}).get("history", [])
+        s.add(Heading("Reconstruction training per epoch"))
+        if epochs:
+            s.add(Figure(plot_reconstruction(epochs),
+                         "Train: running averages over the epoch's chunks; val: a full pass after the "
+                         "epoch. Numbers in the table below."))
+            s.add(Table(["epoch", "train token loss", "train recon loss", "train ppl", "train acc",
+                         "val token loss", "val recon loss", "val ppl", "val acc", "steps", "seconds"],
+                        [[str(r.get("epoch")), fmt_loss(r.get("train_token_loss")),
+                          fmt_loss(r.get("train_recon_loss")), fmt_ppl(r.get("train_ppl")),
+                          fmt_acc(r.get("train_acc")), fmt_loss(r.get("val_token_loss")),
+                          fmt_loss(r.get("val_recon_loss")), fmt_ppl(r.get("val_ppl")),
+                          fmt_acc(r.get("val_acc")), str(r.get("steps", "")), fmt_seconds(r.get("seconds"))]
+                         for r in epochs]))
+        else:
+            s.add(Para(["No epochs recorded."], "note"))
+        s.add(Heading("Fixed-point convergence of the trained model"))
+        s.add(Para(["Measured as for the cvfp objective's val split: passes with carryover, no "
+                    "optimizer steps (the objective does not train for it). "
+                    f"Train {tr.get('convergence', 'n/a')}, val {va.get('convergence', 'n/a')} "
+                    f"(min_converged_ratio {'n/a' if mr is None else f'{100 * mr:.1f}%'})."]))
+        s.add(Figure(plot_phase1_history(hist["train"], hist["val"], mr),
+                     "Left: converged tokens per pass. Right: raw CVFP, diversity and total losses of "
+                     "those passes (pass 0 has no loss). Numbers in the tables below."))
+        s.add(Table(HISTORY_HEADERS, _history_rows(hist["train"]), "train (no optimizer steps)"))
+        s.add(Table(HISTORY_HEADERS, _history_rows(hist["val"]), "val (no optimizer steps)"))
+    else:
+        s.add(Table(["item", "value"], [
+            ["objective", _objective(inp)],
+            ["mode / context_reset", f"{pp.get('mode', 'n/a')} / {pp.get('context_reset', 'n/a')}"],
+            ["iterations completed", f"{p1.get('iterations_text', 'n/a')} (stopped early: "
+                                     f"{fmt_bool(tr.get('stopped_early'))})"],
+            ["min_converged_ratio", "n/a" if mr is None else f"{100 * mr:.1f}%"],
+            ["final train convergence", tr.get("convergence", "n/a")],
+            ["final val convergence", va.get("convergence", "n/a")],
+            ["final train losses (CVFP / diversity / total)",
+             f"{fmt_loss(tr.get('cvfp_loss'))} / {fmt_loss(tr.get('diversity_loss'))} / {fmt_loss(tr.get('total_loss'))}"],
+            ["skipped optimizer steps (train)", str(tr.get("skipped_steps", "n/a"))],
+            ["train wall time", fmt_seconds(p1.get("train_seconds"))]]))
 
-    s.add(Heading("Convergence and losses per iteration"))
-    s.add(Figure(plot_phase1_history(hist["train"], hist["val"], mr),
-                 "Left: converged tokens per iteration. Right: raw CVFP, diversity and total losses "
-                 "(iteration 0 is the no-gradient initial pass and has no loss). Numbers in the tables below."))
-    s.add(Table(HISTORY_HEADERS, _history_rows(hist["train"]), "train"))
-    s.add(Table(HISTORY_HEADERS, _history_rows(hist["val"]),
-                "val (no optimizer steps: passes with carryover only)"))
+        s.add(Heading("Convergence and losses per iteration"))
+        s.add(Figure(plot_phase1_history(hist["train"], hist["val"], mr),
+                     "Left: converged tokens per iteration. Right: raw CVFP, diversity and total losses "
+                     "(iteration 0 is the no-gradient initial pass and has no loss). Numbers in the tables below."))
+        s.add(Table(HISTORY_HEADERS, _history_rows(hist["train"]), "train"))
+        s.add(Table(HISTORY_HEADERS, _history_rows(hist["val"]),
+                    "val (no optimizer steps: passes with carryover only)"))
 
     s.add(Heading("Effective rank"))
     er_rows = []
@@ -627,8 +716,12 @@ def section_reference(inp: ReportInputs) -> Section:
                 f"run: context_dim {m.get('context_dim', '?')}, embedding "
                 f"{m.get('embedding', '?')}, data {p.get('data', {}).get('source', '?')}, "
                 f"mode {p.get('phase1', {}).get('mode', '?')})."], "ref"))
-    rows = [[split, mode, ref, ours[split] if mode.split()[0] == p.get("phase1", {}).get("mode") else ""]
+    same = _objective(inp) == "cvfp"        # the seeds' figures are for CVFP fixed-point learning
+    rows = [[split, mode, ref, ours[split] if same and mode.split()[0] == p.get("phase1", {}).get("mode") else ""]
             for split, mode, ref, _ in SEED_REFERENCE]
+    if not same:
+        s.add(Para([f"This run's objective is {_objective(inp)}, not CVFP fixed-point learning, so no "
+                    f"row is paired; its effective rank is train {ours['train']}, val {ours['val']}."], "note"))
     s.add(Table(["split", "seed mode", "seed effective rank (reference)", "this run (same mode)"], rows))
     return s
 
@@ -641,6 +734,8 @@ def section_phase2(inp: ReportInputs) -> Section:
         ["best epoch (lowest val loss)", f"{cv.get('best_epoch', 'n/a')} of {cv.get('epochs_run', len(epochs))} run"
                                          f" (stopped early: {fmt_bool(cv.get('stopped_early'))})"],
         ["heads / freeze_context", f"{cv.get('heads', 'n/a')} / {fmt_bool(cv.get('freeze_context'))}"],
+        ["token head at the start", "reused from Phase 1 (objective reconstruction; epoch 0 = before any "
+                                    "Phase 2 step)" if cv.get("head_init") == "phase1" else "zero-initialised"],
         ["val at best epoch: loss / perplexity / accuracy",
          f"{fmt_loss(cv.get('val_loss'))} / {fmt_ppl(cv.get('val_ppl'))} / {fmt_acc(cv.get('val_acc'))}"],
         ["train at best epoch: loss / perplexity / accuracy",

@@ -18,11 +18,15 @@ load back with `AutoTokenizer.from_pretrained(dir)`.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
+import threading
 from pathlib import Path
 from typing import Iterable
 
 import datasets
+import numpy as np
 
 from cvfp.utils import is_local, require_hub
 
@@ -47,7 +51,7 @@ def turn_text(content: str | None) -> str:
 def format_chat(messages: list[dict]) -> str:
     """Conversation text without the end-of-text token (appended as an id when encoding)."""
     if not any((m.get("content") or "").strip() for m in messages):
-        return ""  # empty / whitespace-only: dropped by tokenize_dataset
+        return ""  # empty / whitespace-only: dropped by tokenize_shard
     return "".join(MARKERS.get(m["role"], m["role"]) + turn_text(m.get("content")) for m in messages)
 
 
@@ -98,45 +102,114 @@ def save_tokenizer(tokenizer, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------- encoding
+#
+# The tokenize stage encodes in shards of whole conversations (cvfp/sharding.py):
+# `tokenize_shard` is a pure function of its arguments (the tokenizer travels as the bytes
+# of its saved files, so a worker on another machine needs no shared disk) and
+# `combine_shards` builds the one output dataset. Encoding a conversation does not depend
+# on its neighbours, so the ids are the same for any shard size and any engine (plain
+# loop, threads, Dask).
 
-def _encode(batch, indices, tokenizer, eos_id, max_len):
-    texts = [format_chat(m) for m in batch["messages"]]
-    enc = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-    full = [e + [eos_id] if t else [] for e, t in zip(enc, texts)]
-    ids = [f[:max_len] for f in full] if max_len else full
-    return {"conversation_id": indices, "input_ids": ids, "n_tokens": [len(x) for x in ids],
-            "n_full": [len(f) for f in full]}
+TokenizerFiles = dict[str, bytes]
+_LOADED: dict[tuple[int, str], object] = {}   # (thread, content hash or path) -> tokenizer
+_LOAD_LOCK = threading.Lock()
 
 
-def tokenize_dataset(ds: datasets.Dataset, tokenizer, max_seq_length: int | None,
-                     num_proc: int, cache_dir: str | Path) -> tuple[datasets.Dataset, dict]:
-    """Conversations -> (conversation_id, input_ids, n_tokens), empty ones dropped and counted.
+def tokenizer_files(path: str | Path) -> TokenizerFiles:
+    """The files of a saved tokenizer directory, by name (what `tokenize_shard` accepts)."""
+    return {p.name: p.read_bytes() for p in sorted(Path(path).iterdir()) if p.is_file()}
 
-    `conversation_id` is the row index in `ds`. Intermediate Arrow files go to `cache_dir`,
-    never next to the input dataset (a DVC output that must not change).
-    """
-    eos_id = tokenizer.eos_token_id
-    # Each worker pays a fork + tokenizer pickle; never start more workers than rows.
-    num_proc = max(1, min(num_proc, len(ds)))
-    cache_dir = Path(cache_dir)
-    out = ds.map(
-        _encode, batched=True, with_indices=True, num_proc=num_proc if num_proc > 1 else None,
-        fn_kwargs={"tokenizer": tokenizer, "eos_id": eos_id, "max_len": max_seq_length},
-        remove_columns=ds.column_names,
-        features=datasets.Features({**OUT_FEATURES, "n_full": datasets.Value("int32")}),
-        cache_file_name=str(cache_dir / "encoded.arrow"), desc="tokenize")
-    kept = out.filter(lambda n: [x > 0 for x in n], input_columns="n_tokens", batched=True,
-                      cache_file_name=str(cache_dir / "kept.arrow"), desc="drop empty")
-    cols = kept.with_format("numpy")
-    n_tokens, n_full = cols["n_tokens"][:], cols["n_full"][:]  # [:] materialises the lazy Column
+
+def _tokenizer_from(tokenizer: str | Path | TokenizerFiles):
+    """AutoTokenizer from a saved directory or its files' bytes, cached per thread (a fast
+    tokenizer is not shared by concurrently encoding threads)."""
+    from transformers import AutoTokenizer
+
+    if isinstance(tokenizer, dict):
+        h = hashlib.sha256()
+        for name, data in sorted(tokenizer.items()):
+            h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        key = (threading.get_ident(), h.hexdigest())
+    else:
+        key = (threading.get_ident(), str(Path(tokenizer).resolve()))
+    with _LOAD_LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+    if isinstance(tokenizer, dict):
+        with tempfile.TemporaryDirectory(prefix="cvfp-tokenizer-") as tmp:
+            for name, data in tokenizer.items():
+                (Path(tmp) / name).write_bytes(data)
+            tok = AutoTokenizer.from_pretrained(tmp)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+    with _LOAD_LOCK:
+        while len(_LOADED) >= 16:                  # a long-lived worker: drop the oldest
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = tok
+    return tok
+
+
+def tokenize_shard(shard: tuple[int, list[list[dict]]], tokenizer: str | Path | TokenizerFiles,
+                   max_seq_length: int | None) -> dict[str, np.ndarray]:
+    """Encode one shard `(first_row, conversations)`: message lists of raw rows first_row, ...
+
+    `tokenizer` is a saved tokenizer directory or its files (`tokenizer_files`). Returns
+    flat arrays for the non-empty conversations: `conversation_id` (int64, row index in
+    the raw data), `n_tokens` and `n_full` (int32, after/before truncation to
+    `max_seq_length`), all their `ids` (int32) concatenated, and `n_in` (rows read)."""
+    start, conversations = shard
+    tok = _tokenizer_from(tokenizer)
+    texts = [format_chat(m) for m in conversations]
+    keep = [i for i, t in enumerate(texts) if t]
+    enc = tok([texts[i] for i in keep], add_special_tokens=False, verbose=False)["input_ids"] if keep else []
+    full = [e + [tok.eos_token_id] for e in enc]
+    ids = [f[:max_seq_length] for f in full] if max_seq_length else full
+    return {
+        "conversation_id": np.asarray([start + i for i in keep], dtype=np.int64),
+        "n_tokens": np.asarray([len(x) for x in ids], dtype=np.int32),
+        "n_full": np.asarray([len(f) for f in full], dtype=np.int32),
+        "ids": np.asarray([t for x in ids for t in x], dtype=np.int32),
+        "n_in": np.asarray(len(conversations), dtype=np.int64),
+    }
+
+
+def shards_of(ds: datasets.Dataset, size: int) -> list[tuple[int, list[list[dict]]]]:
+    """The raw dataset's conversations as tokenize shards of `size` rows, in row order."""
+    from .sharding import ranges
+    messages = ds.select_columns(["messages"])
+    return [(a, messages[a:b]["messages"]) for a, b in ranges(len(ds), size)]
+
+
+def combine_shards(results: list[dict[str, np.ndarray]], tokenizer) -> tuple[datasets.Dataset, dict]:
+    """Shard results in shard order -> (dataset conversation_id/input_ids/n_tokens, stats)."""
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    def cat(key, dtype):
+        parts = [np.asarray(r[key], dtype=dtype) for r in results]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+    conv_id, ids = cat("conversation_id", np.int64), cat("ids", np.int32)
+    n_tokens, n_full = cat("n_tokens", np.int64), cat("n_full", np.int64)
+    offsets = np.concatenate([[0], np.cumsum(n_tokens)])
+    if offsets[-1] >= 2**31:
+        raise ValueError(f"{offsets[-1]} tokens do not fit one Arrow list column (int32 offsets); "
+                         f"lower data.num_samples or tokenizer.max_seq_length")
+    table = pa.Table.from_arrays(
+        [pa.array(conv_id, pa.int64()),
+         pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32())),
+         pa.array(n_tokens.astype(np.int32), pa.int32())],
+        schema=OUT_FEATURES.arrow_schema)
+    ds = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=OUT_FEATURES))
+    n_in = int(sum(int(r["n_in"]) for r in results))
     stats = {
-        "conversations_in": len(ds),
-        "conversations_out": len(kept),
-        "dropped": {"empty": len(ds) - len(kept)},
+        "conversations_in": n_in,
+        "conversations_out": len(ds),
+        "dropped": {"empty": n_in - len(ds)},
         "truncated": int((n_full > n_tokens).sum()),
         "tokens_before_truncation": int(n_full.sum()),
         "tokens": int(n_tokens.sum()),
         "vocab_size": len(tokenizer),
-        "eos_token_id": eos_id,
+        "eos_token_id": tokenizer.eos_token_id,
     }
-    return kept.remove_columns("n_full"), stats
+    return ds, stats

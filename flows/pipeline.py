@@ -5,11 +5,13 @@
 
 Each stage is a Prefect task that calls the same `tasks.<stage>.run` as `dvc repro`. A stage
 DVC reports up to date is skipped (state "Skipped (DVC)" with the reason); a stage that
-runs is committed into dvc.lock afterwards, so `dvc status` stays clean.
+runs is committed into dvc.lock afterwards, so `dvc status` stays clean. tokenize and
+materialize map their shards as tasks on `orchestration.task_runner` (flows/shards.py).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -26,6 +28,7 @@ from cvfp.params import load_params  # noqa: E402
 from tasks.common import METRICS, REPORTS, run_stage  # noqa: E402
 
 from .dvc_state import STAGES, commit_stage, stage_status  # noqa: E402
+from .shards import SHARDED_STAGES, shard_mapper  # noqa: E402
 
 METRIC_FILES = {"split": "data.json", "phase1": "phase1.json", "phase2": "phase2.json"}
 
@@ -73,7 +76,11 @@ def _run_stage(stage: str, params_path: str):
         return Completed(name="Skipped (DVC)", message=f"{stage}: {reason}")
     logger.info("stage %s runs: %s", stage, reason)
     module = importlib.import_module(f"tasks.{stage}")
-    result = run_stage(stage, module.run, load_params(params_path))
+    params = load_params(params_path)
+    run = module.run
+    if stage in SHARDED_STAGES:  # shards as mapped tasks on orchestration.task_runner
+        run = functools.partial(module.run, map_shards=shard_mapper(stage, params.orchestration))
+    result = run_stage(stage, run, params)
     commit_stage(stage)
     publish(stage)
     logger.info("stage %s done and committed to dvc.lock", stage)

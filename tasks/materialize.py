@@ -2,28 +2,36 @@
 
 Inputs: cache/phase1/model.pt, data/split/{train,val}, data/tokenizer (vocab size).
 Output: cache/cstar/ with train.npy, train_offsets.npy, val.npy, val_offsets.npy, meta.json
-(float32 [N, context_dim] .npy files, memory-mappable; written chunk by chunk, atomically).
+(float32 [N, context_dim] .npy files, memory-mappable; written shard by shard, atomically).
+
+The conversations run in shards of whole chunks (orchestration.shard_conversations;
+`cvfp.cstar.materialize_shard`), one after another here; under the Prefect flow the shards
+are mapped tasks on the configured task runner (threads or Dask). C* is bitwise the same
+either way; phase1.context_reset=stream has a single sequence and so a single shard.
 """
 from __future__ import annotations
 
 from cvfp.corpus import Corpus
-from cvfp.cstar import SPLITS, load_phase1_model, materialize
+from cvfp.cstar import SPLITS, materialize_sharded
 from cvfp.params import Params
+from cvfp.sharding import MapShards
 from cvfp.utils import seed_everything
 
 from .common import CSTAR_DIR, PHASE1_DIR, SPLIT, TOKENIZER, cli, load_conversations, log, read_vocab_size
 
 
-def run(params: Params) -> dict:
+def run(params: Params, map_shards: MapShards | None = None) -> dict:
+    """`map_shards` runs the shards (default: a plain loop in this process)."""
     seed_everything(params.seed, params.deterministic)
     p1 = params.phase1
-    model = load_phase1_model(PHASE1_DIR / "model.pt", params.model, read_vocab_size(TOKENIZER),
-                              p1.diversity.momentum)
     corpora = {s: Corpus.from_conversations(load_conversations(SPLIT / s), p1.context_reset)
                for s in SPLITS}
-    meta = materialize(model, corpora, CSTAR_DIR, params.materialize.chunk_tokens, p1.context_reset,
-                       show_progress=p1.progress, warn_tokens=p1.warn_tokens,
-                       source=str(PHASE1_DIR / "model.pt"))
+    meta = materialize_sharded(
+        PHASE1_DIR / "model.pt", corpora, CSTAR_DIR, params.model, read_vocab_size(TOKENIZER),
+        params.materialize.chunk_tokens, p1.context_reset,
+        params.orchestration.shard_conversations, momentum=p1.diversity.momentum,
+        deterministic=params.deterministic, map_shards=map_shards,
+        show_progress=p1.progress, warn_tokens=p1.warn_tokens)
     for s, m in meta["splits"].items():
         log.info("materialize %s: C* %s in %d conversations -> %s", s, m["shape"],
                  m["n_conversations"], CSTAR_DIR / m["file"])

@@ -1,8 +1,19 @@
-"""Phase 1 stage: CVFP fixed-point learning on data/split/train, convergence on val, checks.
+"""Phase 1 stage: train on data/split/train with `phase1.objective`, then the SPEC section 4
+checks on train and val.
 
-Outputs: cache/phase1/model.pt (checkpoint with params), cache/phase1/checks.json (all
-check details incl. singular values), metrics/phase1.json, plots/phase1_{train,val}.csv,
-plots/phase1_spectrum.csv.
+* `cvfp` (SPEC 3): fixed-point learning (cvfp/phase1.py); val convergence is the same loop
+  without optimiser steps.
+* `reconstruction` (SPEC 7, seed 003): context reconstruction + next-token CE, truncated BPTT
+  (cvfp/reconstruction.py). The checks run on the contexts of a zero-start sequential pass
+  (C*), and convergence is measured for train and val by `run_phase1(..., train=False)`, so
+  metrics/phase1.json has the same keys for both objectives, plus token/reconstruction
+  losses, perplexity and accuracy per split.
+
+Outputs: cache/phase1/model.pt (checkpoint with params and `objective`; the reconstruction
+objective adds `context_decoder`, its state_dict, outside the model's), cache/phase1/checks.json
+(all check details incl. singular values; `reconstruction` with the per-epoch history),
+metrics/phase1.json, plots/phase1_{train,val}.csv (cvfp: per iteration; reconstruction:
+train = per epoch, val = convergence passes), plots/phase1_spectrum.csv.
 """
 from __future__ import annotations
 
@@ -17,6 +28,7 @@ from cvfp.embeddings import load_pretrained_embeddings
 from cvfp.model import CVFPModel
 from cvfp.params import Params
 from cvfp.phase1 import Phase1Result, run_phase1
+from cvfp.reconstruction import HISTORY_COLUMNS, SplitStats, train_reconstruction
 from cvfp.utils import atomic_path, seed_everything, write_json
 
 from .common import METRICS, PHASE1_DIR, PLOTS, SPLIT, TOKENIZER, cli, load_conversations, log, read_vocab_size
@@ -56,39 +68,71 @@ def run(params: Params) -> dict:
     corpora = {s: Corpus.from_conversations(load_conversations(SPLIT / s), p1.context_reset)
                for s in ("train", "val")}
     model = build_model(params, vocab_size)
-    log.info("phase1: %d train / %d val tokens in %d / %d conversations, mode=%s, reset=%s",
+    log.info("phase1: %d train / %d val tokens in %d / %d conversations, objective=%s, mode=%s, reset=%s",
              corpora["train"].n_tokens, corpora["val"].n_tokens, corpora["train"].n_conversations,
-             corpora["val"].n_conversations, p1.mode, p1.context_reset)
+             corpora["val"].n_conversations, p1.objective, p1.mode, p1.context_reset)
 
+    recon = None
     t0 = time.perf_counter()
-    results = {"train": run_phase1(model, corpora["train"], p1, train=True, show_progress=show)}
-    train_seconds = time.perf_counter() - t0
-    results["val"] = run_phase1(model, corpora["val"], p1, train=False, show_progress=show)
-    checks = {s: run_checks(model, corpora[s], results[s].contexts, params.checks,
+    if p1.objective == "cvfp":
+        results = {"train": run_phase1(model, corpora["train"], p1, train=True, show_progress=show)}
+        train_seconds = time.perf_counter() - t0
+        results["val"] = run_phase1(model, corpora["val"], p1, train=False, show_progress=show)
+        contexts = {s: r.contexts for s, r in results.items()}
+        iterations_text = f"{results['train'].iterations}/{p1.max_iterations}"
+    else:
+        recon = train_reconstruction(model, corpora["train"], corpora["val"], p1, seed=params.seed,
+                                     show_progress=show)
+        train_seconds = time.perf_counter() - t0
+        contexts = recon.contexts                   # zero-start sequential pass = C*
+        # Fixed-point convergence of the trained update, measured as for cvfp's val split.
+        results = {s: run_phase1(model, corpora[s], p1, train=False, show_progress=show)
+                   for s in ("train", "val")}
+        iterations_text = f"{len(recon.history)}/{p1.reconstruction.epochs} epochs"
+    checks = {s: run_checks(model, corpora[s], contexts[s], params.checks,
                             trials=(s == "val"), show_progress=show) for s in results}
 
-    metrics = {"max_iterations": p1.max_iterations,
-               "iterations_text": f"{results['train'].iterations}/{p1.max_iterations}",
-               "train_seconds": train_seconds,
+    metrics = {"objective": p1.objective, "max_iterations": p1.max_iterations,
+               "iterations_text": iterations_text, "train_seconds": train_seconds,
                **{s: summary(results[s], checks[s]) for s in results}}
+    extra = {"objective": p1.objective, "history": {s: r.history_dicts() for s, r in results.items()}}
+    checks_out = {s: {**checks[s], "history": results[s].history_dicts()} for s in results}
+    if recon is not None:
+        metrics["epochs"] = len(recon.history)
+        for s, st in recon.final.items():
+            metrics[s].update(reconstruction_summary(st))
+        metrics["train"]["skipped_steps"] = sum(h["skipped_steps"] for h in recon.history)
+        extra["context_decoder"] = recon.decoder.state_dict()
+        extra["history"]["reconstruction"] = recon.history
+        checks_out["reconstruction"] = {
+            "history": recon.history, "recon_weight": p1.reconstruction.recon_weight,
+            "final": {s: reconstruction_summary(st) for s, st in recon.final.items()}}
     with atomic_path(PHASE1_DIR) as tmp:
         tmp.mkdir()
-        save_checkpoint(tmp / "model.pt", model, params.model_dump(), vocab_size=vocab_size,
-                        history={s: r.history_dicts() for s, r in results.items()})
-        write_json(tmp / "checks.json", {s: {**checks[s], "history": results[s].history_dicts()}
-                                         for s in results})
+        save_checkpoint(tmp / "model.pt", model, params.model_dump(), vocab_size=vocab_size, **extra)
+        write_json(tmp / "checks.json", checks_out)
     write_json(METRICS / "phase1.json", metrics)
-    for s, r in results.items():
-        _write_csv(PLOTS / f"phase1_{s}.csv", pd.DataFrame(r.history_dicts()))
+    if recon is None:
+        _write_csv(PLOTS / "phase1_train.csv", pd.DataFrame(results["train"].history_dicts()))
+    else:
+        _write_csv(PLOTS / "phase1_train.csv", pd.DataFrame(recon.history, columns=HISTORY_COLUMNS))
+    _write_csv(PLOTS / "phase1_val.csv", pd.DataFrame(results["val"].history_dicts()))
     spectrum = pd.DataFrame({"index": range(params.model.context_dim)})
     for s in results:
         sv = checks[s]["effective_rank"]["singular_values"]
         spectrum[f"{s}_singular_value"] = [v / sv[0] if sv[0] else 0.0 for v in sv]
     _write_csv(PLOTS / "phase1_spectrum.csv", spectrum)
     for s in results:
-        log.info("phase1 %s: convergence %s, effective rank %s", s, metrics[s]["convergence"],
-                 metrics[s]["effective_rank_text"])
+        ppl = f", ppl {metrics[s]['ppl']:.2f}, acc {metrics[s]['acc']:.4f}" if recon is not None else ""
+        log.info("phase1 %s: convergence %s, effective rank %s%s", s, metrics[s]["convergence"],
+                 metrics[s]["effective_rank_text"], ppl)
     return metrics
+
+
+def reconstruction_summary(st: SplitStats) -> dict:
+    """Per-split numbers of the reconstruction objective (zero-start pass after training)."""
+    return {"token_loss": st.token_loss, "recon_loss": st.recon_loss, "loss": st.loss,
+            "ppl": st.ppl, "acc": st.acc}
 
 
 def _write_csv(path, frame: pd.DataFrame) -> None:

@@ -3,12 +3,18 @@
 Inputs: cache/phase1/model.pt, cache/cstar/, data/split/{train,val}, data/tokenizer.
 Outputs: cache/phase2/model.pt (best val checkpoint; per-block heads under `block_heads`),
 metrics/phase2.json (cvfp, baselines.{bigram,transformer}, ablations), plots/phase2_epochs.csv.
+
+The Phase 1 checkpoint says which objective trained it. After `reconstruction` the token
+head is already trained together with these contexts, so Phase 2 starts from it (warm
+start: epoch 0 is that model, evaluated before any step, and counts as a candidate for the
+best epoch; docs/reconstruction.md). After `cvfp` the head is the zero-initialised one.
 """
 from __future__ import annotations
 
 import pandas as pd
 
 from cvfp.baselines import bigram_baseline, context_ablations, transformer_baseline
+from cvfp.checkpoint import read_checkpoint
 from cvfp.corpus import Corpus
 from cvfp.cstar import SPLITS, load_phase1_model, open_cstar
 from cvfp.params import Params
@@ -28,20 +34,25 @@ def run(params: Params) -> dict:
     vocab_size = read_vocab_size(TOKENIZER)
     model = load_phase1_model(PHASE1_DIR / "model.pt", params.model, vocab_size,
                               params.phase1.diversity.momentum)
+    objective = read_checkpoint(PHASE1_DIR / "model.pt").get("objective", "cvfp")
+    warm_start = objective == "reconstruction"      # its head was trained with these contexts
     corpora = {s: Corpus.from_conversations(load_conversations(SPLIT / s), params.phase1.context_reset)
                for s in SPLITS}
     data = {s: PositionData.from_corpus(c, open_cstar(CSTAR_DIR, s, c, params.model.context_dim))
             for s, c in corpora.items()}
-    log.info("phase2: %d train / %d val positions, heads=%s, freeze_context=%s",
-             len(data["train"]), len(data["val"]), p2.heads, p2.freeze_context)
+    log.info("phase2: %d train / %d val positions, heads=%s, freeze_context=%s, phase1 objective=%s "
+             "(head: %s)", len(data["train"]), len(data["val"]), p2.heads, p2.freeze_context, objective,
+             "reused from phase1" if warm_start else "zero-initialised")
 
     result = train_phase2(model, data["train"], data["val"], p2, seed=params.seed,
                           checkpoint=PHASE2_DIR / "model.pt", params_dict=params.model_dump(),
-                          extra={"vocab_size": vocab_size}, show_progress=show)
+                          extra={"vocab_size": vocab_size}, show_progress=show, warm_start=warm_start)
     best = result.best
-    cvfp = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+    epochs_run = sum(1 for r in result.history if r["epoch"] > 0)     # epoch 0 = warm start, no step
+    cvfp = {"best_epoch": result.best_epoch, "epochs_run": epochs_run,
             "stopped_early": result.stopped_early, "heads": p2.heads,
-            "freeze_context": p2.freeze_context,
+            "freeze_context": p2.freeze_context, "phase1_objective": objective,
+            "head_init": "phase1" if warm_start else "zero",
             **{k: best[k] for k in EPOCH_COLUMNS[1:-1]},
             "trainable_params": result.trainable_params, "train_seconds": result.train_seconds,
             "train_positions": len(data["train"]), "val_positions": len(data["val"]),
@@ -54,7 +65,7 @@ def run(params: Params) -> dict:
     baselines = {
         "bigram": bigram_baseline(corpora["train"], corpora["val"], vocab_size, bp.bigram_k),
         "transformer": transformer_baseline(corpora["train"], corpora["val"], vocab_size, bp, p2,
-                                            result.trainable_params, len(result.history),
+                                            result.trainable_params, epochs_run,
                                             params.seed, show)}
     metrics = {"cvfp": cvfp, "baselines": baselines, "ablations": ablations}
     write_json(METRICS / "phase2.json", metrics)

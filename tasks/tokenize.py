@@ -5,6 +5,11 @@ tokenizer.kind=pretrained loads AutoTokenizer tokenizer.name (hub name or local 
 Each conversation becomes one token sequence in the chat format of cvfp/tokenization.py
 (`<|user|> ...\\n<|assistant|> ...\\n<|endoftext|>`), cut to tokenizer.max_seq_length.
 Empty conversations are dropped and counted in data/tokenized/stats.json.
+
+Encoding runs in shards of orchestration.shard_conversations raw rows
+(`cvfp.tokenization.tokenize_shard`), here on tokenizer.num_proc threads (1: a plain
+loop); under the Prefect flow the shards are mapped tasks on the configured task runner
+(threads or Dask). Neither the shard size nor the engine changes the output.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from cvfp.params import Params
+from cvfp.sharding import MapShards, threaded
 from cvfp.utils import atomic_path
 from tasks.common import RAW, TOKENIZED, TOKENIZER, cli, log
 
@@ -33,7 +39,9 @@ def read_stats(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def run(params: Params) -> dict:
+def run(params: Params, map_shards: MapShards | None = None) -> dict:
+    """`map_shards` runs the encoding shards (default: in this process, on
+    tokenizer.num_proc threads; 1 = a plain loop)."""
     from cvfp import tokenization as tk
     t = params.tokenizer
     raw = load_raw()
@@ -42,17 +50,24 @@ def run(params: Params) -> dict:
     else:
         tokenizer = tk.load_pretrained(t.name, timeout=params.data.timeout_s)
     TOKENIZED.parent.mkdir(parents=True, exist_ok=True)
-    # map() cache files go here, not into data/raw (another stage's output)
-    with tempfile.TemporaryDirectory(prefix=".tokenize-", dir=TOKENIZED.parent) as cache:
-        ds, stats = tk.tokenize_dataset(raw, tokenizer, t.max_seq_length, t.num_proc, cache)
+    with tempfile.TemporaryDirectory(prefix=".tokenize-", dir=TOKENIZED.parent) as tmp:
+        # Shards encode with the saved tokenizer (as file bytes: no shared disk needed), so
+        # the ids are exactly what AutoTokenizer.from_pretrained(data/tokenizer) gives.
+        tk.save_tokenizer(tokenizer, Path(tmp) / "tokenizer")
+        files = tk.tokenizer_files(Path(tmp) / "tokenizer")
+        shards = tk.shards_of(raw, params.orchestration.shard_conversations)
+        results: list = [None] * len(shards)
+        (map_shards or threaded(t.num_proc))(tk.tokenize_shard, shards, results.__setitem__,
+                                   {"tokenizer": files, "max_seq_length": t.max_seq_length})
+        ds, stats = tk.combine_shards(results, tokenizer)
         stats = {"kind": t.kind, "name": t.name if t.kind == "pretrained" else "bpe", **stats,
                  "raw": read_stats(RAW / STATS)}  # carried on so split needs only this stage
         # Tokenizer and token ids must match: write both, tokenizer first.
-        with atomic_path(TOKENIZER) as tmp:
-            tk.save_tokenizer(tokenizer, tmp)
-        with atomic_path(TOKENIZED) as tmp:
-            ds.save_to_disk(str(tmp))
-            (tmp / STATS).write_text(json.dumps(stats, indent=2) + "\n")
+        with atomic_path(TOKENIZER) as out:
+            tk.save_tokenizer(tokenizer, out)
+        with atomic_path(TOKENIZED) as out:
+            ds.save_to_disk(str(out))
+            (out / STATS).write_text(json.dumps(stats, indent=2) + "\n")
     log.info("tokenize: %d conversations, %d tokens (vocab %d, %d empty dropped, %d truncated) -> %s",
              stats["conversations_out"], stats["tokens"], stats["vocab_size"],
              stats["dropped"]["empty"], stats["truncated"], TOKENIZED)

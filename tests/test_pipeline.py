@@ -125,3 +125,17 @@ def test_changing_a_phase1_param_reruns_only_downstream(dvc_project):
     params["phase2"]["lr"] = 0.001
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert repro(proj) == ["phase2", "report"]
+
+
+def test_switching_the_phase1_objective_reruns_only_phase1_and_downstream(dvc_project):
+    proj, _ = dvc_project
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["phase1"]["objective"] = "reconstruction"
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert repro(proj) == ["phase1", "materialize", "phase2", "report"]
+    p1 = json.loads((proj / "metrics/phase1.json").read_text())
+    assert p1["objective"] == "reconstruction" and p1["val"]["ppl"] > 1 and "effective_rank" in p1["val"]
+    cv = json.loads((proj / "metrics/phase2.json").read_text())["cvfp"]
+    assert cv["head_init"] == "phase1" and cv["val_ppl"] <= p1["val"]["ppl"] * (1 + 1e-4)
+    assert "context reconstruction learning" in (proj / "reports/report.md").read_text()
+    assert repro(proj) == []

@@ -1,0 +1,48 @@
+"""A shared DVC remote: push the first stages' outputs to a local-directory remote, lose the
+cache and the outputs, pull them back, and `dvc repro` has nothing left to do."""
+import re
+import shutil
+
+import pytest
+
+from test_pipeline import BIN, make_project, run
+
+pytestmark = pytest.mark.pipeline
+DVC = str(BIN / "dvc")
+OUTS = ("data/raw", "data/tokenizer", "data/tokenized", "data/split")
+
+
+def repro(cwd, *targets) -> list[str]:
+    """Stages `dvc repro [targets]` ran (test_pipeline.repro, with targets)."""
+    return re.findall(r"Running stage '(\w+)'", run([DVC, "repro", *targets], cwd))
+
+
+def snapshot(proj) -> dict[str, bytes]:
+    return {str(p.relative_to(proj)): p.read_bytes()
+            for out in OUTS for p in sorted((proj / out).rglob("*")) if p.is_file()}
+
+
+def test_push_then_pull_into_an_empty_checkout_restores_everything(tmp_path):
+    proj = make_project(tmp_path / "proj")
+    assert repro(proj, "split") == ["download", "tokenize", "split"]
+    before = snapshot(proj)
+    assert any(k.startswith("data/split/train/") for k in before)
+
+    remote = tmp_path / "remote"
+    run([DVC, "remote", "add", "-d", "storage", str(remote)], proj)
+    pushed = run([DVC, "push"], proj)
+    assert re.search(r"\d+ files? pushed", pushed), pushed
+    assert any(p.is_file() for p in remote.rglob("*"))
+
+    # Another machine: the repo (dvc.yaml, dvc.lock, params, code) but no cache, no data.
+    shutil.rmtree(proj / ".dvc" / "cache")
+    for out in OUTS:
+        shutil.rmtree(proj / out)
+    assert "deleted" in run([DVC, "status", "split"], proj)
+
+    # Only the first stages ran, so pull those (after a full `dvc repro`, plain `dvc pull`).
+    pulled = run([DVC, "pull", "--with-deps", "split"], proj)
+    assert re.search(r"\d+ files? (fetched|added)", pulled), pulled
+    assert snapshot(proj) == before
+    assert repro(proj, "split") == []
+    assert "up to date" in run([DVC, "status", "split"], proj)
