@@ -21,7 +21,6 @@ shard.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -35,7 +34,7 @@ import torch
 from .checkpoint import CheckpointError, load_state
 from .corpus import Corpus, sequential_pass, warn_if_large
 from .model import CVFPModel
-from .utils import atomic_path, progress
+from .utils import atomic_path, one_intraop_thread, progress
 
 if TYPE_CHECKING:  # imported where used: phase2 reads C* without the sharding code
     from .sharding import MapShards
@@ -190,32 +189,6 @@ def materialize_shard(shard: list[np.ndarray], checkpoint: str | Path | bytes, m
     return out, corpus.offsets.numpy().astype(np.int64)
 
 
-_THREADS_LOCK = threading.Lock()
-_THREADS_USERS = 0
-_THREADS_SAVED = 1
-
-
-@contextlib.contextmanager
-def one_intraop_thread():
-    """Run torch ops on one intra-op thread (restored when the last concurrent user leaves).
-
-    CPU kernels may split a matrix product differently with another thread count, which
-    changes the last bits; every shard runs on one thread, as a Dask worker with
-    `threads_per_worker=1` does anyway, so C* is the same bytes in-process, on threads
-    and on any worker."""
-    global _THREADS_USERS, _THREADS_SAVED
-    with _THREADS_LOCK:
-        if _THREADS_USERS == 0:
-            _THREADS_SAVED = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _THREADS_USERS += 1
-    try:
-        yield
-    finally:
-        with _THREADS_LOCK:
-            _THREADS_USERS -= 1
-            if _THREADS_USERS == 0:
-                torch.set_num_threads(_THREADS_SAVED)
 
 
 def materialize_sharded(checkpoint: str | Path, corpora: dict[str, Corpus], out_dir: str | Path,

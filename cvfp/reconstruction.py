@@ -28,14 +28,13 @@ mean over the chunk's positions.
 its contexts are C* (what the materialize stage writes) and its perplexity is the one Phase 2
 starts from when it reuses the trained head.
 
-Training runs with one intra-op thread (`single_thread`): every op here is small (one
+Training runs with one intra-op thread (`cvfp.utils.one_intraop_thread`): every op here is small (one
 position of at most `batch_conversations` rows), so extra threads only add synchronisation
 (2 threads were 3-13x slower than 1 on a busy 2-core machine), and the numbers then do not
 depend on the machine's core count.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .corpus import Corpus, PositionSchedule, warn_if_large
-from .utils import progress
+from .utils import one_intraop_thread, progress
 
 log = logging.getLogger("cvfp")
 
@@ -177,17 +176,6 @@ class _Sums:
                           self.correct / max(self.n_tokens, 1), self.n_tokens, self.n_positions)
 
 
-@contextlib.contextmanager
-def single_thread():
-    """torch intra-op threads = 1 inside the block, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _chunk_bounds(n_positions: int, chunk_length: int):
     for t0 in range(0, n_positions, chunk_length):
         yield t0, min(t0 + chunk_length, n_positions)
@@ -198,7 +186,7 @@ def evaluate(model, decoder, corpus: Corpus, r, show_progress: bool = False,
              desc: str = "evaluate") -> tuple[SplitStats, torch.Tensor]:
     """Losses, perplexity and accuracy over `corpus` from a zero context per conversation,
     with reconstruction params `r`. Returns (stats, contexts [N, Dc] = C*)."""
-    with single_thread():
+    with one_intraop_thread():
         return _evaluate(model, decoder, corpus, r, show_progress, desc)
 
 
@@ -235,7 +223,7 @@ def train_reconstruction(model, train: Corpus, val: Corpus, p, seed: int = 0,
     """Phase 1 with objective `reconstruction` and phase1 params `p` (settings in
     p.reconstruction). Trains `model` in place (stack, embed_norm, token_output; the embedding
     table only if model.embedding == learned) and a new ContextDecoder."""
-    with single_thread():
+    with one_intraop_thread():
         return _train(model, train, val, p, seed, show_progress, log_fn)
 
 

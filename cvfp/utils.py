@@ -8,6 +8,7 @@ import random
 import shutil
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -86,3 +87,32 @@ def progress(iterable=None, total: int | None = None, desc: str = "", enabled: b
     """tqdm with position/total, rate and ETA; silent when disabled."""
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
                 mininterval=1.0, **kw)
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = 0
+_THREADS_SAVED = 1
+
+
+@contextlib.contextmanager
+def one_intraop_thread():
+    """Run torch ops on one intra-op thread (restored when the last concurrent user leaves).
+
+    Used by C* materialization and the reconstruction trainer.
+
+    CPU kernels may split a matrix product differently with another thread count, which
+    changes the last bits; every shard runs on one thread, as a Dask worker with
+    `threads_per_worker=1` does anyway, so C* is the same bytes in-process, on threads
+    and on any worker."""
+    global _THREADS_USERS, _THREADS_SAVED
+    with _THREADS_LOCK:
+        if _THREADS_USERS == 0:
+            _THREADS_SAVED = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREADS_USERS += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_USERS -= 1
+            if _THREADS_USERS == 0:
+                torch.set_num_threads(_THREADS_SAVED)

@@ -12,6 +12,16 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+def write_params(tmp_path, mutate):
+    """A copy of the project's params.yaml, changed by `mutate(raw_dict)`; returns its path."""
+    import yaml
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 @pytest.fixture
 def tiny_params():
     """The project's params.yaml with a tiny model (2 blocks, dim 16)."""

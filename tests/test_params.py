@@ -1,16 +1,7 @@
 import pytest
-import yaml
 
 from cvfp.params import ParamsError, load_params
-from conftest import ROOT
-
-
-def write(tmp_path, mutate):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    mutate(raw)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+from conftest import ROOT, write_params as write
 
 
 def test_defaults_load_with_seed_algorithm_values():

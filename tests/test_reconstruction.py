@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, write_params
 from cvfp.corpus import Corpus, sequential_pass
 from cvfp.model import CVFPModel
 from cvfp.params import ParamsError, load_params
@@ -179,14 +179,6 @@ def test_same_seed_same_numbers(tiny_params):
     assert strip[0] == strip[1]
 
 
-def _write(tmp_path, mutate):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    mutate(raw)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 @pytest.mark.parametrize("mutate, expected", [
     (lambda r: r["phase1"].update(objective="autoencoder"),
      r"phase1\.objective = 'autoencoder': Input should be 'cvfp' or 'reconstruction'"),
@@ -207,7 +199,7 @@ def _write(tmp_path, mutate):
 ])
 def test_params_validation_names_the_key(tmp_path, mutate, expected):
     with pytest.raises(ParamsError, match=expected):
-        load_params(_write(tmp_path, mutate))
+        load_params(write_params(tmp_path, mutate))
 
 
 def test_defaults():
