@@ -36,6 +36,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.phase1
+	$(BIN)/python -m benchmarks.phase2
+	$(BIN)/python -m benchmarks.memory
+	$(BIN)/python -m benchmarks.throughput
 
 clean:
 	rm -rf $(VENV)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -101,20 +101,19 @@ def warn_if_large(n_tokens: int, limit: int, what: str) -> None:
 
 @torch.no_grad()
 def sequential_pass(model, corpus: Corpus, start: torch.Tensor | None = None,
-                    show_progress: bool = False, desc: str = "sequential pass",
-                    out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    show_progress: bool = False, desc: str = "sequential pass"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Contexts after every token, fed one position at a time (the recurrent definition).
 
     start: [C, Dc] context per conversation (None = zeros, as at iteration 0).
     Returns (contexts [N, Dc] in corpus order, final context per conversation [C, Dc]).
-    `out` may be a preallocated (e.g. memory-mapped) [N, Dc] tensor to write into.
     """
     sched = PositionSchedule(corpus)
     dc = model.context_dim
     embeds = model.embed(corpus.ids)
-    state = (torch.zeros(corpus.n_conversations, dc, dtype=embeds.dtype) if start is None
-             else start[sched.order].clone())
-    contexts = torch.empty(corpus.n_tokens, dc, dtype=embeds.dtype) if out is None else out
+    state = (torch.zeros(corpus.n_conversations, dc, dtype=embeds.dtype, device=embeds.device)
+             if start is None else start[sched.order].clone())
+    contexts = torch.empty(corpus.n_tokens, dc, dtype=embeds.dtype, device=embeds.device)
     for t in progress(range(len(sched)), desc=desc, enabled=show_progress, unit="pos"):
         k = sched.active[t]
         rows = sched.rows(t)
@@ -124,3 +123,61 @@ def sequential_pass(model, corpus: Corpus, start: torch.Tensor | None = None,
     final = torch.empty_like(state)
     final[sched.order] = state
     return contexts, final
+
+
+def chunk_groups(offsets: list[int], chunk_tokens: int) -> Iterator[tuple[int, int]]:
+    """Conversation ranges [c, d) of the chunks: whole conversations totalling <= chunk_tokens,
+    or one longer conversation alone (d = c + 1). Greedy from the first conversation, so the
+    groups of a corpus that starts at a group boundary are the same groups."""
+    c, n = 0, len(offsets) - 1
+    while c < n:
+        a = offsets[c]
+        d = c + 1
+        while d < n and offsets[d + 1] - a <= chunk_tokens:
+            d += 1
+        yield c, d
+        c = d
+
+
+def chunks(corpus: Corpus, chunk_tokens: int):
+    """Yield (row_start, row_end, sub_corpus, carry) in corpus order.
+
+    carry=True means the slice continues the previous one's conversation (start from its
+    final context); otherwise every conversation in the slice starts from zero."""
+    offsets = corpus.offsets.tolist()
+    for c, d in chunk_groups(offsets, chunk_tokens):
+        a, b = offsets[c], offsets[d]
+        if b - a > chunk_tokens:                        # one long conversation: slices with carry
+            for s in range(a, b, chunk_tokens):
+                e = min(s + chunk_tokens, b)
+                yield s, e, Corpus(corpus.ids[s:e], torch.tensor([0, e - s])), s > a
+        else:                                           # whole conversations up to chunk_tokens
+            yield a, b, Corpus(corpus.ids[a:b], corpus.offsets[c:d + 1] - a), False
+
+
+@torch.no_grad()
+def zero_start_pass(model, corpus: Corpus, out, chunk_tokens: int, world=None,
+                    show_progress: bool = False, desc: str = "sequential pass") -> None:
+    """The sequential pass from zero contexts (Phase 1 iteration 0, and C*), chunk by chunk
+    (`chunks`), each chunk's rows written to `out[a:b]` (a tensor, or a `ContextFile`), so
+    memory holds one chunk. With a torch.distributed `world`, the chunks are dealt out to
+    the ranks; a chunk that carries on a long conversation stays with the rank of its start."""
+    chains: list[list] = []
+    for part in chunks(corpus, chunk_tokens):
+        if part[3]:
+            chains[-1].append(part)
+        else:
+            chains.append([part])
+    if world is not None:
+        chains = chains[world.rank::world.size]
+    bar = progress(total=sum(p[1] - p[0] for chain in chains for p in chain), desc=desc,
+                   enabled=show_progress, unit="tok")
+    for chain in chains:
+        final = None
+        for a, b, sub, carry in chain:
+            ctx, final = sequential_pass(model, sub, start=final if carry else None)
+            out[a:b] = ctx
+            bar.update(b - a)
+    bar.close()
+    if world is not None:
+        world.barrier()

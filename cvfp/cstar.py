@@ -1,8 +1,8 @@
 """C* materialization (SPEC section 5): the fixed contexts Phase 2 trains on.
 
 After Phase 1, in eval mode without gradient, one sequential pass from a zero context
-gives C*[i], the context after token i. They are written to NumPy `.npy` files through
-`np.lib.format.open_memmap`: a plain float32 [N, Dc] array with a tiny header, so Phase 2
+gives C*[i], the context after token i. They are written, a chunk's rows at a time, to
+NumPy `.npy` files (`ContextFile`): a plain float32 [N, Dc] array with a tiny header, so Phase 2
 (and anyone with NumPy) maps it back with `np.load(..., mmap_mode="r")` and reads only
 the rows of a batch.
 
@@ -26,13 +26,14 @@ import io
 import json
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_state
-from .corpus import Corpus, sequential_pass, warn_if_large
+from .contexts import ContextFile, ContextTensor
+from .corpus import Corpus, chunk_groups, warn_if_large, zero_start_pass
 from .model import CVFPModel
 from .utils import atomic_path, one_intraop_thread, progress
 
@@ -55,36 +56,6 @@ def load_phase1_model(path: str | Path, model_params, vocab_size: int,
     return model
 
 
-def chunk_groups(offsets: list[int], chunk_tokens: int) -> Iterator[tuple[int, int]]:
-    """Conversation ranges [c, d) of the chunks: whole conversations totalling <= chunk_tokens,
-    or one longer conversation alone (d = c + 1). Greedy from the first conversation, so the
-    groups of a corpus that starts at a group boundary are the same groups."""
-    c, n = 0, len(offsets) - 1
-    while c < n:
-        a = offsets[c]
-        d = c + 1
-        while d < n and offsets[d + 1] - a <= chunk_tokens:
-            d += 1
-        yield c, d
-        c = d
-
-
-def chunks(corpus: Corpus, chunk_tokens: int):
-    """Yield (row_start, row_end, sub_corpus, carry) in corpus order.
-
-    carry=True means the slice continues the previous one's conversation (start from its
-    final context); otherwise every conversation in the slice starts from zero."""
-    offsets = corpus.offsets.tolist()
-    for c, d in chunk_groups(offsets, chunk_tokens):
-        a, b = offsets[c], offsets[d]
-        if b - a > chunk_tokens:                        # one long conversation: slices with carry
-            for s in range(a, b, chunk_tokens):
-                e = min(s + chunk_tokens, b)
-                yield s, e, Corpus(corpus.ids[s:e], torch.tensor([0, e - s])), s > a
-        else:                                           # whole conversations up to chunk_tokens
-            yield a, b, Corpus(corpus.ids[a:b], corpus.offsets[c:d + 1] - a), False
-
-
 def shard_plan(corpus: Corpus, chunk_tokens: int, shard_conversations: int) -> list[tuple[int, int]]:
     """Conversation ranges [c, d) of the shards: consecutive whole chunks, at most
     `shard_conversations` conversations each unless a single chunk holds more."""
@@ -99,22 +70,11 @@ def shard_plan(corpus: Corpus, chunk_tokens: int, shard_conversations: int) -> l
     return plan
 
 
-@torch.no_grad()
 def write_cstar(model: CVFPModel, corpus: Corpus, path: Path, chunk_tokens: int,
                 show_progress: bool = False, desc: str = "C*") -> None:
     """Sequential pass over `corpus` from a zero context, written chunk by chunk to `path`."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
-                                    shape=(corpus.n_tokens, model.context_dim))
-    final = None
-    bar = progress(total=corpus.n_tokens, desc=desc, enabled=show_progress, unit="tok")
-    for a, b, sub, carry in chunks(corpus, chunk_tokens):
-        # `out` slices are views of the mapped file: the pass writes straight to disk pages.
-        _, final = sequential_pass(model, sub, start=final if carry else None,
-                                   out=torch.from_numpy(out[a:b]))
-        bar.update(b - a)
-    bar.close()
-    out.flush()
-    del out
+    out = ContextFile(path, (corpus.n_tokens, model.context_dim), create=True)
+    zero_start_pass(model, corpus, out, chunk_tokens, show_progress=show_progress, desc=desc)
 
 
 def materialize(model: CVFPModel, corpora: dict[str, Corpus], out_dir: str | Path,
@@ -180,13 +140,10 @@ def materialize_shard(shard: list[np.ndarray], checkpoint: str | Path | bytes, m
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
     model = _shard_model(checkpoint, model_params, vocab_size, momentum)
     corpus = Corpus.from_conversations(shard, "conversation")
-    out = np.empty((corpus.n_tokens, model.context_dim), dtype=np.float32)
-    final = None
+    out = ContextTensor((corpus.n_tokens, model.context_dim))
     with one_intraop_thread():
-        for a, b, sub, carry in chunks(corpus, chunk_tokens):
-            _, final = sequential_pass(model, sub, start=final if carry else None,
-                                       out=torch.from_numpy(out[a:b]))
-    return out, corpus.offsets.numpy().astype(np.int64)
+        zero_start_pass(model, corpus, out, chunk_tokens)
+    return out.data.numpy(), corpus.offsets.numpy().astype(np.int64)
 
 
 
@@ -198,7 +155,7 @@ def materialize_sharded(checkpoint: str | Path, corpora: dict[str, Corpus], out_
                         show_progress: bool = False, warn_tokens: int | None = None) -> dict:
     """`materialize` in shards: the same files, bitwise, for any shard size and any
     `map_shards` (default: a plain loop here; the Prefect flow maps them as tasks).
-    Each shard's rows are written into the memory-mapped output as soon as they arrive."""
+    Each shard's rows are written into the output file as soon as they arrive."""
     from .sharding import run_shards
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
@@ -221,8 +178,7 @@ def materialize_sharded(checkpoint: str | Path, corpora: dict[str, Corpus], out_
         for name, corpus in corpora.items():
             if warn_tokens is not None:
                 warn_if_large(corpus.n_tokens, warn_tokens, f"C* materialization ({name})")
-            outs[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32,
-                                                   shape=(corpus.n_tokens, dc))
+            outs[name] = ContextFile(tmp / f"{name}.npy", (corpus.n_tokens, dc), create=True)
             offsets = corpus.offsets.numpy()
             for c, d in shard_plan(corpus, chunk_tokens, shard_conversations):
                 shards.append([corpus.ids[offsets[i]:offsets[i + 1]].numpy() for i in range(c, d)])
@@ -238,18 +194,16 @@ def materialize_sharded(checkpoint: str | Path, corpora: dict[str, Corpus], out_
             if contexts.shape != (b - a, dc) or not np.array_equal(shard_offsets, offsets[c:d + 1] - a):
                 raise CstarError(f"C* {name} shard {i}: got {contexts.shape} rows for conversations "
                                  f"{c}..{d - 1}, expected {(b - a, dc)}")
-            outs[name][a:b] = contexts
+            outs[name][a:b] = torch.from_numpy(contexts)
             bar.update(b - a)
 
         (map_shards or run_shards)(materialize_shard, shards, consume, common)
         bar.close()
         for name, corpus in corpora.items():
-            outs[name].flush()
             np.save(tmp / f"{name}_offsets.npy", corpus.offsets.numpy().astype(np.int64))
             meta["splits"][name] = {"shape": [corpus.n_tokens, dc],
                                     "n_conversations": corpus.n_conversations,
                                     "file": f"{name}.npy", "offsets": f"{name}_offsets.npy"}
-        del outs
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 

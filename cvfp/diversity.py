@@ -3,6 +3,12 @@
 The seeds computed `ema_variance` and `distribution` from detached running statistics,
 which gives zero gradient. Here the current batch's statistics enter the EMA with
 gradient while the old state is detached.
+
+`global_mean` and `ema_variance` are functions of per-token sums: `stats(C)` returns
+sum_i s(C_i) (float64) and `from_stats(S, n)` the loss. That is what lets Phase 1 split a
+batch into chunks and ranks and still take the full-batch gradient (cvfp/phase1.py):
+S is summed over chunks and ranks first, then dL/dS weights each chunk's sums.
+`distribution` keeps its statistics inside the layers and has no such form.
 """
 from __future__ import annotations
 
@@ -20,16 +26,28 @@ class GlobalMean:
         self.momentum = momentum
         self.mean: torch.Tensor | None = None
 
+    @staticmethod
+    def stats(contexts: torch.Tensor) -> torch.Tensor:
+        c = contexts.double()
+        return torch.cat([c.sum(0), (c * c).sum().reshape(1)])      # [sum C_i, sum |C_i|^2]
+
+    def from_stats(self, s: torch.Tensor, n: int) -> torch.Tensor:
+        mean = s[:-1] / n
+        with torch.no_grad():
+            m = mean.float()
+            self.mean = m.clone() if self.mean is None else self.momentum * self.mean + (1 - self.momentum) * m
+        # ||C - mean||^2 = sum |C_i|^2 - n |mean|^2 (float64 sums keep the difference exact enough)
+        spread = (s[-1] - n * (mean * mean).sum()).clamp_min(1e-30)
+        return (-torch.sqrt(spread) / n).float()
+
     def __call__(self, contexts: torch.Tensor, model=None) -> torch.Tensor:
         if contexts.shape[0] > 1:
-            ref = contexts.mean(0)
-        else:
-            ref = self.mean if self.mean is not None else torch.zeros_like(contexts[0])
+            return self.from_stats(self.stats(contexts), contexts.shape[0])
+        ref = self.mean if self.mean is not None else torch.zeros_like(contexts[0])
         with torch.no_grad():
-            batch_mean = contexts.mean(0)
-            self.mean = batch_mean.clone() if self.mean is None else \
-                self.momentum * self.mean + (1 - self.momentum) * batch_mean
-        return -torch.linalg.vector_norm(contexts - ref) / contexts.shape[0]
+            self.mean = contexts[0].clone() if self.mean is None else \
+                self.momentum * self.mean + (1 - self.momentum) * contexts[0]
+        return -torch.linalg.vector_norm(contexts - ref)
 
 
 class EMAVariance:
@@ -41,16 +59,26 @@ class EMAVariance:
         self.mean: torch.Tensor | None = None
         self.var: torch.Tensor | None = None
 
-    def __call__(self, contexts: torch.Tensor, model=None) -> torch.Tensor:
-        m = self.momentum
+    @staticmethod
+    def stats(contexts: torch.Tensor) -> torch.Tensor:
+        c = contexts.double()
+        return torch.cat([c.sum(0), (c * c).sum(0)])                 # [sum C_i, sum C_i^2]
+
+    def from_stats(self, s: torch.Tensor, n: int) -> torch.Tensor:
+        m, d = self.momentum, s.shape[0] // 2
+        s1, s2 = s[:d], s[d:]
         if self.mean is None:  # first call: start the EMA at this batch, unit variance
-            self.mean = contexts.detach().mean(0)
+            self.mean = (s1 / n).detach().float()
             self.var = torch.ones_like(self.mean)
-        old_mean, old_var = self.mean.detach(), self.var.detach()
-        mean = m * old_mean + (1 - m) * contexts.mean(0)
-        var = m * old_var + (1 - m) * ((contexts - old_mean) ** 2).mean(0)
-        self.mean, self.var = mean.detach(), var.detach()
-        return 1.0 / (var.mean() + self.eps)
+        a = self.mean.detach().double()
+        sq = (s2 - 2 * a * s1) / n + a * a                           # mean_i (C_i - old_mean)^2
+        mean = m * a + (1 - m) * s1 / n
+        var = m * self.var.detach().double() + (1 - m) * sq
+        self.mean, self.var = mean.detach().float(), var.detach().float()
+        return (1.0 / (var.mean() + self.eps)).float()
+
+    def __call__(self, contexts: torch.Tensor, model=None) -> torch.Tensor:
+        return self.from_stats(self.stats(contexts), contexts.shape[0])
 
 
 class Distribution:

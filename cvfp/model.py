@@ -117,7 +117,8 @@ class CVFPModel(nn.Module):
                    pretrained_weights=pretrained_weights)
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_norm(self.token_embedding(token_ids))
+        """Normalised embeddings, on the model's device (token ids may live anywhere)."""
+        return self.embed_norm(self.token_embedding(token_ids.to(self.token_embedding.weight.device)))
 
     def forward(self, context: torch.Tensor, embeds: torch.Tensor, all_blocks: bool = False):
         """Run the stack. Returns (context, token_out), or with all_blocks the list of

@@ -93,6 +93,7 @@ class Phase1Params(_Section):
     convergence_threshold: float = Field(gt=0)
     min_converged_ratio: float = Field(gt=0, le=1)
     grad_clip: float = Field(gt=0)
+    chunk_tokens: int = Field(gt=0)   # parallel mode: tokens per forward/backward chunk
     diversity: DiversityParams
     warn_tokens: int = Field(gt=0)
     progress: bool

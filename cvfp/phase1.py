@@ -8,19 +8,34 @@
 
 `run_phase1(..., train=False)` runs the same loop without optimiser steps: that is how
 validation convergence is measured, so train and val share one implementation.
+
+Scale (docs/scaling.md). A parallel iteration is one optimiser step on the gradient of
+the whole split, but it never needs the whole split in memory:
+* contexts live in a row store, a `ContextFile` (.npy on disk) when `work_dir` is given;
+* the tokens are processed in chunks of `phase1.chunk_tokens`, and the gradients of the
+  chunks accumulate to exactly the full-batch gradient: the MSE is a sum over tokens, and
+  the diversity loss is a function L(S) of per-token sums S (cvfp/diversity.py), so a
+  first pass sums S, then each chunk backpropagates dL/dS . S_chunk. With one chunk the
+  first pass keeps its graph and nothing is recomputed;
+* under torchrun (`world`), every rank takes a contiguous share of the tokens and the
+  sums and gradients are summed over ranks, so the step is the single-process step.
 """
 from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .corpus import Corpus, PositionSchedule, sequential_pass, warn_if_large
+from .contexts import ContextFile, ContextTensor
+from .corpus import Corpus, PositionSchedule, warn_if_large, zero_start_pass
 from .diversity import make_diversity
+from .distributed import SINGLE, World
 from .utils import progress
 
 log = logging.getLogger("cvfp")
@@ -49,8 +64,7 @@ class IterationStats:
 
 @dataclass
 class Phase1Result:
-    contexts: torch.Tensor            # [N, Dc] final contexts (detached)
-    final_contexts: torch.Tensor      # [C, Dc] last context per conversation (carryover state)
+    contexts: torch.Tensor            # [N, Dc] final contexts (detached; file-backed with work_dir)
     history: list[IterationStats] = field(default_factory=list)
     stopped_early: bool = False
 
@@ -85,20 +99,84 @@ def _step(loss, optimizer, params, clip) -> bool:
     return True
 
 
-def parallel_iteration(model, corpus: Corpus, previous: torch.Tensor, p, diversity,
-                       optimizer=None, prev_index: torch.Tensor | None = None):
-    """One parallel pass: token i gets previous[i-1] (its conversation's last for i = start)."""
+def _trainable(model) -> list[torch.nn.Parameter]:
+    return [q for q in model.parameters() if q.requires_grad]
+
+
+def spans(lo: int, hi: int, chunk_tokens: int) -> list[tuple[int, int]]:
+    return [(a, min(a + chunk_tokens, hi)) for a in range(lo, hi, chunk_tokens)]
+
+
+def parallel_iteration(model, corpus: Corpus, previous, p, diversity, optimizer=None,
+                       prev_index: torch.Tensor | None = None, out=None, world: World = SINGLE):
+    """One parallel pass: token i gets previous[i-1] (its conversation's last for i = start).
+
+    previous/out: [N, Dc] row stores (tensor, ContextTensor or ContextFile); out=None
+    allocates one. Returns (out, (cvfp, div, total), steps, skipped, converged)."""
+    n, dc, w = corpus.n_tokens, model.context_dim, p.dist_reg_weight
     prev_index = corpus.prev_index() if prev_index is None else prev_index
+    out = ContextTensor((n, dc)) if out is None else out
     train = optimizer is not None
-    with torch.set_grad_enabled(train):
-        embeds = model.embed(corpus.ids)
-        contexts, _ = model(previous[prev_index], embeds)
-        cvfp = F.mse_loss(contexts, previous)  # raw MSE: normalising hid the signal (seed bug #1)
-        div = diversity(contexts, model)
-        loss = _combine(cvfp, div, p.dist_reg_weight)
-    stepped = train and _step(loss, optimizer, [q for q in model.parameters() if q.requires_grad], p.grad_clip)
-    skipped = int(train and not stepped)
-    return contexts.detach(), (cvfp.item(), div.item(), loss.item()), int(stepped), skipped
+    parts = spans(*world.share(n), p.chunk_tokens)
+    keep_graph = train and len(parts) <= 1          # one chunk: no second pass needed
+    decomposed = hasattr(diversity, "stats")
+    if not decomposed and (len(parts) > 1 or world.distributed):
+        raise ValueError(f"phase1.diversity.kind={p.diversity.kind!r} keeps its statistics inside the "
+                         f"layers, so its gradient cannot be split into chunks or ranks; use global_mean "
+                         f"or ema_variance, or run one process with phase1.chunk_tokens >= {n}")
+    dev = world.device
+
+    def forward(a: int, b: int):
+        ctx, _ = model(previous[prev_index[a:b]].to(dev), model.embed(corpus.ids[a:b]))
+        return ctx, previous[a:b].to(dev)
+
+    # Pass 1: contexts, convergence, and the sums the losses are made of.
+    sums = torch.zeros(2, dtype=torch.float64)       # squared difference to previous, converged
+    stats = diversity.stats(torch.zeros(0, dc)) if decomposed else None
+    kept = None
+    for a, b in parts:
+        with torch.set_grad_enabled(keep_graph):
+            ctx, target = forward(a, b)
+            st = diversity.stats(ctx) if decomposed else diversity(ctx, model)
+        sq = (ctx.detach() - target) ** 2
+        sums += torch.stack([sq.sum().double(), (sq.mean(dim=1) < p.convergence_threshold).sum()]).cpu()
+        if decomposed:
+            stats = stats + st.detach().cpu()
+        out[a:b] = ctx.detach()
+        if keep_graph:
+            kept = (ctx, target, st)
+    totals = world.all_reduce(torch.cat([sums, stats]) if decomposed else sums)
+    cvfp = float(totals[0]) / (n * dc)              # raw MSE: normalising hid the signal (seed bug #1)
+    converged = int(totals[1])
+    if decomposed:
+        s = totals[2:].clone().requires_grad_(train)
+        div = diversity.from_stats(s, n)
+    else:
+        div = st
+    loss = _combine(cvfp, div.item(), w)
+
+    # Pass 2: the full-batch gradient, chunk by chunk (recomputed unless kept).
+    steps = skipped = 0
+    if train and math.isfinite(loss):
+        params = _trainable(model)
+        optimizer.zero_grad(set_to_none=True)
+        g = torch.autograd.grad(div, s)[0].to(dev) if decomposed else None
+        for a, b in parts:
+            if kept is not None:
+                ctx, target, st = kept
+            else:
+                ctx, target = forward(a, b)
+                st = diversity.stats(ctx)
+            part = (1 - w) * ((ctx - target) ** 2).sum() / (n * dc)
+            part = part + w * ((g * st).sum() if decomposed else st)
+            part.backward()
+        world.all_reduce_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
+        optimizer.step()
+        steps = 1
+    elif train:
+        skipped = 1
+    return out, (cvfp, div.item(), loss), steps, skipped, converged
 
 
 def sequential_iteration(model, corpus: Corpus, previous: torch.Tensor, start: torch.Tensor, p,
@@ -109,13 +187,13 @@ def sequential_iteration(model, corpus: Corpus, previous: torch.Tensor, start: t
     state = start[sched.order].clone()
     contexts = torch.empty_like(previous)
     train = optimizer is not None
-    params = [q for q in model.parameters() if q.requires_grad]
+    params = _trainable(model)
     sums, steps, skipped = [0.0, 0.0, 0.0], 0, 0
     for t in progress(range(len(sched)), desc="phase1 sequential", enabled=show_progress, unit="pos"):
         k, rows = sched.active[t], sched.rows(t)
         with torch.set_grad_enabled(train):
             new, _ = model(state[:k], model.embed(corpus.ids[rows]))
-            cvfp = F.mse_loss(new, previous[rows])
+            cvfp = ((new - previous[rows]) ** 2).mean()
             div = diversity(new, model)
             loss = _combine(cvfp, div, p.dist_reg_weight)
         if train:
@@ -126,52 +204,93 @@ def sequential_iteration(model, corpus: Corpus, previous: torch.Tensor, start: t
         new = new.detach()
         state[:k] = new
         contexts[rows] = new
-    final = torch.empty_like(state)
-    final[sched.order] = state
-    return contexts, final, tuple(s / len(sched) for s in sums), steps, skipped
+    return contexts, tuple(s / len(sched) for s in sums), steps, skipped
 
 
 def run_phase1(model, corpus: Corpus, p, train: bool = True, show_progress: bool = False,
-               log_fn=log.info) -> Phase1Result:
-    """Phase 1 on `corpus` with phase1 params `p`. train=False measures convergence only."""
+               log_fn=log.info, world: World = SINGLE, work_dir: str | Path | None = None
+               ) -> Phase1Result:
+    """Phase 1 on `corpus` with phase1 params `p`. train=False measures convergence only.
+
+    work_dir: where the two context files (previous, current) go; None keeps them in
+    memory (one process only). Under torchrun all ranks call this with the same arguments
+    and get the same result."""
+    if world.distributed and (work_dir is None or p.mode != "parallel"):
+        raise ValueError("phase1 under torchrun needs phase1.mode=parallel (sequential mode steps once "
+                         "per position) and a shared work_dir for the contexts")
     warn_if_large(corpus.n_tokens, p.warn_tokens, "phase1 " + ("train" if train else "val"))
     diversity = make_diversity(p.diversity.kind, p.diversity.momentum)
     model.set_track_stats(train and p.diversity.kind == "distribution")
     model.train(train)
-    params = [q for q in model.parameters() if q.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=p.lr) if train else None
-    n = corpus.n_tokens
-
-    t0 = time.perf_counter()
-    previous, final = sequential_pass(model, corpus, show_progress=show_progress, desc="phase1 iter 0")
-    result = Phase1Result(previous, final)
-    result.history.append(IterationStats(0, 0, n, 0.0, None, None, None, 0, 0, time.perf_counter() - t0))
-    log_fn(result.final.line())
-
-    prev_index = corpus.prev_index()
-    bar = progress(range(1, p.max_iterations + 1), desc="phase1 " + ("train" if train else "val"),
-                   enabled=show_progress and p.mode == "parallel", unit="iter")
-    for it in bar:
+    optimizer = torch.optim.Adam(_trainable(model), lr=p.lr) if train else None
+    n, shape = corpus.n_tokens, (corpus.n_tokens, model.context_dim)
+    name = "train" if train else "val"
+    with _context_stores(shape, work_dir, world, name) as (previous, current):
         t0 = time.perf_counter()
-        if p.mode == "parallel":
-            contexts, losses, steps, skipped = parallel_iteration(
-                model, corpus, previous, p, diversity, optimizer, prev_index)
-            final = contexts[corpus.last_index()]
-        else:
-            contexts, final, losses, steps, skipped = sequential_iteration(
-                model, corpus, previous, final, p, diversity, optimizer, show_progress)
-        mask = converged_mask(contexts, previous, p.convergence_threshold)
-        conv = int(mask.sum())
-        stats = IterationStats(it, conv, n, conv / n, *losses, steps, skipped, time.perf_counter() - t0)
-        result.history.append(stats)
-        log_fn(stats.line())
-        if any(math.isnan(x) or math.isinf(x) for x in losses):
-            log.warning("iteration %d: non-finite loss, %d step(s) skipped", it, skipped)
-        previous = contexts
-        result.contexts, result.final_contexts = contexts, final
-        if stats.convergence_rate >= p.min_converged_ratio:
-            result.stopped_early = it < p.max_iterations
-            break
+        zero_start_pass(model, corpus, previous, p.chunk_tokens, world, show_progress, "phase1 iter 0")
+        result = Phase1Result(previous.tensor())
+        result.history.append(IterationStats(0, 0, n, 0.0, None, None, None, 0, 0, time.perf_counter() - t0))
+        log_fn(result.final.line())
+
+        prev_index = corpus.prev_index()
+        bar = progress(range(1, p.max_iterations + 1), desc=f"phase1 {name}",
+                       enabled=show_progress and p.mode == "parallel", unit="iter")
+        for it in bar:
+            t0 = time.perf_counter()
+            if p.mode == "parallel":
+                _, losses, steps, skipped, conv = parallel_iteration(
+                    model, corpus, previous, p, diversity, optimizer, prev_index, current, world)
+            else:
+                prev = previous.tensor()
+                contexts, losses, steps, skipped = sequential_iteration(
+                    model, corpus, prev, prev[corpus.last_index()], p, diversity, optimizer, show_progress)
+                current[0:n] = contexts
+                conv = int(converged_mask(contexts, prev, p.convergence_threshold).sum())
+            world.barrier()                          # every rank's rows are in `current`
+            stats = IterationStats(it, conv, n, conv / n, *losses, steps, skipped, time.perf_counter() - t0)
+            result.history.append(stats)
+            log_fn(stats.line())
+            if any(math.isnan(x) or math.isinf(x) for x in losses):
+                log.warning("iteration %d: non-finite loss, %d step(s) skipped", it, skipped)
+            previous, current = current, previous
+            if stats.convergence_rate >= p.min_converged_ratio:
+                result.stopped_early = it < p.max_iterations
+                break
+        result.contexts = previous.tensor()
     model.set_track_stats(False)
     model.eval()
     return result
+
+
+class _context_stores:
+    """Two [N, Dc] row stores: files in a fresh directory under work_dir (shared by all
+    ranks: rank 0 names it), removed on exit; or tensors when work_dir is None. The files
+    are unlinked at exit, but `result.contexts` maps them and stays readable."""
+
+    def __init__(self, shape, work_dir, world: World, name: str):
+        self.shape, self.work_dir, self.world, self.name = shape, work_dir, world, name
+        self.dir: Path | None = None
+
+    def __enter__(self):
+        if self.work_dir is None:
+            return ContextTensor(self.shape), ContextTensor(self.shape)
+        made = None
+        if self.world.is_main:
+            Path(self.work_dir).mkdir(parents=True, exist_ok=True)
+            made = tempfile.mkdtemp(prefix=f"{self.name}-", dir=self.work_dir)
+        self.dir = Path(self.world.broadcast_object(made))
+        stores = [None, None]
+        if self.world.is_main:
+            stores = [ContextFile(self.dir / f"contexts_{k}.npy", self.shape, create=True) for k in "ab"]
+        self.world.barrier()
+        if not self.world.is_main:
+            stores = [ContextFile(self.dir / f"contexts_{k}.npy", self.shape) for k in "ab"]
+        return tuple(stores)
+
+    def __exit__(self, exc_type, *_):
+        if self.dir is not None:
+            if exc_type is None:
+                self.world.barrier()             # no rank still reads the files
+            if self.world.is_main:
+                shutil.rmtree(self.dir, ignore_errors=True)
+        return False

@@ -28,6 +28,7 @@ from torch import nn
 
 from .checkpoint import save_checkpoint
 from .corpus import Corpus
+from .distributed import SINGLE, World
 from .utils import progress
 
 log = logging.getLogger("cvfp")
@@ -133,6 +134,11 @@ def head_logits(model, heads, fixed: torch.Tensor, outs) -> list[torch.Tensor]:
     return [h(torch.cat([fixed, tok], dim=-1)) for h, (_, tok) in zip(heads, outs)]
 
 
+def to_model_device(model, batch) -> tuple:
+    dev = model.token_output.weight.device
+    return tuple(t.to(dev) for t in batch)
+
+
 def forward_logits(model, heads, batch, freeze_context: bool = False) -> list[torch.Tensor]:
     prev_ctx, ids, fixed, _ = batch
     # With a frozen stack no graph is built through it: only the head's backward remains.
@@ -142,18 +148,21 @@ def forward_logits(model, heads, batch, freeze_context: bool = False) -> list[to
 
 
 @torch.no_grad()
-def evaluate(model, data: PositionData, batch_size: int, heads=None) -> list[Stats]:
-    """Loss/accuracy of every head over all positions (one Stats per head; single = one)."""
+def evaluate(model, data: PositionData, batch_size: int, heads=None, world: World = SINGLE) -> list[Stats]:
+    """Loss/accuracy of every head over all positions (one Stats per head; single = one).
+    Under torchrun every rank evaluates its share and the sums are all-reduced."""
     model.eval()
     n_heads = 1 if heads is None else len(heads)
-    loss_sum, correct = np.zeros(n_heads), np.zeros(n_heads)
-    for s in range(0, len(data), batch_size):
-        batch = data.batch(data.positions[s:s + batch_size])
+    sums = torch.zeros(2, n_heads, dtype=torch.float64)          # loss sum, correct
+    lo, hi = world.share(len(data))
+    for s in range(lo, hi, batch_size):
+        batch = to_model_device(model, data.batch(data.positions[s:min(s + batch_size, hi)]))
         for k, logits in enumerate(forward_logits(model, heads, batch)):
-            loss_sum[k] += F.cross_entropy(logits, batch[3], reduction="sum").item()
-            correct[k] += (logits.argmax(-1) == batch[3]).sum().item()
+            sums[0, k] += F.cross_entropy(logits, batch[3], reduction="sum").item()
+            sums[1, k] += (logits.argmax(-1) == batch[3]).sum().item()
+    world.all_reduce(sums)
     n = max(len(data), 1)
-    return [Stats(float(loss_sum[k] / n), float(correct[k] / n), len(data)) for k in range(n_heads)]
+    return [Stats(float(sums[0, k] / n), float(sums[1, k] / n), len(data)) for k in range(n_heads)]
 
 
 @dataclass
@@ -169,20 +178,29 @@ class Phase2Result:
 
 
 class Trainer:
-    """One training stage (single head, or per-block heads) with early stopping."""
+    """One training stage (single head, or per-block heads) with early stopping.
+
+    Under torchrun (`world`) every rank draws the same shuffled order, takes its share of
+    each global batch of cfg.batch_size positions, and normalises its loss by the global
+    batch size; the all-reduced gradient is then the single-process gradient, and every
+    rank takes the same step. Only rank 0 writes the checkpoint."""
 
     def __init__(self, model, heads, train: PositionData, val: PositionData, cfg, seed: int,
-                 checkpoint=None, params_dict=None, extra=None, show_progress=False):
+                 checkpoint=None, params_dict=None, extra=None, show_progress=False,
+                 world: World = SINGLE):
         self.model, self.heads, self.train, self.val, self.cfg = model, heads, train, val, cfg
+        self.world = world
         self.gen = torch.Generator().manual_seed(seed)
         self.checkpoint, self.params_dict, self.extra = checkpoint, params_dict or {}, extra or {}
         self.show = show_progress
         n = 1 if heads is None else len(heads)
         w = [1.0] if heads is None else list(cfg.block_weights)
-        self.weights = torch.tensor(w[:n])
+        self.weights = torch.tensor(w[:n], device=model.token_output.weight.device)
         self.params = trainable_parameters(model, heads)
         # fused: one kernel per step instead of ~8 passes over every parameter (5x on CPU)
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, fused=True)
+        if heads is not None:
+            heads.to(model.token_output.weight.device)
         self.saved_epoch: int | None = None
 
     def train_epoch(self, epoch: int) -> Stats:
@@ -190,24 +208,29 @@ class Trainer:
         model.train()
         order = self.train.positions[torch.randperm(len(self.train), generator=self.gen).numpy()]
         n_steps = math.ceil(len(order) / cfg.batch_size)
-        loss_sum = correct = 0.0
+        world = self.world
+        sums = torch.zeros(2, dtype=torch.float64)    # last head's loss sum, correct
         bar = progress(range(n_steps), desc=f"phase2 epoch {epoch}", enabled=self.show, unit="batch")
         for step in bar:
-            batch = self.train.batch(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+            global_batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            lo, hi = world.share(len(global_batch))
+            batch = to_model_device(model, self.train.batch(global_batch[lo:hi]))
             logits = forward_logits(model, self.heads, batch, cfg.freeze_context)
-            losses = torch.stack([F.cross_entropy(lg, batch[3]) for lg in logits])
-            loss = (self.weights * losses).sum()
-            if not torch.isfinite(loss):
-                self._fail(loss.item(), epoch, f"step {step + 1}/{n_steps}")
+            losses = torch.stack([F.cross_entropy(lg, batch[3], reduction="sum") for lg in logits])
+            loss = (self.weights * losses).sum() / len(global_batch)
+            total = world.all_reduce(loss.detach().clone())
+            if not torch.isfinite(total):
+                self._fail(total.item(), epoch, f"step {step + 1}/{n_steps}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            world.all_reduce_grads(self.params)
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             self.optimizer.step()
-            b = batch[3].numel()             # report the last head (the model's own)
-            loss_sum += losses[-1].item() * b
-            correct += (logits[-1].argmax(-1) == batch[3]).sum().item()
-            bar.set_postfix(loss=f"{losses[-1].item():.4f}", refresh=False)
-        return Stats(loss_sum / len(order), correct / len(order), len(order))
+            sums[0] += losses[-1].item()         # report the last head (the model's own)
+            sums[1] += (logits[-1].argmax(-1) == batch[3]).sum().item()
+            bar.set_postfix(loss=f"{total.item():.4f}", refresh=False)
+        world.all_reduce(sums)
+        return Stats(float(sums[0]) / len(order), float(sums[1]) / len(order), len(order))
 
     def _fail(self, value: float, epoch: int, where: str):
         kept = (f"the last good checkpoint {self.checkpoint} (epoch {self.saved_epoch}) was kept"
@@ -219,7 +242,7 @@ class Trainer:
         model, heads = self.model, self.heads
         if heads is not None:                # the last block's head is the model's head
             model.token_output.load_state_dict(heads[-1].state_dict())
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and self.world.is_main:
             save_checkpoint(self.checkpoint, model, self.params_dict, **self.extra,
                             phase2={"epoch": epoch, "val_loss": val[-1].loss,
                                     "heads": "single" if heads is None else "per_block"},
@@ -248,7 +271,7 @@ class Trainer:
         for epoch in range(first_epoch, first_epoch + cfg.epochs):
             t0 = time.perf_counter()
             tr = self.train_epoch(epoch)
-            val = evaluate(self.model, self.val, cfg.batch_size, self.heads)
+            val = evaluate(self.model, self.val, cfg.batch_size, self.heads, self.world)
             seconds = time.perf_counter() - t0
             result.train_seconds += seconds
             if not math.isfinite(val[-1].loss):
@@ -279,10 +302,11 @@ class Trainer:
         return epoch, stopped
 
 
-def starting_row(model, train: PositionData, val: PositionData, batch_size: int) -> tuple[dict, Stats]:
+def starting_row(model, train: PositionData, val: PositionData, batch_size: int,
+                 world: World = SINGLE) -> tuple[dict, Stats]:
     """Epoch 0: the model as it comes in (full passes over train and val, no step)."""
     t0 = time.perf_counter()
-    tr, va = evaluate(model, train, batch_size)[0], evaluate(model, val, batch_size)[0]
+    tr, va = evaluate(model, train, batch_size, world=world)[0], evaluate(model, val, batch_size, world=world)[0]
     return {"epoch": 0, "train_loss": tr.loss, "val_loss": va.loss, "train_ppl": tr.ppl,
             "val_ppl": va.ppl, "train_acc": tr.acc, "val_acc": va.acc,
             "seconds": time.perf_counter() - t0}, va
@@ -290,26 +314,30 @@ def starting_row(model, train: PositionData, val: PositionData, batch_size: int)
 
 def train_phase2(model, train: PositionData, val: PositionData, cfg, seed: int = 0,
                  checkpoint=None, params_dict: dict | None = None, extra: dict | None = None,
-                 show_progress: bool = False, warm_start: bool = False) -> Phase2Result:
+                 show_progress: bool = False, warm_start: bool = False,
+                 world: World = SINGLE) -> Phase2Result:
     """Train the head (and the stack unless cfg.freeze_context) on fixed C*; with
     cfg.heads == per_block continue with cloned per-block heads. The model ends in its best
     state; the best checkpoint is at `checkpoint` (if given).
 
     warm_start: the incoming head is already trained (Phase 1 objective `reconstruction`).
     Its state is then epoch 0 of the history, evaluated before any step, and counts as a
-    candidate for the best epoch, so Phase 2 never reports worse than what it started from."""
+    candidate for the best epoch, so Phase 2 never reports worse than what it started from.
+
+    world: under torchrun, every rank calls this with the same arguments (Trainer)."""
     for name, data in (("train", train), ("val", val)):
         if len(data) == 0:
             raise ValueError(f"phase2: the {name} split has no position with a next token "
                              f"(every conversation is a single token)")
     result = Phase2Result()
     configure_trainable(model, cfg.freeze_context)
-    kw = dict(checkpoint=checkpoint, params_dict=params_dict, extra=extra, show_progress=show_progress)
+    kw = dict(checkpoint=checkpoint, params_dict=params_dict, extra=extra,
+              show_progress=show_progress and world.is_main, world=world)
     trainer = Trainer(model, None, train, val, cfg, seed, **kw)
     result.trainable_params = sum(p.numel() for p in trainer.params)
     baseline = None
     if warm_start:
-        row, start = starting_row(model, train, val, cfg.batch_size)
+        row, start = starting_row(model, train, val, cfg.batch_size, world)
         log.info("phase2 epoch 0 (warm start, no step): train loss %.4f ppl %.2f acc %.4f | val loss "
                  "%.4f ppl %.2f acc %.4f", row["train_loss"], row["train_ppl"], row["train_acc"],
                  row["val_loss"], row["val_ppl"], row["val_acc"])
@@ -327,7 +355,7 @@ def train_phase2(model, train: PositionData, val: PositionData, cfg, seed: int =
         model.token_output.requires_grad_(False)    # replaced by heads[-1] in this stage
         trainer = Trainer(model, heads, train, val, cfg, seed + 1, **kw)
         result.trainable_params = sum(p.numel() for p in trainer.params)
-        start = evaluate(model, val, cfg.batch_size, heads)
+        start = evaluate(model, val, cfg.batch_size, heads, world)
         end, stopped = trainer.fit(last + 1, result, baseline=start)
         result.stopped_early = stopped
         result.stages["per_block"] = {"first_epoch": last + 1, "last_epoch": end,

@@ -20,6 +20,7 @@ TOKENIZER = Path("data/tokenizer")        # tokenize: AutoTokenizer.from_pretrai
 TOKENIZED = Path("data/tokenized")        # tokenize: conversation_id, input_ids, n_tokens
 SPLIT = Path("data/split")                # split: train/ and val/ Arrow datasets + gx/
 PHASE1_DIR = Path("cache/phase1")         # phase1: model.pt
+PHASE1_WORK = Path("cache/phase1-work")   # phase1: scratch context files while it runs (not an output)
 CSTAR_DIR = Path("cache/cstar")           # materialize: C* memmaps + offsets
 PHASE2_DIR = Path("cache/phase2")         # phase2: model.pt, baselines
 METRICS = Path("metrics")
@@ -31,7 +32,17 @@ log = logging.getLogger("cvfp")
 
 def setup_logging() -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        rank = os.environ.get("RANK")            # set by torchrun: other ranks log warnings only
+        logging.basicConfig(level=logging.INFO if rank in (None, "0") else logging.WARNING,
+                            format=f"%(asctime)s %(name)s{'' if rank is None else '[' + rank + ']'} "
+                                   f"%(levelname)s %(message)s")
+
+
+def current_world():
+    """The torch.distributed world when started by torchrun (joined on first use), else one
+    process. Stages that train (phase1, phase2) split their work over it."""
+    from cvfp.distributed import init_world
+    return init_world()
 
 
 def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> None:
@@ -51,6 +62,8 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
         overrides[key] = yaml.safe_load(value)
     params = load_params(args.params, overrides)
     run_stage(stage, run, params)
+    from cvfp.distributed import close_world
+    close_world(current_world())            # on error the process exits and torchrun stops the rest
 
 
 def run_stage(stage: str, run: Callable[[Params], object], params: Params):
@@ -62,6 +75,8 @@ def run_stage(stage: str, run: Callable[[Params], object], params: Params):
     t0 = time.perf_counter()
     result = run(params)
     seconds = time.perf_counter() - t0
+    if not current_world().is_main:         # torchrun: rank 0 writes every output
+        return result
     write_json(METRICS / "timing" / f"{stage}.json",
                {"stage": stage, "seconds": round(seconds, 3),
                 "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})

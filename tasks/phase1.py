@@ -9,6 +9,10 @@ checks on train and val.
   metrics/phase1.json has the same keys for both objectives, plus token/reconstruction
   losses, perplexity and accuracy per split.
 
+Under `torchrun --nproc_per_node=N -m tasks.phase1` (objective cvfp, mode parallel) the
+ranks split every iteration's tokens (cvfp/phase1.py), the context files are shared in
+cache/phase1-work/, and rank 0 runs the checks and writes the outputs.
+
 Outputs: cache/phase1/model.pt (checkpoint with params and `objective`; the reconstruction
 objective adds `context_decoder`, its state_dict, outside the model's), cache/phase1/checks.json
 (all check details incl. singular values; `reconstruction` with the per-epoch history),
@@ -31,7 +35,8 @@ from cvfp.phase1 import Phase1Result, run_phase1
 from cvfp.reconstruction import HISTORY_COLUMNS, SplitStats, train_reconstruction
 from cvfp.utils import atomic_path, seed_everything, write_json
 
-from .common import METRICS, PHASE1_DIR, PLOTS, SPLIT, TOKENIZER, cli, load_conversations, log, read_vocab_size
+from .common import (METRICS, PHASE1_DIR, PHASE1_WORK, PLOTS, SPLIT, TOKENIZER, cli, current_world,
+                     load_conversations, log, read_vocab_size)
 
 
 def build_model(params: Params, vocab_size: int) -> CVFPModel:
@@ -61,13 +66,19 @@ def summary(result: Phase1Result, checks: dict) -> dict:
     return out
 
 
-def run(params: Params) -> dict:
+def run(params: Params) -> dict | None:
+    """Returns the metrics (None on torchrun ranks other than 0, which write nothing)."""
     seed_everything(params.seed, params.deterministic)
-    p1, show = params.phase1, params.phase1.progress
+    world = current_world()
+    p1, show = params.phase1, params.phase1.progress and world.is_main
+    if world.distributed and p1.objective != "cvfp":
+        raise ValueError(f"phase1.objective={p1.objective!r} runs in one process; under torchrun "
+                         f"use phase1.objective=cvfp, or run `python -m tasks.phase1`")
     vocab_size = read_vocab_size(TOKENIZER)
     corpora = {s: Corpus.from_conversations(load_conversations(SPLIT / s), p1.context_reset)
                for s in ("train", "val")}
-    model = build_model(params, vocab_size)
+    model = build_model(params, vocab_size).to(world.device)
+    world.broadcast_module(model)
     log.info("phase1: %d train / %d val tokens in %d / %d conversations, objective=%s, mode=%s, reset=%s",
              corpora["train"].n_tokens, corpora["val"].n_tokens, corpora["train"].n_conversations,
              corpora["val"].n_conversations, p1.objective, p1.mode, p1.context_reset)
@@ -75,9 +86,13 @@ def run(params: Params) -> dict:
     recon = None
     t0 = time.perf_counter()
     if p1.objective == "cvfp":
-        results = {"train": run_phase1(model, corpora["train"], p1, train=True, show_progress=show)}
+        kw = dict(show_progress=show, world=world, work_dir=PHASE1_WORK)
+        results = {"train": run_phase1(model, corpora["train"], p1, train=True, **kw)}
         train_seconds = time.perf_counter() - t0
-        results["val"] = run_phase1(model, corpora["val"], p1, train=False, show_progress=show)
+        results["val"] = run_phase1(model, corpora["val"], p1, train=False, **kw)
+        if not world.is_main:
+            return None
+        model.cpu()                                 # the checks run on rank 0's CPU
         contexts = {s: r.contexts for s, r in results.items()}
         iterations_text = f"{results['train'].iterations}/{p1.max_iterations}"
     else:
@@ -86,8 +101,8 @@ def run(params: Params) -> dict:
         train_seconds = time.perf_counter() - t0
         contexts = recon.contexts                   # zero-start sequential pass = C*
         # Fixed-point convergence of the trained update, measured as for cvfp's val split.
-        results = {s: run_phase1(model, corpora[s], p1, train=False, show_progress=show)
-                   for s in ("train", "val")}
+        results = {s: run_phase1(model, corpora[s], p1, train=False, show_progress=show,
+                                 work_dir=PHASE1_WORK) for s in ("train", "val")}
         iterations_text = f"{len(recon.history)}/{p1.reconstruction.epochs} epochs"
     checks = {s: run_checks(model, corpora[s], contexts[s], params.checks,
                             trials=(s == "val"), show_progress=show) for s in results}

@@ -1,6 +1,9 @@
 """Phase 2 stage: context-fixed token prediction on C*, baselines and context ablations.
 
 Inputs: cache/phase1/model.pt, cache/cstar/, data/split/{train,val}, data/tokenizer.
+Under `torchrun --nproc_per_node=N -m tasks.phase2` the ranks split every batch
+(cvfp/phase2.py Trainer); rank 0 then runs the ablations and baselines and writes outputs.
+
 Outputs: cache/phase2/model.pt (best val checkpoint; per-block heads under `block_heads`),
 metrics/phase2.json (cvfp, baselines.{bigram,transformer}, ablations), plots/phase2_epochs.csv.
 
@@ -22,18 +25,20 @@ from cvfp.phase2 import PositionData, train_phase2
 from cvfp.utils import atomic_path, seed_everything, write_json
 
 from .common import (CSTAR_DIR, METRICS, PHASE1_DIR, PHASE2_DIR, PLOTS, SPLIT, TOKENIZER, cli,
-                     load_conversations, log, read_vocab_size)
+                     current_world, load_conversations, log, read_vocab_size)
 
 EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "train_ppl", "val_ppl", "train_acc", "val_acc",
                  "seconds"]
 
 
-def run(params: Params) -> dict:
+def run(params: Params) -> dict | None:
+    """Returns the metrics (None on torchrun ranks other than 0, which write nothing)."""
     seed_everything(params.seed, params.deterministic)
+    world = current_world()
     p2, show = params.phase2, params.phase1.progress
     vocab_size = read_vocab_size(TOKENIZER)
     model = load_phase1_model(PHASE1_DIR / "model.pt", params.model, vocab_size,
-                              params.phase1.diversity.momentum)
+                              params.phase1.diversity.momentum).to(world.device)
     objective = read_checkpoint(PHASE1_DIR / "model.pt").get("objective", "cvfp")
     warm_start = objective == "reconstruction"      # its head was trained with these contexts
     corpora = {s: Corpus.from_conversations(load_conversations(SPLIT / s), params.phase1.context_reset)
@@ -46,7 +51,11 @@ def run(params: Params) -> dict:
 
     result = train_phase2(model, data["train"], data["val"], p2, seed=params.seed,
                           checkpoint=PHASE2_DIR / "model.pt", params_dict=params.model_dump(),
-                          extra={"vocab_size": vocab_size}, show_progress=show, warm_start=warm_start)
+                          extra={"vocab_size": vocab_size}, show_progress=show, warm_start=warm_start,
+                          world=world)
+    if not world.is_main:
+        return None
+    model.cpu()
     best = result.best
     epochs_run = sum(1 for r in result.history if r["epoch"] > 0)     # epoch 0 = warm start, no step
     cvfp = {"best_epoch": result.best_epoch, "epochs_run": epochs_run,

@@ -38,3 +38,13 @@ def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def dvc_project(tmp_path_factory):
+    """A tiny copy of the project after a full `dvc repro`: (path, stages that ran).
+    test_pipeline changes it in order; others copy what they need (test_distributed)."""
+    from test_pipeline import make_project, repro
+    proj = make_project(tmp_path_factory.mktemp("dvc") / "proj")
+    ran = repro(proj)
+    return proj, ran

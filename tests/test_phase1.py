@@ -37,7 +37,8 @@ def test_parallel_input_contexts_shift_by_one_with_carryover():
 
     prev = torch.arange(14.0).reshape(7, 2)
     rec = Recorder()
-    p = type("P", (), {"dist_reg_weight": 0.9, "grad_clip": 1.0})
+    p = type("P", (), {"dist_reg_weight": 0.9, "grad_clip": 1.0, "chunk_tokens": 100,
+                       "convergence_threshold": 0.1})
     parallel_iteration(rec, c, prev, p, make_diversity("global_mean"))
     torch.testing.assert_close(rec.seen, prev[[3, 0, 1, 2, 6, 4, 5]])
 
@@ -158,3 +159,81 @@ def test_same_seed_bit_identical(tiny_params):
         m = CVFPModel(30, 16, 16, 32, [1, 1])
         outs.append(run_phase1(m, Corpus.from_conversations(convs(), "conversation"), p).contexts)
     assert torch.equal(outs[0], outs[1])
+
+
+def _reference_gradient(m, corpus, prev, kind, w=0.9):
+    """The full-batch loss written out directly (no chunks, no sums), as the seeds did."""
+    m.zero_grad(set_to_none=True)
+    ctx, _ = m(prev[corpus.prev_index()], m.embed(corpus.ids))
+    if kind == "global_mean":
+        div = -torch.linalg.vector_norm(ctx - ctx.mean(0)) / ctx.shape[0]
+    else:  # ema_variance, first call: EMA starts at this batch's mean with unit variance
+        var = 0.99 + 0.01 * ((ctx - ctx.detach().mean(0)) ** 2).mean(0)
+        div = 1.0 / (var.mean() + 1e-6)
+    loss = (1 - w) * torch.nn.functional.mse_loss(ctx, prev) + w * div
+    loss.backward()
+    return loss.item(), _grads(m)
+
+
+def _grads(m):
+    return {k: torch.zeros_like(q) if q.grad is None else q.grad.clone()
+            for k, q in m.named_parameters() if q.requires_grad}
+
+
+@pytest.mark.parametrize("kind", ["global_mean", "ema_variance"])
+@pytest.mark.parametrize("chunk", [10_000, 7, 1])
+def test_chunked_gradient_equals_full_batch_gradient(tiny_params, kind, chunk):
+    corpus = Corpus.from_conversations(convs(n=8), "conversation")
+    prev = torch.randn(corpus.n_tokens, 16)
+    m = tiny_model()
+    m.train()
+    want_loss, want = _reference_gradient(m, corpus, prev, kind)
+    p = tiny_params.phase1.model_copy(update={"chunk_tokens": chunk, "grad_clip": 1e9})
+    opt = torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=0.0)  # keeps .grad
+    out, (cvfp, div, total), steps, _, _ = parallel_iteration(m, corpus, prev, p,
+                                                             make_diversity(kind), opt)
+    got = _grads(m)
+    assert steps == 1 and total == pytest.approx(want_loss, rel=1e-5)
+    assert got.keys() == want.keys() and any(g.abs().sum() > 0 for g in got.values())
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-7, msg=k)
+    expected, _ = m(prev[corpus.prev_index()], m.embed(corpus.ids))
+    torch.testing.assert_close(out.data, expected.detach(), rtol=0, atol=1e-6)
+
+
+def test_chunked_training_matches_one_chunk(tiny_params):
+    """Whole Phase 1 runs (Adam steps, carryover, convergence) with chunks of 5 tokens and
+    with one chunk end with the same weights and contexts."""
+    corpus = Corpus.from_conversations(convs(n=8), "conversation")
+    runs = []
+    for chunk in (100_000, 5):
+        seed_everything(3)
+        m = tiny_model(seed=3)
+        p = tiny_params.phase1.model_copy(update={"chunk_tokens": chunk, "max_iterations": 3,
+                                                  "min_converged_ratio": 1.0})
+        r = run_phase1(m, corpus, p)
+        runs.append((r, m.blocks[0].layers[0].fnn.weight.detach().clone()))
+    (a, wa), (b, wb) = runs
+    torch.testing.assert_close(wa, wb, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(a.contexts, b.contexts, rtol=1e-4, atol=1e-5)
+    assert [h.converged for h in a.history] == [h.converged for h in b.history]
+
+
+def test_contexts_in_work_dir_files_equal_in_memory(tiny_params, tmp_path):
+    corpus = Corpus.from_conversations(convs(n=6), "conversation")
+    p = tiny_params.phase1.model_copy(update={"max_iterations": 2, "min_converged_ratio": 1.0,
+                                              "chunk_tokens": 9})
+    outs = []
+    for work in (None, tmp_path / "work"):
+        seed_everything(0)
+        outs.append(run_phase1(tiny_model(), corpus, p, work_dir=work).contexts)
+    assert torch.equal(outs[0], outs[1])
+    assert list((tmp_path / "work").iterdir()) == []     # scratch files removed
+
+
+def test_distribution_diversity_refuses_chunks(tiny_params):
+    corpus = Corpus.from_conversations(convs(n=6), "conversation")
+    p = tiny_params.phase1.model_copy(update={"chunk_tokens": 4})
+    p.diversity.kind = "distribution"
+    with pytest.raises(ValueError, match="phase1.diversity.kind='distribution'.*global_mean or ema_variance"):
+        run_phase1(tiny_model(), corpus, p)

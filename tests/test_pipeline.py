@@ -75,13 +75,6 @@ def metrics(cwd) -> dict:
             for n in ("data.json", "phase1.json", "phase2.json")}
 
 
-@pytest.fixture(scope="module")
-def dvc_project(tmp_path_factory):
-    proj = make_project(tmp_path_factory.mktemp("dvc") / "proj")
-    ran = repro(proj)
-    return proj, ran
-
-
 def test_dvc_repro_end_to_end_then_noop(dvc_project):
     proj, ran = dvc_project
     assert ran == STAGES
