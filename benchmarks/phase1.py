@@ -21,7 +21,7 @@ import torch
 from cvfp.corpus import Corpus, sequential_pass
 from cvfp.diversity import make_diversity
 from cvfp.model import CVFPModel
-from cvfp.params import DiversityParams, Phase1Params, ReconstructionParams
+from cvfp.params import DiversityParams, load_params
 from cvfp.phase1 import parallel_iteration
 
 
@@ -85,12 +85,10 @@ def main() -> None:
     err = (ref64 - got64).abs().max().item()
     assert err < 1e-4, f"batched pass disagrees with the reference: max |diff| = {err:.2e}"
 
-    p = Phase1Params(mode="parallel", context_reset="conversation", max_iterations=1, lr=0.002,
-                     dist_reg_weight=0.9, convergence_threshold=0.1, min_converged_ratio=0.95,
-                     grad_clip=1.0, diversity=DiversityParams(kind="global_mean", momentum=0.99),
-                     warn_tokens=10**9, progress=False, objective="cvfp",
-                     reconstruction=ReconstructionParams(recon_weight=1.0, chunk_length=32, epochs=1,
-                                                         batch_conversations=16, lr=0.002))
+    # The project's phase1 params, one chunk (the whole batch): forward + backward + step once.
+    p = load_params("params.yaml").phase1.model_copy(update={
+        "mode": "parallel", "context_reset": "conversation", "diversity": DiversityParams(
+            kind="global_mean", momentum=0.99), "chunk_tokens": corpus.n_tokens, "progress": False})
     model.train()
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=p.lr)
     prev = got.clone()
