@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from .distributed import SINGLE, World
 from .utils import progress
 
 log = logging.getLogger("cvfp")
@@ -156,7 +157,7 @@ def chunks(corpus: Corpus, chunk_tokens: int):
 
 
 @torch.no_grad()
-def zero_start_pass(model, corpus: Corpus, out, chunk_tokens: int, world=None,
+def zero_start_pass(model, corpus: Corpus, out, chunk_tokens: int, world: World = SINGLE,
                     show_progress: bool = False, desc: str = "sequential pass") -> None:
     """The sequential pass from zero contexts (Phase 1 iteration 0, and C*), chunk by chunk
     (`chunks`), each chunk's rows written to `out[a:b]` (a tensor, or a `ContextFile`), so
@@ -168,8 +169,7 @@ def zero_start_pass(model, corpus: Corpus, out, chunk_tokens: int, world=None,
             chains[-1].append(part)
         else:
             chains.append([part])
-    if world is not None:
-        chains = chains[world.rank::world.size]
+    chains = chains[world.rank::world.size]
     bar = progress(total=sum(p[1] - p[0] for chain in chains for p in chain), desc=desc,
                    enabled=show_progress, unit="tok")
     for chain in chains:
@@ -179,5 +179,4 @@ def zero_start_pass(model, corpus: Corpus, out, chunk_tokens: int, world=None,
             out[a:b] = ctx
             bar.update(b - a)
     bar.close()
-    if world is not None:
-        world.barrier()
+    world.barrier()
