@@ -72,9 +72,11 @@ def shard_plan(corpus: Corpus, chunk_tokens: int, shard_conversations: int) -> l
 
 def write_cstar(model: CVFPModel, corpus: Corpus, path: Path, chunk_tokens: int,
                 show_progress: bool = False, desc: str = "C*") -> None:
-    """Sequential pass over `corpus` from a zero context, written chunk by chunk to `path`."""
+    """Sequential pass over `corpus` from a zero context, written chunk by chunk to `path`
+    (on one intra-op thread, as every shard: the same bytes as `materialize_sharded`)."""
     out = ContextFile(path, (corpus.n_tokens, model.context_dim), create=True)
-    zero_start_pass(model, corpus, out, chunk_tokens, show_progress=show_progress, desc=desc)
+    with one_intraop_thread():
+        zero_start_pass(model, corpus, out, chunk_tokens, show_progress=show_progress, desc=desc)
 
 
 def materialize(model: CVFPModel, corpora: dict[str, Corpus], out_dir: str | Path,

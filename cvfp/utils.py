@@ -8,7 +8,6 @@ import random
 import shutil
 import socket
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,12 +17,21 @@ from tqdm.auto import tqdm
 
 HUB_HOST = ("huggingface.co", 443)
 
+# torch's intra-op thread count belongs to each OS thread once set (it is OpenMP's per-thread
+# setting), and a thread that has not used torch yet starts from the last value set anywhere.
+# Float results depend on it, so a stage must not inherit whatever an earlier task left on its
+# (pool) thread: seed_everything sets every stage's thread to this process default, and
+# one_intraop_thread returns its thread to it.
+DEFAULT_THREADS = torch.get_num_threads()
+
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch; with `deterministic`, force deterministic kernels."""
+    """Seed Python, NumPy and torch, set this thread's torch thread count to the process
+    default; with `deterministic`, force deterministic kernels."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    torch.set_num_threads(DEFAULT_THREADS)     # this thread's count: see DEFAULT_THREADS
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
 
@@ -88,14 +96,10 @@ def progress(iterable=None, total: int | None = None, desc: str = "", enabled: b
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
                 mininterval=1.0, **kw)
 
-_THREADS_LOCK = threading.Lock()
-_THREADS_USERS = 0
-_THREADS_SAVED = 1
-
 
 @contextlib.contextmanager
 def one_intraop_thread():
-    """Run torch ops on one intra-op thread (restored when the last concurrent user leaves).
+    """Run torch ops on one intra-op thread, in this OS thread; back to DEFAULT_THREADS after.
 
     Used by C* materialization and the reconstruction trainer.
 
@@ -103,16 +107,8 @@ def one_intraop_thread():
     changes the last bits; every shard runs on one thread, as a Dask worker with
     `threads_per_worker=1` does anyway, so C* is the same bytes in-process, on threads
     and on any worker."""
-    global _THREADS_USERS, _THREADS_SAVED
-    with _THREADS_LOCK:
-        if _THREADS_USERS == 0:
-            _THREADS_SAVED = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _THREADS_USERS += 1
+    torch.set_num_threads(1)
     try:
         yield
     finally:
-        with _THREADS_LOCK:
-            _THREADS_USERS -= 1
-            if _THREADS_USERS == 0:
-                torch.set_num_threads(_THREADS_SAVED)
+        torch.set_num_threads(DEFAULT_THREADS)

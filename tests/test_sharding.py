@@ -222,3 +222,33 @@ def test_mapped_materialize_equals_plain_loop(cluster, project, prefect_harness,
     meta = run_stage_mapped(stage, tiny(**over), proj, monkeypatch)
     assert files(proj / "cache/cstar") == ref
     assert meta["splits"]["train"]["n_conversations"] == len(convs) - len(convs) // 5
+
+
+def test_pinned_shards_leave_no_pool_thread_on_one_thread(monkeypatch):
+    """Two shards overlap on two pool threads (as materialize on the thread runner); after
+    them, every pool thread, and any stage that starts on one, runs on the process default.
+    (torch's thread count is per OS thread: a thread left on 1 would change a later stage's
+    floats, e.g. phase2 under the flow vs under dvc repro.)"""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cvfp.utils as utils
+    monkeypatch.setattr(utils, "DEFAULT_THREADS", 2)
+    both = threading.Barrier(2)
+
+    def shard():
+        with utils.one_intraop_thread():
+            both.wait()
+            inside = torch.get_num_threads()
+            both.wait()
+        return inside, torch.get_num_threads()
+
+    def stage():
+        utils.seed_everything(0)
+        return torch.get_num_threads()
+
+    with ThreadPoolExecutor(2) as pool:
+        assert [f.result() for f in [pool.submit(shard) for _ in range(2)]] == [(1, 2), (1, 2)]
+        torch.set_num_threads(1)          # whatever a thread was left with, a stage resets it
+        assert [f.result() for f in [pool.submit(stage) for _ in range(2)]] == [2, 2]
+    torch.set_num_threads(utils.DEFAULT_THREADS)
