@@ -85,21 +85,33 @@ def materialize(model: CVFPModel, corpora: dict[str, Corpus], out_dir: str | Pat
     """Write <split>.npy, <split>_offsets.npy and meta.json into `out_dir`, atomically
     (everything goes to a temporary directory renamed onto out_dir at the end)."""
     model.eval()
-    meta = {"format": "npy float32 [n_tokens, context_dim], row i = context after token i",
-            "context_dim": model.context_dim, "embed_dim": model.embed_dim,
-            "vocab_size": model.vocab_size, "context_reset": context_reset,
-            "chunk_tokens": chunk_tokens, "phase1_checkpoint": source, "splits": {}}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for name, corpus in corpora.items():
-            if warn_tokens is not None:
-                warn_if_large(corpus.n_tokens, warn_tokens, f"C* materialization ({name})")
+            _warn(name, corpus, warn_tokens)
             write_cstar(model, corpus, tmp / f"{name}.npy", chunk_tokens, show_progress, f"C* {name}")
-            np.save(tmp / f"{name}_offsets.npy", corpus.offsets.numpy().astype(np.int64))
-            meta["splits"][name] = {"shape": [corpus.n_tokens, model.context_dim],
-                                    "n_conversations": corpus.n_conversations,
-                                    "file": f"{name}.npy", "offsets": f"{name}_offsets.npy"}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return _write_index(tmp, corpora, model.context_dim, model.embed_dim, model.vocab_size,
+                            context_reset, chunk_tokens, source)
+
+
+def _warn(name: str, corpus: Corpus, warn_tokens: int | None) -> None:
+    if warn_tokens is not None:
+        warn_if_large(corpus.n_tokens, warn_tokens, f"C* materialization ({name})")
+
+
+def _write_index(tmp: Path, corpora: dict[str, Corpus], context_dim: int, embed_dim: int,
+                 vocab_size: int, context_reset: str, chunk_tokens: int, source) -> dict:
+    """Next to the <split>.npy files: <split>_offsets.npy and meta.json (returned)."""
+    meta = {"format": "npy float32 [n_tokens, context_dim], row i = context after token i",
+            "context_dim": context_dim, "embed_dim": embed_dim, "vocab_size": vocab_size,
+            "context_reset": context_reset, "chunk_tokens": chunk_tokens,
+            "phase1_checkpoint": source, "splits": {}}
+    for name, corpus in corpora.items():
+        np.save(tmp / f"{name}_offsets.npy", corpus.offsets.numpy().astype(np.int64))
+        meta["splits"][name] = {"shape": [corpus.n_tokens, context_dim],
+                                "n_conversations": corpus.n_conversations,
+                                "file": f"{name}.npy", "offsets": f"{name}_offsets.npy"}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -148,8 +160,6 @@ def materialize_shard(shard: list[np.ndarray], checkpoint: str | Path | bytes, m
     return out.data.numpy(), corpus.offsets.numpy().astype(np.int64)
 
 
-
-
 def materialize_sharded(checkpoint: str | Path, corpora: dict[str, Corpus], out_dir: str | Path,
                         model_params, vocab_size: int, chunk_tokens: int, context_reset: str,
                         shard_conversations: int, momentum: float = 0.99,
@@ -169,17 +179,12 @@ def materialize_sharded(checkpoint: str | Path, corpora: dict[str, Corpus], out_
     common = {"checkpoint": data, "model_params": model_params, "vocab_size": vocab_size,
               "chunk_tokens": chunk_tokens, "momentum": momentum, "deterministic": deterministic}
     dc = model_params.context_dim
-    meta = {"format": "npy float32 [n_tokens, context_dim], row i = context after token i",
-            "context_dim": dc, "embed_dim": model_params.embed_dim,
-            "vocab_size": vocab_size, "context_reset": context_reset,
-            "chunk_tokens": chunk_tokens, "phase1_checkpoint": str(checkpoint), "splits": {}}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         # One job for all splits: every shard of train and val is mapped at once.
         outs, shards, where = {}, [], []
         for name, corpus in corpora.items():
-            if warn_tokens is not None:
-                warn_if_large(corpus.n_tokens, warn_tokens, f"C* materialization ({name})")
+            _warn(name, corpus, warn_tokens)
             outs[name] = ContextFile(tmp / f"{name}.npy", (corpus.n_tokens, dc), create=True)
             offsets = corpus.offsets.numpy()
             for c, d in shard_plan(corpus, chunk_tokens, shard_conversations):
@@ -201,13 +206,8 @@ def materialize_sharded(checkpoint: str | Path, corpora: dict[str, Corpus], out_
 
         (map_shards or run_shards)(materialize_shard, shards, consume, common)
         bar.close()
-        for name, corpus in corpora.items():
-            np.save(tmp / f"{name}_offsets.npy", corpus.offsets.numpy().astype(np.int64))
-            meta["splits"][name] = {"shape": [corpus.n_tokens, dc],
-                                    "n_conversations": corpus.n_conversations,
-                                    "file": f"{name}.npy", "offsets": f"{name}_offsets.npy"}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+        return _write_index(tmp, corpora, dc, model_params.embed_dim, vocab_size, context_reset,
+                            chunk_tokens, str(checkpoint))
 
 
 def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: int) -> np.ndarray:
