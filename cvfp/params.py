@@ -84,10 +84,13 @@ class ReconstructionParams(_Section):
 
 
 class Phase1Params(_Section):
-    objective: Literal["cvfp", "reconstruction"]
+    # none: the control arm (SPEC 9): no Phase 1 step, C* from the initialised stack
+    objective: Literal["cvfp", "reconstruction", "none"]
     mode: Literal["parallel", "sequential"]
     context_reset: Literal["stream", "conversation"]
     max_iterations: int = Field(ge=1)
+    # objective cvfp: at least this many iterations even when the convergence rule says stop
+    min_iterations: int = Field(default=0, ge=0)
     lr: float = Field(gt=0)
     dist_reg_weight: float = Field(ge=0, le=1)
     convergence_threshold: float = Field(gt=0)
@@ -98,6 +101,13 @@ class Phase1Params(_Section):
     warn_tokens: int = Field(gt=0)
     progress: bool
     reconstruction: ReconstructionParams
+
+    @model_validator(mode="after")
+    def _check(self) -> "Phase1Params":
+        if self.min_iterations > self.max_iterations:
+            raise ValueError(f"min_iterations={self.min_iterations} exceeds max_iterations="
+                             f"{self.max_iterations}; lower min_iterations or raise max_iterations")
+        return self
 
 
 class ChecksParams(_Section):
@@ -127,6 +137,7 @@ class Phase2Params(_Section):
 
 class BaselineParams(_Section):
     bigram_k: float = Field(gt=0)
+    transformer: bool = True      # false skips the GPT-2 baseline (metrics then lack its key)
     transformer_n_layer: int = Field(ge=1)
     transformer_n_head: int = Field(ge=1)
     transformer_n_positions: int = Field(ge=2)
@@ -161,6 +172,43 @@ class OrchestrationParams(_Section):
         return self
 
 
+_ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Keys an arm may not set: the sweep sets the seed, and a comparison cannot nest one.
+_ARM_RESERVED = ("seed", "compare")
+
+
+class CompareParams(_Section):
+    """`python -m flows.compare` (docs/compare.md). Not a param of any pipeline stage: editing
+    it reruns nothing (the report stage, which depends on the whole params.yaml, aside)."""
+    arms: dict[str, dict[str, Any]] = Field(min_length=1)   # arm -> {dotted.key: value} overrides
+    run: list[str] = Field(min_length=1)      # arms a default comparison runs, in report order
+    control: str                              # every other arm is paired with this one
+    seeds: list[int] = Field(min_length=1)    # seed values; `--seeds N` takes the first N
+    # The Transformer baseline depends on the arm only through its epoch budget (the arm's
+    # Phase 2 epochs run): train it in the control arm only and pair every arm with that.
+    transformer_in_control_only: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompareParams":
+        for name, overrides in self.arms.items():
+            if not _ARM_NAME.fullmatch(name):
+                raise ValueError(f"arms: {name!r} is not a valid arm name (letters, digits, _ . -; "
+                                 f"it becomes part of a DVC experiment name)")
+            for key in overrides:
+                if key.split(".")[0] in _ARM_RESERVED:
+                    raise ValueError(f"arms.{name}: {key!r} cannot be set by an arm "
+                                     f"(the comparison sets the seed; arms cannot nest compare)")
+        for key, names in (("run", self.run), ("control", [self.control])):
+            unknown = [a for a in names if a not in self.arms]
+            if unknown:
+                raise ValueError(f"{key}: unknown arm(s) {unknown}; defined arms: {list(self.arms)}")
+        if len(set(self.run)) != len(self.run):
+            raise ValueError(f"run lists an arm twice: {self.run}")
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds}: need distinct seeds >= 0")
+        return self
+
+
 class Params(_Section):
     seed: int = Field(ge=0)
     deterministic: bool
@@ -175,9 +223,20 @@ class Params(_Section):
     baselines: BaselineParams
     generate: GenerateParams
     orchestration: OrchestrationParams
+    compare: CompareParams
 
     @model_validator(mode="after")
     def _cross(self) -> "Params":
+        # Arm overrides must name existing keys (their values are validated per arm by
+        # `arm_params` before a comparison starts).
+        dumped = self.model_dump()
+        for name, overrides in self.compare.arms.items():
+            for key in overrides:
+                node = dumped
+                for part in key.split("."):
+                    if not isinstance(node, dict) or part not in node:
+                        raise ValueError(f"compare.arms.{name}: {key!r} is not a params key")
+                    node = node[part]
         if self.phase2.heads == "per_block" and len(self.phase2.block_weights) != self.model.num_blocks:
             raise ValueError(
                 f"phase2.block_weights has {len(self.phase2.block_weights)} weights but "
@@ -226,6 +285,14 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     return parse_params(raw, str(path))
+
+
+def arm_params(params: Params, overrides: dict[str, Any], source: str = "params") -> Params:
+    """`params` with dotted-key overrides applied, validated (a comparison's arm x seed)."""
+    raw = params.model_dump(mode="json")
+    for key, value in overrides.items():
+        set_dotted(raw, key, value)
+    return parse_params(raw, source)
 
 
 def set_dotted(raw: dict, key: str, value: Any) -> None:

@@ -35,6 +35,8 @@ TITLES = {
 }
 # The Phase 1 section's title when phase1.objective is reconstruction (SPEC section 7).
 RECONSTRUCTION_TITLE = "Phase 1: context reconstruction learning (v3)"
+# ... and when it is none (SPEC 9's control arm: no Phase 1 training).
+NONE_TITLE = "Phase 1: none (control: the initialised stack, no training)"
 
 # The seeds' published effective-rank results (SPEC section 4.1). They come from the
 # 768-d GPT-2 configuration on 6400 UltraChat train tokens, so they are context for our
@@ -178,6 +180,8 @@ class ReportInputs:
     checks: dict                      # cache/phase1/checks.json
     phase2: dict                      # metrics/phase2.json
     phase2_epochs: list[dict]         # plots/phase2_epochs.csv rows
+    compare: dict | None = None       # metrics/compare.json when a comparison exists (cvfp/compare.py)
+    compare_href: str | None = None   # relative link from reports/ to compare.html
 
 
 @dataclass
@@ -448,17 +452,43 @@ def _er_text(m: dict, chk: dict) -> str:
     return "n/a"
 
 
+def convergence_text(m: dict) -> str:
+    """A split's Phase 1 convergence, labelled when it holds by construction (SPEC 3): the
+    first parallel pass reproduces iteration 0 except at the segment starts, for any model."""
+    conv = m.get("convergence", "n/a")
+    if not m.get("converged_by_construction"):
+        return conv
+    starts = m.get("segment_starts")
+    where = "the segment starts" if starts is None else f"the {fmt_int(starts)} segment starts"
+    return (f"converged by construction: {conv} (the first parallel pass reproduces iteration 0 "
+            f"except at {where}, for any model; not a result)")
+
+
+def fixed_point_text(trials: dict | None, threshold: Any) -> str:
+    """The val convergence trials (SPEC 4.4), the real fixed-point check, in one line."""
+    if not trials:
+        return "no convergence trials recorded"
+    ok = trials.get("passed")
+    return (f"{'PASSED' if ok else 'NOT PASSED' if ok is False else 'n/a'}: final diff "
+            f"{fmt_loss(trials.get('final_diff'))} (pass if < {threshold}), verdict "
+            f"{trials.get('verdict', 'n/a')}")
+
+
 def section_summary(inp: ReportInputs, findings: list[Finding]) -> Section:
     p1, cv, bl = inp.phase1, inp.phase2.get("cvfp", {}), inp.phase2.get("baselines", {})
     recon = _objective(inp) == "reconstruction"
+    tr, va = p1.get("train", {}), p1.get("val", {})
+    steps = tr.get("steps")
     rows = [
         ["Phase 1 objective", _objective(inp)],
         ["Phase 1 training" if recon else "Phase 1 iterations", p1.get("iterations_text", "n/a")],
-        ["Phase 1 train convergence", p1.get("train", {}).get("convergence", "n/a")],
-        ["Phase 1 val convergence", p1.get("val", {}).get("convergence", "n/a")],
-        ["Effective rank train", _er_text(p1.get("train", {}), inp.checks.get("train", {}))],
-        ["Effective rank val", _er_text(p1.get("val", {}), inp.checks.get("val", {}))],
-        ["Convergence-trial verdict (val)", p1.get("val", {}).get("trials", {}).get("verdict", "n/a")],
+        ["Phase 1 optimizer steps", "not recorded" if steps is None else fmt_int(steps)],
+        ["Fixed-point check (val convergence trials)",
+         fixed_point_text(va.get("trials"), inp.params.get("checks", {}).get("convergence_final_diff", "n/a"))],
+        ["Phase 1 train convergence", convergence_text(tr)],
+        ["Phase 1 val convergence", convergence_text(va)],
+        ["Effective rank train", _er_text(tr, inp.checks.get("train", {}))],
+        ["Effective rank val", _er_text(va, inp.checks.get("val", {}))],
     ]
     if recon:
         va = p1.get("val", {})
@@ -470,7 +500,16 @@ def section_summary(inp: ReportInputs, findings: list[Finding]) -> Section:
         ["Transformer val perplexity", fmt_ppl(bl.get("transformer", {}).get("val_ppl"))],
         ["Warnings", str(len(findings))],
     ]
-    return Section("summary").add(Table(["quantity", "value"], rows))
+    s = Section("summary").add(Table(["quantity", "value"], rows))
+    if inp.compare or inp.compare_href:
+        s.add(Heading("Comparison over seeds (controls)"))
+        verdicts = [a["verdict"] for a in (inp.compare or {}).get("arms", {}).values() if a.get("verdict")]
+        if verdicts:
+            s.add(Table(["verdict (computed, cvfp/compare.py)"], [[v] for v in verdicts]))
+        if inp.compare_href:
+            s.add(Para(["Details: ", Link("comparison report", inp.compare_href),
+                        " (written by `python -m flows.compare`, not by this run)."], "note"))
+    return s
 
 
 def section_warnings(findings: list[Finding]) -> Section:
@@ -558,7 +597,8 @@ def section_phase1(inp: ReportInputs) -> Section:
     pp = params.get("phase1", {})
     hist = {sp: chk.get(sp, {}).get("history", []) for sp in ("train", "val")}
     recon = _objective(inp) == "reconstruction"
-    s = Section("phase1", name=RECONSTRUCTION_TITLE if recon else "")
+    s = Section("phase1", name=RECONSTRUCTION_TITLE if recon else
+                (NONE_TITLE if _objective(inp) == "none" else ""))
     mr = pp.get("min_converged_ratio")
     tr, va = p1.get("train", {}), p1.get("val", {})
     if recon:
@@ -614,9 +654,11 @@ def section_phase1(inp: ReportInputs) -> Section:
             ["mode / context_reset", f"{pp.get('mode', 'n/a')} / {pp.get('context_reset', 'n/a')}"],
             ["iterations completed", f"{p1.get('iterations_text', 'n/a')} (stopped early: "
                                      f"{fmt_bool(tr.get('stopped_early'))})"],
-            ["min_converged_ratio", "n/a" if mr is None else f"{100 * mr:.1f}%"],
-            ["final train convergence", tr.get("convergence", "n/a")],
-            ["final val convergence", va.get("convergence", "n/a")],
+            ["optimizer steps (train)", str(tr.get("steps", "n/a"))],
+            ["min_converged_ratio / min_iterations", ("n/a" if mr is None else f"{100 * mr:.1f}%")
+             + f" / {pp.get('min_iterations', 0)}"],
+            ["final train convergence", convergence_text(tr)],
+            ["final val convergence", convergence_text(va)],
             ["final train losses (CVFP / diversity / total)",
              f"{fmt_loss(tr.get('cvfp_loss'))} / {fmt_loss(tr.get('diversity_loss'))} / {fmt_loss(tr.get('total_loss'))}"],
             ["skipped optimizer steps (train)", str(tr.get("skipped_steps", "n/a"))],

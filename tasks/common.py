@@ -26,6 +26,8 @@ PHASE2_DIR = Path("cache/phase2")         # phase2: model.pt, baselines
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
+# flows.compare (tasks/compare.py) writes these; the run report links them when present.
+COMPARE_JSON, COMPARE_HTML, COMPARE_MD = METRICS / "compare.json", REPORTS / "compare.html", REPORTS / "compare.md"
 
 log = logging.getLogger("cvfp")
 

@@ -3,6 +3,8 @@ checks on train and val.
 
 * `cvfp` (SPEC 3): fixed-point learning (cvfp/phase1.py); val convergence is the same loop
   without optimiser steps.
+* `none` (SPEC 9, the control arm): no optimizer step; the checks and convergence passes run
+  on the initialised stack, so metrics/phase1.json has the same keys with `steps` 0.
 * `reconstruction` (SPEC 7, seed 003): context reconstruction + next-token CE, truncated BPTT
   (cvfp/reconstruction.py). The checks run on the contexts of a zero-start sequential pass
   (C*), and convergence is measured for train and val by `run_phase1(..., train=False)`, so
@@ -53,6 +55,10 @@ def summary(result: Phase1Result, checks: dict) -> dict:
     out = {"converged": f.converged, "total": f.total, "convergence_rate": f.convergence_rate,
            "convergence": f"{100 * f.convergence_rate:.1f}% ({f.converged}/{f.total})",
            "iterations": result.iterations, "stopped_early": result.stopped_early,
+           # Optimizer steps actually taken, and whether the rate above is the structural one
+           # of the first parallel pass (N - C tokens reproduce iteration 0; SPEC 3).
+           "steps": result.steps, "converged_by_construction": result.converged_by_construction,
+           "segment_starts": result.segments,
            "cvfp_loss": f.cvfp_loss, "diversity_loss": f.diversity_loss, "total_loss": f.total_loss,
            "skipped_steps": sum(h.skipped_steps for h in result.history),
            "effective_rank": er["effective_rank"], "effective_rank_ratio": er["ratio"],
@@ -95,6 +101,14 @@ def run(params: Params) -> dict | None:
         model.cpu()                                 # the checks run on rank 0's CPU
         contexts = {s: r.contexts for s, r in results.items()}
         iterations_text = f"{results['train'].iterations}/{p1.max_iterations}"
+    elif p1.objective == "none":
+        # The control arm (SPEC 9): no optimizer step; C* and the checks come from the
+        # initialised stack, measured by the same passes as cvfp's val split.
+        train_seconds = 0.0
+        results = {s: run_phase1(model, corpora[s], p1, train=False, show_progress=show,
+                                 work_dir=PHASE1_WORK) for s in ("train", "val")}
+        contexts = {s: r.contexts for s, r in results.items()}
+        iterations_text = f"0/{p1.max_iterations} (objective none: no Phase 1 training)"
     else:
         recon = train_reconstruction(model, corpora["train"], corpora["val"], p1, seed=params.seed,
                                      show_progress=show)
@@ -108,6 +122,7 @@ def run(params: Params) -> dict | None:
                             trials=(s == "val"), show_progress=show) for s in results}
 
     metrics = {"objective": p1.objective, "max_iterations": p1.max_iterations,
+               "min_iterations": p1.min_iterations,
                "iterations_text": iterations_text, "train_seconds": train_seconds,
                **{s: summary(results[s], checks[s]) for s in results}}
     extra = {"objective": p1.objective, "history": {s: r.history_dicts() for s, r in results.items()}}
@@ -117,6 +132,7 @@ def run(params: Params) -> dict | None:
         for s, st in recon.final.items():
             metrics[s].update(reconstruction_summary(st))
         metrics["train"]["skipped_steps"] = sum(h["skipped_steps"] for h in recon.history)
+        metrics["train"]["steps"] = sum(h["steps"] for h in recon.history)
         extra["context_decoder"] = recon.decoder.state_dict()
         extra["history"]["reconstruction"] = recon.history
         checks_out["reconstruction"] = {

@@ -22,7 +22,7 @@ from cvfp.params import Params
 from cvfp.report import STAGES, ReportInputs, build_report
 from cvfp.utils import atomic_path
 
-from .common import METRICS, PHASE1_DIR, PLOTS, REPORTS, SPLIT, cli, log
+from .common import COMPARE_HTML, COMPARE_JSON, METRICS, PHASE1_DIR, PLOTS, REPORTS, SPLIT, cli, log
 
 GX_DIR = SPLIT / "gx"
 # Every required input and the stage that writes it, for a useful error when one is missing.
@@ -113,11 +113,15 @@ def load_inputs(params: Params) -> ReportInputs:
             # phase1.objective may not exist in this params schema yet (cvfp is the only one then).
             "phase1_objective": getattr(params.phase1, "objective", "cvfp")}
     docs = os.path.relpath(GX_DOCS, REPORTS) if GX_DOCS.exists() else None
+    # A comparison (python -m flows.compare) is optional and not a DVC dep of this stage:
+    # linked, and its computed verdicts shown, when present.
+    compare = json.loads(COMPARE_JSON.read_text()) if COMPARE_JSON.exists() else None
     return ReportInputs(
         params=params.model_dump(mode="json"), meta=meta, timing=read_timing(),
         data=_read_json("data"), gx=_read_json("gx"), gx_docs_href=Path(docs).as_posix() if docs else None,
         phase1=_read_json("phase1"), checks=_read_json("checks"), phase2=_read_json("phase2"),
-        phase2_epochs=_read_epochs())
+        phase2_epochs=_read_epochs(), compare=compare,
+        compare_href=os.path.relpath(COMPARE_HTML, REPORTS) if COMPARE_HTML.exists() else None)
 
 
 def run(params: Params) -> dict:

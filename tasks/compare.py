@@ -1,0 +1,183 @@
+"""A comparison's I/O: run one arm x seed as a DVC experiment, read its metrics back, and
+write reports/compare.{html,md} + metrics/compare.json (docs/compare.md).
+
+`flows/compare.py` composes these into the Prefect flow. Each experiment is
+`dvc exp run --temp -n <name> -S key=value ...`: it runs in a temporary copy of the
+workspace (the workspace's params.yaml and outputs stay as they were), shares the DVC
+cache and run-cache, and is committed under refs/exps/, so `dvc exp show` lists it and its
+metrics are read from that commit (`git show <ref>:metrics/...`).
+
+    python -m tasks.compare      # rebuild the report from the experiments already run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from cvfp.compare import experiment_values, summarise
+from cvfp.compare_report import build_compare_report
+from cvfp.params import Params, arm_params, load_params
+from cvfp.utils import atomic_path, write_json
+
+from .common import COMPARE_HTML, COMPARE_JSON, COMPARE_MD, log, setup_logging
+
+PREFIX = "cmp"                                   # experiment names: cmp-<arm>-s<seed>
+ERROR_LINE = re.compile(r"^(ERROR|[\w.]*(Error|Exception)\b:?)")
+
+
+class ExperimentFailed(RuntimeError):
+    pass
+
+
+def experiment_name(arm: str, seed: int) -> str:
+    return f"{PREFIX}-{arm}-s{seed}"
+
+
+def plan(params: Params, arms: list[str] | None = None, n_seeds: int | None = None,
+         overrides: dict[str, Any] | None = None) -> list[dict]:
+    """The experiments of a comparison, validated before any runs: one dict per arm x seed
+    with its name and the full -S overrides (shared ones, then the arm's, then the seed)."""
+    c = params.compare
+    arms = arms or c.run
+    unknown = [a for a in arms if a not in c.arms]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; defined in params.yaml compare.arms: {list(c.arms)}")
+    n = len(c.seeds) if n_seeds is None else n_seeds
+    if not 1 <= n <= len(c.seeds):
+        raise ValueError(f"--seeds {n}: compare.seeds lists {len(c.seeds)} seed(s) {c.seeds}; "
+                         f"add seeds there to run more")
+    bad = [k for k in (overrides or {}) if k.split(".")[0] in ("seed", "compare")]
+    if bad:
+        raise ValueError(f"-S {bad}: the comparison sets the seed itself; pick seeds in compare.seeds")
+    control = control_of(params, arms)
+    out = []
+    for seed in c.seeds[:n]:
+        for arm in arms:
+            sets = {**(overrides or {}), **c.arms[arm], "seed": seed}
+            if c.transformer_in_control_only and arm != control:
+                sets["baselines.transformer"] = False
+            arm_params(params, sets, f"arm {arm}, seed {seed}")        # fail before anything runs
+            out.append({"arm": arm, "seed": seed, "name": experiment_name(arm, seed), "sets": sets})
+    return out
+
+
+def control_of(params: Params, arms: list[str]) -> str:
+    """The arm the others are paired with: compare.control if it runs, else the first arm."""
+    return params.compare.control if params.compare.control in arms else arms[0]
+
+
+def _set_arg(key: str, value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return f"{key}={text}"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+def exp_ref(name: str) -> str:
+    """The experiment ref of `name` on the current baseline (HEAD)."""
+    head = _git("rev-parse", "HEAD").strip()
+    return f"refs/exps/{head[:2]}/{head[2:]}/{name}"
+
+
+def run_experiment(exp: dict, on_line: Callable[[str], None] = log.info) -> dict:
+    """Run one experiment; returns its record (status ok, values) or raises ExperimentFailed
+    with DVC's error lines. A previous experiment of the same name on this baseline is
+    replaced (its ref deleted first: `dvc exp run` refuses to reuse a name)."""
+    ref = exp_ref(exp["name"])
+    subprocess.run(["git", "update-ref", "-d", ref], capture_output=True)
+    cmd = ["dvc", "exp", "run", "--temp", "-n", exp["name"]]
+    for key, value in exp["sets"].items():
+        cmd += ["-S", _set_arg(key, value)]
+    t0 = time.perf_counter()
+    tail: deque[str] = deque(maxlen=80)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            if line.startswith("Running stage") or "stage restored" in line.lower() \
+                    or line.startswith("Stage '"):
+                on_line(f"{exp['name']}: {line}")
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        errors = [ln.strip() for ln in tail if ERROR_LINE.match(ln.strip())]
+        raise ExperimentFailed(f"{exp['name']} failed after {seconds:.0f} s (exit {proc.returncode}): "
+                               + (" | ".join(errors[-4:]) or " | ".join(list(tail)[-5:])))
+    return {**collect(exp), "seconds": seconds}
+
+
+def collect(exp: dict) -> dict:
+    """The record of a finished experiment, read from its commit."""
+    ref = exp_ref(exp["name"])
+    try:
+        metrics = {n: json.loads(_git("show", f"{ref}:metrics/{n}.json")) for n in ("phase1", "phase2")}
+    except subprocess.CalledProcessError as err:
+        raise ExperimentFailed(f"{exp['name']}: no metrics in {ref}: {err.stderr.strip()}") from None
+    return {"arm": exp["arm"], "seed": exp["seed"], "name": exp["name"], "status": "ok", "error": None,
+            "values": experiment_values(metrics["phase1"], metrics["phase2"])}
+
+
+def failed(exp: dict, error: str, seconds: float | None = None) -> dict:
+    return {"arm": exp["arm"], "seed": exp["seed"], "name": exp["name"], "status": "failed",
+            "error": error, "seconds": seconds}
+
+
+def write_outputs(params: Params, experiments: list[dict], arms: list[str],
+                  overrides: dict[str, Any] | None = None) -> dict:
+    """summarise -> metrics/compare.json, reports/compare.{html,md} (each written atomically)."""
+    summary = summarise(experiments, {a: params.compare.arms[a] for a in arms}, control_of(params, arms))
+    summary["overrides"] = dict(overrides or {})
+    try:
+        summary["git_revision"] = _git("rev-parse", "HEAD").strip()
+    except (OSError, subprocess.CalledProcessError):
+        summary["git_revision"] = "unknown"
+    shared = ", ".join(f"-S {_set_arg(k, v)}" for k, v in (overrides or {}).items()) or "none"
+    html, md = build_compare_report(summary, f"Applied to every experiment: {shared}.")
+    write_json(COMPARE_JSON, summary)
+    for path, text in ((COMPARE_HTML, html), (COMPARE_MD, md)):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return summary
+
+
+def main() -> None:
+    """Rebuild the outputs from the experiments of this baseline (no experiment runs)."""
+    ap = argparse.ArgumentParser(prog="python -m tasks.compare", description=main.__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--arms", nargs="+")
+    ap.add_argument("--seeds", type=int)
+    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    setup_logging()
+    params = load_params(args.params)
+    overrides = dict(parse_sets(args.set))
+    exps = plan(params, args.arms, args.seeds, overrides)
+    records = []
+    for e in exps:
+        try:
+            records.append(collect(e))
+        except ExperimentFailed as err:
+            records.append(failed(e, str(err)))
+    write_outputs(params, records, list(dict.fromkeys(e["arm"] for e in exps)), overrides)
+    print(COMPARE_HTML.resolve())
+
+
+def parse_sets(items: list[str]):
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"-S expects KEY=VALUE, got {item!r}")
+        yield key, yaml.safe_load(value)
+
+
+if __name__ == "__main__":
+    main()
