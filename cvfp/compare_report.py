@@ -156,5 +156,6 @@ def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str
             x.add(Para([params_text]))
         sections.append(x)
     meta = {"git_revision": summary.get("git_revision", "unknown"), "generated_utc": summary.get("generated_utc", "")}
-    md = render_md(TITLE, sections, meta).replace("Plots are in report.html", "Plots are in compare.html")
+    md = render_md(TITLE, sections, meta).replace("Plots are in report.html", "Plots are in compare.html") \
+        .replace("_Figure (in report.html)", "_Figure (in compare.html)")
     return render_html(TITLE, sections, meta), md

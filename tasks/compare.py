@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import time
 from collections import deque
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +26,7 @@ import yaml
 
 from cvfp.compare import experiment_values, summarise
 from cvfp.compare_report import build_compare_report
-from cvfp.params import Params, arm_params, load_params
+from cvfp.params import Params, ParamsError, arm_params, load_params
 from cvfp.utils import atomic_path, write_json
 
 from .common import COMPARE_HTML, COMPARE_JSON, COMPARE_MD, log, setup_logging
@@ -44,7 +46,9 @@ def experiment_name(arm: str, seed: int) -> str:
 def plan(params: Params, arms: list[str] | None = None, n_seeds: int | None = None,
          overrides: dict[str, Any] | None = None) -> list[dict]:
     """The experiments of a comparison, validated before any runs: one dict per arm x seed
-    with its name and the full -S overrides (shared ones, then the arm's, then the seed)."""
+    with its name and the full -S overrides (shared ones, then the arm's, then the seed).
+    Bad shared overrides raise; an arm whose values do not validate gets `invalid` (its
+    error): it fails alone without running and the others go on."""
     c = params.compare
     arms = arms or c.run
     unknown = [a for a in arms if a not in c.arms]
@@ -57,6 +61,7 @@ def plan(params: Params, arms: list[str] | None = None, n_seeds: int | None = No
     bad = [k for k in (overrides or {}) if k.split(".")[0] in ("seed", "compare")]
     if bad:
         raise ValueError(f"-S {bad}: the comparison sets the seed itself; pick seeds in compare.seeds")
+    arm_params(params, dict(overrides or {}), "-S")     # shared overrides: wrong for every arm, stop now
     control = control_of(params, arms)
     out = []
     for seed in c.seeds[:n]:
@@ -64,8 +69,13 @@ def plan(params: Params, arms: list[str] | None = None, n_seeds: int | None = No
             sets = {**(overrides or {}), **c.arms[arm], "seed": seed}
             if c.transformer_in_control_only and arm != control:
                 sets["baselines.transformer"] = False
-            arm_params(params, sets, f"arm {arm}, seed {seed}")        # fail before anything runs
-            out.append({"arm": arm, "seed": seed, "name": experiment_name(arm, seed), "sets": sets})
+            try:                                          # an arm's bad value fails that arm only
+                arm_params(params, sets, f"arm {arm}, seed {seed}")
+                invalid = None
+            except ParamsError as err:
+                invalid = str(err)
+            out.append({"arm": arm, "seed": seed, "name": experiment_name(arm, seed), "sets": sets,
+                        "invalid": invalid})
     return out
 
 
@@ -93,6 +103,8 @@ def run_experiment(exp: dict, on_line: Callable[[str], None] = log.info) -> dict
     """Run one experiment; returns its record (status ok, values) or raises ExperimentFailed
     with DVC's error lines. A previous experiment of the same name on this baseline is
     replaced (its ref deleted first: `dvc exp run` refuses to reuse a name)."""
+    if exp.get("invalid"):
+        raise ExperimentFailed(f"{exp['name']} not run: {exp['invalid']}")
     ref = exp_ref(exp["name"])
     subprocess.run(["git", "update-ref", "-d", ref], capture_output=True)
     cmd = ["dvc", "exp", "run", "--temp", "-n", exp["name"]]
@@ -100,7 +112,8 @@ def run_experiment(exp: dict, on_line: Callable[[str], None] = log.info) -> dict
         cmd += ["-S", _set_arg(key, value)]
     t0 = time.perf_counter()
     tail: deque[str] = deque(maxlen=80)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}       # stage lines as they happen, not in blocks
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         for line in proc.stdout:
             line = line.rstrip()
             tail.append(line)
@@ -118,6 +131,8 @@ def run_experiment(exp: dict, on_line: Callable[[str], None] = log.info) -> dict
 def collect(exp: dict) -> dict:
     """The record of a finished experiment, read from its commit."""
     ref = exp_ref(exp["name"])
+    if subprocess.run(["git", "rev-parse", "--verify", "--quiet", ref], capture_output=True).returncode:
+        raise ExperimentFailed(f"{exp['name']}: no such experiment on this commit (not run, or it failed)")
     try:
         metrics = {n: json.loads(_git("show", f"{ref}:metrics/{n}.json")) for n in ("phase1", "phase2")}
     except subprocess.CalledProcessError as err:
@@ -136,6 +151,7 @@ def write_outputs(params: Params, experiments: list[dict], arms: list[str],
     """summarise -> metrics/compare.json, reports/compare.{html,md} (each written atomically)."""
     summary = summarise(experiments, {a: params.compare.arms[a] for a in arms}, control_of(params, arms))
     summary["overrides"] = dict(overrides or {})
+    summary["generated_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")   # not a DVC output
     try:
         summary["git_revision"] = _git("rev-parse", "HEAD").strip()
     except (OSError, subprocess.CalledProcessError):

@@ -105,3 +105,36 @@ def test_plan_validates_every_arm_and_seed_before_running():
         plan(p, None, 4)
     with pytest.raises(ParamsError, match=r"phase2\.epochs = 0"):
         plan(p, ["cvfp"], 1, {"phase2.epochs": 0})
+    assert all(e["invalid"] is None for e in exps)
+    p.compare.arms["bad"] = {"phase1.lr": -1.0}
+    (bad,) = plan(p, ["bad"], 1)
+    assert "phase1.lr = -1.0" in bad["invalid"]
+
+
+def test_run_report_summary_tells_the_truth_and_links_the_comparison(tmp_path, monkeypatch):
+    """reports/report.html: Phase 1 steps, 'converged by construction' instead of a rate as a
+    result, the convergence trials as the fixed-point check, and the comparison link + verdicts."""
+    import json
+    from test_report import build, fake_run, section, write_run
+    files = fake_run()
+    p1 = files["metrics/phase1.json"]
+    p1["train"].update(steps=1, converged_by_construction=True, segment_starts=240)
+    p1["val"].update(steps=0, converged_by_construction=True, segment_starts=60)
+    write_run(tmp_path, files)
+    monkeypatch.chdir(tmp_path)
+    _, html, md = build(tmp_path)
+    summary = section(html, "summary")
+    assert "Phase 1 optimizer steps</td><td>1<" in summary
+    assert f"converged by construction: {p1['train']['convergence']}" in summary
+    assert "except at the 240 segment starts, for any model; not a result" in summary
+    t = p1["val"]["trials"]
+    assert "Fixed-point check (val convergence trials)" in summary and f"verdict {t['verdict']}" in summary
+    assert "compare.html" not in html
+    # With a comparison next to it: linked, and its computed verdicts repeated.
+    (tmp_path / "reports" / "compare.html").write_text("<html></html>")
+    (tmp_path / "metrics" / "compare.json").write_text(json.dumps(
+        {"arms": {"none": {"verdict": "none: the control"},
+                  "cvfp": {"verdict": "cvfp vs none: +0.08 ± 0.34 val ppl (paired over 3 seeds): no measurable effect"}}}))
+    _, html, md = build(tmp_path)
+    assert 'href="compare.html"' in section(html, "summary")
+    assert "cvfp vs none: +0.08 ± 0.34 val ppl (paired over 3 seeds): no measurable effect" in md
