@@ -19,7 +19,6 @@ import subprocess
 import time
 from collections import deque
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 import yaml
@@ -33,6 +32,9 @@ from .common import COMPARE_HTML, COMPARE_JSON, COMPARE_MD, log, setup_logging
 
 PREFIX = "cmp"                                   # experiment names: cmp-<arm>-s<seed>
 ERROR_LINE = re.compile(r"^(ERROR|[\w.]*(Error|Exception)\b:?)")
+# DVC's stage lines and the stages' epoch / finish logs, shown as the experiment goes.
+PROGRESS_LINE = re.compile(r"^Running stage|^Stage '|cvfp INFO (phase2 epoch|transformer epoch|"
+                           r"reconstruction epoch|stage \w+ finished)")
 
 
 class ExperimentFailed(RuntimeError):
@@ -117,9 +119,8 @@ def run_experiment(exp: dict, on_line: Callable[[str], None] = log.info) -> dict
         for line in proc.stdout:
             line = line.rstrip()
             tail.append(line)
-            if line.startswith("Running stage") or "stage restored" in line.lower() \
-                    or line.startswith("Stage '"):
-                on_line(f"{exp['name']}: {line}")
+            if PROGRESS_LINE.search(line):
+                on_line(f"{exp['name']}: {line.split(' cvfp INFO ')[-1]}")
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         errors = [ln.strip() for ln in tail if ERROR_LINE.match(ln.strip())]
