@@ -66,22 +66,73 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
     close_world(current_world())            # on error the process exits and torchrun stops the rest
 
 
+# Wall-clock durations of the stage running in each thread's flow task, keyed by stage (see
+# split_durations); run_stage moves them into metrics/timing/<stage>.json.
+_DURATIONS: dict[str, dict] = {}
+TIMING = METRICS / "timing"               # not a DVC output and not in git: differs every run
+
+
 def run_stage(stage: str, run: Callable[[Params], object], params: Params):
-    """Run one stage and record its wall time in metrics/timing/<stage>.json (the report's
-    per-stage durations). Used by the CLI and by the Prefect flow alike."""
+    """Run one stage and record its wall time (and the durations the stage set aside with
+    record_durations) in metrics/timing/<stage>.json for the report. That file is not a DVC
+    output and not tracked by git, so outputs stay bitwise identical across reruns.
+    Used by the CLI and by the Prefect flow alike."""
     import time
     from datetime import datetime, timezone
     from cvfp.utils import write_json
+    _DURATIONS.pop(stage, None)
     t0 = time.perf_counter()
     result = run(params)
     seconds = time.perf_counter() - t0
+    details = _DURATIONS.pop(stage, {})
     if not current_world().is_main:         # torchrun: rank 0 writes every output
         return result
-    write_json(METRICS / "timing" / f"{stage}.json",
+    write_json(TIMING / f"{stage}.json",
                {"stage": stage, "seconds": round(seconds, 3),
-                "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "durations": details})
     log.info("stage %s finished in %.1f s", stage, seconds)
     return result
+
+
+def _is_duration(key) -> bool:
+    return isinstance(key, str) and "seconds" in key
+
+
+def split_durations(obj):
+    """(obj without wall-clock durations, the durations in obj's shape). A duration is any
+    dict key containing "seconds"; lists of dicts keep their rows aligned."""
+    if isinstance(obj, dict):
+        clean, removed = {}, {}
+        for k, v in obj.items():
+            if _is_duration(k):
+                removed[k] = v
+                continue
+            clean[k], sub = split_durations(v)
+            if sub:
+                removed[k] = sub
+        return clean, removed
+    if isinstance(obj, list) and any(isinstance(x, (dict, list)) for x in obj):
+        pairs = [split_durations(x) for x in obj]
+        removed = [r for _, r in pairs]
+        return [c for c, _ in pairs], (removed if any(removed) else [])
+    return obj, {}
+
+
+def merge_durations(obj, durations):
+    """Inverse of split_durations: put recorded durations back into obj (for the report)."""
+    if isinstance(obj, dict) and isinstance(durations, dict):
+        for k, v in durations.items():
+            obj[k] = merge_durations(obj[k], v) if k in obj else v
+    elif isinstance(obj, list) and isinstance(durations, list):
+        for x, d in zip(obj, durations):
+            merge_durations(x, d)
+    return obj
+
+
+def record_durations(stage: str, **parts) -> None:
+    """Set aside durations removed from the stage's outputs (split_durations), by output name."""
+    _DURATIONS.setdefault(stage, {}).update({k: v for k, v in parts.items() if v})
 
 
 def load_conversations(path: str | Path) -> list[np.ndarray]:
