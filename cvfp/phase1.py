@@ -36,6 +36,7 @@ from .contexts import ContextFile, ContextTensor
 from .corpus import Corpus, PositionSchedule, warn_if_large, zero_start_pass
 from .diversity import make_diversity
 from .distributed import SINGLE, World
+from .phase1_guard import check_iteration
 from .utils import progress
 
 log = logging.getLogger("cvfp")
@@ -67,6 +68,7 @@ class Phase1Result:
     contexts: torch.Tensor            # [N, Dc] final contexts (detached; file-backed with work_dir)
     history: list[IterationStats] = field(default_factory=list)
     stopped_early: bool = False
+    saved: IterationStats | None = None   # the trained model itself (phase1_guard.measure_saved_model)
 
     @property
     def iterations(self) -> int:       # training iterations run (iteration 0 not counted)
@@ -74,7 +76,7 @@ class Phase1Result:
 
     @property
     def final(self) -> IterationStats:
-        return self.history[-1]
+        return self.saved or self.history[-1]
 
     def history_dicts(self) -> list[dict]:
         return [asdict(h) for h in self.history]
@@ -250,6 +252,7 @@ def run_phase1(model, corpus: Corpus, p, train: bool = True, show_progress: bool
             stats = IterationStats(it, conv, n, conv / n, *losses, steps, skipped, time.perf_counter() - t0)
             result.history.append(stats)
             log_fn(stats.line())
+            check_iteration(stats, model, p, name, train)   # phase1.divergence: fail with the numbers
             if any(math.isnan(x) or math.isinf(x) for x in losses):
                 log.warning("iteration %d: non-finite loss, %d step(s) skipped", it, skipped)
             previous, current = current, previous
