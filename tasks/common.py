@@ -79,10 +79,17 @@ def run_stage(stage: str, run: Callable[[Params], object], params: Params):
     Used by the CLI and by the Prefect flow alike."""
     import time
     from datetime import datetime, timezone
-    from cvfp.utils import write_json
+    from cvfp.utils import BEFORE_REPLACE, write_json
     _DURATIONS.pop(stage, None)
+    guard = params_guard(stage, params)
+    token = BEFORE_REPLACE.set(guard)       # every output replacement checks params first
     t0 = time.perf_counter()
-    result = run(params)
+    try:
+        result = run(params)
+    finally:
+        BEFORE_REPLACE.reset(token)
+    if guard is not None:
+        guard()                             # once more right before dvc.lock / the flow commits
     seconds = time.perf_counter() - t0
     details = _DURATIONS.pop(stage, {})
     if not current_world().is_main:         # torchrun: rank 0 writes every output
@@ -93,6 +100,74 @@ def run_stage(stage: str, run: Callable[[Params], object], params: Params):
                 "durations": details})
     log.info("stage %s finished in %.1f s", stage, seconds)
     return result
+
+
+class ParamsChangedError(RuntimeError):
+    """The params file changed while a stage ran; its outputs were not replaced."""
+
+
+def stage_param_keys(stage: str) -> list[str] | None:
+    """The params keys a stage depends on, from dvc.yaml (one source for that fact);
+    None (= every key) when dvc.yaml or the stage's list is not there."""
+    import yaml
+    try:
+        spec = yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    keys = []
+    for item in spec.get("params") or []:
+        if isinstance(item, str):
+            keys.append(item)
+        elif isinstance(item, dict):               # {params.yaml: [keys]}
+            for name, sub in item.items():
+                if Path(name).name == "params.yaml":
+                    keys += list(sub or [])
+    # a stage with `params.yaml` as a plain dependency (report) reads all of it
+    deps = [str(d) for d in spec.get("deps") or []]
+    return None if "params.yaml" in deps or not keys else keys
+
+
+def _dotted(d, key: str):
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _leaf_changes(key: str, a, b):
+    """(dotted key, old, new) for every leaf that differs between a and b."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            yield from _leaf_changes(f"{key}.{k}", a.get(k), b.get(k))
+    elif a != b:
+        yield key, a, b
+
+
+def params_guard(stage: str, params: Params) -> Callable[..., None] | None:
+    """A check that the params file still says, for the keys the stage depends on, what
+    the stage runs with (the checkpoint and dvc.lock must agree with what trained). Raises
+    ParamsChangedError naming each changed key; None if params came from no file."""
+    from cvfp.params import ParamsError
+    source = getattr(params, "_source", None)
+    if source is None:
+        return None
+    path, overrides = source
+    used = params.model_dump(mode="json")
+    keys = stage_param_keys(stage) or [k for k in used if k != "orchestration"]
+
+    def check(final: Path | None = None) -> None:
+        what = f"{final} was not replaced" if final is not None else "its outputs stay uncommitted"
+        try:
+            now = load_params(path, overrides).model_dump(mode="json")
+        except (ParamsError, OSError) as err:
+            raise ParamsChangedError(f"{path} changed while stage {stage} ran and no longer loads "
+                                     f"({err}); {what}. Fix it and run the stage again") from None
+        changed = [f"{k}: {a!r} -> {b!r}" for key in keys
+                   for k, a, b in _leaf_changes(key, _dotted(used, key), _dotted(now, key))]
+        if changed:
+            raise ParamsChangedError(
+                f"{path} changed while stage {stage} ran ({'; '.join(changed)}); the stage ran with "
+                f"the old values, so {what} and dvc.lock is not updated. Run the stage again")
+    return check
 
 
 def _is_duration(key) -> bool:
@@ -150,4 +225,7 @@ def load_conversations(path: str | Path) -> list[np.ndarray]:
 def read_vocab_size(tokenizer_dir: str | Path = TOKENIZER) -> int:
     """Embedding rows needed for this tokenizer (len(tokenizer), includes added specials)."""
     from transformers import AutoTokenizer
+    if not Path(tokenizer_dir).is_dir():    # else transformers takes it for a hub name and goes online
+        raise FileNotFoundError(f"{tokenizer_dir}: tokenizer not found (run the earlier stages first: "
+                                f"`dvc repro` or `dvc pull`)")
     return len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
