@@ -230,3 +230,60 @@ def test_truncated_cstar_and_checkpoint_name_the_file(phase2_project):
             p2_task.run(params)
         path.write_bytes(data)
     read_checkpoint(root / "cache/phase1/model.pt")
+
+
+# ---------------------------------------------------------------- item 5: bad input at download
+
+def _jsonl(rows_) -> bytes:
+    import json
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows_)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (lambda good: good.replace(b"Thanks!", b"Thanks\xff!"), r"bad\.jsonl:2: invalid UTF-8 \(byte 0xff"),
+    (lambda good: good + b'{"prompt": "x", \n', r"bad\.jsonl:5: not valid JSON"),
+    (lambda good: b"", r"bad\.jsonl: empty file"),
+    (lambda good: b"\n \n", r"bad\.jsonl: empty file"),
+])
+def test_download_refuses_bad_local_files_naming_file_and_line(content, expected, tmp_path, monkeypatch):
+    from cvfp.data import DataError
+    from tasks import download
+    from test_data import params, rows
+    good = _jsonl(rows())
+    assert b"Thanks!" in good.splitlines()[1]
+    (tmp_path / "bad.jsonl").write_bytes(content(good))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=expected):
+        download.run(params(data__source="local", data__path="bad.jsonl"))
+    assert not (tmp_path / "data/raw").exists() and leftovers(tmp_path) == []
+
+
+def test_download_refuses_a_directory_with_several_formats(tmp_path):
+    import pandas as pd
+
+    from cvfp import data
+    from test_data import rows
+    d = tmp_path / "mixed"
+    d.mkdir()
+    pd.DataFrame(rows()).to_parquet(d / "part-0.parquet")
+    (d / "more.jsonl").write_bytes(_jsonl(rows()))
+    with pytest.raises(data.DataError, match=r"2 formats \(json: more\.jsonl; parquet: part-0\.parquet\)"):
+        data.load_local(d, split="train")
+    (d / "more.jsonl").unlink()
+    assert len(data.load_local(d, split="train")) == len(rows())
+    with pytest.raises(data.DataError, match=r"Unknown split.*set data\.split"):
+        data.load_local(d, split="train_sft")
+
+
+def test_invalid_utf8_from_parquet_or_hub_is_refused_at_validate():
+    import pyarrow as pa
+    from datasets import Dataset
+
+    from cvfp import data
+    from test_data import rows
+    table = pa.Table.from_pylist(rows())
+    # Arrow string column with an invalid UTF-8 byte, as a corrupt parquet/hub shard can carry
+    bad = pa.array([b"caf\xe9"], type=pa.binary()).cast(pa.string(), safe=False)
+    table = table.set_column(0, "prompt", pa.concat_arrays([bad, table.column("prompt").combine_chunks()[1:]]))
+    with pytest.raises(data.DataError, match=r"hub:x: invalid data .*UTF8"):
+        data.validate(Dataset(table), "hub:x")
