@@ -287,3 +287,45 @@ def test_invalid_utf8_from_parquet_or_hub_is_refused_at_validate():
     table = table.set_column(0, "prompt", pa.concat_arrays([bad, table.column("prompt").combine_chunks()[1:]]))
     with pytest.raises(data.DataError, match=r"hub:x: invalid data .*UTF8"):
         data.validate(Dataset(table), "hub:x")
+
+
+# ---------------------------------------------------------------- item 4: tokenizer and ids together
+
+def test_tokenize_outputs_are_replaced_together_and_split_checks_the_pair(tmp_path, monkeypatch):
+    import errno
+    import shutil as sh
+
+    import datasets
+
+    from test_data import run_stages
+    small = dict(data__num_samples=60, tokenizer__vocab_size=300, tokenizer__num_proc=1)
+    run_stages(tmp_path, monkeypatch, "download", "tokenize", **small)
+    outs = ["data/tokenizer", "data/tokenized"]
+    before = snapshot(tmp_path, outs)
+    real = datasets.Dataset.save_to_disk
+
+    def disk_full(self, path, *a, **kw):
+        if "tokenized" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(self, path, *a, **kw)
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_stages(tmp_path, monkeypatch, "tokenize", **{**small, "tokenizer__vocab_size": 280})
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", real)
+    assert snapshot(tmp_path, outs) == before and leftovers(tmp_path) == []
+
+    # An old data/tokenized beside a new data/tokenizer (as a crash between the two renames
+    # would leave): split refuses instead of running on mismatched ids.
+    sh.copytree(tmp_path / "data/tokenized", tmp_path / "old_tokenized")
+    run_stages(tmp_path, monkeypatch, "tokenize", **{**small, "tokenizer__vocab_size": 280})
+    sh.rmtree(tmp_path / "data/tokenized")
+    sh.move(tmp_path / "old_tokenized", tmp_path / "data/tokenized")
+    with pytest.raises(ValueError, match="different tokenize runs.*dvc repro -f -s tokenize"):
+        run_stages(tmp_path, monkeypatch, "split", **small)
+    assert not (tmp_path / "data/split").exists()
+    # Without the digest (older outputs) the id range still catches a smaller vocabulary.
+    from tasks.split import check_ids_fit
+    import numpy as np
+    with pytest.raises(ValueError, match="token id 290 but data/tokenizer has 280 tokens"):
+        check_ids_fit([np.array([1, 290])], 280, None)
