@@ -27,7 +27,11 @@ log = logging.getLogger("cvfp")
 
 
 def _metrics(loss: float, acc: float, **extra) -> dict:
-    return {"val_loss": loss, "val_ppl": math.exp(loss), "val_acc": acc, **extra}
+    return {"val_loss": loss, "val_ppl": _ppl(loss), "val_acc": acc, **extra}
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf     # a diverged baseline, not OverflowError
 
 
 # ---------------------------------------------------------------- bigram
@@ -196,7 +200,7 @@ def transformer_baseline(train: Corpus, val: Corpus, vocab_size: int, bp, cfg, t
         if best is None or val.loss < best["val_loss"]:
             best = row
     return _metrics(best["val_loss"], best["val_acc"], best_epoch=best["epoch"],
-                    train_loss=best["train_loss"], train_ppl=math.exp(best["train_loss"]),
+                    train_loss=best["train_loss"], train_ppl=_ppl(best["train_loss"]),
                     trainable_params=n_params, target_params=target_params,
                     param_ratio=n_params / target_params, train_seconds=seconds, epochs=epochs,
                     n_embd=n_embd, n_layer=bp.transformer_n_layer, n_head=bp.transformer_n_head,

@@ -24,7 +24,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, params: dict[str, Any],
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path} (run the stage that writes it first, "
+                              f"e.g. `dvc repro`)")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # corrupt or not a torch file

@@ -217,16 +217,25 @@ def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: i
     for p in (path, opath):
         if not p.exists():
             raise FileNotFoundError(f"C* file not found: {p} (run the materialize stage first)")
-    cstar = np.load(path, mmap_mode="r")
+    cstar = _load(path, mmap_mode="r")
     expected = (corpus.n_tokens, context_dim)
     if cstar.shape != expected:
         raise CstarError(f"C* file {path} has shape {tuple(cstar.shape)}, but the current data and "
                          f"params expect (n_tokens, model.context_dim) = {expected}; "
                          f"re-run the materialize stage")
-    offsets = np.load(opath)
+    offsets = _load(opath)
     want = corpus.offsets.numpy()
     if offsets.shape != want.shape or not np.array_equal(offsets, want):
         raise CstarError(f"C* offsets {opath} have shape {tuple(offsets.shape)}, but the current data "
                          f"(phase1.context_reset) expect {tuple(want.shape)} with the same values; "
                          f"re-run the materialize stage")
     return cstar
+
+
+def _load(path: Path, **kw) -> np.ndarray:
+    """np.load naming the file when it is truncated or not a .npy file."""
+    try:
+        return np.load(path, **kw)
+    except (ValueError, OSError, EOFError) as err:
+        raise CstarError(f"C* file {path} cannot be read ({type(err).__name__}: {err}); it is truncated "
+                         f"or corrupt: re-run the materialize stage (`dvc repro -f -s materialize`)") from None

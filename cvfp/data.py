@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from pathlib import Path
 from typing import Iterable
 
 import datasets
+import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
@@ -110,11 +112,65 @@ def load_dataset(name_or_path: str, split: str, num_samples: int | None = None,
     try:
         ds = datasets.load_dataset(name_or_path, split=split, streaming=streaming, cache_dir=cache_dir)
     except (FileNotFoundError, ValueError) as err:
-        raise DataError(f"{name_or_path} (split {split!r}): cannot load dataset: {err}") from None
+        hint = (" (set data.split to one of the splits named here; files not named after a split "
+                "are the split 'train')" if "Unknown split" in str(err) else "")
+        raise DataError(f"{name_or_path} (split {split!r}): cannot load dataset: {err}{hint}") from None
     if streaming:
         rows = itertools.islice(ds, num_samples) if num_samples else ds
         return datasets.Dataset.from_list(list(rows))
     return take(ds, num_samples)
+
+
+# Data file formats a local directory may hold (the hub loader reads one format per directory).
+DATA_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv",
+                 ".arrow": "arrow", ".txt": "text", ".text": "text"}
+
+
+def check_text_file(path: Path) -> None:
+    """Refuse, naming file:line, what the loaders would accept silently or fail on obscurely:
+    an empty file, invalid UTF-8, a malformed JSON line (.jsonl, and .json in JSON lines)."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: empty file (no conversations)")
+    whole_json = None
+    if path.suffix.lower() == ".json":
+        try:
+            whole_json = json.loads(raw)           # one JSON document: fine as it is
+        except (ValueError, UnicodeDecodeError):
+            pass
+    for n, line in enumerate(raw.splitlines(), 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}:{n}: invalid UTF-8 (byte {line[err.start]:#04x} at column "
+                            f"{err.start + 1}); re-encode the file as UTF-8") from None
+        if path.suffix.lower() in (".jsonl", ".json") and whole_json is None and text.strip():
+            try:
+                json.loads(text)
+            except ValueError as err:
+                raise DataError(f"{path}:{n}: not valid JSON ({err}): {text[:80]!r}") from None
+
+
+def check_directory(path: Path, split: str) -> None:
+    """A local directory must hold one data format, each file readable (check_text_file)."""
+    files = sorted(f for f in path.rglob("*") if f.is_file()
+                   and not any(p.startswith(".") for p in f.relative_to(path).parts))
+    by_kind: dict[str, list[str]] = {}
+    for f in files:
+        kind = DATA_SUFFIXES.get(f.suffix.lower())
+        if kind:
+            by_kind.setdefault(kind, []).append(str(f.relative_to(path)))
+    if len(by_kind) > 1:
+        listing = "; ".join(f"{k}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
+                            for k, v in sorted(by_kind.items()))
+        raise DataError(f"{path}: data files in {len(by_kind)} formats ({listing}); only one format per "
+                        f"directory is read, so the others would be silently skipped. Keep one format "
+                        f"(or point data.path at one file)")
+    if not by_kind:
+        raise DataError(f"{path}: no data files ({', '.join(sorted(DATA_SUFFIXES))})")
+    for f in files:
+        if f.suffix.lower() in (".jsonl", ".json", ".txt", ".text", ".csv"):
+            check_text_file(f)
 
 
 def load_local(path: str | Path, split: str, num_samples: int | None = None) -> datasets.Dataset:
@@ -123,7 +179,10 @@ def load_local(path: str | Path, split: str, num_samples: int | None = None) -> 
     if not path.exists():
         raise DataError(f"data.path={str(path)!r}: no such file or directory")
     if path.is_dir():
+        check_directory(path, split)
         return load_dataset(str(path), split=split, num_samples=num_samples)
+    if path.suffix.lower() in (".jsonl", ".json", ".txt", ".text"):
+        check_text_file(path)
     suffix = path.suffix.lower()
     if suffix in (".txt", ".text"):
         return take(datasets.Dataset.from_list(text_records(path)), num_samples)
@@ -167,7 +226,12 @@ def validate(ds: datasets.Dataset, source: str) -> datasets.Dataset:
     except (ValueError, TypeError) as err:
         raise DataError(f"{source}: fields do not match the UltraChat schema: {err}") from None
     # Arrow compute: a Python loop over 200k UltraChat conversations would take minutes.
-    roles = pc.struct_field(pc.list_flatten(ds.with_format("arrow")["messages"]), "role")
+    table = ds.with_format("arrow")[:]
+    try:
+        table.validate(full=True)         # e.g. invalid UTF-8 in a string column (hub, parquet)
+    except pa.ArrowInvalid as err:
+        raise DataError(f"{source}: invalid data ({err}); fix or re-encode the source as UTF-8") from None
+    roles = pc.struct_field(pc.list_flatten(table["messages"]), "role")
     bad = sorted(set(pc.unique(roles).to_pylist()) - {"system", *ROLES}, key=str)
     if bad:
         raise DataError(f"{source}: field 'messages.role' has value(s) {bad}; "

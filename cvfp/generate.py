@@ -13,10 +13,11 @@ import argparse
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from .checkpoint import load_state, read_checkpoint
 from .model import CVFPModel
-from .params import ModelParams, load_params
+from .params import GenerateParams, ModelParams, load_params
 
 
 def load_model(checkpoint: str | Path, vocab_size: int) -> CVFPModel:
@@ -78,6 +79,14 @@ def main(argv: list[str] | None = None) -> str:
             parser.error(f"{args.params} not found: give the option explicitly")
         return default(p)
 
+    opts = {"max_new_tokens": pick(args.max_new_tokens, lambda q: q.generate.max_new_tokens),
+            "temperature": pick(args.temperature, lambda q: q.generate.temperature),
+            "top_k": pick(args.top_k, lambda q: q.generate.top_k)}
+    try:                                # the options obey the generate section's own rules
+        GenerateParams.model_validate(opts)
+    except ValidationError as err:
+        parser.error("; ".join(f"--{e['loc'][0].replace('_', '-')} {e['input']!r}: {e['msg']}"
+                               for e in err.errors()))
     from transformers import AutoTokenizer
     if not Path(args.tokenizer).exists():
         parser.error(f"tokenizer not found: {args.tokenizer}")
@@ -86,10 +95,8 @@ def main(argv: list[str] | None = None) -> str:
     ids = tok(args.prompt, add_special_tokens=False)["input_ids"]
     if not ids and tok.eos_token_id is not None:   # empty prompt: start as after a conversation
         ids = [tok.eos_token_id]
-    new = generate(model, ids, pick(args.max_new_tokens, lambda q: q.generate.max_new_tokens),
-                   pick(args.temperature, lambda q: q.generate.temperature),
-                   pick(args.top_k, lambda q: q.generate.top_k), pick(args.seed, lambda q: q.seed),
-                   tok.eos_token_id)
+    new = generate(model, ids, opts["max_new_tokens"], opts["temperature"], opts["top_k"],
+                   pick(args.seed, lambda q: q.seed), tok.eos_token_id)
     text = tok.decode(ids + new, skip_special_tokens=True)
     print(text)
     return text

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 PosInt = Field(gt=0)
 
@@ -83,6 +83,14 @@ class ReconstructionParams(_Section):
     lr: float = Field(gt=0)
 
 
+class DivergenceParams(_Section):
+    """phase1.divergence: when Phase 1 counts as diverged (cvfp/phase1_guard.py)."""
+    action: Literal["fail", "continue"]       # continue: warn and keep the model anyway
+    max_loss: float = Field(gt=0)             # |cvfp/diversity/total loss| of an iteration
+    max_weight: float = Field(gt=0)           # largest |trainable weight| after a step
+    min_effective_rank_ratio: float = Field(ge=0, le=1)   # contexts collapsed below this
+
+
 class Phase1Params(_Section):
     # none: the control arm (SPEC 9): no Phase 1 step, C* from the initialised stack
     objective: Literal["cvfp", "reconstruction", "none"]
@@ -101,6 +109,7 @@ class Phase1Params(_Section):
     warn_tokens: int = Field(gt=0)
     progress: bool
     reconstruction: ReconstructionParams
+    divergence: DivergenceParams
 
     @model_validator(mode="after")
     def _check(self) -> "Phase1Params":
@@ -224,6 +233,15 @@ class Params(_Section):
     generate: GenerateParams
     orchestration: OrchestrationParams
     compare: CompareParams
+    # (params file, overrides) this was loaded from: a stage rereads it at the end to refuse
+    # outputs when the file changed while it ran (tasks.common.params_guard).
+    _source: tuple[str, dict] | None = PrivateAttr(default=None)
+
+    def model_copy(self, *, update=None, deep: bool = False) -> "Params":
+        copy = super().model_copy(update=update, deep=deep)
+        if update:                      # no longer what the file says
+            copy._source = None
+        return copy
 
     @model_validator(mode="after")
     def _cross(self) -> "Params":
@@ -282,9 +300,15 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if raw is None and overrides:       # an empty file: report its missing keys, not a crash
+        raw = {}
+    if overrides and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
-    return parse_params(raw, str(path))
+    params = parse_params(raw, str(path))
+    params._source = (str(path.resolve()), dict(overrides or {}))
+    return params
 
 
 def arm_params(params: Params, overrides: dict[str, Any], source: str = "params") -> Params:
@@ -298,6 +322,10 @@ def arm_params(params: Params, overrides: dict[str, Any], source: str = "params"
 def set_dotted(raw: dict, key: str, value: Any) -> None:
     node = raw
     *parents, leaf = key.split(".")
-    for p in parents:
+    for i, p in enumerate(parents):
         node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            where = ".".join(parents[:i + 1])
+            raise ParamsError(f"override {key}={value!r}: {where} is {node!r}, not a section "
+                              f"with keys (set {where} itself, or check the key path)")
     node[leaf] = value

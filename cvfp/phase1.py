@@ -36,6 +36,7 @@ from .contexts import ContextFile, ContextTensor
 from .corpus import Corpus, PositionSchedule, warn_if_large, zero_start_pass
 from .diversity import make_diversity
 from .distributed import SINGLE, World
+from .phase1_guard import check_iteration
 from .utils import progress
 
 log = logging.getLogger("cvfp")
@@ -70,6 +71,7 @@ class Phase1Result:
     met_ratio: bool = False           # the final iteration reached min_converged_ratio
     parallel: bool = True             # phase1.mode == parallel
     segments: int = 1                 # segment starts C (conversations, or 1 for a stream)
+    saved: IterationStats | None = None   # the trained model itself (phase1_guard.measure_saved_model)
 
     @property
     def iterations(self) -> int:       # training iterations run (iteration 0 not counted)
@@ -89,7 +91,7 @@ class Phase1Result:
 
     @property
     def final(self) -> IterationStats:
-        return self.history[-1]
+        return self.saved or self.history[-1]
 
     def history_dicts(self) -> list[dict]:
         return [asdict(h) for h in self.history]
@@ -266,6 +268,7 @@ def run_phase1(model, corpus: Corpus, p, train: bool = True, show_progress: bool
             stats = IterationStats(it, conv, n, conv / n, *losses, steps, skipped, time.perf_counter() - t0)
             result.history.append(stats)
             log_fn(stats.line())
+            check_iteration(stats, model, p, name, train)   # phase1.divergence: fail with the numbers
             if any(math.isnan(x) or math.isinf(x) for x in losses):
                 log.warning("iteration %d: non-finite loss, %d step(s) skipped", it, skipped)
             previous, current = current, previous

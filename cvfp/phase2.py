@@ -91,6 +91,11 @@ class PositionData:
         return prev_ctx, torch.from_numpy(self.ids[idx]), fixed, torch.from_numpy(self.ids[idx + 1])
 
 
+# A mean next-token loss above this (nats) is a diverged run, not a bad model: no vocabulary
+# has e^100 tokens, so uniform guessing stays far below. Also where exp(loss) would overflow.
+DIVERGED_LOSS = 100.0
+
+
 @dataclass
 class Stats:
     loss: float
@@ -99,7 +104,7 @@ class Stats:
 
     @property
     def ppl(self) -> float:
-        return math.exp(self.loss)
+        return math.exp(self.loss) if self.loss < 700 else math.inf   # exp overflows past ~709
 
 
 def configure_trainable(model, freeze_context: bool) -> None:
@@ -232,11 +237,12 @@ class Trainer:
         world.all_reduce(sums)
         return Stats(float(sums[0]) / len(order), float(sums[1]) / len(order), len(order))
 
-    def _fail(self, value: float, epoch: int, where: str):
-        kept = (f"the last good checkpoint {self.checkpoint} (epoch {self.saved_epoch}) was kept"
+    def _fail(self, value: float, epoch: int, where: str, why: str = ""):
+        kept = (f"the last good checkpoint {self.checkpoint} is epoch {self.saved_epoch}"
                 if self.saved_epoch is not None else "no checkpoint was written by this run")
-        raise NonFiniteLossError(f"phase2: loss is {value} at epoch {epoch}, {where}; training "
-                                 f"stopped and {kept}")
+        raise NonFiniteLossError(f"phase2: loss is {value} at epoch {epoch}, {where}{why}; training "
+                                 f"stopped ({kept}); lower phase2.lr (now {self.cfg.lr}) or "
+                                 f"phase2.grad_clip (now {self.cfg.grad_clip})")
 
     def save(self, epoch: int, val: list[Stats]) -> None:
         model, heads = self.model, self.heads
@@ -274,8 +280,12 @@ class Trainer:
             val = evaluate(self.model, self.val, cfg.batch_size, self.heads, self.world)
             seconds = time.perf_counter() - t0
             result.train_seconds += seconds
-            if not math.isfinite(val[-1].loss):
-                self._fail(val[-1].loss, epoch, "validation")
+            for where, loss in (("train (epoch mean)", tr.loss), ("validation", val[-1].loss)):
+                if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+                    self._fail(loss, epoch, where, "" if not math.isfinite(loss) else
+                               f" (> {DIVERGED_LOSS:g} nats: diverged; guessing uniformly over the "
+                               f"{self.model.token_output.out_features} tokens gives "
+                               f"{math.log(self.model.token_output.out_features):.2f})")
             row = {"epoch": epoch, "train_loss": tr.loss, "val_loss": val[-1].loss,
                    "train_ppl": tr.ppl, "val_ppl": val[-1].ppl, "train_acc": tr.acc,
                    "val_acc": val[-1].acc, "seconds": seconds}

@@ -8,8 +8,9 @@ import random
 import shutil
 import socket
 import tempfile
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -36,6 +37,12 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
 
 
+# Set by a stage runner (tasks.common.run_stage): called with the final path just before
+# atomic_path replaces an output, so a stage whose inputs changed under it can refuse.
+BEFORE_REPLACE: ContextVar[Callable[[Path], None] | None] = ContextVar("before_replace", default=None)
+_OPEN_TEMPS: ContextVar[tuple[Path, ...]] = ContextVar("open_temps", default=())   # checked at the outer one
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto `final` (file or directory).
@@ -46,15 +53,31 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) / final.name
+    outer = _OPEN_TEMPS.get()
+    token = _OPEN_TEMPS.set(outer + (tmp.parent.resolve(),))
     try:
         yield tmp
+        check = BEFORE_REPLACE.get()
+        if check is not None and not any(final.resolve().is_relative_to(t) for t in outer):
+            check(final)
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         elif final.exists() or final.is_symlink():
             final.unlink()
         os.replace(tmp, final)
     finally:
+        _OPEN_TEMPS.reset(token)
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def dir_digest(path: str | Path) -> str:
+    """sha256 over a directory's file names and bytes (sorted): which tokenizer made the ids."""
+    import hashlib
+    h = hashlib.sha256()
+    root = Path(path)
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def write_json(path: str | Path, obj: Any) -> None:

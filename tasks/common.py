@@ -68,22 +68,148 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
     close_world(current_world())            # on error the process exits and torchrun stops the rest
 
 
+# Wall-clock durations of the stage running in each thread's flow task, keyed by stage (see
+# split_durations); run_stage moves them into metrics/timing/<stage>.json.
+_DURATIONS: dict[str, dict] = {}
+TIMING = METRICS / "timing"               # not a DVC output and not in git: differs every run
+
+
 def run_stage(stage: str, run: Callable[[Params], object], params: Params):
-    """Run one stage and record its wall time in metrics/timing/<stage>.json (the report's
-    per-stage durations). Used by the CLI and by the Prefect flow alike."""
+    """Run one stage and record its wall time (and the durations the stage set aside with
+    record_durations) in metrics/timing/<stage>.json for the report. That file is not a DVC
+    output and not tracked by git, so outputs stay bitwise identical across reruns.
+    Used by the CLI and by the Prefect flow alike."""
     import time
     from datetime import datetime, timezone
-    from cvfp.utils import write_json
+    from cvfp.utils import BEFORE_REPLACE, write_json
+    _DURATIONS.pop(stage, None)
+    guard = params_guard(stage, params)
+    token = BEFORE_REPLACE.set(guard)       # every output replacement checks params first
     t0 = time.perf_counter()
-    result = run(params)
+    try:
+        result = run(params)
+    finally:
+        BEFORE_REPLACE.reset(token)
+    if guard is not None:
+        guard()                             # once more right before dvc.lock / the flow commits
     seconds = time.perf_counter() - t0
+    details = _DURATIONS.pop(stage, {})
     if not current_world().is_main:         # torchrun: rank 0 writes every output
         return result
-    write_json(METRICS / "timing" / f"{stage}.json",
+    write_json(TIMING / f"{stage}.json",
                {"stage": stage, "seconds": round(seconds, 3),
-                "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "durations": details})
     log.info("stage %s finished in %.1f s", stage, seconds)
     return result
+
+
+class ParamsChangedError(RuntimeError):
+    """The params file changed while a stage ran; its outputs were not replaced."""
+
+
+def stage_param_keys(stage: str) -> list[str] | None:
+    """The params keys a stage depends on, from dvc.yaml (one source for that fact);
+    None (= every key) when dvc.yaml or the stage's list is not there."""
+    import yaml
+    try:
+        spec = yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    keys = []
+    for item in spec.get("params") or []:
+        if isinstance(item, str):
+            keys.append(item)
+        elif isinstance(item, dict):               # {params.yaml: [keys]}
+            for name, sub in item.items():
+                if Path(name).name == "params.yaml":
+                    keys += list(sub or [])
+    # a stage with `params.yaml` as a plain dependency (report) reads all of it
+    deps = [str(d) for d in spec.get("deps") or []]
+    return None if "params.yaml" in deps or not keys else keys
+
+
+def _dotted(d, key: str):
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _leaf_changes(key: str, a, b):
+    """(dotted key, old, new) for every leaf that differs between a and b."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            yield from _leaf_changes(f"{key}.{k}", a.get(k), b.get(k))
+    elif a != b:
+        yield key, a, b
+
+
+def params_guard(stage: str, params: Params) -> Callable[..., None] | None:
+    """A check that the params file still says, for the keys the stage depends on, what
+    the stage runs with (the checkpoint and dvc.lock must agree with what trained). Raises
+    ParamsChangedError naming each changed key; None if params came from no file."""
+    from cvfp.params import ParamsError
+    source = getattr(params, "_source", None)
+    if source is None:
+        return None
+    path, overrides = source
+    used = params.model_dump(mode="json")
+    keys = stage_param_keys(stage) or [k for k in used if k != "orchestration"]
+
+    def check(final: Path | None = None) -> None:
+        what = f"{final} was not replaced" if final is not None else "its outputs stay uncommitted"
+        try:
+            now = load_params(path, overrides).model_dump(mode="json")
+        except (ParamsError, OSError) as err:
+            raise ParamsChangedError(f"{path} changed while stage {stage} ran and no longer loads "
+                                     f"({err}); {what}. Fix it and run the stage again") from None
+        changed = [f"{k}: {a!r} -> {b!r}" for key in keys
+                   for k, a, b in _leaf_changes(key, _dotted(used, key), _dotted(now, key))]
+        if changed:
+            raise ParamsChangedError(
+                f"{path} changed while stage {stage} ran ({'; '.join(changed)}); the stage ran with "
+                f"the old values, so {what} and dvc.lock is not updated. Run the stage again")
+    return check
+
+
+def _is_duration(key) -> bool:
+    return isinstance(key, str) and "seconds" in key
+
+
+def split_durations(obj):
+    """(obj without wall-clock durations, the durations in obj's shape). A duration is any
+    dict key containing "seconds"; lists of dicts keep their rows aligned."""
+    if isinstance(obj, dict):
+        clean, removed = {}, {}
+        for k, v in obj.items():
+            if _is_duration(k):
+                removed[k] = v
+                continue
+            clean[k], sub = split_durations(v)
+            if sub:
+                removed[k] = sub
+        return clean, removed
+    if isinstance(obj, list) and any(isinstance(x, (dict, list)) for x in obj):
+        pairs = [split_durations(x) for x in obj]
+        removed = [r for _, r in pairs]
+        return [c for c, _ in pairs], (removed if any(removed) else [])
+    return obj, {}
+
+
+def merge_durations(obj, durations):
+    """Inverse of split_durations: put recorded durations back into obj (for the report)."""
+    if isinstance(obj, dict) and isinstance(durations, dict):
+        for k, v in durations.items():
+            obj[k] = merge_durations(obj[k], v) if k in obj else v
+    elif isinstance(obj, list) and isinstance(durations, list):
+        for x, d in zip(obj, durations):
+            merge_durations(x, d)
+    return obj
+
+
+def record_durations(stage: str, **parts) -> None:
+    """Set aside durations removed from the stage's outputs (split_durations), by output name."""
+    _DURATIONS.setdefault(stage, {}).update({k: v for k, v in parts.items() if v})
 
 
 def load_conversations(path: str | Path) -> list[np.ndarray]:
@@ -101,4 +227,7 @@ def load_conversations(path: str | Path) -> list[np.ndarray]:
 def read_vocab_size(tokenizer_dir: str | Path = TOKENIZER) -> int:
     """Embedding rows needed for this tokenizer (len(tokenizer), includes added specials)."""
     from transformers import AutoTokenizer
+    if not Path(tokenizer_dir).is_dir():    # else transformers takes it for a hub name and goes online
+        raise FileNotFoundError(f"{tokenizer_dir}: tokenizer not found (run the earlier stages first: "
+                                f"`dvc repro` or `dvc pull`)")
     return len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))

@@ -34,11 +34,12 @@ from cvfp.embeddings import load_pretrained_embeddings
 from cvfp.model import CVFPModel
 from cvfp.params import Params
 from cvfp.phase1 import Phase1Result, run_phase1
+from cvfp.phase1_guard import check_trained, measure_saved_model
 from cvfp.reconstruction import HISTORY_COLUMNS, SplitStats, train_reconstruction
 from cvfp.utils import atomic_path, seed_everything, write_json
 
 from .common import (METRICS, PHASE1_DIR, PHASE1_WORK, PLOTS, SPLIT, TOKENIZER, cli, current_world,
-                     load_conversations, log, read_vocab_size)
+                     load_conversations, log, read_vocab_size, record_durations, split_durations)
 
 
 def build_model(params: Params, vocab_size: int) -> CVFPModel:
@@ -94,6 +95,7 @@ def run(params: Params) -> dict | None:
     if p1.objective == "cvfp":
         kw = dict(show_progress=show, world=world, work_dir=PHASE1_WORK)
         results = {"train": run_phase1(model, corpora["train"], p1, train=True, **kw)}
+        measure_saved_model(model, corpora["train"], results["train"], p1, world, PHASE1_WORK)
         train_seconds = time.perf_counter() - t0
         results["val"] = run_phase1(model, corpora["val"], p1, train=False, **kw)
         if not world.is_main:
@@ -120,6 +122,7 @@ def run(params: Params) -> dict | None:
         iterations_text = f"{len(recon.history)}/{p1.reconstruction.epochs} epochs"
     checks = {s: run_checks(model, corpora[s], contexts[s], params.checks,
                             trials=(s == "val"), show_progress=show) for s in results}
+    check_trained(model, checks, p1)                # diverged or collapsed: fail before saving
 
     metrics = {"objective": p1.objective, "max_iterations": p1.max_iterations,
                "min_iterations": p1.min_iterations,
@@ -138,6 +141,10 @@ def run(params: Params) -> dict | None:
         checks_out["reconstruction"] = {
             "history": recon.history, "recon_weight": p1.reconstruction.recon_weight,
             "final": {s: reconstruction_summary(st) for s, st in recon.final.items()}}
+    # Wall-clock seconds go to metrics/timing/phase1.json, so reruns give the same bytes.
+    (metrics, t_metrics), (checks_out, t_checks) = split_durations(metrics), split_durations(checks_out)
+    extra["history"] = split_durations(extra["history"])[0]
+    record_durations("phase1", metrics=t_metrics, checks=t_checks)
     with atomic_path(PHASE1_DIR) as tmp:
         tmp.mkdir()
         save_checkpoint(tmp / "model.pt", model, params.model_dump(), vocab_size=vocab_size, **extra)
@@ -167,6 +174,7 @@ def reconstruction_summary(st: SplitStats) -> dict:
 
 
 def _write_csv(path, frame: pd.DataFrame) -> None:
+    frame = frame.drop(columns=[c for c in frame.columns if "seconds" in c])  # in timing/ instead
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
 

@@ -22,7 +22,8 @@ from cvfp.params import Params
 from cvfp.report import STAGES, ReportInputs, build_report
 from cvfp.utils import atomic_path
 
-from .common import COMPARE_HTML, COMPARE_JSON, METRICS, PHASE1_DIR, PLOTS, REPORTS, SPLIT, cli, log
+from .common import (COMPARE_HTML, COMPARE_JSON, METRICS, PHASE1_DIR, PLOTS, REPORTS, SPLIT, TIMING, cli,
+                     log, merge_durations)
 
 GX_DIR = SPLIT / "gx"
 # Every required input and the stage that writes it, for a useful error when one is missing.
@@ -97,11 +98,16 @@ def library_versions() -> dict[str, str]:
 
 
 def read_timing() -> dict[str, dict]:
+    """metrics/timing/<stage>.json of the stages that recorded one (this machine's last run;
+    not a DVC dependency, so the report never reruns for a timing change)."""
     out = {}
     for stage in STAGES:
-        path = METRICS / "timing" / f"{stage}.json"
+        path = TIMING / f"{stage}.json"
         if path.exists():
-            out[stage] = json.loads(path.read_text())
+            try:
+                out[stage] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                log.warning("report: ignoring unreadable %s", path)
     return out
 
 
@@ -116,11 +122,17 @@ def load_inputs(params: Params) -> ReportInputs:
     # A comparison (python -m flows.compare) is optional and not a DVC dep of this stage:
     # linked, and its computed verdicts shown, when present.
     compare = json.loads(COMPARE_JSON.read_text()) if COMPARE_JSON.exists() else None
+    timing = read_timing()
+    # Durations were kept out of the outputs (tasks.common.split_durations); put back the
+    # recorded ones, which show when the timing files are there.
+    d1, d2 = (timing.get(s, {}).get("durations", {}) for s in ("phase1", "phase2"))
     return ReportInputs(
-        params=params.model_dump(mode="json"), meta=meta, timing=read_timing(),
+        params=params.model_dump(mode="json"), meta=meta, timing=timing,
         data=_read_json("data"), gx=_read_json("gx"), gx_docs_href=Path(docs).as_posix() if docs else None,
-        phase1=_read_json("phase1"), checks=_read_json("checks"), phase2=_read_json("phase2"),
-        phase2_epochs=_read_epochs(), compare=compare,
+        phase1=merge_durations(_read_json("phase1"), d1.get("metrics", {})),
+        checks=merge_durations(_read_json("checks"), d1.get("checks", {})),
+        phase2=merge_durations(_read_json("phase2"), d2.get("metrics", {})),
+        phase2_epochs=merge_durations(_read_epochs(), d2.get("epochs", [])), compare=compare,
         compare_href=os.path.relpath(COMPARE_HTML, REPORTS) if COMPARE_HTML.exists() else None)
 
 

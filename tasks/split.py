@@ -36,6 +36,20 @@ def load_tokenized(path: Path = TOKENIZED):
     return ids, convs, stats
 
 
+def check_ids_fit(convs, vocab_size: int, made_by: str | None) -> None:
+    """data/tokenized must come from the data/tokenizer beside it (same tokenize run)."""
+    from cvfp.utils import dir_digest
+    if made_by is not None and made_by != dir_digest(TOKENIZER):
+        raise ValueError(f"{TOKENIZED} was not made with {TOKENIZER} (tokenizer digest differs: "
+                         f"they come from different tokenize runs); rerun the tokenize stage "
+                         f"(`dvc repro -f -s tokenize`)")
+    top = max((int(c.max()) for c in convs if len(c)), default=-1)
+    if top >= vocab_size:
+        raise ValueError(f"{TOKENIZED} has token id {top} but {TOKENIZER} has {vocab_size} tokens: "
+                         f"they come from different tokenize runs; rerun the tokenize stage "
+                         f"(`dvc repro -f -s tokenize`)")
+
+
 def to_dataset(ids, convs):
     from datasets import Dataset
 
@@ -55,6 +69,7 @@ def run(params: Params) -> dict:
     if not TOKENIZER.exists():
         raise FileNotFoundError(f"{TOKENIZER}: tokenizer not found (run the tokenize stage first)")
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    check_ids_fit(convs, len(tokenizer), earlier.get("tokenizer_sha256"))
     s = splitting.split(ids, convs, params.split.strategy, params.split.val_fraction)
     stats = splitting.subset_stats(s)
     with atomic_path(SPLIT) as tmp:

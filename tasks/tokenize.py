@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cvfp.params import Params
 from cvfp.sharding import MapShards, threaded
-from cvfp.utils import atomic_path
+from cvfp.utils import atomic_path, dir_digest
 from tasks.common import RAW, TOKENIZED, TOKENIZER, cli, log
 
 STATS = "stats.json"
@@ -62,10 +62,12 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         ds, stats = tk.combine_shards(results, tokenizer)
         stats = {"kind": t.kind, "name": t.name if t.kind == "pretrained" else "bpe", **stats,
                  "raw": read_stats(RAW / STATS)}  # carried on so split needs only this stage
-        # Tokenizer and token ids must match: write both, tokenizer first.
-        with atomic_path(TOKENIZER) as out:
-            tk.save_tokenizer(tokenizer, out)
-        with atomic_path(TOKENIZED) as out:
+        # Tokenizer and token ids must match: both are written in full before either
+        # replaces the old one (a failed write, e.g. disk full, replaces neither), and the ids
+        # record which tokenizer made them (split checks it).
+        with atomic_path(TOKENIZER) as tok_out, atomic_path(TOKENIZED) as out:
+            tk.save_tokenizer(tokenizer, tok_out)
+            stats["tokenizer_sha256"] = dir_digest(tok_out)
             ds.save_to_disk(str(out))
             (out / STATS).write_text(json.dumps(stats, indent=2) + "\n")
     log.info("tokenize: %d conversations, %d tokens (vocab %d, %d empty dropped, %d truncated) -> %s",

@@ -129,7 +129,9 @@ def test_early_stop_when_converged(tiny_params):
 
 
 def test_nan_steps_are_skipped_and_counted(tiny_params):
-    p = tiny_params.phase1.model_copy(update={"max_iterations": 2, "min_converged_ratio": 1.0})
+    p = tiny_params.phase1.model_copy(update={"max_iterations": 2, "min_converged_ratio": 1.0,
+                                              "divergence": tiny_params.phase1.divergence.model_copy(
+                                                  update={"action": "continue"})})  # else it fails
     m = tiny_model()
     corpus = Corpus.from_conversations(convs(), "conversation")
     with torch.no_grad():

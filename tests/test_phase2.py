@@ -292,9 +292,9 @@ def test_stages_materialize_phase2_and_generate_cli(tmp_path, tiny_params, monke
     assert set(saved["baselines"]) == {"bigram", "transformer"}
     assert set(saved["ablations"]) == {"zero_context", "shuffled_context"}
     for m in (saved["cvfp"], saved["baselines"]["bigram"], saved["baselines"]["transformer"]):
-        assert {"val_ppl", "val_acc", "trainable_params", "train_seconds"} <= set(m)
+        assert {"val_ppl", "val_acc", "trainable_params"} <= set(m) and "train_seconds" not in m
     csv = (tmp_path / "plots/phase2_epochs.csv").read_text().splitlines()
-    assert csv[0] == "epoch,train_loss,val_loss,train_ppl,val_ppl,train_acc,val_acc,seconds"
+    assert csv[0] == "epoch,train_loss,val_loss,train_ppl,val_ppl,train_acc,val_acc"    # no seconds
     assert len(csv) == 1 + saved["cvfp"]["epochs_run"]
     argv = ["--prompt", "w1 w2 w3", "--max-new-tokens", "5", "--temperature", "1.0", "--top-k", "0",
             "--seed", "3", "--params", "missing.yaml"]

@@ -263,3 +263,22 @@ def test_git_state_outside_a_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert report.git_state() == ("unknown", None)
+
+
+def test_durations_come_from_the_timing_files_only(run_dir):
+    """Stages keep wall times out of their outputs (tasks.common.split_durations) and record
+    them in metrics/timing/; the report shows them when that file exists, "n/a" otherwise."""
+    from tasks.common import split_durations
+    root, files = run_dir
+    p2, t_metrics = split_durations(files["metrics/phase2.json"])
+    lines = files["plots/phase2_epochs.csv"].splitlines()
+    csv = "\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n"     # no seconds column
+    files.update({"metrics/phase2.json": p2, "plots/phase2_epochs.csv": csv})
+    write_run(root, files)
+    _, html_text, _ = build(root)
+    assert "2.50 s" not in section(html_text, "phase2")           # transformer train_seconds
+    (root / "metrics/timing/phase2.json").write_text(json.dumps(
+        {"stage": "phase2", "seconds": 9.0, "durations": {"metrics": t_metrics,
+                                                           "epochs": [{"seconds": 0.3}] * 3}}))
+    _, html_text, _ = build(root)
+    assert "2.50 s" in section(html_text, "phase2") and "0.3 s" in section(html_text, "phase2")
