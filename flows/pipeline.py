@@ -11,11 +11,17 @@ materialize map their shards as tasks on `orchestration.task_runner` (flows/shar
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import importlib
 import json
 import os
+import signal
+import sys
 from pathlib import Path
+
+if __name__ == "__main__":  # Ctrl-C while Prefect is still importing: exit quietly, no traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "cvfp")  # library logs into Prefect
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -110,20 +116,39 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
     return outcome
 
 
+async def serve(name: str, cron: str | None, interval: float | None, parameters: dict) -> None:
+    """Create/update the deployment `cvfp-pipeline/<name>` and execute its runs (scheduled or
+    triggered) until Ctrl-C. Async so that asyncio.run owns Ctrl-C: it cancels this task at an
+    await and waits for the cleanup, instead of a KeyboardInterrupt leaving Prefect's
+    sync-to-async bridge with a coroutine never awaited. One run at a time (`limit=1`): runs
+    share this workspace's dvc.lock."""
+    from prefect import aserve
+    deployment = await pipeline.ato_deployment(name=name, cron=cron, interval=interval,
+                                               parameters=parameters)
+    await aserve(deployment, limit=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages")
     ap.add_argument("--serve", action="store_true", help="serve a deployment (needs a Prefect server)")
-    ap.add_argument("--cron", default=None, help='schedule for --serve, e.g. "0 3 * * *"')
+    when = ap.add_mutually_exclusive_group()
+    when.add_argument("--cron", default=None, help='schedule for --serve, e.g. "0 3 * * *"')
+    when.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                      help="schedule for --serve: a run every SECONDS (cron's minimum is a minute)")
     ap.add_argument("--name", default="cvfp-nightly", help="deployment name for --serve")
     args = ap.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # imports done: normal Ctrl-C
     if not Path("dvc.yaml").exists():
         ap.error("run from the project root (dvc.yaml not found)")
     if args.serve:
-        pipeline.serve(name=args.name, cron=args.cron,
-                       parameters={"params_path": args.params, "stages": args.stages})
+        try:
+            asyncio.run(serve(args.name, args.cron, args.interval,
+                              {"params_path": args.params, "stages": args.stages}))
+        except KeyboardInterrupt:  # asyncio.run has already cancelled and awaited everything
+            print(f"stopped serving {pipeline.name}/{args.name} (its schedule is paused until the next --serve)")
     else:
         pipeline(args.params, args.stages)
 
