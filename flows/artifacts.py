@@ -41,7 +41,7 @@ def summary_rows(m: dict[str, dict]) -> list[dict[str, str]]:
     """The headline table: metrics/summary.json's numbers (tasks/summary.py) as rounded
     strings, one row per quantity, "n/a" when not measured."""
     s = summary_metrics(m)
-    ppl, p1 = s["val_ppl"], s["p1"]
+    ppl, p1 = s["ppl"], s["p1"]
     best = s["p2_best_epoch"]
 
     def text(x):
@@ -52,10 +52,10 @@ def summary_rows(m: dict[str, dict]) -> list[dict[str, str]]:
          NA if ppl["cvfp"] is None else fmt_ppl(ppl["cvfp"]) + (f" (best epoch {best})" if best else "")),
         ("Val perplexity: bigram", fmt_ppl(ppl["bigram"])),
         ("Val perplexity: Transformer (same params)", fmt_ppl(ppl["transformer"])),
-        ("Val perplexity: CVFP with zero C* (ablation)", fmt_ppl(ppl["zero_cstar"])),
-        ("Val perplexity: CVFP with shuffled C* (ablation)", fmt_ppl(ppl["shuffled_cstar"])),
+        ("Val perplexity: CVFP with zero C* (ablation)", fmt_ppl(ppl["zero_c"])),
+        ("Val perplexity: CVFP with shuffled C* (ablation)", fmt_ppl(ppl["shuffled_c"])),
         ("Val accuracy: CVFP / Transformer",
-         _pair(s["val_acc"]["cvfp"], s["val_acc"]["transformer"], fmt_acc)),
+         _pair(s["acc"]["cvfp"], s["acc"]["transformer"], fmt_acc)),
         ("Phase 1 objective", text(p1["objective"])),
         ("Phase 1 steps (train / val)", _pair(p1["steps_train"], p1["steps_val"], fmt_int)),
         ("Phase 1 iterations", text(get(m.get("phase1"), "iterations_text"))),
@@ -136,11 +136,19 @@ class StageProgress:
         self.stage, self.artifact_id, self.broken = stage, None, False
 
     def __call__(self, desc: str, position: int, total: int | None, elapsed: float) -> None:
+        pct = min(100.0, 100.0 * position / total) if total else 0.0
+        self._show(pct, f"{self.stage}: {desc}: {eta_text(position, total, elapsed)}")
+
+    def done(self) -> None:
+        """The stage finished: 100% (a loop that stopped early, e.g. Phase 1 converging before
+        max_iterations, would otherwise stay below)."""
+        if self.artifact_id is not None:
+            self._show(100.0, f"{self.stage}: done")
+
+    def _show(self, pct: float, text: str) -> None:
         if self.broken:
             return
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
-        pct = min(100.0, 100.0 * position / total) if total else 0.0
-        text = f"{self.stage}: {desc}: {eta_text(position, total, elapsed)}"
         try:
             if self.artifact_id is None:
                 self.artifact_id = create_progress_artifact(pct, key=f"{self.stage}-progress",

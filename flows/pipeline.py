@@ -89,8 +89,10 @@ def _run_stage(stage: str, params_path: str, skip_reason: str | None = None):
     run = module.run
     if stage in SHARDED_STAGES:  # shards as mapped tasks on orchestration.task_runner
         run = functools.partial(module.run, map_shards=shard_mapper(stage, params.orchestration))
-    with _library_logs_to_prefect(), progress_listener(StageProgress(stage)):
+    progress = StageProgress(stage)
+    with _library_logs_to_prefect(), progress_listener(progress):
         result = run_stage(stage, run, params)
+    progress.done()
     commit_stage(stage)
     logger.info("stage %s done and committed to dvc.lock", stage)
     return result

@@ -49,15 +49,17 @@ def summary_metrics(m: dict[str, dict]) -> dict:
     p1, p2 = m.get("phase1", {}), m.get("phase2", {})
     ppl = {"cvfp": "cvfp.val_ppl", "bigram": "baselines.bigram.val_ppl",
            "transformer": "baselines.transformer.val_ppl",
-           "zero_cstar": "ablations.zero_context.val_ppl",
-           "shuffled_cstar": "ablations.shuffled_context.val_ppl"}
+           "zero_c": "ablations.zero_context.val_ppl",
+           "shuffled_c": "ablations.shuffled_context.val_ppl"}
     acc = {"cvfp": "cvfp.val_acc", "bigram": "baselines.bigram.val_acc",
            "transformer": "baselines.transformer.val_acc"}
+    # Short names: they are `dvc exp show` column headers. ppl/acc are on val; zero_c and
+    # shuffled_c are CVFP's Phase 2 head with zero / shuffled C* (the ablations).
     return {
-        "val_ppl": {k: _round(get(p2, v), 2) for k, v in ppl.items()},
-        "val_acc": {k: _round(get(p2, v), 4) for k, v in acc.items()},
+        "ppl": {k: _round(get(p2, v), 2) for k, v in ppl.items()},
+        "acc": {k: _round(get(p2, v), 4) for k, v in acc.items()},
         "p2_best_epoch": get(p2, "cvfp.best_epoch"),
-        "p1": {                      # short names: these are `dvc exp show` column headers
+        "p1": {
             "objective": p1.get("objective"),
             "steps_train": get(p1, "train.steps"),
             "steps_val": get(p1, "val.steps"),

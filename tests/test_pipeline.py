@@ -40,7 +40,8 @@ def make_project(dest: Path) -> Path:
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     run(["git", "init", "-q"], dest)
     run([str(BIN / "dvc"), "init", "-q"], dest)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], dest)
+    shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")   # analytics off, plots page
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")  # plot templates
     return dest
 
 
@@ -89,6 +90,35 @@ def test_dvc_repro_end_to_end_then_noop(dvc_project):
     assert status_clean(proj)
 
 
+def test_dvc_views_show_research_numbers_and_plots_offline(dvc_project, tmp_path):
+    proj, _ = dvc_project
+    # DVC metrics = metrics/summary.json only (timing aside): no stage file's 50 keys
+    shown = json.loads(subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=proj,
+                                      env=env(), capture_output=True, text=True).stdout)
+    (files,) = [v["data"] for v in shown.values()]
+    research = {f for f in files if not f.startswith("metrics/timing/")}
+    assert research == {"metrics/summary.json"}, files
+    summary = files["metrics/summary.json"]["data"]
+    p2 = json.loads((proj / "metrics/phase2.json").read_text())
+    assert summary["ppl"]["cvfp"] == round(p2["cvfp"]["val_ppl"], 2)
+    assert summary["p1"]["objective"] == "cvfp"
+    # plots: an offline page (scripts inline), only the plots defined in dvc.yaml
+    p = subprocess.run([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "plots")], cwd=proj,
+                       env=env(), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=", page) and "cdn.jsdelivr" not in page
+    specs = json.loads(subprocess.run([str(BIN / "dvc"), "plots", "show", "--json"], cwd=proj, env=env(),
+                                      capture_output=True, text=True).stdout)["data"]
+    drawn = {name for name, v in specs.items() if v}
+    assert drawn == {"phase1_convergence", "phase1_cvfp_losses", "phase1_spectrum", "phase2_loss",
+                     "phase2_accuracy"}                 # phase1_reconstruction: other objective
+    assert "could not find provided field ('epoch')" in p.stderr   # ... and DVC says so
+    for name in ("phase1_convergence", "phase1_cvfp_losses"):       # iteration 0 filtered out
+        spec = specs[name][0]["content"]
+        assert "toNumber(datum['iteration']) >= 1" in json.dumps(spec["transform"])
+
+
 def flow_run_record(state):
     """What the Prefect API holds about the flow run that ended in `state`: its logs (messages),
     task runs and artifacts (by key, latest first)."""
@@ -96,7 +126,7 @@ def flow_run_record(state):
     from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
                                                 FlowRunFilterId, LogFilter, LogFilterFlowRunId)
     from prefect.logging.handlers import APILogHandler
-    APILogHandler.flush()                           # logs are sent in batches
+    APILogHandler().flush()                         # logs are sent in batches
     run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
@@ -132,7 +162,7 @@ def test_flow_matches_dvc_and_leaves_status_clean(dvc_project, tmp_path, monkeyp
     for stage in ("phase1", "materialize", "phase2"):
         assert f"{stage}-progress" in arts, sorted(arts)
         final = arts[f"{stage}-progress"][0]
-        assert final.type == "progress" and final.data == 100.0 and "ETA" in final.description
+        assert final.type == "progress" and final.data == 100.0 and final.description == f"{stage}: done"
     assert {"cvfp-summary", "split-metrics", "phase1-metrics", "phase2-metrics", "cvfp-report"} <= set(arts)
     summary = {r["quantity"]: r["value"] for r in json.loads(arts["cvfp-summary"][0].data)}
     assert summary["Val perplexity: CVFP (Phase 2)"].startswith(f"{p2['val_ppl']:.2f}")
