@@ -2,6 +2,7 @@
 
     python -m flows.pipeline                          # run once (temporary Prefect API if no server)
     python -m flows.pipeline --serve --cron "0 3 * * *"   # deployment with a schedule
+    python -m flows.pipeline --serve --interval 600      # ... or every 600 s; Ctrl-C stops
 
 Each stage is a Prefect task that calls the same `tasks.<stage>.run` as `dvc repro`. A stage
 DVC reports up to date is skipped: its task run is named `<stage> (skipped: up to date)` and
