@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test bench clean
+.PHONY: setup repro test bench clean vega-template
 
 setup: $(STAMP)
 
@@ -39,6 +39,13 @@ bench: setup
 	$(BIN)/python -m benchmarks.phase2
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.throughput
+
+# Regenerate .dvc/plots/index.html (dvc plots show's offline page) from the npm registry.
+vega-template: setup
+	rm -rf $(VENV)/vega && mkdir -p $(VENV)/vega
+	cd $(VENV)/vega && npm pack -q vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2 \
+	  && for f in *.tgz; do tar xzf $$f --strip-components=2 package/build/$$(echo $$f | sed 's/-[0-9.]*tgz$$//').min.js; done
+	$(BIN)/python tools/vega_html_template.py $(VENV)/vega/vega.min.js $(VENV)/vega/vega-lite.min.js $(VENV)/vega/vega-embed.min.js
 
 clean:
 	rm -rf $(VENV)

@@ -9,6 +9,7 @@ import shutil
 import socket
 import tempfile
 from contextvars import ContextVar
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -114,10 +115,85 @@ def require_hub(param: str, value: str, timeout: float = 5.0) -> None:
                            f"({err}); set {param} to a local path (or use the offline default)") from None
 
 
-def progress(iterable=None, total: int | None = None, desc: str = "", enabled: bool = True, **kw):
-    """tqdm with position/total, rate and ETA; silent when disabled."""
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
-                mininterval=1.0, **kw)
+# Callables (desc, position, total or None, elapsed seconds) told about every progress bar, even
+# a disabled one, at most every PROGRESS_NOTIFY_S and when it closes. The Prefect flow registers
+# one that updates a progress artifact; this library stays free of Prefect.
+ProgressListener = Callable[[str, int, "int | None", float], None]
+_PROGRESS_LISTENERS: list[ProgressListener] = []
+PROGRESS_NOTIFY_S = 2.0
+
+
+@contextlib.contextmanager
+def progress_listener(fn: ProgressListener) -> Iterator[None]:
+    """Tell `fn` about every `progress` bar opened while in this block."""
+    _PROGRESS_LISTENERS.append(fn)
+    try:
+        yield
+    finally:
+        _PROGRESS_LISTENERS.remove(fn)
+
+
+class Progress:
+    """A tqdm bar (shown when enabled) whose position also goes to the progress listeners.
+    Iterate it, or call update(n) and close(); other tqdm methods pass through."""
+
+    def __init__(self, iterable=None, total: int | None = None, desc: str = "",
+                 enabled: bool = True, **kw):
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable, self.total, self.desc, self.n = iterable, total, desc, 0
+        self.bar = tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
+                        mininterval=1.0, **kw)
+        self._t0 = self._told = time.monotonic()
+        self._closed = False
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.bar.update(n)
+        if _PROGRESS_LISTENERS and time.monotonic() - self._told >= PROGRESS_NOTIFY_S:
+            self._tell()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.bar.close()
+            if _PROGRESS_LISTENERS:
+                self._tell()
+
+    def _tell(self) -> None:
+        self._told = now = time.monotonic()
+        for fn in list(_PROGRESS_LISTENERS):
+            fn(self.desc, self.n, self.total, now - self._t0)
+
+    def __getattr__(self, name):            # set_postfix, refresh, ...
+        return getattr(self.bar, name)
+
+
+def progress(iterable=None, total: int | None = None, desc: str = "", enabled: bool = True,
+             **kw) -> Progress:
+    """tqdm with position/total, rate and ETA (silent when disabled); listeners registered with
+    `progress_listener` see its position either way."""
+    return Progress(iterable, total=total, desc=desc, enabled=enabled, **kw)
+
+
+def eta_text(position: int, total: int | None, elapsed: float) -> str:
+    """Position, elapsed time and ETA of a bar: '40/120 (33%), 0:12 elapsed, ETA 0:24'."""
+    def hms(s: float) -> str:
+        s = int(round(s))
+        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    if not total:
+        return f"{position} done, {hms(elapsed)} elapsed"
+    eta = elapsed / position * (total - position) if position else None
+    return (f"{position}/{total} ({100 * position / total:.0f}%), {hms(elapsed)} elapsed"
+            + (f", ETA {hms(eta)}" if eta is not None else ""))
 
 
 @contextlib.contextmanager

@@ -2,35 +2,47 @@
 
     python -m flows.pipeline                          # run once (temporary Prefect API if no server)
     python -m flows.pipeline --serve --cron "0 3 * * *"   # deployment with a schedule
+    python -m flows.pipeline --serve --interval 600      # ... or every 600 s; Ctrl-C stops
 
 Each stage is a Prefect task that calls the same `tasks.<stage>.run` as `dvc repro`. A stage
-DVC reports up to date is skipped (state "Skipped (DVC)" with the reason); a stage that
-runs is committed into dvc.lock afterwards, so `dvc status` stays clean. tokenize and
-materialize map their shards as tasks on `orchestration.task_runner` (flows/shards.py).
+DVC reports up to date is skipped: its task run is named `<stage> (skipped: up to date)` and
+ends in the state "Skipped (DVC)" whose message is DVC's reason; a stage that runs is committed
+into dvc.lock afterwards, so `dvc status` stays clean. tokenize and materialize map their
+shards as tasks on `orchestration.task_runner` (flows/shards.py). The library's INFO lines go
+to the run's logs, long loops update a `<stage>-progress` artifact, and every run ends by
+publishing the current results (flows/artifacts.py).
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import functools
 import importlib
-import json
 import os
+import signal
+import sys
 from pathlib import Path
+
+if __name__ == "__main__":  # Ctrl-C while Prefect is still importing: exit quietly, no traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "cvfp")  # library logs into Prefect
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
-from tasks.common import METRICS, REPORTS, run_stage  # noqa: E402
+from cvfp.utils import progress_listener  # noqa: E402
+from tasks.common import REPORTS, run_stage  # noqa: E402
 
+from .artifacts import StageProgress, publish_results  # noqa: E402
 from .dvc_state import STAGES, commit_stage, stage_status  # noqa: E402
 from .shards import SHARDED_STAGES, shard_mapper  # noqa: E402
 
-METRIC_FILES = {"split": "data.json", "phase1": "phase1.json", "phase2": "phase2.json"}
+
+SKIPPED = "Skipped (DVC)"   # the state name of a stage DVC calls up to date
 
 
 def _no_retry_on_config_errors(task, task_run, state) -> bool:
@@ -45,44 +57,44 @@ def _no_retry_on_config_errors(task, task_run, state) -> bool:
     return False
 
 
-def _flatten(d: dict, prefix: str = "") -> list[dict]:
-    rows = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            rows += _flatten(v, key + ".")
-        elif not isinstance(v, list):
-            rows.append({"metric": key, "value": v})
-    return rows
+@contextlib.contextmanager
+def _library_logs_to_prefect():
+    """`cvfp` INFO lines into the run's logs while a stage runs. PREFECT_LOGGING_EXTRA_LOGGERS
+    only takes effect if set before Prefect was first imported in this process (not so under
+    pytest or when another module imported Prefect first): then Prefect's API handler is
+    attached here for the stage, and removed after it (outside a run it would only warn)."""
+    import logging
+    from prefect.logging.handlers import APILogHandler
+    from tasks.common import setup_logging
+    setup_logging()
+    lib = logging.getLogger("cvfp")
+    added = None
+    if not any(isinstance(h, APILogHandler) for h in lib.handlers):
+        added = APILogHandler()
+        lib.addHandler(added)
+    try:
+        yield
+    finally:
+        if added is not None:
+            lib.removeHandler(added)
 
 
-def publish(stage: str) -> None:
-    """Metrics as table artifacts, the report as a markdown artifact."""
-    name = METRIC_FILES.get(stage)
-    if name and (METRICS / name).exists():
-        metrics = json.loads((METRICS / name).read_text())
-        create_table_artifact(_flatten(metrics), key=f"{stage}-metrics",
-                              description=f"metrics/{name} after stage {stage}")
-    if stage == "report" and (REPORTS / "report.md").exists():
-        create_markdown_artifact((REPORTS / "report.md").read_text(), key="cvfp-report",
-                                 description="reports/report.md")
-
-
-def _run_stage(stage: str, params_path: str):
+def _run_stage(stage: str, params_path: str, skip_reason: str | None = None):
     logger = get_run_logger()
-    up_to_date, reason = stage_status(stage)
-    if up_to_date:
-        logger.info("stage %s skipped: %s", stage, reason)
-        return Completed(name="Skipped (DVC)", message=f"{stage}: {reason}")
-    logger.info("stage %s runs: %s", stage, reason)
+    if skip_reason is not None:
+        logger.info("stage %s skipped: %s", stage, skip_reason)
+        # Prefect has no "skipped" state type: Completed, named and explained
+        return Completed(name=SKIPPED, message=f"skipped, {skip_reason}")
     module = importlib.import_module(f"tasks.{stage}")
     params = load_params(params_path)
     run = module.run
     if stage in SHARDED_STAGES:  # shards as mapped tasks on orchestration.task_runner
         run = functools.partial(module.run, map_shards=shard_mapper(stage, params.orchestration))
-    result = run_stage(stage, run, params)
+    progress = StageProgress(stage)
+    with _library_logs_to_prefect(), progress_listener(progress):
+        result = run_stage(stage, run, params)
+    progress.done()
     commit_stage(stage)
-    publish(stage)
     logger.info("stage %s done and committed to dvc.lock", stage)
     return result
 
@@ -96,18 +108,44 @@ def stage_task(stage: str):
 
 @flow(name="cvfp-pipeline", log_prints=True)
 def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) -> dict:
-    """Run the stages in DVC order; returns {stage: 'ran' | 'skipped'}."""
+    """Run the stages in DVC order; returns {stage: 'ran' | 'skipped'}. Whatever happens, the
+    current metrics and report are published as artifacts at the end (flows/artifacts.py)."""
     load_params(params_path)  # fail before any stage on a bad params file
+    logger = get_run_logger()
     outcome = {}
-    for stage in stages or STAGES:
-        state = stage_task(stage)(stage, params_path, return_state=True)
-        if state.is_failed():
-            state.result()  # re-raise with the stage's error
-        outcome[stage] = "skipped" if state.name == "Skipped (DVC)" else "ran"
-    get_run_logger().info("pipeline: %s", outcome)
-    if (REPORTS / "report.html").exists():
+    try:
+        for stage in stages or STAGES:
+            up_to_date, reason = stage_status(stage)
+            if not up_to_date:
+                logger.info("stage %s runs: %s", stage, reason)
+            # a skipped stage says so in its name, so the timeline and task-run list show it
+            name = f"{stage} (skipped: up to date)" if up_to_date else stage
+            state = stage_task(stage).with_options(task_run_name=name)(
+                stage, params_path, reason if up_to_date else None, return_state=True)
+            if state.is_failed():
+                state.result()  # re-raise with the stage's error
+            outcome[stage] = "skipped" if state.name == SKIPPED else "ran"
+    finally:
+        try:
+            publish_results()
+        except Exception as err:  # never hide the stage's own error behind an artifact error
+            logger.warning("could not publish the result artifacts: %s", err)
+    logger.info("pipeline: %s", outcome)
+    if (REPORTS / "report.html").exists() and "report" in outcome:
         print(f"Report: {(REPORTS / 'report.html').resolve()}")
     return outcome
+
+
+async def serve(name: str, cron: str | None, interval: float | None, parameters: dict) -> None:
+    """Create/update the deployment `cvfp-pipeline/<name>` and execute its runs (scheduled or
+    triggered) until Ctrl-C. Async so that asyncio.run owns Ctrl-C: it cancels this task at an
+    await and waits for the cleanup, instead of a KeyboardInterrupt leaving Prefect's
+    sync-to-async bridge with a coroutine never awaited. One run at a time (`limit=1`): runs
+    share this workspace's dvc.lock."""
+    from prefect import aserve
+    deployment = await pipeline.ato_deployment(name=name, cron=cron, interval=interval,
+                                               parameters=parameters)
+    await aserve(deployment, limit=1)
 
 
 def main() -> None:
@@ -116,14 +154,21 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages")
     ap.add_argument("--serve", action="store_true", help="serve a deployment (needs a Prefect server)")
-    ap.add_argument("--cron", default=None, help='schedule for --serve, e.g. "0 3 * * *"')
+    when = ap.add_mutually_exclusive_group()
+    when.add_argument("--cron", default=None, help='schedule for --serve, e.g. "0 3 * * *"')
+    when.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                      help="schedule for --serve: a run every SECONDS (cron's minimum is a minute)")
     ap.add_argument("--name", default="cvfp-nightly", help="deployment name for --serve")
     args = ap.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # imports done: normal Ctrl-C
     if not Path("dvc.yaml").exists():
         ap.error("run from the project root (dvc.yaml not found)")
     if args.serve:
-        pipeline.serve(name=args.name, cron=args.cron,
-                       parameters={"params_path": args.params, "stages": args.stages})
+        try:
+            asyncio.run(serve(args.name, args.cron, args.interval,
+                              {"params_path": args.params, "stages": args.stages}))
+        except KeyboardInterrupt:  # asyncio.run has already cancelled and awaited everything
+            print(f"stopped serving {pipeline.name}/{args.name} (its schedule is paused until the next --serve)")
     else:
         pipeline(args.params, args.stages)
 

@@ -33,9 +33,15 @@ log = logging.getLogger("cvfp")
 
 
 def setup_logging() -> None:
+    """The library's INFO lines (per-iteration / per-epoch metrics) on: the level is set on the
+    `cvfp` logger itself, since a process that imported Prefect already has a root handler at
+    WARNING (which used to leave `cvfp` at WARNING under the flow). A console handler is added
+    only when nobody configured one."""
+    rank = os.environ.get("RANK")                # set by torchrun: other ranks log warnings only
+    level = logging.INFO if rank in (None, "0") else logging.WARNING
+    log.setLevel(level)
     if not logging.getLogger().handlers:
-        rank = os.environ.get("RANK")            # set by torchrun: other ranks log warnings only
-        logging.basicConfig(level=logging.INFO if rank in (None, "0") else logging.WARNING,
+        logging.basicConfig(level=level,
                             format=f"%(asctime)s %(name)s{'' if rank is None else '[' + rank + ']'} "
                                    f"%(levelname)s %(message)s")
 

@@ -4,7 +4,7 @@ Inputs: params (full), git revision, library versions, metrics/timing/<stage>.js
 metrics/data.json, data/split/gx/validation.json (+ data docs link), metrics/phase1.json,
 cache/phase1/checks.json, metrics/phase2.json, plots/phase2_epochs.csv.
 Outputs: reports/report.html (plots embedded as base64 PNG, inline CSS, no network needed),
-reports/report.md (same tables, no images).
+reports/report.md (same tables, no images), metrics/summary.json (tasks/summary.py).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from cvfp.utils import atomic_path
 
 from .common import (COMPARE_HTML, COMPARE_JSON, METRICS, PHASE1_DIR, PLOTS, REPORTS, SPLIT, TIMING, cli,
                      log, merge_durations)
+from .summary import write_summary
 
 GX_DIR = SPLIT / "gx"
 # Every required input and the stage that writes it, for a useful error when one is missing.
@@ -144,6 +145,7 @@ def run(params: Params) -> dict:
     for f in report.findings:
         log.warning("report: %s %s: %s", f.area, f.check, f.message)
     log.info("report: %s and %s (%d warning(s))", HTML_OUT, MD_OUT, len(report.findings))
+    write_summary()                 # metrics/summary.json: the run's DVC metrics (tasks/summary.py)
     return {"html": str(HTML_OUT.resolve()), "md": str(MD_OUT.resolve()), "warnings": len(report.findings)}
 
 

@@ -40,7 +40,8 @@ def make_project(dest: Path) -> Path:
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     run(["git", "init", "-q"], dest)
     run([str(BIN / "dvc"), "init", "-q"], dest)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], dest)
+    shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")   # analytics off, plots page
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")  # plot templates
     return dest
 
 
@@ -89,23 +90,104 @@ def test_dvc_repro_end_to_end_then_noop(dvc_project):
     assert status_clean(proj)
 
 
+def test_dvc_views_show_research_numbers_and_plots_offline(dvc_project, tmp_path):
+    proj, _ = dvc_project
+    # DVC metrics = metrics/summary.json only (timing aside): no stage file's 50 keys
+    shown = json.loads(subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=proj,
+                                      env=env(), capture_output=True, text=True).stdout)
+    (files,) = [v["data"] for v in shown.values()]
+    research = {f for f in files if not f.startswith("metrics/timing/")}
+    assert research == {"metrics/summary.json"}, files
+    summary = files["metrics/summary.json"]["data"]
+    p2 = json.loads((proj / "metrics/phase2.json").read_text())
+    assert summary["ppl"]["cvfp"] == round(p2["cvfp"]["val_ppl"], 2)
+    assert summary["p1"]["objective"] == "cvfp"
+    # plots: an offline page (scripts inline), only the plots defined in dvc.yaml
+    p = subprocess.run([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "plots")], cwd=proj,
+                       env=env(), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=", page) and "cdn.jsdelivr" not in page
+    specs = json.loads(subprocess.run([str(BIN / "dvc"), "plots", "show", "--json"], cwd=proj, env=env(),
+                                      capture_output=True, text=True).stdout)["data"]
+    drawn = {name for name, v in specs.items() if v}
+    assert drawn == {"phase1_convergence", "phase1_cvfp_losses", "phase1_spectrum", "phase2_loss",
+                     "phase2_accuracy"}                 # phase1_reconstruction: other objective
+    assert "could not find provided field ('epoch')" in p.stderr   # ... and DVC says so
+    for name in ("phase1_convergence", "phase1_cvfp_losses"):       # iteration 0 filtered out
+        spec = specs[name][0]["content"]
+        assert "toNumber(datum['iteration']) >= 1" in json.dumps(spec["transform"])
+
+
+def flow_run_record(state):
+    """What the Prefect API holds about the flow run that ended in `state`: its logs (messages),
+    task runs and artifacts (by key, latest first)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                                FlowRunFilterId, LogFilter, LogFilterFlowRunId)
+    from prefect.logging.handlers import APILogHandler
+    APILogHandler().flush()                         # logs are sent in batches
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    by_key = {}
+    for a in arts:
+        by_key.setdefault(a.key, []).append(a)
+    return [log.message for log in logs], tasks, by_key
+
+
 def test_flow_matches_dvc_and_leaves_status_clean(dvc_project, tmp_path, monkeypatch, prefect_harness):
     from flows.pipeline import pipeline
     proj, _ = dvc_project
     other = make_project(tmp_path / "flowproj")
     monkeypatch.chdir(other)
-    outcome = pipeline("params.yaml")
+    state = pipeline("params.yaml", return_state=True)
+    outcome = state.result()
     assert outcome == {s: "ran" for s in STAGES}
     assert status_clean(other)
     assert repro(other) == []                       # DVC accepts what the flow produced
     assert metrics(other) == metrics(proj)          # same numbers from both front doors
+
+    logs, tasks, arts = flow_run_record(state)
+    # the library's INFO lines reach the run's logs: every Phase 2 epoch and the summary line
+    epochs = [m for m in logs if m.startswith("phase2 epoch ")]
+    p2 = json.loads((other / "metrics/phase2.json").read_text())["cvfp"]
+    assert len(epochs) == p2["epochs_run"] and "phase2: val ppl cvfp" in "\n".join(logs)
+    assert any(m.startswith("iter 1: converged") for m in logs)          # cvfp/phase1.py per iteration
+    assert any(m.startswith("transformer epoch ") for m in logs)
+    # progress artifacts of the long stages, finished at 100%
+    for stage in ("phase1", "materialize", "phase2"):
+        assert f"{stage}-progress" in arts, sorted(arts)
+        final = arts[f"{stage}-progress"][0]
+        assert final.type == "progress" and final.data == 100.0 and final.description == f"{stage}: done"
+    assert {"cvfp-summary", "split-metrics", "phase1-metrics", "phase2-metrics", "cvfp-report"} <= set(arts)
+    summary = {r["quantity"]: r["value"] for r in json.loads(arts["cvfp-summary"][0].data)}
+    assert summary["Val perplexity: CVFP (Phase 2)"].startswith(f"{p2['val_ppl']:.2f}")
+    assert [t.name for t in sorted(tasks, key=lambda t: t.expected_start_time)
+            if t.name in STAGES] == STAGES
 
 
 def test_flow_skips_everything_after_dvc_repro(dvc_project, monkeypatch, prefect_harness):
     from flows.pipeline import pipeline
     proj, _ = dvc_project
     monkeypatch.chdir(proj)
-    assert pipeline("params.yaml") == {s: "skipped" for s in STAGES}
+    state = pipeline("params.yaml", return_state=True)
+    assert state.result() == {s: "skipped" for s in STAGES}
+    _, tasks, arts = flow_run_record(state)
+    # each skipped stage says so in the task-run list: name, state name and DVC's reason
+    assert sorted(t.name for t in tasks) == sorted(f"{s} (skipped: up to date)" for s in STAGES)
+    for t in tasks:
+        assert t.state.type.value == "COMPLETED" and t.state.name == "Skipped (DVC)"
+        assert t.state.message.startswith("skipped, up to date in dvc.lock"), t.state.message
+    # the results are published even though nothing ran
+    summary = {r["quantity"]: r["value"] for r in json.loads(arts["cvfp-summary"][0].data)}
+    p2 = json.loads((proj / "metrics/phase2.json").read_text())
+    assert summary["Val perplexity: bigram"] == f"{p2['baselines']['bigram']['val_ppl']:.2f}"
+    assert "### baselines.bigram" in arts["phase2-metrics"][0].data
+    assert "cvfp-report" in arts
 
 
 def test_changing_a_phase1_param_reruns_only_downstream(dvc_project):
