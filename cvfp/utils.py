@@ -8,8 +8,8 @@ import random
 import shutil
 import socket
 import tempfile
-from contextvars import ContextVar
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
