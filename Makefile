@@ -35,6 +35,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
+	$(BIN)/python -m benchmarks.speed
 	$(BIN)/python -m benchmarks.phase1
 	$(BIN)/python -m benchmarks.phase2
 	$(BIN)/python -m benchmarks.memory

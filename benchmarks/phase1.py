@@ -6,7 +6,8 @@
 (c) one parallel Phase 1 iteration (forward, backward, step) via cvfp.phase1.
 
 Each is printed as tokens/s and achieved GFLOP/s beside a plain torch.matmul of the same
-shape measured in the same run; target: (b) and (c) reach >= 50% of their matmul rate.
+shape measured in the same run. The targets against the matmul rate (issue 15) are checked
+by benchmarks.speed, which times both sides interleaved.
 
     python -m benchmarks.phase1 [--tokens-per-conv 128] [--convs 50] [--dim 768]
 """
@@ -106,14 +107,11 @@ def main() -> None:
     print(f"agreement (b) vs (a): max |diff| float64 ({args.check_convs} convs) = {err:.2e} (< 1e-4 asserted), "
           f"float32 (all) = {err32:.2e}")
     print(f"{'':28s} {'seconds':>8s} {'tokens/s':>10s} {'GFLOP/s':>8s} {'matmul GFLOP/s':>15s} {'ratio':>6s}  matmul shape")
-    ratios = {}
     for name, t, fl, mm, shape in rows:
         gf = fl / t / 1e9
-        ratios[name[:3]] = gf / mm
         print(f"{name:28s} {t:8.3f} {n / t:10.0f} {gf:8.1f} {mm:15.1f} {gf / mm:6.2f}  {shape}")
     print(f"speed-up b/a: {t_a / t_b:.1f}x")
-    ok = ratios["(b)"] >= 0.5 and ratios["(c)"] >= 0.5
-    print(f"target (b), (c) >= 0.50 of plain matmul: {'MET' if ok else 'NOT MET'}")
+    print("targets against the matmul rate: python -m benchmarks.speed")
 
 
 if __name__ == "__main__":

@@ -108,21 +108,32 @@ def sequential_pass(model, corpus: Corpus, start: torch.Tensor | None = None,
 
     start: [C, Dc] context per conversation (None = zeros, as at iteration 0).
     Returns (contexts [N, Dc] in corpus order, final context per conversation [C, Dc]).
+
+    The rows are laid out position-major (all active conversations' t-th tokens, then the
+    (t+1)-th, ...), so each position reads its embeddings and writes its contexts as one
+    contiguous slice, and the output of position t is directly the state of position t+1
+    (the active conversations are a prefix); one gather and one scatter reorder at the end.
     """
     sched = PositionSchedule(corpus)
     dc = model.context_dim
-    embeds = model.embed(corpus.ids)
+    active = torch.tensor(sched.active)
+    at = torch.cat([torch.zeros(1, dtype=torch.long), active.cumsum(0)])   # first row of each position
+    pos = torch.repeat_interleave(torch.arange(len(sched)), active)        # row -> position t
+    order = sched.starts[torch.arange(corpus.n_tokens) - at[pos]] + pos    # row -> corpus index
+    embeds = model.embed(corpus.ids[order])
     state = (torch.zeros(corpus.n_conversations, dc, dtype=embeds.dtype, device=embeds.device)
-             if start is None else start[sched.order].clone())
-    contexts = torch.empty(corpus.n_tokens, dc, dtype=embeds.dtype, device=embeds.device)
+             if start is None else start[sched.order])
+    out = torch.empty(corpus.n_tokens, dc, dtype=embeds.dtype, device=embeds.device)
     for t in progress(range(len(sched)), desc=desc, enabled=show_progress, unit="pos"):
-        k = sched.active[t]
-        rows = sched.rows(t)
-        new, _ = model(state[:k], embeds[rows])
-        state[:k] = new
-        contexts[rows] = new
-    final = torch.empty_like(state)
-    final[sched.order] = state
+        a, b = int(at[t]), int(at[t + 1])
+        state, _ = model(state[:b - a], embeds[a:b])
+        out[a:b] = state
+    contexts = torch.empty_like(out)
+    contexts[order.to(out.device)] = out
+    # Conversation j (length-sorted) ends at position len_j - 1, in row at[len_j - 1] + j.
+    last = at[sched.sorted_lengths - 1] + torch.arange(corpus.n_conversations)
+    final = torch.empty_like(out[:corpus.n_conversations])
+    final[sched.order] = out[last.to(out.device)]
     return contexts, final
 
 

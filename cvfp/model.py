@@ -35,16 +35,40 @@ class CVFPLayer(nn.Module):
         self._stat_loss: torch.Tensor | None = None
 
     def forward(self, context: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.relu(self.fnn(torch.cat([context, token], dim=-1)))
-        new_context = context + h[..., :self.context_dim]
-        new_token = token + h[..., self.context_dim:]
-        m = self.layernorm_mix
-        if m > 0:
-            new_context = (1 - m) * new_context + m * self.context_norm(new_context)
-            new_token = (1 - m) * new_token + m * self.token_norm(new_token)
+        if context.dim() == 2 and not (torch.is_grad_enabled() and self._needs_graph(context, token)):
+            new_context, new_token = self._forward_no_grad(context, token)
+        else:
+            h = F.relu(self.fnn(torch.cat([context, token], dim=-1)))
+            new_context = self._mix(context + h[..., :self.context_dim], self.context_norm)
+            new_token = self._mix(token + h[..., self.context_dim:], self.token_norm)
         if self.track_stats and self.training:
             self._update_stats(new_context)
         return new_context, new_token
+
+    def _needs_graph(self, context: torch.Tensor, token: torch.Tensor) -> bool:
+        return context.requires_grad or token.requires_grad or any(
+            p.requires_grad for p in self.parameters())
+
+    def _mix(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """(1 - m) x + m LN(x); m = 1 and m = 0 skip the arithmetic (exact: 0 x = 0, 1 y = y)."""
+        m = self.layernorm_mix
+        if m == 1:
+            return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        if m <= 0:
+            return x
+        return (1 - m) * x + m * F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    def _forward_no_grad(self, context: torch.Tensor, token: torch.Tensor):
+        """The same update without building a graph, in fewer and in-place ops (the
+        sequential passes run this once per position and layer). W [context; token] is
+        Wc context + Wt token with W's column halves, so no concatenated copy is made;
+        the residual adds go into h's halves."""
+        dc, w = self.context_dim, self.fnn.weight
+        h = torch.addmm(self.fnn.bias, context, w[:, :dc].t())
+        h.addmm_(token, w[:, dc:].t()).relu_()
+        new_context = h[:, :dc].add_(context)
+        new_token = h[:, dc:].add_(token)
+        return self._mix(new_context, self.context_norm), self._mix(new_token, self.token_norm)
 
     def _update_stats(self, context: torch.Tensor) -> None:
         # The batch statistics enter the EMA *with* gradient (old state detached), so the

@@ -152,11 +152,18 @@ def forward_logits(model, heads, batch, freeze_context: bool = False) -> list[to
     return head_logits(model, heads, fixed, outs)
 
 
+# Inference batches hold up to this many logits (16 MB): larger than training batches, as
+# nothing is kept for a backward pass, so fewer, fuller matrix products (docs/speed.md).
+EVAL_LOGITS = 1 << 22
+
+
 @torch.no_grad()
 def evaluate(model, data: PositionData, batch_size: int, heads=None, world: World = SINGLE) -> list[Stats]:
     """Loss/accuracy of every head over all positions (one Stats per head; single = one).
-    Under torchrun every rank evaluates its share and the sums are all-reduced."""
+    Under torchrun every rank evaluates its share and the sums are all-reduced.
+    batch_size: the training batch; inference runs larger batches (EVAL_LOGITS)."""
     model.eval()
+    batch_size = max(batch_size, EVAL_LOGITS // model.vocab_size)
     n_heads = 1 if heads is None else len(heads)
     sums = torch.zeros(2, n_heads, dtype=torch.float64)          # loss sum, correct
     lo, hi = world.share(len(data))

@@ -71,3 +71,47 @@ def test_embed_norm_always_applied():
     torch.testing.assert_close(e.var(1, unbiased=False), v / (v + 1e-5), atol=1e-4, rtol=0)
     logits = m.logits(torch.zeros(3, 4), e)
     assert logits.shape == (3, 10) and logits.abs().sum() == 0
+
+
+def reference_stack(model, context, token):
+    """The concat formulation, written out: h = ReLU(W [c; t] + b), residual, full mix."""
+    for layer in model.layers():
+        m, dc = layer.layernorm_mix, layer.context_dim
+        h = F.relu(F.linear(torch.cat([context, token], -1), layer.fnn.weight, layer.fnn.bias))
+        c, t = context + h[:, :dc], token + h[:, dc:]
+        context = (1 - m) * c + m * layer.context_norm(c)
+        token = (1 - m) * t + m * layer.token_norm(t)
+    return context, token
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("train", [True, False])
+def test_forward_equals_concat_formulation_with_gradients(mix, train):
+    """The split-weight no-grad path and the skipped mix at m in {0, 1} change no value (1e-5),
+    in train and eval mode, and the gradients are those of the written-out formulation."""
+    torch.manual_seed(0)
+    m = CVFPModel(20, 16, 12, 28, [2, 1], layernorm_mix=mix).train(train)
+    c, t = torch.randn(9, 16), torch.randn(9, 12)
+    with torch.no_grad():                                  # the sequential passes' path
+        got, want = m(c, t), reference_stack(m, c, t)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+    # with a graph: same values and the same gradients for weights and inputs
+    ci, ti = c.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    out = m(ci, ti)
+    loss = (out[0] ** 2).sum() + out[1].sin().sum()
+    # m = 0: the LayerNorms are skipped, so their weights get no gradient (the reference: zeros)
+    grads = torch.autograd.grad(loss, [ci, ti, *m.stack_parameters()], allow_unused=True,
+                                materialize_grads=True)
+    cr, tr = c.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    ref = reference_stack(m, cr, tr)
+    ref_grads = torch.autograd.grad((ref[0] ** 2).sum() + ref[1].sin().sum(), [cr, tr, *m.stack_parameters()])
+    for g, w in zip(out, ref):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+    for g, w in zip(grads, ref_grads):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    # frozen weights, inputs without grad, grad mode on (Phase 2 frozen stack, checks): no graph path
+    m.requires_grad_(False)
+    for g, w in zip(m(c, t), want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+    assert {k for k, _ in m.state_dict().items()} >= {"blocks.0.layers.0.fnn.weight", "blocks.0.layers.0.fnn.bias"}
