@@ -10,17 +10,46 @@ each other's writes through the same file.
 """
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 
+class DiskSpaceError(OSError):
+    """Not enough free disk for a memory-mapped file; raised before anything is written."""
+
+
+def reserve_npy(path: Path, shape: tuple[int, int]) -> None:
+    """Create a float32 .npy of `shape` with its blocks allocated. A sparse memmap on a full
+    disk dies with SIGBUS at the first write of a missing block; this fails first, saying how
+    much is needed, and removes the file."""
+    need = int(np.prod(shape)) * 4 + 128
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise DiskSpaceError(errno.ENOSPC, f"not enough disk space for {path}: needs {need / 2**20:.1f} MiB, "
+                             f"{free / 2**20:.1f} MiB free; free some space (or move the cache)")
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            path.unlink(missing_ok=True)
+            raise DiskSpaceError(errno.ENOSPC, f"not enough disk space for {path}: needs "
+                                 f"{need / 2**20:.1f} MiB; free some space (or move the cache)") from None
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):   # fs without fallocate
+            raise
+
+
 class ContextFile:
     def __init__(self, path: str | Path, shape: tuple[int, int], create: bool = False):
         self.path, self.shape = Path(path), tuple(shape)
         if create:
-            np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32, shape=self.shape)
+            reserve_npy(self.path, self.shape)
 
     def _map(self, mode: str) -> np.ndarray:
         return np.load(self.path, mmap_mode=mode)

@@ -53,7 +53,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) / final.name
+    # The pid in the name tells a later run whether the writer is gone (clean_stale_temps).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent)) / final.name
     outer = _OPEN_TEMPS.get()
     token = _OPEN_TEMPS.set(outer + (tmp.parent.resolve(),))
     try:
@@ -79,6 +80,30 @@ def dir_digest(path: str | Path) -> str:
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def clean_stale_temps(final: str | Path) -> list[Path]:
+    """Remove the temporary siblings atomic_path left for `final` when its process was killed
+    (SIGKILL, SIGBUS on a full disk): those whose pid no longer runs, or has no pid."""
+    final = Path(final)
+    removed = []
+    for tmp in final.parent.glob(f".{final.name}.*"):
+        pid = tmp.name[len(final.name) + 2:].split(".")[0]
+        if pid.isdigit() and pid_alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: str | Path, obj: Any) -> None:

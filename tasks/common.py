@@ -89,6 +89,8 @@ def run_stage(stage: str, run: Callable[[Params], object], params: Params):
     from datetime import datetime, timezone
     from cvfp.utils import BEFORE_REPLACE, write_json
     _DURATIONS.pop(stage, None)
+    if os.environ.get("RANK", "0") == "0":
+        clean_leftovers(stage)
     guard = params_guard(stage, params)
     token = BEFORE_REPLACE.set(guard)       # every output replacement checks params first
     t0 = time.perf_counter()
@@ -110,6 +112,43 @@ def run_stage(stage: str, run: Callable[[Params], object], params: Params):
     return result
 
 
+# Scratch space of a stage that a killed run may leave behind (besides atomic_path temps).
+SCRATCH = {"phase1": [PHASE1_WORK / "*"], "tokenize": [TOKENIZED.parent / ".tokenize-*"]}
+
+
+def _dvc_stage(stage: str) -> dict:
+    import yaml
+    try:
+        return yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage] or {}
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return {}
+
+
+def stage_outputs(stage: str) -> list[Path]:
+    """outs, metrics and plots of a stage, from dvc.yaml."""
+    spec = _dvc_stage(stage)
+    out = []
+    for kind in ("outs", "metrics", "plots"):
+        for item in spec.get(kind) or []:
+            out += [Path(k) for k in item] if isinstance(item, dict) else [Path(item)]
+    return out
+
+
+def clean_leftovers(stage: str) -> None:
+    """Remove what a killed earlier run of this stage left: temporary siblings of its outputs
+    (whose writer is gone) and its scratch files (a run of one stage at a time: DVC's lock)."""
+    import glob
+    import shutil
+    from cvfp.utils import clean_stale_temps
+    removed = [t for out in stage_outputs(stage) for t in clean_stale_temps(out)]
+    for pattern in SCRATCH.get(stage, []):
+        for p in map(Path, glob.glob(str(pattern), include_hidden=True)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    for p in removed:
+        log.warning("stage %s: removed %s, left by an interrupted run", stage, p)
+
+
 class ParamsChangedError(RuntimeError):
     """The params file changed while a stage ran; its outputs were not replaced."""
 
@@ -117,10 +156,8 @@ class ParamsChangedError(RuntimeError):
 def stage_param_keys(stage: str) -> list[str] | None:
     """The params keys a stage depends on, from dvc.yaml (one source for that fact);
     None (= every key) when dvc.yaml or the stage's list is not there."""
-    import yaml
-    try:
-        spec = yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+    spec = _dvc_stage(stage)
+    if not spec:
         return None
     keys = []
     for item in spec.get("params") or []:
