@@ -129,7 +129,8 @@ def _series(per_seed: Mapping, key: str) -> dict:
 def summarise(experiments: list[dict], arms: Mapping[str, Mapping], control: str) -> dict:
     """The content of metrics/compare.json.
 
-    experiments: one dict per arm x seed: arm, seed, name, status ("ok" | "failed"), error,
+    experiments: one dict per arm x seed: arm, seed, name, status ("ok" | "failed" | "missing":
+    not found when rebuilding from existing experiments), error,
     seconds, and (when ok) values = experiment_values(...). arms: arm -> its param overrides,
     in report order. control: the arm every other is paired with."""
     ok = [e for e in experiments if e["status"] == "ok"]
@@ -149,7 +150,7 @@ def summarise(experiments: list[dict], arms: Mapping[str, Mapping], control: str
                  "trial_final_diff_mean": fd, "trial_final_diff_std": fd_sd,
                  "effective_rank_val_mean": er, "effective_rank_val_std": er_sd,
                  "failed_seeds": [int(e["seed"]) for e in experiments
-                                  if e["arm"] == a and e["status"] != "ok"],
+                                  if e["arm"] == a and e["status"] == "failed"],
                  "per_seed": ps}
         if a == control:
             entry["paired"] = None
@@ -189,7 +190,8 @@ def summarise(experiments: list[dict], arms: Mapping[str, Mapping], control: str
     return {"control": control, "metric": "val_ppl", "rule": RULE, "seeds": seeds,
             "arms": out_arms, "baselines": baselines, "ablations": ablations,
             "failed": [{"arm": e["arm"], "seed": e["seed"], "name": e["name"], "error": e.get("error")}
-                       for e in experiments if e["status"] != "ok"],
+                       for e in experiments if e["status"] == "failed"],
+            "missing": [e["name"] for e in experiments if e["status"] == "missing"],
             "experiments": [{k: e.get(k) for k in ("name", "arm", "seed", "status", "seconds")}
                             for e in experiments]}
 

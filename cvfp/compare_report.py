@@ -76,6 +76,8 @@ def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str
     s.add(Para([f"Rule: {RULE}. With 3 seeds |mean| > std means t > 1.73, a lenient bar: a "
                 "'better' or 'worse' says 'run more seeds', not 'proven' (t is in the table below)."],
                "note"))
+    if summary.get("missing"):
+        s.add(Para([f"Not run (yet), so not in the numbers: {', '.join(summary['missing'])}."], "note"))
     if summary["failed"]:
         s.add(Heading("Failed experiments"))
         s.add(Table(["experiment", "arm", "seed", "error"],

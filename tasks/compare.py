@@ -41,6 +41,10 @@ class ExperimentFailed(RuntimeError):
     pass
 
 
+class ExperimentMissing(ExperimentFailed):
+    """No experiment of that name on this commit (not run yet, or it failed earlier)."""
+
+
 def experiment_name(arm: str, seed: int) -> str:
     return f"{PREFIX}-{arm}-s{seed}"
 
@@ -133,7 +137,7 @@ def collect(exp: dict) -> dict:
     """The record of a finished experiment, read from its commit."""
     ref = exp_ref(exp["name"])
     if subprocess.run(["git", "rev-parse", "--verify", "--quiet", ref], capture_output=True).returncode:
-        raise ExperimentFailed(f"{exp['name']}: no such experiment on this commit (not run, or it failed)")
+        raise ExperimentMissing(f"{exp['name']}: no such experiment on this commit (not run, or it failed)")
     try:
         metrics = {n: json.loads(_git("show", f"{ref}:metrics/{n}.json")) for n in ("phase1", "phase2")}
     except subprocess.CalledProcessError as err:
@@ -142,8 +146,8 @@ def collect(exp: dict) -> dict:
             "values": experiment_values(metrics["phase1"], metrics["phase2"])}
 
 
-def failed(exp: dict, error: str, seconds: float | None = None) -> dict:
-    return {"arm": exp["arm"], "seed": exp["seed"], "name": exp["name"], "status": "failed",
+def failed(exp: dict, error: str, seconds: float | None = None, status: str = "failed") -> dict:
+    return {"arm": exp["arm"], "seed": exp["seed"], "name": exp["name"], "status": status,
             "error": error, "seconds": seconds}
 
 
@@ -182,8 +186,8 @@ def main() -> None:
     for e in exps:
         try:
             records.append(collect(e))
-        except ExperimentFailed as err:
-            records.append(failed(e, str(err)))
+        except ExperimentMissing as err:
+            records.append(failed(e, str(err), status="missing"))
     write_outputs(params, records, list(dict.fromkeys(e["arm"] for e in exps)), overrides)
     print(COMPARE_HTML.resolve())
 

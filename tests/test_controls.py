@@ -62,3 +62,26 @@ def test_objective_none_trains_nothing_and_keeps_the_metric_keys(tiny_params, tm
         assert torch.equal(saved["state_dict"][k], v), k
     # ... while cvfp's one step did change them.
     assert np.isfinite(cv["train"]["total_loss"])
+
+
+def test_transformer_off_skips_only_the_transformer(tmp_path, tiny_params, monkeypatch):
+    """baselines.transformer=false (flows.compare's non-control arms): no GPT-2 key, every
+    CVFP number unchanged."""
+    import json
+    from tasks import materialize as mat_task, phase2 as p2_task
+    from test_phase2 import _tiny_project, cfg
+    _tiny_project(tmp_path, tiny_params)
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params.model_copy(update={
+        "phase2": cfg(tiny_params, epochs=1),
+        "baselines": tiny_params.baselines.model_copy(update={"transformer_n_positions": 8})})
+    mat_task.run(params)
+    out = {}
+    for on in (True, False):
+        params.baselines.transformer = on
+        p2_task.run(params)
+        out[on] = json.loads((tmp_path / "metrics/phase2.json").read_text())
+    assert set(out[True]["baselines"]) == {"bigram", "transformer"} and set(out[False]["baselines"]) == {"bigram"}
+    strip = lambda m: {k: v for k, v in m.items() if "seconds" not in k}  # noqa: E731
+    assert strip(out[False]["cvfp"]) == strip(out[True]["cvfp"])
+    assert out[False]["ablations"] == out[True]["ablations"]

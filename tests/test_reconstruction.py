@@ -181,7 +181,7 @@ def test_same_seed_same_numbers(tiny_params):
 
 @pytest.mark.parametrize("mutate, expected", [
     (lambda r: r["phase1"].update(objective="autoencoder"),
-     r"phase1\.objective = 'autoencoder': Input should be 'cvfp' or 'reconstruction'"),
+     r"phase1\.objective = 'autoencoder': Input should be 'cvfp', 'reconstruction' or 'none'"),
     (lambda r: r["phase1"]["reconstruction"].update(recon_weight=-1),
      r"phase1\.reconstruction\.recon_weight = -1: Input should be greater than or equal to 0"),
     (lambda r: r["phase1"]["reconstruction"].update(chunk_length=0),
