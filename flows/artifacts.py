@@ -127,6 +127,9 @@ def publish_results(metrics_dir: Path = METRICS, reports_dir: Path = REPORTS) ->
     return keys
 
 
+LONG_STAGES = ("phase1", "materialize", "phase2")   # always get a progress artifact
+
+
 class StageProgress:
     """A cvfp.utils progress listener that mirrors the stage's current bar into the progress
     artifact `<stage>-progress` (percent of the bar; the description says which bar, the
@@ -134,6 +137,10 @@ class StageProgress:
 
     def __init__(self, stage: str):
         self.stage, self.artifact_id, self.broken = stage, None, False
+        if stage in LONG_STAGES:
+            # created now, in the stage's task run: a bar first reported from inside a subflow
+            # (materialize's shards) would otherwise attach the artifact to that subflow's run
+            self._show(0.0, f"{stage}: started")
 
     def __call__(self, desc: str, position: int, total: int | None, elapsed: float) -> None:
         pct = min(100.0, 100.0 * position / total) if total else 0.0

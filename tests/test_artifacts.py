@@ -90,3 +90,23 @@ def test_progress_listeners_see_every_bar_even_disabled(monkeypatch):
 ])
 def test_eta_text(args, text):
     assert eta_text(*args) == text
+
+
+def test_summary_json_is_the_rounded_headline_numbers(tmp_path):
+    import shutil
+    from tasks.summary import write_summary
+    for name in ("data.json", "phase1.json", "phase2.json"):
+        shutil.copy(ROOT / "metrics" / name, tmp_path / name)
+    written = write_summary(tmp_path)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    p2 = json.loads((ROOT / "metrics/phase2.json").read_text())
+    assert on_disk == written
+    assert on_disk["ppl"] == {
+        "cvfp": round(p2["cvfp"]["val_ppl"], 2),
+        "bigram": round(p2["baselines"]["bigram"]["val_ppl"], 2),
+        "transformer": round(p2["baselines"]["transformer"]["val_ppl"], 2),
+        "zero_c": round(p2["ablations"]["zero_context"]["val_ppl"], 2),
+        "shuffled_c": round(p2["ablations"]["shuffled_context"]["val_ppl"], 2)}
+    p1 = json.loads((ROOT / "metrics/phase1.json").read_text())
+    assert on_disk["p1"]["verdict"] == p1["val"]["trials"]["verdict"]
+    assert on_disk["p1"]["steps_train"] == p1["train"].get("steps")     # None until recorded
