@@ -33,6 +33,7 @@ compare rates (FLOP/s), so sampling does not bias them. Never a timed test: a be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import subprocess
@@ -42,13 +43,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from cvfp import phase2
 from cvfp.corpus import Corpus, PositionSchedule, sequential_pass
 from cvfp.diversity import make_diversity
-from cvfp.model import CVFPModel
+from cvfp.model import CVFPLayer, CVFPModel
 from cvfp.params import DiversityParams, Phase2Params, load_params
 from cvfp.phase1 import parallel_iteration
-from cvfp.phase2 import PositionData, Trainer, configure_trainable
+from cvfp.phase2 import EVAL_LOGITS, PositionData, Trainer, configure_trainable, evaluate
 
 TARGETS = {"stream": 0.50, "batched": 0.60, "parallel": 0.60, "phase2": 0.65}
 NAMES = {"stream": "one-stream sequential pass", "batched": "conversation-batched pass",
@@ -122,10 +125,86 @@ def train_matmuls(rows: int, h: int, w: torch.Tensor):
     return ref
 
 
+# ---------------------------------------------------------------- effects of each change
+# The code before issue 15, kept here to measure each change against it in the same run.
+
+def concat_forward(self, context, token):
+    """CVFPLayer.forward before: concat, Linear, slices, and the mix even at m = 1."""
+    h = F.relu(self.fnn(torch.cat([context, token], dim=-1)))
+    new_context = context + h[..., :self.context_dim]
+    new_token = token + h[..., self.context_dim:]
+    m = self.layernorm_mix
+    if m > 0:
+        new_context = (1 - m) * new_context + m * self.context_norm(new_context)
+        new_token = (1 - m) * new_token + m * self.token_norm(new_token)
+    return new_context, new_token
+
+
+@contextlib.contextmanager
+def layer_forward(fn):
+    saved = CVFPLayer.forward
+    CVFPLayer.forward = fn
+    try:
+        yield
+    finally:
+        CVFPLayer.forward = saved
+
+
+@torch.no_grad()
+def indexed_pass(model, corpus: Corpus):
+    """sequential_pass before: gather the embeddings and scatter the contexts by index at
+    every position, copy the state back."""
+    sched = PositionSchedule(corpus)
+    embeds = model.embed(corpus.ids)
+    state = torch.zeros(corpus.n_conversations, model.context_dim)
+    contexts = torch.empty(corpus.n_tokens, model.context_dim)
+    for t in range(len(sched)):
+        k, rows = sched.active[t], sched.rows(t)
+        new, _ = model(state[:k], embeds[rows])
+        state[:k] = new
+        contexts[rows] = new
+    return contexts
+
+
+def eval_batches_of_256(model, data):
+    saved, phase2.EVAL_LOGITS = phase2.EVAL_LOGITS, 0
+    try:
+        evaluate(model, data, 256)
+    finally:
+        phase2.EVAL_LOGITS = saved
+
+
+def effects(model, stream: Corpus, corpus: Corpus, data: PositionData, rounds: int) -> None:
+    """Old vs new for each change, interleaved, best of `rounds`; ratio = old / new time."""
+    def both(old, new):
+        return interleaved(old, new, rounds)
+
+    def with_forward(fn, work):
+        def run():
+            with layer_forward(fn):
+                work()
+        return run
+    new_fwd = CVFPLayer.forward
+    lines = []
+    for name, c in (("stream", stream), ("batched", corpus)):
+        o, n = both(with_forward(concat_forward, lambda: indexed_pass(model, c)),
+                    with_forward(new_fwd, lambda: indexed_pass(model, c)))
+        lines.append((f"layer forward (split W, no mix at m=1, in place), {name} pass", o, n))
+        o, n = both(lambda: indexed_pass(model, c), lambda: sequential_pass(model, c))
+        lines.append((f"position-major rows (slices, no per-step index ops), {name} pass", o, n))
+    o, n = both(lambda: eval_batches_of_256(model, data), lambda: evaluate(model, data, 256))
+    lines.append((f"inference batches of {max(256, EVAL_LOGITS // model.vocab_size)} (not 256), Phase 2 evaluate", o, n))
+    print(f"\neffect of each change (old vs new code, same run, best of {rounds}):")
+    print(f"{'':72s} {'old s':>7s} {'new s':>7s} {'speed-up':>8s}")
+    for name, o, n in lines:
+        print(f"{name:72s} {o:7.3f} {n:7.3f} {o / n:7.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="quick run: 640 tokens, 400 phase2 positions")
-    ap.add_argument("--rows", default="stream,batched,parallel,phase2")
+    ap.add_argument("--rows", default="stream,batched,parallel,phase2,effects",
+                    help="effects: each change's speed-up against the code before it")
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--blocks", type=int, default=6)
     ap.add_argument("--vocab", type=int, default=8000)
@@ -139,7 +218,7 @@ def main() -> None:
     if args.small:
         args.convs, args.phase2_positions = 5, 400
     rows = args.rows.split(",")
-    unknown = set(rows) - set(TARGETS)
+    unknown = set(rows) - set(TARGETS) - {"effects"}
     if unknown:
         ap.error(f"--rows: unknown {sorted(unknown)}; allowed {', '.join(TARGETS)}")
 
@@ -219,7 +298,7 @@ def main() -> None:
     print(f"load after:  {load()}")
     print(f"\n{'':32s} {'work s':>8s} {'GFLOP/s':>8s} {'matmul GFLOP/s':>15s} {'fraction':>9s} {'target':>7s}")
     ok = True
-    for key in rows:
+    for key in [r for r in rows if r in results]:
         tw, flops, mm, hot = results[key]
         frac = flops / tw / mm
         ok &= frac >= TARGETS[key]
@@ -230,6 +309,16 @@ def main() -> None:
             print(f"{'  vs a cache-hot gemv':32s} {'':8s} {'':8s} {hot / 1e9:15.1f} {flops / tw / hot:8.0%}  "
                   f"(one H x H matrix reused; not reachable with {L} layers' weights > L3)")
     print(f"all targets met: {'yes' if ok else 'no'}")
+    if "effects" in rows:
+        short = ids[:, :32]                    # a quarter of the positions: the old code is slow
+        small = Corpus.from_conversations(list(short.numpy()), "conversation")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "val.npy"
+            np.save(path, sequential_pass(model, small)[0].numpy())
+            val = PositionData.from_corpus(small, np.load(path, mmap_mode="r"))
+            effects(model.eval(), Corpus.from_conversations([short.flatten().numpy()[:256]], "stream"),
+                    small, val, args.rounds)
+        print(f"load after effects: {load()}")
 
 
 if __name__ == "__main__":
