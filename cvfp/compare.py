@@ -154,7 +154,8 @@ def summarise(experiments: list[dict], arms: Mapping[str, Mapping], control: str
                  "per_seed": ps}
         if a == control:
             entry["paired"] = None
-            entry["verdict"] = f"{a}: the control ({pm(ppl, ppl_sd)} val ppl over {len(ps)} seeds)"
+            entry["verdict"] = (f"{a}: the control ({pm(ppl, ppl_sd)} val ppl over {len(ps)} "
+                                f"seed{'s' if len(ps) != 1 else ''})")
         else:
             p = paired(a, _series(ps, "val_ppl"), control, _series(ctrl, "val_ppl"))
             entry["paired"], entry["verdict"] = p.asdict(), p.text

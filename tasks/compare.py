@@ -188,6 +188,8 @@ def main() -> None:
             records.append(collect(e))
         except ExperimentMissing as err:
             records.append(failed(e, str(err), status="missing"))
+        except ExperimentFailed as err:
+            records.append(failed(e, str(err)))
     write_outputs(params, records, list(dict.fromkeys(e["arm"] for e in exps)), overrides)
     print(COMPARE_HTML.resolve())
 
