@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 repro: setup
 	$(BIN)/dvc repro
+	@test -f reports/report.html || $(BIN)/python -m tasks.report   # not a DVC output (dvc.yaml)
 	@echo "Report: $(CURDIR)/reports/report.html"
 
 test: setup
