@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cvfp.phase2 import NonFiniteLossError, Trainer
-from test_phase2 import _tiny_project, cfg
+from test_phase2 import _tiny_project, cfg, stage_params
 
 
 def snapshot(root: Path, rels) -> dict[str, str]:
@@ -34,10 +34,7 @@ def phase2_project(tmp_path, tiny_params, monkeypatch):
     from tasks import materialize as mat_task, phase2 as p2_task
     _tiny_project(tmp_path, tiny_params)
     monkeypatch.chdir(tmp_path)
-    params = tiny_params.model_copy(update={
-        "materialize": tiny_params.materialize.model_copy(update={"chunk_tokens": 10}),
-        "phase2": cfg(tiny_params, epochs=2),
-        "baselines": tiny_params.baselines.model_copy(update={"transformer_n_positions": 8})})
+    params = stage_params(tiny_params)
     mat_task.run(params)
     p2_task.run(params)
     return tmp_path, params

@@ -273,15 +273,20 @@ def _tiny_project(root, tiny_params):
     save_checkpoint(root / "cache/phase1/model.pt", tiny_model(), tiny_params.model_dump(), vocab_size=V)
 
 
+def stage_params(tiny_params):
+    """tiny_params for running the materialize and phase2 stages on a tiny project."""
+    return tiny_params.model_copy(update={
+        "materialize": tiny_params.materialize.model_copy(update={"chunk_tokens": 10}),
+        "phase2": cfg(tiny_params, epochs=2),
+        "baselines": tiny_params.baselines.model_copy(update={"transformer_n_positions": 8})})
+
+
 def test_stages_materialize_phase2_and_generate_cli(tmp_path, tiny_params, monkeypatch, capsys):
     from cvfp import generate as gen_cli
     from tasks import materialize as mat_task, phase2 as p2_task
     _tiny_project(tmp_path, tiny_params)
     monkeypatch.chdir(tmp_path)
-    params = tiny_params.model_copy(update={
-        "materialize": tiny_params.materialize.model_copy(update={"chunk_tokens": 10}),
-        "phase2": cfg(tiny_params, epochs=2),
-        "baselines": tiny_params.baselines.model_copy(update={"transformer_n_positions": 8})})
+    params = stage_params(tiny_params)
     meta = mat_task.run(params)
     assert meta["splits"]["train"]["shape"] == [72, 16]
     assert sorted(p.name for p in (tmp_path / "cache/cstar").iterdir()) == [
