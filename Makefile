@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
+PIP    := $(BIN)/pip install -q --progress-bar off
 
 # dvc runs stage commands with `python`: make it the venv's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -13,27 +15,39 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test bench clean vega-template
+.PHONY: setup setup-dev repro test lint bench clean vega-template
 
 setup: $(STAMP)
+setup-dev: $(DEV)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
+# torch first, alone: the pinned CPU wheel (a resolver pass with everything else could pick CUDA).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install -q -e . 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import torch, prefect, dvc, great_expectations, datasets, transformers" 
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e .
+	$(BIN)/python -c "import torch, prefect, dvc, great_expectations, datasets, transformers"
 	touch $(STAMP)
+
+$(DEV): $(STAMP)
+	$(PIP) -e ".[dev]"
+	touch $(DEV)
 
 repro: setup
 	$(BIN)/dvc repro
 	@test -f reports/report.html || $(BIN)/python -m tasks.report   # not a DVC output (dvc.yaml)
 	@echo "Report: $(CURDIR)/reports/report.html"
 
-test: setup
+test: setup-dev
 	$(BIN)/python -m pytest
+
+# ruff (lint + format) on everything, mypy on cvfp/ (pyproject.toml); .ci/run runs it before the tests.
+lint: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python -m benchmarks.speed

@@ -17,6 +17,7 @@ file-backed phase1.
 
     python -m benchmarks.memory [--tokens 100000] [--dim 32] [--chunk-tokens 16384]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ def peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -49,44 +51,86 @@ def child(kind: str, tokens: int, dim: int, conv_len: int, chunk_tokens: int) ->
     from cvfp.params import load_params
     from cvfp.phase1 import run_phase1
 
-    params = load_params("params.yaml", {
-        "model.context_dim": dim, "model.embed_dim": dim, "model.hidden_dim": 2 * dim,
-        "model.layer_structure": [1, 1], "phase2.block_weights": [0.5, 1.0],
-        "phase1.max_iterations": 1, "phase1.min_converged_ratio": 1.0, "phase1.progress": False,
-        "phase1.warn_tokens": 10 ** 12,
-        "phase1.chunk_tokens": chunk_tokens if kind == "phase1" else tokens})
+    params = load_params(
+        "params.yaml",
+        {
+            "model.context_dim": dim,
+            "model.embed_dim": dim,
+            "model.hidden_dim": 2 * dim,
+            "model.layer_structure": [1, 1],
+            "phase2.block_weights": [0.5, 1.0],
+            "phase1.max_iterations": 1,
+            "phase1.min_converged_ratio": 1.0,
+            "phase1.progress": False,
+            "phase1.warn_tokens": 10**12,
+            "phase1.chunk_tokens": chunk_tokens if kind == "phase1" else tokens,
+        },
+    )
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     vocab = 2000
     ids = rng.integers(0, vocab, size=tokens)
-    corpus = Corpus.from_conversations(np.array_split(ids, max(1, tokens // conv_len)), "conversation")
+    corpus = Corpus.from_conversations(
+        np.array_split(ids, max(1, tokens // conv_len)), "conversation"
+    )
     del ids
     model = CVFPModel.from_params(params.model, vocab)
     base = peak_rss_mb()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=".") as tmp:
-        if kind == "materialize":               # what the materialize stage runs (plain loop)
+        if kind == "materialize":  # what the materialize stage runs (plain loop)
             save_checkpoint(Path(tmp) / "model.pt", model, params.model_dump())
-            materialize_sharded(Path(tmp) / "model.pt", {"train": corpus}, Path(tmp) / "cstar",
-                                params.model, vocab, chunk_tokens, "conversation",
-                                params.orchestration.shard_conversations)
+            materialize_sharded(
+                Path(tmp) / "model.pt",
+                {"train": corpus},
+                Path(tmp) / "cstar",
+                params.model,
+                vocab,
+                chunk_tokens,
+                "conversation",
+                params.orchestration.shard_conversations,
+            )
         else:
-            r = run_phase1(model, corpus, params.phase1,
-                           work_dir=Path(tmp) / "work" if kind == "phase1" else None)
+            r = run_phase1(
+                model,
+                corpus,
+                params.phase1,
+                work_dir=Path(tmp) / "work" if kind == "phase1" else None,
+            )
             assert r.history[1].steps == 1
-    return {"kind": kind, "tokens": tokens, "seconds": time.perf_counter() - t0,
-            "baseline_mb": base, "peak_mb": peak_rss_mb()}
+    return {
+        "kind": kind,
+        "tokens": tokens,
+        "seconds": time.perf_counter() - t0,
+        "baseline_mb": base,
+        "peak_mb": peak_rss_mb(),
+    }
 
 
 def measure(kind: str, tokens: int, args) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.memory", "--child", kind, "--tokens", str(tokens),
-           "--dim", str(args.dim), "--conv-len", str(args.conv_len), "--chunk-tokens", str(args.chunk_tokens)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory",
+        "--child",
+        kind,
+        "--tokens",
+        str(tokens),
+        "--dim",
+        str(args.dim),
+        "--conv-len",
+        str(args.conv_len),
+        "--chunk-tokens",
+        str(args.chunk_tokens),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tokens", type=int, default=100_000, help="N (the second run uses 10N)")
     ap.add_argument("--dim", type=int, default=32, help="context and embedding dim")
     ap.add_argument("--conv-len", type=int, default=128)
@@ -95,15 +139,21 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.tokens, args.dim, args.conv_len, args.chunk_tokens)))
+        print(
+            json.dumps(child(args.child, args.tokens, args.dim, args.conv_len, args.chunk_tokens))
+        )
         return
 
     kinds = ["materialize", "phase1"] + ([] if args.skip_reference else ["phase1-in-memory"])
     n = args.tokens
-    print(f"dim {args.dim}, 2 layers, conversations of {args.conv_len} tokens, chunk_tokens "
-          f"{args.chunk_tokens}; peak RSS of a fresh process (MB)")
-    print(f"{'':18s} {'N=' + str(n):>12s} {'10N=' + str(10 * n):>14s} {'ratio':>7s} "
-          f"{'net growth':>11s} {'s (N / 10N)':>14s}  target")
+    print(
+        f"dim {args.dim}, 2 layers, conversations of {args.conv_len} tokens, chunk_tokens "
+        f"{args.chunk_tokens}; peak RSS of a fresh process (MB)"
+    )
+    print(
+        f"{'':18s} {'N=' + str(n):>12s} {'10N=' + str(10 * n):>14s} {'ratio':>7s} "
+        f"{'net growth':>11s} {'s (N / 10N)':>14s}  target"
+    )
     ok = True
     for kind in kinds:
         a, b = measure(kind, n, args), measure(kind, 10 * n, args)
@@ -111,9 +161,13 @@ def main() -> None:
         net = (b["peak_mb"] - b["baseline_mb"]) / max(a["peak_mb"] - a["baseline_mb"], 1e-9)
         gated = kind != "phase1-in-memory"
         ok &= (ratio < TARGET) or not gated
-        verdict = (("met" if ratio < TARGET else "MISSED") + f" (< {TARGET}x)") if gated else "reference"
-        print(f"{kind:18s} {a['peak_mb']:12.0f} {b['peak_mb']:14.0f} {ratio:6.2f}x {net:10.1f}x "
-              f"{a['seconds']:6.1f} / {b['seconds']:5.1f}  {verdict}")
+        verdict = (
+            (("met" if ratio < TARGET else "MISSED") + f" (< {TARGET}x)") if gated else "reference"
+        )
+        print(
+            f"{kind:18s} {a['peak_mb']:12.0f} {b['peak_mb']:14.0f} {ratio:6.2f}x {net:10.1f}x "
+            f"{a['seconds']:6.1f} / {b['seconds']:5.1f}  {verdict}"
+        )
     print("net growth = (peak - RSS before the work) at 10N over the same at N")
     sys.exit(0 if ok else 1)
 

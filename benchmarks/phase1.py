@@ -11,6 +11,7 @@ by benchmarks.speed, which times both sides interleaved.
 
     python -m benchmarks.phase1 [--tokens-per-conv 128] [--convs 50] [--dim 768]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def matmul_rate(m: int, k: int, n: int, repeat: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--convs", type=int, default=50)
     ap.add_argument("--tokens-per-conv", type=int, default=128)
     ap.add_argument("--dim", type=int, default=768)
@@ -87,9 +90,15 @@ def main() -> None:
     assert err < 1e-4, f"batched pass disagrees with the reference: max |diff| = {err:.2e}"
 
     # The project's phase1 params, one chunk (the whole batch): forward + backward + step once.
-    p = load_params("params.yaml").phase1.model_copy(update={
-        "mode": "parallel", "context_reset": "conversation", "diversity": DiversityParams(
-            kind="global_mean", momentum=0.99), "chunk_tokens": corpus.n_tokens, "progress": False})
+    p = load_params("params.yaml").phase1.model_copy(
+        update={
+            "mode": "parallel",
+            "context_reset": "conversation",
+            "diversity": DiversityParams(kind="global_mean", momentum=0.99),
+            "chunk_tokens": corpus.n_tokens,
+            "progress": False,
+        }
+    )
     model.train()
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=p.lr)
     prev = got.clone()
@@ -99,14 +108,22 @@ def main() -> None:
     mm_a = matmul_rate(1, h, h, 200)
     mm_b = matmul_rate(args.convs, h, h, 50)
     mm_c = matmul_rate(n, h, h, 5)
-    rows = [("(a) reference, batch 1", t_a, flops_fwd, mm_a, f"[1, {h}] x [{h}, {h}]"),
-            ("(b) conversation-batched", t_b, flops_fwd, mm_b, f"[{args.convs}, {h}] x [{h}, {h}]"),
-            ("(c) parallel iter f+b+step", t_c, 3 * flops_fwd, mm_c, f"[{n}, {h}] x [{h}, {h}]")]
-    print(f"Phase 1 benchmark: {n} tokens ({args.convs} x {args.tokens_per_conv}), {d}-d, {L} blocks, "
-          f"{torch.get_num_threads()} threads")
-    print(f"agreement (b) vs (a): max |diff| float64 ({args.check_convs} convs) = {err:.2e} (< 1e-4 asserted), "
-          f"float32 (all) = {err32:.2e}")
-    print(f"{'':28s} {'seconds':>8s} {'tokens/s':>10s} {'GFLOP/s':>8s} {'matmul GFLOP/s':>15s} {'ratio':>6s}  matmul shape")
+    rows = [
+        ("(a) reference, batch 1", t_a, flops_fwd, mm_a, f"[1, {h}] x [{h}, {h}]"),
+        ("(b) conversation-batched", t_b, flops_fwd, mm_b, f"[{args.convs}, {h}] x [{h}, {h}]"),
+        ("(c) parallel iter f+b+step", t_c, 3 * flops_fwd, mm_c, f"[{n}, {h}] x [{h}, {h}]"),
+    ]
+    print(
+        f"Phase 1 benchmark: {n} tokens ({args.convs} x {args.tokens_per_conv}), {d}-d, {L} blocks, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"agreement (b) vs (a): max |diff| float64 ({args.check_convs} convs) = {err:.2e} (< 1e-4 asserted), "
+        f"float32 (all) = {err32:.2e}"
+    )
+    print(
+        f"{'':28s} {'seconds':>8s} {'tokens/s':>10s} {'GFLOP/s':>8s} {'matmul GFLOP/s':>15s} {'ratio':>6s}  matmul shape"
+    )
     for name, t, fl, mm, shape in rows:
         gf = fl / t / 1e9
         print(f"{name:28s} {t:8.3f} {n / t:10.0f} {gf:8.1f} {mm:15.1f} {gf / mm:6.2f}  {shape}")

@@ -30,6 +30,7 @@ compare rates (FLOP/s), so sampling does not bias them. Never a timed test: a be
 
     python -m benchmarks.speed [--small] [--rows stream,batched,parallel,phase2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,12 @@ from cvfp.phase1 import parallel_iteration
 from cvfp.phase2 import EVAL_LOGITS, PositionData, Trainer, configure_trainable, evaluate
 
 TARGETS = {"stream": 0.50, "batched": 0.60, "parallel": 0.60, "phase2": 0.65}
-NAMES = {"stream": "one-stream sequential pass", "batched": "conversation-batched pass",
-         "parallel": "parallel Phase 1 iteration", "phase2": "Phase 2 epoch (incl. C* reads)"}
+NAMES = {
+    "stream": "one-stream sequential pass",
+    "batched": "conversation-batched pass",
+    "parallel": "parallel Phase 1 iteration",
+    "phase2": "Phase 2 epoch (incl. C* reads)",
+}
 
 
 def load() -> str:
@@ -98,6 +103,7 @@ def stream_refs(weights, n_tokens: int):
         for _ in range(n_tokens):
             for _ in wt:
                 torch.matmul(x, wt[0])
+
     return same_set, cache_hot
 
 
@@ -111,6 +117,7 @@ def batched_ref(weights, active: list[int], every: int):
         for k in sample:
             for w in wt:
                 torch.matmul(x[:k], w)
+
     return ref, sum(sample)
 
 
@@ -122,17 +129,19 @@ def train_matmuls(rows: int, h: int, w: torch.Tensor):
         torch.matmul(x, w.t())
         torch.matmul(dy, w)
         torch.matmul(dy.t(), x)
+
     return ref
 
 
 # ---------------------------------------------------------------- effects of each change
 # The code before issue 15, kept here to measure each change against it in the same run.
 
+
 def concat_forward(self, context, token):
     """CVFPLayer.forward before: concat, Linear, slices, and the mix even at m = 1."""
     h = F.relu(self.fnn(torch.cat([context, token], dim=-1)))
-    new_context = context + h[..., :self.context_dim]
-    new_token = token + h[..., self.context_dim:]
+    new_context = context + h[..., : self.context_dim]
+    new_token = token + h[..., self.context_dim :]
     m = self.layernorm_mix
     if m > 0:
         new_context = (1 - m) * new_context + m * self.context_norm(new_context)
@@ -176,6 +185,7 @@ def eval_batches_of_256(model, data):
 
 def effects(model, stream: Corpus, corpus: Corpus, data: PositionData, rounds: int) -> None:
     """Old vs new for each change, interleaved, best of `rounds`; ratio = old / new time."""
+
     def both(old, new):
         return interleaved(old, new, rounds)
 
@@ -183,17 +193,27 @@ def effects(model, stream: Corpus, corpus: Corpus, data: PositionData, rounds: i
         def run():
             with layer_forward(fn):
                 work()
+
         return run
+
     new_fwd = CVFPLayer.forward
     lines = []
     for name, c in (("stream", stream), ("batched", corpus)):
-        o, n = both(with_forward(concat_forward, lambda: indexed_pass(model, c)),
-                    with_forward(new_fwd, lambda: indexed_pass(model, c)))
+        o, n = both(
+            with_forward(concat_forward, lambda c=c: indexed_pass(model, c)),
+            with_forward(new_fwd, lambda c=c: indexed_pass(model, c)),
+        )
         lines.append((f"layer forward (split W, no mix at m=1, in place), {name} pass", o, n))
-        o, n = both(lambda: indexed_pass(model, c), lambda: sequential_pass(model, c))
+        o, n = both(lambda c=c: indexed_pass(model, c), lambda c=c: sequential_pass(model, c))
         lines.append((f"position-major rows (slices, no per-step index ops), {name} pass", o, n))
     o, n = both(lambda: eval_batches_of_256(model, data), lambda: evaluate(model, data, 256))
-    lines.append((f"inference batches of {max(256, EVAL_LOGITS // model.vocab_size)} (not 256), Phase 2 evaluate", o, n))
+    lines.append(
+        (
+            f"inference batches of {max(256, EVAL_LOGITS // model.vocab_size)} (not 256), Phase 2 evaluate",
+            o,
+            n,
+        )
+    )
     print(f"\neffect of each change (old vs new code, same run, best of {rounds}):")
     print(f"{'':72s} {'old s':>7s} {'new s':>7s} {'speed-up':>8s}")
     for name, o, n in lines:
@@ -201,10 +221,17 @@ def effects(model, stream: Corpus, corpus: Corpus, data: PositionData, rounds: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", action="store_true", help="quick run: 640 tokens, 400 phase2 positions")
-    ap.add_argument("--rows", default="stream,batched,parallel,phase2,effects",
-                    help="effects: each change's speed-up against the code before it")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--small", action="store_true", help="quick run: 640 tokens, 400 phase2 positions"
+    )
+    ap.add_argument(
+        "--rows",
+        default="stream,batched,parallel,phase2,effects",
+        help="effects: each change's speed-up against the code before it",
+    )
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--blocks", type=int, default=6)
     ap.add_argument("--vocab", type=int, default=8000)
@@ -212,8 +239,12 @@ def main() -> None:
     ap.add_argument("--tokens-per-conv", type=int, default=128)
     ap.add_argument("--phase2-positions", type=int, default=1600)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--ref-fraction", type=float, default=0.25,
-                    help="share of the stream/batched positions the matmul side runs")
+    ap.add_argument(
+        "--ref-fraction",
+        type=float,
+        default=0.25,
+        help="share of the stream/batched positions the matmul side runs",
+    )
     args = ap.parse_args()
     if args.small:
         args.convs, args.phase2_positions = 5, 400
@@ -231,9 +262,11 @@ def main() -> None:
     stream = Corpus.from_conversations(list(ids.numpy()), "stream")
     n = corpus.n_tokens
     every = max(1, round(1 / args.ref_fraction))
-    print(f"speed vs plain torch.matmul at the same shapes: {d}-d, hidden {h}, {L} blocks, vocab {V}, "
-          f"{n} tokens ({args.convs} x {args.tokens_per_conv}), {torch.get_num_threads()} threads, "
-          f"best of {args.rounds}")
+    print(
+        f"speed vs plain torch.matmul at the same shapes: {d}-d, hidden {h}, {L} blocks, vocab {V}, "
+        f"{n} tokens ({args.convs} x {args.tokens_per_conv}), {torch.get_num_threads()} threads, "
+        f"best of {args.rounds}"
+    )
     print(f"load before: {load()}")
     results = {}
 
@@ -253,16 +286,23 @@ def main() -> None:
 
     if "parallel" in rows:
         prev, _ = sequential_pass(model, corpus)
-        p = load_params("params.yaml").phase1.model_copy(update={
-            "mode": "parallel", "diversity": DiversityParams(kind="global_mean", momentum=0.99),
-            "chunk_tokens": max(n, 1), "progress": False})
+        p = load_params("params.yaml").phase1.model_copy(
+            update={
+                "mode": "parallel",
+                "diversity": DiversityParams(kind="global_mean", momentum=0.99),
+                "chunk_tokens": max(n, 1),
+                "progress": False,
+            }
+        )
         div = make_diversity("global_mean")
         m1 = CVFPModel(V, d, d, h, [1] * L, init_std=0.02)
         m1.load_state_dict(model.state_dict())
         m1.train()
         opt = torch.optim.Adam([q for q in m1.parameters() if q.requires_grad], lr=1e-5)
         ref = train_matmuls(n, h, layer_weights(m1)[0])
-        tw, tr = interleaved(lambda: parallel_iteration(m1, corpus, prev, p, div, opt), ref, args.rounds)
+        tw, tr = interleaved(
+            lambda: parallel_iteration(m1, corpus, prev, p, div, opt), ref, args.rounds
+        )
         flops = 3 * 2 * n * h * h * L
         results["parallel"] = (tw, flops, flops / L / tr, None)
 
@@ -271,15 +311,25 @@ def main() -> None:
         m2 = CVFPModel(V, d, d, h, [1] * L, init_std=0.02)
         m2.load_state_dict(model.state_dict())
         configure_trainable(m2, freeze_context=False)
-        m2.token_output.weight.data.normal_(0, 0.02)   # as after some training: the stack gets gradient
+        m2.token_output.weight.data.normal_(
+            0, 0.02
+        )  # as after some training: the stack gets gradient
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "train.npy"
             np.save(path, cstar.numpy())
             data = PositionData.from_corpus(corpus, np.load(path, mmap_mode="r"))
             step = max(1, len(data) // args.phase2_positions)
-            data.positions = data.positions[::step][:args.phase2_positions]
-            cfg = Phase2Params(epochs=1, batch_size=256, lr=1e-5, grad_clip=1.0, patience=1,
-                               freeze_context=False, heads="single", block_weights=[1.0] * L)
+            data.positions = data.positions[::step][: args.phase2_positions]
+            cfg = Phase2Params(
+                epochs=1,
+                batch_size=256,
+                lr=1e-5,
+                grad_clip=1.0,
+                patience=1,
+                freeze_context=False,
+                heads="single",
+                block_weights=[1.0] * L,
+            )
             trainer = Trainer(m2, None, data, data, cfg, seed=0)
             bs = cfg.batch_size
             stack = train_matmuls(bs, h, layer_weights(m2)[0])
@@ -290,34 +340,46 @@ def main() -> None:
                     for _ in range(L):
                         stack()
                     head()
-            epoch = iter(range(1, 10 ** 6))
+
+            epoch = iter(range(1, 10**6))
             tw, tr = interleaved(lambda: trainer.train_epoch(next(epoch)), ref, args.rounds)
         per_pos = 3 * 2 * (L * h * h + h * V)
         results["phase2"] = (tw, per_pos * len(data), per_pos * 2 * bs / tr, None)
 
     print(f"load after:  {load()}")
-    print(f"\n{'':32s} {'work s':>8s} {'GFLOP/s':>8s} {'matmul GFLOP/s':>15s} {'fraction':>9s} {'target':>7s}")
+    print(
+        f"\n{'':32s} {'work s':>8s} {'GFLOP/s':>8s} {'matmul GFLOP/s':>15s} {'fraction':>9s} {'target':>7s}"
+    )
     ok = True
     for key in [r for r in rows if r in results]:
         tw, flops, mm, hot = results[key]
         frac = flops / tw / mm
         ok &= frac >= TARGETS[key]
         verdict = "met" if frac >= TARGETS[key] else "NOT MET"
-        print(f"{NAMES[key]:32s} {tw:8.2f} {flops / tw / 1e9:8.1f} {mm / 1e9:15.1f} {frac:8.0%} "
-              f"{TARGETS[key]:6.0%}  {verdict}")
+        print(
+            f"{NAMES[key]:32s} {tw:8.2f} {flops / tw / 1e9:8.1f} {mm / 1e9:15.1f} {frac:8.0%} "
+            f"{TARGETS[key]:6.0%}  {verdict}"
+        )
         if hot is not None:
-            print(f"{'  vs a cache-hot gemv':32s} {'':8s} {'':8s} {hot / 1e9:15.1f} {flops / tw / hot:8.0%}  "
-                  f"(one H x H matrix reused; not reachable with {L} layers' weights > L3)")
+            print(
+                f"{'  vs a cache-hot gemv':32s} {'':8s} {'':8s} {hot / 1e9:15.1f} {flops / tw / hot:8.0%}  "
+                f"(one H x H matrix reused; not reachable with {L} layers' weights > L3)"
+            )
     print(f"all targets met: {'yes' if ok else 'no'}")
     if "effects" in rows:
-        short = ids[:, :32]                    # a quarter of the positions: the old code is slow
+        short = ids[:, :32]  # a quarter of the positions: the old code is slow
         small = Corpus.from_conversations(list(short.numpy()), "conversation")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "val.npy"
             np.save(path, sequential_pass(model, small)[0].numpy())
             val = PositionData.from_corpus(small, np.load(path, mmap_mode="r"))
-            effects(model.eval(), Corpus.from_conversations([short.flatten().numpy()[:256]], "stream"),
-                    small, val, args.rounds)
+            effects(
+                model.eval(),
+                Corpus.from_conversations([short.flatten().numpy()[:256]], "stream"),
+                small,
+                val,
+                args.rounds,
+            )
         print(f"load after effects: {load()}")
 
 

@@ -20,6 +20,7 @@ and Phase 2 parts, Dask workers the tokenize and C* parts.
 
     python -m benchmarks.throughput [--convs 64] [--conv-len 128] [--conversations 200000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,27 @@ def tokenize_rate(seconds_target: float = 3.0) -> float | None:
     if not tok_dir.exists():
         return None
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     rng = np.random.default_rng(0)
-    words = ["the", "model", "context", "vector", "point", "fixed", "learning", "data", "token",
-             "researcher", "question", "answer", "because", "would", "could", "about"]
+    words = [
+        "the",
+        "model",
+        "context",
+        "vector",
+        "point",
+        "fixed",
+        "learning",
+        "data",
+        "token",
+        "researcher",
+        "question",
+        "answer",
+        "because",
+        "would",
+        "could",
+        "about",
+    ]
     texts = [" ".join(rng.choice(words, size=1000)) for _ in range(200)]
     n = 0
     t0 = time.perf_counter()
@@ -65,7 +83,9 @@ def tokenize_rate(seconds_target: float = 3.0) -> float | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--convs", type=int, default=64)
     ap.add_argument("--conv-len", type=int, default=128)
     ap.add_argument("--chunk-tokens", type=int, default=4096)
@@ -80,15 +100,25 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     d = args.dim
-    params = load_params("params.yaml", {"model.context_dim": d, "model.embed_dim": d,
-                                         "model.hidden_dim": 2 * d, "phase1.chunk_tokens": args.chunk_tokens})
+    params = load_params(
+        "params.yaml",
+        {
+            "model.context_dim": d,
+            "model.embed_dim": d,
+            "model.hidden_dim": 2 * d,
+            "phase1.chunk_tokens": args.chunk_tokens,
+        },
+    )
     model = CVFPModel.from_params(params.model, args.vocab)
     rng = np.random.default_rng(0)
     corpus = Corpus.from_conversations(
-        [rng.integers(0, args.vocab, size=args.conv_len) for _ in range(args.convs)], "conversation")
+        [rng.integers(0, args.vocab, size=args.conv_len) for _ in range(args.convs)], "conversation"
+    )
     n = corpus.n_tokens
-    print(f"model {d}-d, {len(params.model.layer_structure)} blocks, vocab {args.vocab}; "
-          f"{args.convs} conversations x {args.conv_len} tokens = {n}; torch threads {torch.get_num_threads()}")
+    print(
+        f"model {d}-d, {len(params.model.layer_structure)} blocks, vocab {args.vocab}; "
+        f"{args.convs} conversations x {args.conv_len} tokens = {n}; torch threads {torch.get_num_threads()}"
+    )
 
     rates = {"tokenize": tokenize_rate()}
     out = ContextTensor((n, d))
@@ -98,22 +128,28 @@ def main() -> None:
     model.train()
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     div = make_diversity("global_mean")
-    rates["parallel_train"] = n / timed(lambda: parallel_iteration(model, corpus, prev, params.phase1, div, opt))
+    rates["parallel_train"] = n / timed(
+        lambda: parallel_iteration(model, corpus, prev, params.phase1, div, opt)
+    )
     model.eval()
     with torch.no_grad():
-        rates["parallel_eval"] = n / timed(lambda: parallel_iteration(model, corpus, prev, params.phase1, div))
+        rates["parallel_eval"] = n / timed(
+            lambda: parallel_iteration(model, corpus, prev, params.phase1, div)
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cstar.npy"
         np.save(path, out.data.numpy())
         data = PositionData.from_corpus(corpus, np.load(path, mmap_mode="r"))
-        data.positions = data.positions[:args.phase2_positions]
+        data.positions = data.positions[: args.phase2_positions]
         configure_trainable(model, False)
         trainer = Trainer(model, None, data, data, params.phase2, seed=0)
         rates["phase2_train"] = len(data) / timed(lambda: trainer.train_epoch(1))
 
     for k, v in rates.items():
-        print(f"  {k:15s} {'n/a (run the tokenize stage first)' if v is None else f'{v:10.0f} tokens/s'}")
+        print(
+            f"  {k:15s} {'n/a (run the tokenize stage first)' if v is None else f'{v:10.0f} tokens/s'}"
+        )
 
     # ---- the full set
     total = args.conversations * args.conv_len
@@ -122,15 +158,19 @@ def main() -> None:
     it = args.phase1_iterations
     hours = {
         "tokenize": total / rates["tokenize"] if rates["tokenize"] else float("nan"),
-        "phase1 train (iteration 0 + iterations)": train / rates["sequential"] + it * train / rates["parallel_train"],
-        "phase1 val (iteration 0 + iterations + trials)":
-            val / rates["sequential"] + it * val / rates["parallel_eval"] + (args.trials + 1) * val / rates["sequential"],
+        "phase1 train (iteration 0 + iterations)": train / rates["sequential"]
+        + it * train / rates["parallel_train"],
+        "phase1 val (iteration 0 + iterations + trials)": val / rates["sequential"]
+        + it * val / rates["parallel_eval"]
+        + (args.trials + 1) * val / rates["sequential"],
         "materialize (C* train + val)": total / rates["sequential"],
         "phase2 (epochs x train positions)": args.phase2_epochs * train / rates["phase2_train"],
     }
-    print(f"\nfull set: {args.conversations} conversations x {args.conv_len} tokens = {total / 1e6:.1f}M "
-          f"tokens ({train / 1e6:.1f}M train / {val / 1e6:.1f}M val), {it} Phase 1 iterations, "
-          f"{args.phase2_epochs} Phase 2 epochs; one process on this machine:")
+    print(
+        f"\nfull set: {args.conversations} conversations x {args.conv_len} tokens = {total / 1e6:.1f}M "
+        f"tokens ({train / 1e6:.1f}M train / {val / 1e6:.1f}M val), {it} Phase 1 iterations, "
+        f"{args.phase2_epochs} Phase 2 epochs; one process on this machine:"
+    )
     for k, s in hours.items():
         print(f"  {k:48s} {s / 3600:8.2f} h")
     print(f"  {'total':48s} {sum(hours.values()) / 3600:8.2f} h")

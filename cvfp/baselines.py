@@ -9,6 +9,7 @@ segment (conversation, or the whole stream), exactly the Phase 2 positions.
 - ablations: the trained CVFP model on val with C* zeroed or shuffled across positions;
   if the context carries information, both must hurt.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,10 +32,11 @@ def _metrics(loss: float, acc: float, **extra) -> dict:
 
 
 def _ppl(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf     # a diverged baseline, not OverflowError
+    return math.exp(loss) if loss < 700 else math.inf  # a diverged baseline, not OverflowError
 
 
 # ---------------------------------------------------------------- bigram
+
 
 def bigram_pairs(corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
     """(token[i], token[i+1]) for every position with a next token in its segment."""
@@ -49,7 +51,7 @@ def bigram_baseline(train: Corpus, val: Corpus, vocab_size: int, k: float) -> di
     """Add-k bigram. Counts are kept sparse (distinct pairs only), so V = 50k is fine."""
     t0 = time.perf_counter()
     a, b = bigram_pairs(train)
-    codes, counts = np.unique(a * vocab_size + b, return_counts=True)   # sorted pair codes
+    codes, counts = np.unique(a * vocab_size + b, return_counts=True)  # sorted pair codes
     row_total = np.bincount(a, minlength=vocab_size)
     # Most frequent successor per row (ties -> smallest id); unseen rows predict id 0.
     order = np.lexsort((codes, -counts, codes // vocab_size))
@@ -66,11 +68,18 @@ def bigram_baseline(train: Corpus, val: Corpus, vocab_size: int, k: float) -> di
     prob = (c_ab + k) / (row_total[va] + k * vocab_size)
     loss = float(-np.log(prob).mean())
     acc = float((argmax[va] == vb).mean())
-    return _metrics(loss, acc, trainable_params=vocab_size * vocab_size, train_seconds=seconds,
-                    k=k, distinct_pairs=int(codes.size))
+    return _metrics(
+        loss,
+        acc,
+        trainable_params=vocab_size * vocab_size,
+        train_seconds=seconds,
+        k=k,
+        distinct_pairs=int(codes.size),
+    )
 
 
 # ---------------------------------------------------------------- GPT-2 baseline
+
 
 def gpt2_param_count(n_embd: int, vocab_size: int, n_layer: int, n_positions: int) -> int:
     """Trainable parameters of GPT2LMHeadModel (tied lm_head): wte + wpe + blocks + ln_f;
@@ -79,13 +88,16 @@ def gpt2_param_count(n_embd: int, vocab_size: int, n_layer: int, n_positions: in
     return (vocab_size + n_positions) * d + n_layer * (12 * d * d + 13 * d) + 2 * d
 
 
-def choose_n_embd(target: int, vocab_size: int, n_layer: int, n_head: int, n_positions: int,
-                  tolerance: float) -> int:
+def choose_n_embd(
+    target: int, vocab_size: int, n_layer: int, n_head: int, n_positions: int, tolerance: float
+) -> int:
     """Width (a multiple of n_head) whose parameter count is closest to `target`."""
+
     def count(d):
         return gpt2_param_count(d, vocab_size, n_layer, n_positions)
+
     d = n_head
-    while count(d + n_head) <= target:       # count is increasing in d
+    while count(d + n_head) <= target:  # count is increasing in d
         d += n_head
     best = min((d, d + n_head), key=lambda x: abs(count(x) - target))
     err = abs(count(best) - target) / target
@@ -95,16 +107,27 @@ def choose_n_embd(target: int, vocab_size: int, n_layer: int, n_head: int, n_pos
             f"GPT-2 (n_embd={best}, n_layer={n_layer}, n_head={n_head}, n_positions={n_positions}, "
             f"vocab {vocab_size}) has {count(best):,} ({100 * err:.1f}% off, allowed "
             f"{100 * tolerance:.0f}%); change baselines.transformer_n_layer/_n_head/_n_positions "
-            f"or baselines.param_tolerance")
+            f"or baselines.param_tolerance"
+        )
     return best
 
 
 def build_transformer(vocab_size: int, n_embd: int, n_layer: int, n_head: int, n_positions: int):
     from transformers import GPT2Config, GPT2LMHeadModel
+
     # No dropout: CVFP Phase 2 has none, so neither model gets a regulariser the other lacks.
-    cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd,
-                     n_layer=n_layer, n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                     attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     return GPT2LMHeadModel(cfg)
 
 
@@ -112,9 +135,9 @@ def windows(corpus: Corpus, n_positions: int) -> list[np.ndarray]:
     """Cut each segment into windows of <= n_positions + 1 tokens overlapping by one, so
     every Phase 2 target is predicted exactly once (inputs w[:-1], targets w[1:])."""
     ids, out = corpus.ids.numpy(), []
-    for s, e in zip(corpus.offsets[:-1].tolist(), corpus.offsets[1:].tolist()):
+    for s, e in zip(corpus.offsets[:-1].tolist(), corpus.offsets[1:].tolist(), strict=True):
         for a in range(s, e - 1, n_positions):
-            out.append(ids[a:min(a + n_positions + 1, e)])
+            out.append(ids[a : min(a + n_positions + 1, e)])
     return out
 
 
@@ -135,7 +158,7 @@ def collate(wins: list[np.ndarray]):
     t = max(len(w) - 1 for w in wins)
     inputs = torch.zeros(len(wins), t, dtype=torch.long)
     mask = torch.zeros(len(wins), t, dtype=torch.long)
-    targets = torch.full((len(wins), t), -100, dtype=torch.long)    # -100: padding, ignored
+    targets = torch.full((len(wins), t), -100, dtype=torch.long)  # -100: padding, ignored
     for r, w in enumerate(wins):
         n = len(w) - 1
         inputs[r, :n] = torch.from_numpy(w[:-1])
@@ -152,27 +175,51 @@ def evaluate_transformer(model, wins: list[np.ndarray], batch_tokens: int) -> St
     for batch in pack(np.arange(len(wins)), n_targets, batch_tokens):
         inputs, mask, targets = collate([wins[i] for i in batch])
         logits = model(input_ids=inputs, attention_mask=mask).logits
-        loss_sum += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
-                                    reduction="sum").item()
+        loss_sum += F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+        ).item()
         correct += ((logits.argmax(-1) == targets) & (targets >= 0)).sum().item()
     n = int(n_targets.sum())
     return Stats(loss_sum / n, correct / n, n)
 
 
-def transformer_baseline(train: Corpus, val: Corpus, vocab_size: int, bp, cfg, target_params: int,
-                         epochs: int, seed: int = 0, show_progress: bool = False) -> dict:
+def transformer_baseline(
+    train: Corpus,
+    val: Corpus,
+    vocab_size: int,
+    bp,
+    cfg,
+    target_params: int,
+    epochs: int,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> dict:
     """Train GPT-2 for `epochs` with Phase 2's batch size (in target tokens), lr and clip;
     report the epoch with the best val loss, as for CVFP."""
-    n_embd = choose_n_embd(target_params, vocab_size, bp.transformer_n_layer,
-                           bp.transformer_n_head, bp.transformer_n_positions, bp.param_tolerance)
+    n_embd = choose_n_embd(
+        target_params,
+        vocab_size,
+        bp.transformer_n_layer,
+        bp.transformer_n_head,
+        bp.transformer_n_positions,
+        bp.param_tolerance,
+    )
     torch.manual_seed(seed)
-    model = build_transformer(vocab_size, n_embd, bp.transformer_n_layer, bp.transformer_n_head,
-                              bp.transformer_n_positions)
+    model = build_transformer(
+        vocab_size,
+        n_embd,
+        bp.transformer_n_layer,
+        bp.transformer_n_head,
+        bp.transformer_n_positions,
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
-    train_w, val_w = windows(train, bp.transformer_n_positions), windows(val, bp.transformer_n_positions)
+    train_w, val_w = (
+        windows(train, bp.transformer_n_positions),
+        windows(val, bp.transformer_n_positions),
+    )
     n_targets = np.array([len(w) - 1 for w in train_w])
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True)   # as Phase 2
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True)  # as Phase 2
     gen = torch.Generator().manual_seed(seed)
     best, history, seconds = None, [], 0.0
     for epoch in range(1, epochs + 1):
@@ -180,8 +227,12 @@ def transformer_baseline(train: Corpus, val: Corpus, vocab_size: int, bp, cfg, t
         model.train()
         order = torch.randperm(len(train_w), generator=gen).numpy()
         loss_sum = 0.0
-        for batch in progress(pack(order, n_targets, cfg.batch_size), desc=f"transformer epoch {epoch}",
-                              enabled=show_progress, unit="batch"):
+        for batch in progress(
+            pack(order, n_targets, cfg.batch_size),
+            desc=f"transformer epoch {epoch}",
+            enabled=show_progress,
+            unit="batch",
+        ):
             inputs, mask, targets = collate([train_w[i] for i in batch])
             logits = model(input_ids=inputs, attention_mask=mask).logits
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -192,22 +243,44 @@ def transformer_baseline(train: Corpus, val: Corpus, vocab_size: int, bp, cfg, t
             loss_sum += loss.item() * int((targets >= 0).sum())
         seconds += time.perf_counter() - t0
         val = evaluate_transformer(model, val_w, cfg.batch_size)
-        row = {"epoch": epoch, "train_loss": loss_sum / n_targets.sum(), "val_loss": val.loss,
-               "val_acc": val.acc}
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / n_targets.sum(),
+            "val_loss": val.loss,
+            "val_acc": val.acc,
+        }
         history.append(row)
-        log.info("transformer epoch %d: train loss %.4f | val loss %.4f ppl %.2f acc %.4f",
-                 epoch, row["train_loss"], val.loss, val.ppl, val.acc)
+        log.info(
+            "transformer epoch %d: train loss %.4f | val loss %.4f ppl %.2f acc %.4f",
+            epoch,
+            row["train_loss"],
+            val.loss,
+            val.ppl,
+            val.acc,
+        )
         if best is None or val.loss < best["val_loss"]:
             best = row
-    return _metrics(best["val_loss"], best["val_acc"], best_epoch=best["epoch"],
-                    train_loss=best["train_loss"], train_ppl=_ppl(best["train_loss"]),
-                    trainable_params=n_params, target_params=target_params,
-                    param_ratio=n_params / target_params, train_seconds=seconds, epochs=epochs,
-                    n_embd=n_embd, n_layer=bp.transformer_n_layer, n_head=bp.transformer_n_head,
-                    n_positions=bp.transformer_n_positions, train_targets=int(n_targets.sum()))
+    return _metrics(
+        best["val_loss"],
+        best["val_acc"],
+        best_epoch=best["epoch"],
+        train_loss=best["train_loss"],
+        train_ppl=_ppl(best["train_loss"]),
+        trainable_params=n_params,
+        target_params=target_params,
+        param_ratio=n_params / target_params,
+        train_seconds=seconds,
+        epochs=epochs,
+        n_embd=n_embd,
+        n_layer=bp.transformer_n_layer,
+        n_head=bp.transformer_n_head,
+        n_positions=bp.transformer_n_positions,
+        train_targets=int(n_targets.sum()),
+    )
 
 
 # ---------------------------------------------------------------- context ablations
+
 
 def context_ablations(model, val: PositionData, batch_size: int, seed: int = 0) -> dict:
     """Val metrics of the trained model with C* replaced by zeros / shuffled rows."""

@@ -1,4 +1,5 @@
 """Checks run after Phase 1 (SPEC section 4). Every check returns numbers, not words only."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,8 @@ import torch.nn.functional as F
 
 from .corpus import Corpus, sequential_pass
 
-
 # --- 1. effective rank ---------------------------------------------------------------------
+
 
 def singular_values(contexts: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     """Singular values of C [N, D] from the D x D Gram matrix, accumulated in float64 chunks:
@@ -18,7 +19,7 @@ def singular_values(contexts: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     d = contexts.shape[1]
     gram = torch.zeros(d, d, dtype=torch.float64)
     for i in range(0, contexts.shape[0], chunk):
-        block = torch.as_tensor(contexts[i:i + chunk]).to(torch.float64)
+        block = torch.as_tensor(contexts[i : i + chunk]).to(torch.float64)
         gram += block.T @ block
     eig = torch.linalg.eigvalsh(gram).clamp_min(0.0)
     return eig.sqrt().flip(0)  # descending
@@ -34,12 +35,19 @@ def effective_rank(contexts: torch.Tensor) -> dict:
         p = s / total
         p = p[p > 0]
         er = float(torch.exp(-(p * p.log()).sum()))
-    return {"effective_rank": er, "dim": d, "ratio": er / d, "percent": 100 * er / d,
-            "actual_rank": int((s > 1e-6).sum()), "singular_values": s.tolist(),
-            "text": f"{er:.2f}/{d} = {100 * er / d:.1f}%"}
+    return {
+        "effective_rank": er,
+        "dim": d,
+        "ratio": er / d,
+        "percent": 100 * er / d,
+        "actual_rank": int((s > 1e-6).sum()),
+        "singular_values": s.tolist(),
+        "text": f"{er:.2f}/{d} = {100 * er / d:.1f}%",
+    }
 
 
 # --- 2. degeneracy -------------------------------------------------------------------------
+
 
 def _sample_rows(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     if x.shape[0] <= n:
@@ -58,20 +66,31 @@ def degeneracy(contexts: torch.Tensor, samples: int = 200, seed: int = 0) -> dic
     norms = contexts.norm(dim=1)
     mean_l2, mean_cos = float(pair_l2.mean()), float(pair_cos.mean())
     return {
-        "mean_pairwise_l2": mean_l2, "mean_pairwise_cosine": mean_cos,
+        "mean_pairwise_l2": mean_l2,
+        "mean_pairwise_cosine": mean_cos,
         "global_attractor": bool(mean_l2 < 0.1 and mean_cos > 0.99),
-        "mean_norm": float(norms.mean()), "zero_solution": bool(norms.mean() < 0.1),
+        "mean_norm": float(norms.mean()),
+        "zero_solution": bool(norms.mean() < 0.1),
         "norm_std": float(norms.std()) if norms.numel() > 1 else 0.0,
-        "norm_min": float(norms.min()), "norm_max": float(norms.max()),
+        "norm_min": float(norms.min()),
+        "norm_max": float(norms.max()),
         "sparsity": float((contexts.abs() < 0.01).float().mean()),
     }
 
 
 # --- 3. identity mapping -------------------------------------------------------------------
 
+
 @torch.no_grad()
-def identity_probes(model, corpus: Corpus, contexts: torch.Tensor, samples: int = 200,
-                    identity_warn: float = 0.95, ignores_warn: float = 0.999, seed: int = 0) -> dict:
+def identity_probes(
+    model,
+    corpus: Corpus,
+    contexts: torch.Tensor,
+    samples: int = 200,
+    identity_warn: float = 0.95,
+    ignores_warn: float = 0.999,
+    seed: int = 0,
+) -> dict:
     """Seed-000 probes. Input vs output context for the same token (near 1 = the layer
     copies its input), and outputs of different tokens from one context (near 1 = the
     model ignores the token)."""
@@ -93,10 +112,14 @@ def identity_probes(model, corpus: Corpus, contexts: torch.Tensor, samples: int 
 
     deviation = float((contexts - contexts.mean(0)).norm(dim=1).mean())
     result = {
-        "mean_deviation_from_mean": deviation, "not_near_zero": deviation > 0.1,
-        "input_output_cosine": io_cos, "identity_warning": io_cos > identity_warn,
-        "different_token_output_similarity": tok_sim, "ignores_tokens_warning": tok_sim > ignores_warn,
-        "context_token_cosine": None, "context_equals_token_warning": None,
+        "mean_deviation_from_mean": deviation,
+        "not_near_zero": deviation > 0.1,
+        "input_output_cosine": io_cos,
+        "identity_warning": io_cos > identity_warn,
+        "different_token_output_similarity": tok_sim,
+        "ignores_tokens_warning": tok_sim > ignores_warn,
+        "context_token_cosine": None,
+        "context_equals_token_warning": None,
     }
     if contexts.shape[1] == embeds.shape[1]:
         ct = float(F.cosine_similarity(contexts, embeds, dim=1).mean())
@@ -106,6 +129,7 @@ def identity_probes(model, corpus: Corpus, contexts: torch.Tensor, samples: int 
 
 
 # --- 4. CVFP convergence trials ------------------------------------------------------------
+
 
 def verdict(losses, slope_tol: float = 1e-3, std_tol: float = 1e-2) -> dict:
     """Linear-fit slope and std of a loss sequence -> CONVERGING / CONVERGED / DIVERGING / UNSTABLE."""
@@ -122,39 +146,73 @@ def verdict(losses, slope_tol: float = 1e-3, std_tol: float = 1e-2) -> dict:
         v = "UNSTABLE"
     initial, final = float(y[0]), float(y[-1])
     reduction = 100 * (initial - final) / initial if initial != 0 else 0.0
-    return {"initial_loss": initial, "final_loss": final, "reduction_percent": reduction,
-            "std": std, "slope": slope, "verdict": v}
+    return {
+        "initial_loss": initial,
+        "final_loss": final,
+        "reduction_percent": reduction,
+        "std": std,
+        "slope": slope,
+        "verdict": v,
+    }
 
 
 @torch.no_grad()
-def convergence_trials(model, corpus: Corpus, trials: int = 10, final_diff: float = 1e-3,
-                       slope_tol: float = 1e-3, std_tol: float = 1e-2,
-                       show_progress: bool = False) -> dict:
+def convergence_trials(
+    model,
+    corpus: Corpus,
+    trials: int = 10,
+    final_diff: float = 1e-3,
+    slope_tol: float = 1e-3,
+    std_tol: float = 1e-2,
+    show_progress: bool = False,
+) -> dict:
     """Repeat sequential passes over the same tokens with carryover; MSE between successive
     passes per trial. Passes if the last MSE is below `final_diff`."""
     model.eval()
     prev, final = sequential_pass(model, corpus, show_progress=show_progress, desc="trial 0")
     losses = []
     for k in range(trials):
-        cur, final = sequential_pass(model, corpus, start=final, show_progress=show_progress,
-                                     desc=f"trial {k + 1}")
+        cur, final = sequential_pass(
+            model, corpus, start=final, show_progress=show_progress, desc=f"trial {k + 1}"
+        )
         losses.append(float(F.mse_loss(cur, prev)))
         prev = cur
     out = verdict(losses, slope_tol, std_tol)
-    out.update({"losses": losses, "trials": trials, "final_diff": losses[-1],
-                "passed": bool(losses[-1] < final_diff and math.isfinite(losses[-1]))})
+    out.update(
+        {
+            "losses": losses,
+            "trials": trials,
+            "final_diff": losses[-1],
+            "passed": bool(losses[-1] < final_diff and math.isfinite(losses[-1])),
+        }
+    )
     return out
 
 
-def run_checks(model, corpus: Corpus, contexts: torch.Tensor, c, trials: bool = True,
-               show_progress: bool = False) -> dict:
+def run_checks(
+    model,
+    corpus: Corpus,
+    contexts: torch.Tensor,
+    c,
+    trials: bool = True,
+    show_progress: bool = False,
+) -> dict:
     """All checks for one split with checks params `c`."""
-    out = {"effective_rank": effective_rank(contexts),
-           "degeneracy": degeneracy(contexts, c.probe_samples),
-           "identity": identity_probes(model, corpus, contexts, c.probe_samples,
-                                       c.identity_warn, c.ignores_tokens_warn)}
+    out = {
+        "effective_rank": effective_rank(contexts),
+        "degeneracy": degeneracy(contexts, c.probe_samples),
+        "identity": identity_probes(
+            model, corpus, contexts, c.probe_samples, c.identity_warn, c.ignores_tokens_warn
+        ),
+    }
     if trials:
-        out["convergence"] = convergence_trials(model, corpus, c.convergence_trials,
-                                                c.convergence_final_diff, c.slope_tol, c.std_tol,
-                                                show_progress)
+        out["convergence"] = convergence_trials(
+            model,
+            corpus,
+            c.convergence_trials,
+            c.convergence_final_diff,
+            c.slope_tol,
+            c.std_tol,
+            show_progress,
+        )
     return out

@@ -15,16 +15,20 @@ The rule is deliberately simple and lenient: |mean| > std is t = mean / (std / s
 sqrt(n), i.e. t > 1.73 for 3 seeds, well short of a 95% test (t > 4.30). A "better" from 3
 seeds says "worth more seeds", not "proven"; t and n are reported next to it.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 BETTER, WORSE, NO_EFFECT, TOO_FEW = "better", "worse", "no measurable effect", "not enough seeds"
-RULE = ("paired over seeds, d = arm - control (val perplexity, lower is better); "
-        "|mean(d)| <= std(d) (sample std of the paired differences): no measurable effect; "
-        "else better (mean(d) < 0) or worse; fewer than 2 seeds: not enough seeds")
+RULE = (
+    "paired over seeds, d = arm - control (val perplexity, lower is better); "
+    "|mean(d)| <= std(d) (sample std of the paired differences): no measurable effect; "
+    "else better (mean(d) < 0) or worse; fewer than 2 seeds: not enough seeds"
+)
 
 
 def mean_std(values: Iterable[float]) -> tuple[float | None, float | None]:
@@ -41,13 +45,14 @@ def mean_std(values: Iterable[float]) -> tuple[float | None, float | None]:
 @dataclass
 class Paired:
     """arm - control per shared seed, summarised with the verdict."""
+
     arm: str
     control: str
     seeds: list
     diffs: list[float]
     mean: float | None
     std: float | None
-    t: float | None           # mean / (std / sqrt(n)); None when std is 0 or undefined
+    t: float | None  # mean / (std / sqrt(n)); None when std is 0 or undefined
     verdict: str
     text: str
 
@@ -64,8 +69,13 @@ def verdict(mean: float | None, std: float | None, n: int) -> str:
     return BETTER if mean < 0 else WORSE
 
 
-def paired(arm: str, values: Mapping[Any, float], control: str, control_values: Mapping[Any, float],
-           unit: str = "val ppl") -> Paired:
+def paired(
+    arm: str,
+    values: Mapping[Any, float],
+    control: str,
+    control_values: Mapping[Any, float],
+    unit: str = "val ppl",
+) -> Paired:
     """Paired comparison over the seeds present in both mappings (seed -> value)."""
     seeds = [s for s in values if s in control_values]
     diffs = [float(values[s]) - float(control_values[s]) for s in seeds]
@@ -76,12 +86,15 @@ def paired(arm: str, values: Mapping[Any, float], control: str, control_values: 
         text = f"{arm} vs {control}: no seed in common: {v}"
     else:
         spread = "n/a" if sd is None else f"{sd:.2f}"
-        text = (f"{arm} vs {control}: {m:+.2f} ± {spread} {unit} (paired over {len(diffs)} "
-                f"seed{'s' if len(diffs) != 1 else ''}): {v}")
+        text = (
+            f"{arm} vs {control}: {m:+.2f} ± {spread} {unit} (paired over {len(diffs)} "
+            f"seed{'s' if len(diffs) != 1 else ''}): {v}"
+        )
     return Paired(arm, control, seeds, diffs, m, sd, t, v, text)
 
 
 # ---------------------------------------------------------------- one experiment's numbers
+
 
 def _get(d: Mapping, *path, default=None):
     for k in path:
@@ -94,7 +107,8 @@ def _get(d: Mapping, *path, default=None):
 def experiment_values(phase1: Mapping, phase2: Mapping) -> dict:
     """The numbers a comparison uses from one experiment's metrics/phase{1,2}.json."""
     return {
-        "val_ppl": _get(phase2, "cvfp", "val_ppl"), "val_acc": _get(phase2, "cvfp", "val_acc"),
+        "val_ppl": _get(phase2, "cvfp", "val_ppl"),
+        "val_acc": _get(phase2, "cvfp", "val_acc"),
         "best_epoch": _get(phase2, "cvfp", "best_epoch"),
         "phase1_steps": _get(phase1, "train", "steps"),
         "converged_by_construction": _get(phase1, "train", "converged_by_construction"),
@@ -143,19 +157,30 @@ def summarise(experiments: list[dict], arms: Mapping[str, Mapping], control: str
         acc, acc_sd = _stat(ps, "val_acc")
         fd, fd_sd = _stat(ps, "trial_final_diff")
         er, er_sd = _stat(ps, "effective_rank_val")
-        entry = {"overrides": dict(overrides), "seeds": [int(s) for s in ps],
-                 "val_ppl_mean": ppl, "val_ppl_std": ppl_sd, "val_acc_mean": acc, "val_acc_std": acc_sd,
-                 "phase1_steps": [ps[s]["phase1_steps"] for s in ps],
-                 "converged_by_construction": [ps[s]["converged_by_construction"] for s in ps],
-                 "trial_final_diff_mean": fd, "trial_final_diff_std": fd_sd,
-                 "effective_rank_val_mean": er, "effective_rank_val_std": er_sd,
-                 "failed_seeds": [int(e["seed"]) for e in experiments
-                                  if e["arm"] == a and e["status"] == "failed"],
-                 "per_seed": ps}
+        entry = {
+            "overrides": dict(overrides),
+            "seeds": [int(s) for s in ps],
+            "val_ppl_mean": ppl,
+            "val_ppl_std": ppl_sd,
+            "val_acc_mean": acc,
+            "val_acc_std": acc_sd,
+            "phase1_steps": [ps[s]["phase1_steps"] for s in ps],
+            "converged_by_construction": [ps[s]["converged_by_construction"] for s in ps],
+            "trial_final_diff_mean": fd,
+            "trial_final_diff_std": fd_sd,
+            "effective_rank_val_mean": er,
+            "effective_rank_val_std": er_sd,
+            "failed_seeds": [
+                int(e["seed"]) for e in experiments if e["arm"] == a and e["status"] == "failed"
+            ],
+            "per_seed": ps,
+        }
         if a == control:
             entry["paired"] = None
-            entry["verdict"] = (f"{a}: the control ({pm(ppl, ppl_sd)} val ppl over {len(ps)} "
-                                f"seed{'s' if len(ps) != 1 else ''})")
+            entry["verdict"] = (
+                f"{a}: the control ({pm(ppl, ppl_sd)} val ppl over {len(ps)} "
+                f"seed{'s' if len(ps) != 1 else ''})"
+            )
         else:
             p = paired(a, _series(ps, "val_ppl"), control, _series(ctrl, "val_ppl"))
             entry["paired"], entry["verdict"] = p.asdict(), p.text
@@ -174,10 +199,16 @@ def summarise(experiments: list[dict], arms: Mapping[str, Mapping], control: str
     for name, key in BASELINES.items():
         m, sd = _stat(src, key)
         p = paired(name, _series(src, key), source, _series(src, "val_ppl"))
-        baselines[name] = {"source_arm": source, "seeds": [int(s) for s in _series(src, key)],
-                           "val_ppl_mean": m, "val_ppl_std": sd,
-                           "val_acc_mean": _stat(src, key.replace("ppl", "acc"))[0],
-                           "per_seed": _series(src, key), "paired": p.asdict(), "verdict": p.text}
+        baselines[name] = {
+            "source_arm": source,
+            "seeds": [int(s) for s in _series(src, key)],
+            "val_ppl_mean": m,
+            "val_ppl_std": sd,
+            "val_acc_mean": _stat(src, key.replace("ppl", "acc"))[0],
+            "per_seed": _series(src, key),
+            "paired": p.asdict(),
+            "verdict": p.text,
+        }
     ablations = {}
     for a in arms:
         ps = per_arm[a]
@@ -185,21 +216,36 @@ def summarise(experiments: list[dict], arms: Mapping[str, Mapping], control: str
         for name, key in ABLATIONS.items():
             m, sd = _stat(ps, key)
             p = paired(f"{name} ({a})", _series(ps, key), f"C* ({a})", _series(ps, "val_ppl"))
-            ablations[a][name] = {"val_ppl_mean": m, "val_ppl_std": sd, "paired": p.asdict(),
-                                  "verdict": p.text}
-    seeds = sorted({int(e["seed"]) for e in experiments}, key=[int(e["seed"]) for e in experiments].index)
-    return {"control": control, "metric": "val_ppl", "rule": RULE, "seeds": seeds,
-            "arms": out_arms, "baselines": baselines, "ablations": ablations,
-            "failed": [{"arm": e["arm"], "seed": e["seed"], "name": e["name"], "error": e.get("error")}
-                       for e in experiments if e["status"] == "failed"],
-            "missing": [e["name"] for e in experiments if e["status"] == "missing"],
-            "experiments": [{k: e.get(k) for k in ("name", "arm", "seed", "status", "seconds")}
-                            for e in experiments]}
+            ablations[a][name] = {
+                "val_ppl_mean": m,
+                "val_ppl_std": sd,
+                "paired": p.asdict(),
+                "verdict": p.text,
+            }
+    seeds = sorted(
+        {int(e["seed"]) for e in experiments}, key=[int(e["seed"]) for e in experiments].index
+    )
+    return {
+        "control": control,
+        "metric": "val_ppl",
+        "rule": RULE,
+        "seeds": seeds,
+        "arms": out_arms,
+        "baselines": baselines,
+        "ablations": ablations,
+        "failed": [
+            {"arm": e["arm"], "seed": e["seed"], "name": e["name"], "error": e.get("error")}
+            for e in experiments
+            if e["status"] == "failed"
+        ],
+        "missing": [e["name"] for e in experiments if e["status"] == "missing"],
+        "experiments": [
+            {k: e.get(k) for k in ("name", "arm", "seed", "status", "seconds")} for e in experiments
+        ],
+    }
 
 
 def pm(m: float | None, sd: float | None, digits: int = 2) -> str:
     if m is None:
         return "n/a"
     return f"{m:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
-
-

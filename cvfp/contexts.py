@@ -8,6 +8,7 @@ each other's writes through the same file.
 
 `ContextTensor` is the same interface over a tensor, for small corpora and tests.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,8 +31,11 @@ def reserve_npy(path: Path, shape: tuple[int, int]) -> None:
     need = int(np.prod(shape)) * 4 + 128
     free = shutil.disk_usage(path.parent).free
     if free < need:
-        raise DiskSpaceError(errno.ENOSPC, f"not enough disk space for {path}: needs {need / 2**20:.1f} MiB, "
-                             f"{free / 2**20:.1f} MiB free; free some space (or move the cache)")
+        raise DiskSpaceError(
+            errno.ENOSPC,
+            f"not enough disk space for {path}: needs {need / 2**20:.1f} MiB, "
+            f"{free / 2**20:.1f} MiB free; free some space (or move the cache)",
+        )
     np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
     try:
         with open(path, "r+b") as f:
@@ -39,9 +43,12 @@ def reserve_npy(path: Path, shape: tuple[int, int]) -> None:
     except OSError as err:
         if err.errno == errno.ENOSPC:
             path.unlink(missing_ok=True)
-            raise DiskSpaceError(errno.ENOSPC, f"not enough disk space for {path}: needs "
-                                 f"{need / 2**20:.1f} MiB; free some space (or move the cache)") from None
-        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):   # fs without fallocate
+            raise DiskSpaceError(
+                errno.ENOSPC,
+                f"not enough disk space for {path}: needs "
+                f"{need / 2**20:.1f} MiB; free some space (or move the cache)",
+            ) from None
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # fs without fallocate
             raise
 
 
@@ -61,7 +68,7 @@ class ContextFile:
         if isinstance(index, torch.Tensor):
             index = index.numpy()
         m = self._map("r")
-        rows = np.array(m[index], dtype=np.float32)      # a copy: the map closes below
+        rows = np.array(m[index], dtype=np.float32)  # a copy: the map closes below
         del m
         return torch.from_numpy(rows)
 

@@ -9,11 +9,12 @@ t-th token of every conversation still active as one batch, i.e. one matrix prod
 position instead of one per token. Conversations are sorted by length once so the
 active ones at t are always a prefix of the batch.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,11 +27,13 @@ log = logging.getLogger("cvfp")
 
 @dataclass
 class Corpus:
-    ids: torch.Tensor      # [N] int64
+    ids: torch.Tensor  # [N] int64
     offsets: torch.Tensor  # [C+1] int64, offsets[0] = 0, offsets[-1] = N
 
     @classmethod
-    def from_conversations(cls, conversations: Sequence, context_reset: str = "conversation") -> "Corpus":
+    def from_conversations(
+        cls, conversations: Sequence, context_reset: str = "conversation"
+    ) -> Corpus:
         if context_reset not in ("stream", "conversation"):
             raise ValueError(f"context_reset={context_reset!r}: allowed stream, conversation")
         arrays = [np.asarray(c, dtype=np.int64).reshape(-1) for c in conversations]
@@ -68,9 +71,9 @@ class Corpus:
         return self.offsets[1:] - 1
 
     def conversation(self, i: int) -> torch.Tensor:
-        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
 
-    def subset(self, conv_ids: Sequence[int]) -> "Corpus":
+    def subset(self, conv_ids: Sequence[int]) -> Corpus:
         return Corpus.from_conversations([self.conversation(i).numpy() for i in conv_ids])
 
 
@@ -97,13 +100,19 @@ class PositionSchedule:
 
 def warn_if_large(n_tokens: int, limit: int, what: str) -> None:
     if n_tokens > limit:
-        log.warning("%s over %d tokens (more than %d): this pass may take a while", what, n_tokens, limit)
+        log.warning(
+            "%s over %d tokens (more than %d): this pass may take a while", what, n_tokens, limit
+        )
 
 
 @torch.no_grad()
-def sequential_pass(model, corpus: Corpus, start: torch.Tensor | None = None,
-                    show_progress: bool = False, desc: str = "sequential pass"
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def sequential_pass(
+    model,
+    corpus: Corpus,
+    start: torch.Tensor | None = None,
+    show_progress: bool = False,
+    desc: str = "sequential pass",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Contexts after every token, fed one position at a time (the recurrent definition).
 
     start: [C, Dc] context per conversation (None = zeros, as at iteration 0).
@@ -117,22 +126,27 @@ def sequential_pass(model, corpus: Corpus, start: torch.Tensor | None = None,
     sched = PositionSchedule(corpus)
     dc = model.context_dim
     active = torch.tensor(sched.active)
-    at = torch.cat([torch.zeros(1, dtype=torch.long), active.cumsum(0)])   # first row of each position
-    pos = torch.repeat_interleave(torch.arange(len(sched)), active)        # row -> position t
-    order = sched.starts[torch.arange(corpus.n_tokens) - at[pos]] + pos    # row -> corpus index
+    at = torch.cat(
+        [torch.zeros(1, dtype=torch.long), active.cumsum(0)]
+    )  # first row of each position
+    pos = torch.repeat_interleave(torch.arange(len(sched)), active)  # row -> position t
+    order = sched.starts[torch.arange(corpus.n_tokens) - at[pos]] + pos  # row -> corpus index
     embeds = model.embed(corpus.ids[order])
-    state = (torch.zeros(corpus.n_conversations, dc, dtype=embeds.dtype, device=embeds.device)
-             if start is None else start[sched.order])
+    state = (
+        torch.zeros(corpus.n_conversations, dc, dtype=embeds.dtype, device=embeds.device)
+        if start is None
+        else start[sched.order]
+    )
     out = torch.empty(corpus.n_tokens, dc, dtype=embeds.dtype, device=embeds.device)
     for t in progress(range(len(sched)), desc=desc, enabled=show_progress, unit="pos"):
         a, b = int(at[t]), int(at[t + 1])
-        state, _ = model(state[:b - a], embeds[a:b])
+        state, _ = model(state[: b - a], embeds[a:b])
         out[a:b] = state
     contexts = torch.empty_like(out)
     contexts[order.to(out.device)] = out
     # Conversation j (length-sorted) ends at position len_j - 1, in row at[len_j - 1] + j.
     last = at[sched.sorted_lengths - 1] + torch.arange(corpus.n_conversations)
-    final = torch.empty_like(out[:corpus.n_conversations])
+    final = torch.empty_like(out[: corpus.n_conversations])
     final[sched.order] = out[last.to(out.device)]
     return contexts, final
 
@@ -159,17 +173,24 @@ def chunks(corpus: Corpus, chunk_tokens: int):
     offsets = corpus.offsets.tolist()
     for c, d in chunk_groups(offsets, chunk_tokens):
         a, b = offsets[c], offsets[d]
-        if b - a > chunk_tokens:                        # one long conversation: slices with carry
+        if b - a > chunk_tokens:  # one long conversation: slices with carry
             for s in range(a, b, chunk_tokens):
                 e = min(s + chunk_tokens, b)
                 yield s, e, Corpus(corpus.ids[s:e], torch.tensor([0, e - s])), s > a
-        else:                                           # whole conversations up to chunk_tokens
-            yield a, b, Corpus(corpus.ids[a:b], corpus.offsets[c:d + 1] - a), False
+        else:  # whole conversations up to chunk_tokens
+            yield a, b, Corpus(corpus.ids[a:b], corpus.offsets[c : d + 1] - a), False
 
 
 @torch.no_grad()
-def zero_start_pass(model, corpus: Corpus, out, chunk_tokens: int, world: World = SINGLE,
-                    show_progress: bool = False, desc: str = "sequential pass") -> None:
+def zero_start_pass(
+    model,
+    corpus: Corpus,
+    out,
+    chunk_tokens: int,
+    world: World = SINGLE,
+    show_progress: bool = False,
+    desc: str = "sequential pass",
+) -> None:
     """The sequential pass from zero contexts (Phase 1 iteration 0, and C*), chunk by chunk
     (`chunks`), each chunk's rows written to `out[a:b]` (a tensor, or a `ContextFile`), so
     memory holds one chunk. With a torch.distributed `world`, the chunks are dealt out to
@@ -180,9 +201,13 @@ def zero_start_pass(model, corpus: Corpus, out, chunk_tokens: int, world: World 
             chains[-1].append(part)
         else:
             chains.append([part])
-    chains = chains[world.rank::world.size]
-    bar = progress(total=sum(p[1] - p[0] for chain in chains for p in chain), desc=desc,
-                   enabled=show_progress, unit="tok")
+    chains = chains[world.rank :: world.size]
+    bar = progress(
+        total=sum(p[1] - p[0] for chain in chains for p in chain),
+        desc=desc,
+        enabled=show_progress,
+        unit="tok",
+    )
     for chain in chains:
         final = None
         for a, b, sub, carry in chain:

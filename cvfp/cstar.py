@@ -19,6 +19,7 @@ is the same computation whichever shard holds it, so C* is bitwise the same for 
 size and engine (plain loop, threads, Dask). `stream` mode has one sequence and so one
 shard.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,9 @@ class CstarError(ValueError):
     """C* files that do not match the current data or params; names the file and shapes."""
 
 
-def load_phase1_model(path: str | Path, model_params, vocab_size: int,
-                      momentum: float = 0.99) -> CVFPModel:
+def load_phase1_model(
+    path: str | Path, model_params, vocab_size: int, momentum: float = 0.99
+) -> CVFPModel:
     """Rebuild the model from params and load a checkpoint; a mismatch names the file and
     both shapes (checkpoint.load_state). Pretrained embeddings come from the checkpoint."""
     model = CVFPModel.from_params(model_params, vocab_size, momentum)
@@ -56,7 +58,9 @@ def load_phase1_model(path: str | Path, model_params, vocab_size: int,
     return model
 
 
-def shard_plan(corpus: Corpus, chunk_tokens: int, shard_conversations: int) -> list[tuple[int, int]]:
+def shard_plan(
+    corpus: Corpus, chunk_tokens: int, shard_conversations: int
+) -> list[tuple[int, int]]:
     """Conversation ranges [c, d) of the shards: consecutive whole chunks, at most
     `shard_conversations` conversations each unless a single chunk holds more."""
     if shard_conversations < 1:
@@ -70,8 +74,14 @@ def shard_plan(corpus: Corpus, chunk_tokens: int, shard_conversations: int) -> l
     return plan
 
 
-def write_cstar(model: CVFPModel, corpus: Corpus, path: Path, chunk_tokens: int,
-                show_progress: bool = False, desc: str = "C*") -> None:
+def write_cstar(
+    model: CVFPModel,
+    corpus: Corpus,
+    path: Path,
+    chunk_tokens: int,
+    show_progress: bool = False,
+    desc: str = "C*",
+) -> None:
     """Sequential pass over `corpus` from a zero context, written chunk by chunk to `path`
     (on one intra-op thread, as every shard: the same bytes as `materialize_sharded`)."""
     out = ContextFile(path, (corpus.n_tokens, model.context_dim), create=True)
@@ -79,9 +89,16 @@ def write_cstar(model: CVFPModel, corpus: Corpus, path: Path, chunk_tokens: int,
         zero_start_pass(model, corpus, out, chunk_tokens, show_progress=show_progress, desc=desc)
 
 
-def materialize(model: CVFPModel, corpora: dict[str, Corpus], out_dir: str | Path,
-                chunk_tokens: int, context_reset: str, show_progress: bool = False,
-                warn_tokens: int | None = None, source: str | None = None) -> dict:
+def materialize(
+    model: CVFPModel,
+    corpora: dict[str, Corpus],
+    out_dir: str | Path,
+    chunk_tokens: int,
+    context_reset: str,
+    show_progress: bool = False,
+    warn_tokens: int | None = None,
+    source: str | None = None,
+) -> dict:
     """Write <split>.npy, <split>_offsets.npy and meta.json into `out_dir`, atomically
     (everything goes to a temporary directory renamed onto out_dir at the end)."""
     model.eval()
@@ -89,9 +106,19 @@ def materialize(model: CVFPModel, corpora: dict[str, Corpus], out_dir: str | Pat
         tmp.mkdir()
         for name, corpus in corpora.items():
             _warn(name, corpus, warn_tokens)
-            write_cstar(model, corpus, tmp / f"{name}.npy", chunk_tokens, show_progress, f"C* {name}")
-        return _write_index(tmp, corpora, model.context_dim, model.embed_dim, model.vocab_size,
-                            context_reset, chunk_tokens, source)
+            write_cstar(
+                model, corpus, tmp / f"{name}.npy", chunk_tokens, show_progress, f"C* {name}"
+            )
+        return _write_index(
+            tmp,
+            corpora,
+            model.context_dim,
+            model.embed_dim,
+            model.vocab_size,
+            context_reset,
+            chunk_tokens,
+            source,
+        )
 
 
 def _warn(name: str, corpus: Corpus, warn_tokens: int | None) -> None:
@@ -99,30 +126,48 @@ def _warn(name: str, corpus: Corpus, warn_tokens: int | None) -> None:
         warn_if_large(corpus.n_tokens, warn_tokens, f"C* materialization ({name})")
 
 
-def _write_index(tmp: Path, corpora: dict[str, Corpus], context_dim: int, embed_dim: int,
-                 vocab_size: int, context_reset: str, chunk_tokens: int, source) -> dict:
+def _write_index(
+    tmp: Path,
+    corpora: dict[str, Corpus],
+    context_dim: int,
+    embed_dim: int,
+    vocab_size: int,
+    context_reset: str,
+    chunk_tokens: int,
+    source,
+) -> dict:
     """Next to the <split>.npy files: <split>_offsets.npy and meta.json (returned)."""
-    meta = {"format": "npy float32 [n_tokens, context_dim], row i = context after token i",
-            "context_dim": context_dim, "embed_dim": embed_dim, "vocab_size": vocab_size,
-            "context_reset": context_reset, "chunk_tokens": chunk_tokens,
-            "phase1_checkpoint": source, "splits": {}}
+    meta = {
+        "format": "npy float32 [n_tokens, context_dim], row i = context after token i",
+        "context_dim": context_dim,
+        "embed_dim": embed_dim,
+        "vocab_size": vocab_size,
+        "context_reset": context_reset,
+        "chunk_tokens": chunk_tokens,
+        "phase1_checkpoint": source,
+        "splits": {},
+    }
     for name, corpus in corpora.items():
         np.save(tmp / f"{name}_offsets.npy", corpus.offsets.numpy().astype(np.int64))
-        meta["splits"][name] = {"shape": [corpus.n_tokens, context_dim],
-                                "n_conversations": corpus.n_conversations,
-                                "file": f"{name}.npy", "offsets": f"{name}_offsets.npy"}
+        meta["splits"][name] = {
+            "shape": [corpus.n_tokens, context_dim],
+            "n_conversations": corpus.n_conversations,
+            "file": f"{name}.npy",
+            "offsets": f"{name}_offsets.npy",
+        }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
 # ---------------------------------------------------------------- sharded
 
-_MODELS: dict[str, CVFPModel] = {}        # checkpoint + model params hash -> model (per process)
+_MODELS: dict[str, CVFPModel] = {}  # checkpoint + model params hash -> model (per process)
 _MODELS_LOCK = threading.Lock()
 
 
-def _shard_model(checkpoint: str | Path | bytes, model_params, vocab_size: int,
-                 momentum: float) -> CVFPModel:
+def _shard_model(
+    checkpoint: str | Path | bytes, model_params, vocab_size: int, momentum: float
+) -> CVFPModel:
     """The Phase 1 model in eval mode, loaded once per process per checkpoint content."""
     data = checkpoint if isinstance(checkpoint, bytes) else Path(checkpoint).read_bytes()
     spec = json.dumps([model_params.model_dump(), vocab_size, momentum], sort_keys=True)
@@ -132,18 +177,27 @@ def _shard_model(checkpoint: str | Path | bytes, model_params, vocab_size: int,
         if model is None:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
             model = CVFPModel.from_params(model_params, vocab_size, momentum)
-            load_state(checkpoint if not isinstance(checkpoint, bytes) else "<checkpoint bytes>",
-                       model, state)
+            load_state(
+                checkpoint if not isinstance(checkpoint, bytes) else "<checkpoint bytes>",
+                model,
+                state,
+            )
             model.eval()
-            _MODELS.clear()                     # a worker keeps only the latest model
+            _MODELS.clear()  # a worker keeps only the latest model
             _MODELS[key] = model
     return model
 
 
 @torch.no_grad()
-def materialize_shard(shard: list[np.ndarray], checkpoint: str | Path | bytes, model_params,
-                      vocab_size: int, chunk_tokens: int, momentum: float = 0.99,
-                      deterministic: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def materialize_shard(
+    shard: list[np.ndarray],
+    checkpoint: str | Path | bytes,
+    model_params,
+    vocab_size: int,
+    chunk_tokens: int,
+    momentum: float = 0.99,
+    deterministic: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """C* of one shard: `shard` is a list of token sequences, each starting from a zero
     context; `checkpoint` the Phase 1 model.pt (path or its bytes), `model_params` the
     `model` params section. Returns (contexts float32 [n_tokens, Dc], offsets int64 [C+1]).
@@ -160,24 +214,41 @@ def materialize_shard(shard: list[np.ndarray], checkpoint: str | Path | bytes, m
     return out.data.numpy(), corpus.offsets.numpy().astype(np.int64)
 
 
-def materialize_sharded(checkpoint: str | Path, corpora: dict[str, Corpus], out_dir: str | Path,
-                        model_params, vocab_size: int, chunk_tokens: int, context_reset: str,
-                        shard_conversations: int, momentum: float = 0.99,
-                        deterministic: bool = True, map_shards: MapShards | None = None,
-                        show_progress: bool = False, warn_tokens: int | None = None) -> dict:
+def materialize_sharded(
+    checkpoint: str | Path,
+    corpora: dict[str, Corpus],
+    out_dir: str | Path,
+    model_params,
+    vocab_size: int,
+    chunk_tokens: int,
+    context_reset: str,
+    shard_conversations: int,
+    momentum: float = 0.99,
+    deterministic: bool = True,
+    map_shards: MapShards | None = None,
+    show_progress: bool = False,
+    warn_tokens: int | None = None,
+) -> dict:
     """`materialize` in shards: the same files, bitwise, for any shard size and any
     `map_shards` (default: a plain loop here; the Prefect flow maps them as tasks).
     Each shard's rows are written into the output file as soon as they arrive."""
     from .sharding import run_shards
+
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise CheckpointError(f"checkpoint not found: {checkpoint} (run the phase1 stage first)")
     # Load here first: a checkpoint that does not match the params fails naming the file
     # and both shapes, before any shard is sent out (and the plain loop reuses this model).
     _shard_model(checkpoint, model_params, vocab_size, momentum)
-    data = checkpoint.read_bytes()           # shards get the bytes: no shared disk needed
-    common = {"checkpoint": data, "model_params": model_params, "vocab_size": vocab_size,
-              "chunk_tokens": chunk_tokens, "momentum": momentum, "deterministic": deterministic}
+    data = checkpoint.read_bytes()  # shards get the bytes: no shared disk needed
+    common = {
+        "checkpoint": data,
+        "model_params": model_params,
+        "vocab_size": vocab_size,
+        "chunk_tokens": chunk_tokens,
+        "momentum": momentum,
+        "deterministic": deterministic,
+    }
     dc = model_params.context_dim
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -188,26 +259,44 @@ def materialize_sharded(checkpoint: str | Path, corpora: dict[str, Corpus], out_
             outs[name] = ContextFile(tmp / f"{name}.npy", (corpus.n_tokens, dc), create=True)
             offsets = corpus.offsets.numpy()
             for c, d in shard_plan(corpus, chunk_tokens, shard_conversations):
-                shards.append([corpus.ids[offsets[i]:offsets[i + 1]].numpy() for i in range(c, d)])
+                shards.append(
+                    [corpus.ids[offsets[i] : offsets[i + 1]].numpy() for i in range(c, d)]
+                )
                 where.append((name, c, d))
-        bar = progress(total=sum(c.n_tokens for c in corpora.values()), desc="C*",
-                       enabled=show_progress, unit="tok")
+        bar = progress(
+            total=sum(c.n_tokens for c in corpora.values()),
+            desc="C*",
+            enabled=show_progress,
+            unit="tok",
+        )
 
         def consume(i: int, result: tuple[np.ndarray, np.ndarray]) -> None:
             contexts, shard_offsets = result
             name, c, d = where[i]
             offsets = corpora[name].offsets.numpy()
             a, b = int(offsets[c]), int(offsets[d])
-            if contexts.shape != (b - a, dc) or not np.array_equal(shard_offsets, offsets[c:d + 1] - a):
-                raise CstarError(f"C* {name} shard {i}: got {contexts.shape} rows for conversations "
-                                 f"{c}..{d - 1}, expected {(b - a, dc)}")
+            if contexts.shape != (b - a, dc) or not np.array_equal(
+                shard_offsets, offsets[c : d + 1] - a
+            ):
+                raise CstarError(
+                    f"C* {name} shard {i}: got {contexts.shape} rows for conversations "
+                    f"{c}..{d - 1}, expected {(b - a, dc)}"
+                )
             outs[name][a:b] = torch.from_numpy(contexts)
             bar.update(b - a)
 
         (map_shards or run_shards)(materialize_shard, shards, consume, common)
         bar.close()
-        return _write_index(tmp, corpora, dc, model_params.embed_dim, vocab_size, context_reset,
-                            chunk_tokens, str(checkpoint))
+        return _write_index(
+            tmp,
+            corpora,
+            dc,
+            model_params.embed_dim,
+            vocab_size,
+            context_reset,
+            chunk_tokens,
+            str(checkpoint),
+        )
 
 
 def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: int) -> np.ndarray:
@@ -220,15 +309,19 @@ def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: i
     cstar = _load(path, mmap_mode="r")
     expected = (corpus.n_tokens, context_dim)
     if cstar.shape != expected:
-        raise CstarError(f"C* file {path} has shape {tuple(cstar.shape)}, but the current data and "
-                         f"params expect (n_tokens, model.context_dim) = {expected}; "
-                         f"re-run the materialize stage")
+        raise CstarError(
+            f"C* file {path} has shape {tuple(cstar.shape)}, but the current data and "
+            f"params expect (n_tokens, model.context_dim) = {expected}; "
+            f"re-run the materialize stage"
+        )
     offsets = _load(opath)
     want = corpus.offsets.numpy()
     if offsets.shape != want.shape or not np.array_equal(offsets, want):
-        raise CstarError(f"C* offsets {opath} have shape {tuple(offsets.shape)}, but the current data "
-                         f"(phase1.context_reset) expect {tuple(want.shape)} with the same values; "
-                         f"re-run the materialize stage")
+        raise CstarError(
+            f"C* offsets {opath} have shape {tuple(offsets.shape)}, but the current data "
+            f"(phase1.context_reset) expect {tuple(want.shape)} with the same values; "
+            f"re-run the materialize stage"
+        )
     return cstar
 
 
@@ -237,5 +330,7 @@ def _load(path: Path, **kw) -> np.ndarray:
     try:
         return np.load(path, **kw)
     except (ValueError, OSError, EOFError) as err:
-        raise CstarError(f"C* file {path} cannot be read ({type(err).__name__}: {err}); it is truncated "
-                         f"or corrupt: re-run the materialize stage (`dvc repro -f -s materialize`)") from None
+        raise CstarError(
+            f"C* file {path} cannot be read ({type(err).__name__}: {err}); it is truncated "
+            f"or corrupt: re-run the materialize stage (`dvc repro -f -s materialize`)"
+        ) from None

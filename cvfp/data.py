@@ -11,13 +11,14 @@ Schema (HuggingFaceH4/ultrachat_200k): `prompt` (str), `prompt_id` (str) and `me
 * local file: JSONL/JSON or Parquet in the same schema, or plain text (one conversation per
   blank-line-separated block, one turn per line, alternating user/assistant).
 """
+
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import datasets
 import pyarrow as pa
@@ -27,11 +28,13 @@ import yaml
 REQUIRED = ("prompt", "prompt_id", "messages")
 ROLES = ("user", "assistant")
 # Canonical column types: every source is cast to these so later stages see one schema.
-FEATURES = datasets.Features({
-    "prompt": datasets.Value("string"),
-    "prompt_id": datasets.Value("string"),
-    "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
-})
+FEATURES = datasets.Features(
+    {
+        "prompt": datasets.Value("string"),
+        "prompt_id": datasets.Value("string"),
+        "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+    }
+)
 
 
 class DataError(ValueError):
@@ -53,8 +56,10 @@ def make_record(turns: Iterable[str], origin: str) -> dict:
 
 # ---------------------------------------------------------------- chatterbot (offline default)
 
+
 def chatterbot_dir() -> Path:
     import chatterbot_corpus
+
     return Path(chatterbot_corpus.__file__).parent / "data" / "english"
 
 
@@ -82,6 +87,7 @@ def chatterbot_records(data_dir: str | Path | None = None) -> list[dict]:
 
 # ---------------------------------------------------------------- plain text
 
+
 def text_records(path: str | Path) -> list[dict]:
     path = Path(path)
     try:
@@ -102,19 +108,33 @@ def text_records(path: str | Path) -> list[dict]:
 
 # ---------------------------------------------------------------- hub / local files
 
-def load_dataset(name_or_path: str, split: str, num_samples: int | None = None,
-                 streaming: bool = False, cache_dir: str | None = None) -> datasets.Dataset:
+
+def load_dataset(
+    name_or_path: str,
+    split: str,
+    num_samples: int | None = None,
+    streaming: bool = False,
+    cache_dir: str | None = None,
+) -> datasets.Dataset:
     """A hub dataset or a local directory in the hub layout: one code path for both.
 
     Streaming reads only the first `num_samples` rows (no full download) and materialises
     them, so callers always get an in-memory `Dataset`.
     """
     try:
-        ds = datasets.load_dataset(name_or_path, split=split, streaming=streaming, cache_dir=cache_dir)
+        ds = datasets.load_dataset(
+            name_or_path, split=split, streaming=streaming, cache_dir=cache_dir
+        )
     except (FileNotFoundError, ValueError) as err:
-        hint = (" (set data.split to one of the splits named here; files not named after a split "
-                "are the split 'train')" if "Unknown split" in str(err) else "")
-        raise DataError(f"{name_or_path} (split {split!r}): cannot load dataset: {err}{hint}") from None
+        hint = (
+            " (set data.split to one of the splits named here; files not named after a split "
+            "are the split 'train')"
+            if "Unknown split" in str(err)
+            else ""
+        )
+        raise DataError(
+            f"{name_or_path} (split {split!r}): cannot load dataset: {err}{hint}"
+        ) from None
     if streaming:
         rows = itertools.islice(ds, num_samples) if num_samples else ds
         return datasets.Dataset.from_list(list(rows))
@@ -122,8 +142,15 @@ def load_dataset(name_or_path: str, split: str, num_samples: int | None = None,
 
 
 # Data file formats a local directory may hold (the hub loader reads one format per directory).
-DATA_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv",
-                 ".arrow": "arrow", ".txt": "text", ".text": "text"}
+DATA_SUFFIXES = {
+    ".parquet": "parquet",
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".arrow": "arrow",
+    ".txt": "text",
+    ".text": "text",
+}
 
 
 def check_text_file(path: Path) -> None:
@@ -135,15 +162,17 @@ def check_text_file(path: Path) -> None:
     whole_json = None
     if path.suffix.lower() == ".json":
         try:
-            whole_json = json.loads(raw)           # one JSON document: fine as it is
+            whole_json = json.loads(raw)  # one JSON document: fine as it is
         except (ValueError, UnicodeDecodeError):
             pass
     for n, line in enumerate(raw.splitlines(), 1):
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise DataError(f"{path}:{n}: invalid UTF-8 (byte {line[err.start]:#04x} at column "
-                            f"{err.start + 1}); re-encode the file as UTF-8") from None
+            raise DataError(
+                f"{path}:{n}: invalid UTF-8 (byte {line[err.start]:#04x} at column "
+                f"{err.start + 1}); re-encode the file as UTF-8"
+            ) from None
         if path.suffix.lower() in (".jsonl", ".json") and whole_json is None and text.strip():
             try:
                 json.loads(text)
@@ -153,19 +182,26 @@ def check_text_file(path: Path) -> None:
 
 def check_directory(path: Path, split: str) -> None:
     """A local directory must hold one data format, each file readable (check_text_file)."""
-    files = sorted(f for f in path.rglob("*") if f.is_file()
-                   and not any(p.startswith(".") for p in f.relative_to(path).parts))
+    files = sorted(
+        f
+        for f in path.rglob("*")
+        if f.is_file() and not any(p.startswith(".") for p in f.relative_to(path).parts)
+    )
     by_kind: dict[str, list[str]] = {}
     for f in files:
         kind = DATA_SUFFIXES.get(f.suffix.lower())
         if kind:
             by_kind.setdefault(kind, []).append(str(f.relative_to(path)))
     if len(by_kind) > 1:
-        listing = "; ".join(f"{k}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
-                            for k, v in sorted(by_kind.items()))
-        raise DataError(f"{path}: data files in {len(by_kind)} formats ({listing}); only one format per "
-                        f"directory is read, so the others would be silently skipped. Keep one format "
-                        f"(or point data.path at one file)")
+        listing = "; ".join(
+            f"{k}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
+            for k, v in sorted(by_kind.items())
+        )
+        raise DataError(
+            f"{path}: data files in {len(by_kind)} formats ({listing}); only one format per "
+            f"directory is read, so the others would be silently skipped. Keep one format "
+            f"(or point data.path at one file)"
+        )
     if not by_kind:
         raise DataError(f"{path}: no data files ({', '.join(sorted(DATA_SUFFIXES))})")
     for f in files:
@@ -188,12 +224,16 @@ def load_local(path: str | Path, split: str, num_samples: int | None = None) -> 
         return take(datasets.Dataset.from_list(text_records(path)), num_samples)
     builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(suffix)
     if builder is None:
-        raise DataError(f"{path}: unknown file type {suffix!r} (use .jsonl, .json, .parquet, .txt "
-                        f"or a directory in the hub layout)")
+        raise DataError(
+            f"{path}: unknown file type {suffix!r} (use .jsonl, .json, .parquet, .txt "
+            f"or a directory in the hub layout)"
+        )
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # corrupt file: the builders raise many different types
-        raise DataError(f"{path}: cannot read {builder} file: {type(err).__name__}: {err}") from None
+        raise DataError(
+            f"{path}: cannot read {builder} file: {type(err).__name__}: {err}"
+        ) from None
     return take(ds, num_samples)
 
 
@@ -203,6 +243,7 @@ def count_messages(ds: datasets.Dataset) -> int:
 
 def chatterbot_origin() -> str:
     from importlib.metadata import version
+
     return f"chatterbot-corpus {version('chatterbot-corpus')} (english)"
 
 
@@ -214,12 +255,15 @@ def validate(ds: datasets.Dataset, source: str) -> datasets.Dataset:
     """Check the UltraChat schema and cast to `FEATURES`; errors name `source` and the field."""
     missing = [c for c in REQUIRED if c not in ds.column_names]
     if missing:
-        raise DataError(f"{source}: missing field(s) {missing}; found {ds.column_names}, "
-                        f"need {list(REQUIRED)}")
+        raise DataError(
+            f"{source}: missing field(s) {missing}; found {ds.column_names}, need {list(REQUIRED)}"
+        )
     msg = ds.features["messages"]
     inner = getattr(msg, "feature", msg[0] if isinstance(msg, list) else None)
     if not isinstance(inner, dict) or not {"role", "content"} <= set(inner):
-        raise DataError(f"{source}: field 'messages' must be a list of {{role, content}}, got {msg}")
+        raise DataError(
+            f"{source}: field 'messages' must be a list of {{role, content}}, got {msg}"
+        )
     ds = ds.select_columns(list(REQUIRED))
     try:
         ds = ds.cast(FEATURES)
@@ -228,12 +272,15 @@ def validate(ds: datasets.Dataset, source: str) -> datasets.Dataset:
     # Arrow compute: a Python loop over 200k UltraChat conversations would take minutes.
     table = ds.with_format("arrow")[:]
     try:
-        table.validate(full=True)         # e.g. invalid UTF-8 in a string column (hub, parquet)
+        table.validate(full=True)  # e.g. invalid UTF-8 in a string column (hub, parquet)
     except pa.ArrowInvalid as err:
-        raise DataError(f"{source}: invalid data ({err}); fix or re-encode the source as UTF-8") from None
+        raise DataError(
+            f"{source}: invalid data ({err}); fix or re-encode the source as UTF-8"
+        ) from None
     roles = pc.struct_field(pc.list_flatten(table["messages"]), "role")
     bad = sorted(set(pc.unique(roles).to_pylist()) - {"system", *ROLES}, key=str)
     if bad:
-        raise DataError(f"{source}: field 'messages.role' has value(s) {bad}; "
-                        f"allowed: system, user, assistant")
+        raise DataError(
+            f"{source}: field 'messages.role' has value(s) {bad}; allowed: system, user, assistant"
+        )
     return ds

@@ -14,6 +14,7 @@ wrapper is not used because Phase 1's diversity loss depends on statistics of th
 batch (an average of per-rank losses would be a different loss), and because the model is
 called through several methods (embed, stack, head) rather than one forward.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,7 +66,7 @@ class World:
         i = 0
         for p in params:
             n = p.numel()
-            p.grad.copy_(flat[i:i + n].view_as(p.grad))
+            p.grad.copy_(flat[i : i + n].view_as(p.grad))
             i += n
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
@@ -117,4 +118,3 @@ def close_world(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-

@@ -10,6 +10,7 @@ batch into chunks and ranks and still take the full-batch gradient (cvfp/phase1.
 S is summed over chunks and ranks first, then dL/dS weights each chunk's sums.
 `distribution` keeps its statistics inside the layers and has no such form.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,13 +30,17 @@ class GlobalMean:
     @staticmethod
     def stats(contexts: torch.Tensor) -> torch.Tensor:
         c = contexts.double()
-        return torch.cat([c.sum(0), (c * c).sum().reshape(1)])      # [sum C_i, sum |C_i|^2]
+        return torch.cat([c.sum(0), (c * c).sum().reshape(1)])  # [sum C_i, sum |C_i|^2]
 
     def from_stats(self, s: torch.Tensor, n: int) -> torch.Tensor:
         mean = s[:-1] / n
         with torch.no_grad():
             m = mean.float()
-            self.mean = m.clone() if self.mean is None else self.momentum * self.mean + (1 - self.momentum) * m
+            self.mean = (
+                m.clone()
+                if self.mean is None
+                else self.momentum * self.mean + (1 - self.momentum) * m
+            )
         # ||C - mean||^2 = sum |C_i|^2 - n |mean|^2 (float64 sums keep the difference exact enough)
         spread = (s[-1] - n * (mean * mean).sum()).clamp_min(1e-30)
         return (-torch.sqrt(spread) / n).float()
@@ -45,8 +50,11 @@ class GlobalMean:
             return self.from_stats(self.stats(contexts), contexts.shape[0])
         ref = self.mean if self.mean is not None else torch.zeros_like(contexts[0])
         with torch.no_grad():
-            self.mean = contexts[0].clone() if self.mean is None else \
-                self.momentum * self.mean + (1 - self.momentum) * contexts[0]
+            self.mean = (
+                contexts[0].clone()
+                if self.mean is None
+                else self.momentum * self.mean + (1 - self.momentum) * contexts[0]
+            )
         return -torch.linalg.vector_norm(contexts - ref)
 
 
@@ -62,7 +70,7 @@ class EMAVariance:
     @staticmethod
     def stats(contexts: torch.Tensor) -> torch.Tensor:
         c = contexts.double()
-        return torch.cat([c.sum(0), (c * c).sum(0)])                 # [sum C_i, sum C_i^2]
+        return torch.cat([c.sum(0), (c * c).sum(0)])  # [sum C_i, sum C_i^2]
 
     def from_stats(self, s: torch.Tensor, n: int) -> torch.Tensor:
         m, d = self.momentum, s.shape[0] // 2
@@ -71,7 +79,7 @@ class EMAVariance:
             self.mean = (s1 / n).detach().float()
             self.var = torch.ones_like(self.mean)
         a = self.mean.detach().double()
-        sq = (s2 - 2 * a * s1) / n + a * a                           # mean_i (C_i - old_mean)^2
+        sq = (s2 - 2 * a * s1) / n + a * a  # mean_i (C_i - old_mean)^2
         mean = m * a + (1 - m) * s1 / n
         var = m * self.var.detach().double() + (1 - m) * sq
         self.mean, self.var = mean.detach().float(), var.detach().float()
@@ -91,7 +99,11 @@ class Distribution:
     def __call__(self, contexts: torch.Tensor, model=None) -> torch.Tensor:
         loss = model.distribution_loss() if model is not None else None
         if loss is None:  # eval (no layer stats tracked): report the same formula on this batch
-            var = contexts.var(0, unbiased=False) if contexts.shape[0] > 1 else torch.ones_like(contexts[0])
+            var = (
+                contexts.var(0, unbiased=False)
+                if contexts.shape[0] > 1
+                else torch.ones_like(contexts[0])
+            )
             loss = (contexts.mean(0) ** 2).mean() + ((var - 1.0) ** 2).mean()
         return loss
 

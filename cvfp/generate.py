@@ -7,6 +7,7 @@ sampled from model.logits(context_t, token_out_t), the same pairing Phase 2 trai
 
     python -m cvfp.generate --prompt "Hello" --max-new-tokens 40 --temperature 1.0 --top-k 50 --seed 42
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,15 @@ def load_model(checkpoint: str | Path, vocab_size: int) -> CVFPModel:
 
 
 @torch.no_grad()
-def generate(model: CVFPModel, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
-             top_k: int = 0, seed: int = 0, eos_id: int | None = None) -> list[int]:
+def generate(
+    model: CVFPModel,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    eos_id: int | None = None,
+) -> list[int]:
     """Sample up to max_new_tokens ids after prompt_ids; stops after eos_id. Deterministic
     for a seed (own torch.Generator, not the global RNG)."""
     if not prompt_ids:
@@ -59,13 +67,22 @@ def generate(model: CVFPModel, prompt_ids: list[int], max_new_tokens: int, tempe
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m cvfp.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m cvfp.generate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--params", default="params.yaml", help="defaults for the options below")
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: generate.max_new_tokens")
-    parser.add_argument("--temperature", type=float, default=None, help="default: generate.temperature")
-    parser.add_argument("--top-k", type=int, default=None, help="0 = no top-k; default: generate.top_k")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default: generate.max_new_tokens"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="default: generate.temperature"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="0 = no top-k; default: generate.top_k"
+    )
     parser.add_argument("--seed", type=int, default=None, help="default: seed")
     parser.add_argument("--checkpoint", default="cache/phase2/model.pt")
     parser.add_argument("--tokenizer", default="data/tokenizer")
@@ -79,24 +96,38 @@ def main(argv: list[str] | None = None) -> str:
             parser.error(f"{args.params} not found: give the option explicitly")
         return default(p)
 
-    opts = {"max_new_tokens": pick(args.max_new_tokens, lambda q: q.generate.max_new_tokens),
-            "temperature": pick(args.temperature, lambda q: q.generate.temperature),
-            "top_k": pick(args.top_k, lambda q: q.generate.top_k)}
-    try:                                # the options obey the generate section's own rules
+    opts = {
+        "max_new_tokens": pick(args.max_new_tokens, lambda q: q.generate.max_new_tokens),
+        "temperature": pick(args.temperature, lambda q: q.generate.temperature),
+        "top_k": pick(args.top_k, lambda q: q.generate.top_k),
+    }
+    try:  # the options obey the generate section's own rules
         GenerateParams.model_validate(opts)
     except ValidationError as err:
-        parser.error("; ".join(f"--{e['loc'][0].replace('_', '-')} {e['input']!r}: {e['msg']}"
-                               for e in err.errors()))
+        parser.error(
+            "; ".join(
+                f"--{e['loc'][0].replace('_', '-')} {e['input']!r}: {e['msg']}"
+                for e in err.errors()
+            )
+        )
     from transformers import AutoTokenizer
+
     if not Path(args.tokenizer).exists():
         parser.error(f"tokenizer not found: {args.tokenizer}")
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     model = load_model(args.checkpoint, len(tok))
     ids = tok(args.prompt, add_special_tokens=False)["input_ids"]
-    if not ids and tok.eos_token_id is not None:   # empty prompt: start as after a conversation
+    if not ids and tok.eos_token_id is not None:  # empty prompt: start as after a conversation
         ids = [tok.eos_token_id]
-    new = generate(model, ids, opts["max_new_tokens"], opts["temperature"], opts["top_k"],
-                   pick(args.seed, lambda q: q.seed), tok.eos_token_id)
+    new = generate(
+        model,
+        ids,
+        opts["max_new_tokens"],
+        opts["temperature"],
+        opts["top_k"],
+        pick(args.seed, lambda q: q.seed),
+        tok.eos_token_id,
+    )
     text = tok.decode(ids + new, skip_special_tokens=True)
     print(text)
     return text

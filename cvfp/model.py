@@ -5,6 +5,7 @@ One context update is
     context' = context + dc,  token' = token + dt
     then a LayerNorm mix with weight m (without it values explode, seed 000).
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,12 +14,22 @@ from torch import nn
 
 
 class CVFPLayer(nn.Module):
-    def __init__(self, context_dim: int, embed_dim: int, hidden_dim: int, layernorm_mix: float = 1.0,
-                 init_std: float = 0.1, bias_init_std: float = 0.01, momentum: float = 0.99):
+    def __init__(
+        self,
+        context_dim: int,
+        embed_dim: int,
+        hidden_dim: int,
+        layernorm_mix: float = 1.0,
+        init_std: float = 0.1,
+        bias_init_std: float = 0.01,
+        momentum: float = 0.99,
+    ):
         super().__init__()
         if hidden_dim != context_dim + embed_dim:
-            raise ValueError(f"hidden_dim ({hidden_dim}) must equal context_dim + embed_dim "
-                             f"({context_dim} + {embed_dim} = {context_dim + embed_dim})")
+            raise ValueError(
+                f"hidden_dim ({hidden_dim}) must equal context_dim + embed_dim "
+                f"({context_dim} + {embed_dim} = {context_dim + embed_dim})"
+            )
         self.context_dim, self.embed_dim = context_dim, embed_dim
         self.layernorm_mix = layernorm_mix
         self.fnn = nn.Linear(context_dim + embed_dim, hidden_dim)
@@ -34,20 +45,27 @@ class CVFPLayer(nn.Module):
         self.register_buffer("running_var", torch.ones(context_dim))
         self._stat_loss: torch.Tensor | None = None
 
-    def forward(self, context: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if context.dim() == 2 and not (torch.is_grad_enabled() and self._needs_graph(context, token)):
+    def forward(
+        self, context: torch.Tensor, token: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if context.dim() == 2 and not (
+            torch.is_grad_enabled() and self._needs_graph(context, token)
+        ):
             new_context, new_token = self._forward_no_grad(context, token)
         else:
             h = F.relu(self.fnn(torch.cat([context, token], dim=-1)))
-            new_context = self._mix(context + h[..., :self.context_dim], self.context_norm)
-            new_token = self._mix(token + h[..., self.context_dim:], self.token_norm)
+            new_context = self._mix(context + h[..., : self.context_dim], self.context_norm)
+            new_token = self._mix(token + h[..., self.context_dim :], self.token_norm)
         if self.track_stats and self.training:
             self._update_stats(new_context)
         return new_context, new_token
 
     def _needs_graph(self, context: torch.Tensor, token: torch.Tensor) -> bool:
-        return context.requires_grad or token.requires_grad or any(
-            p.requires_grad for p in self.parameters())
+        return (
+            context.requires_grad
+            or token.requires_grad
+            or any(p.requires_grad for p in self.parameters())
+        )
 
     def _mix(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
         """(1 - m) x + m LN(x); m = 1 and m = 0 skip the arithmetic (exact: 0 x = 0, 1 y = y)."""
@@ -56,7 +74,9 @@ class CVFPLayer(nn.Module):
             return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         if m <= 0:
             return x
-        return (1 - m) * x + m * F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        return (1 - m) * x + m * F.layer_norm(
+            x, norm.normalized_shape, norm.weight, norm.bias, norm.eps
+        )
 
     def _forward_no_grad(self, context: torch.Tensor, token: torch.Tensor):
         """The same update without building a graph, in fewer and in-place ops (the
@@ -77,7 +97,7 @@ class CVFPLayer(nn.Module):
         m = self.momentum
         mean = m * self.running_mean + (1 - m) * flat.mean(0)
         var = m * self.running_var + (1 - m) * flat.var(0, unbiased=False)
-        self._stat_loss = (mean ** 2).mean() + ((var - 1.0) ** 2).mean()
+        self._stat_loss = (mean**2).mean() + ((var - 1.0) ** 2).mean()
         self.running_mean.copy_(mean.detach())
         self.running_var.copy_(var.detach())
 
@@ -100,11 +120,21 @@ class CVFPBlock(nn.Module):
 class CVFPModel(nn.Module):
     """Token embedding -> embed_norm -> blocks -> (context, token_out); head on concat."""
 
-    def __init__(self, vocab_size: int, context_dim: int, embed_dim: int, hidden_dim: int,
-                 layer_structure: list[int], layernorm_mix: float = 1.0, init_std: float = 0.1,
-                 bias_init_std: float = 0.01, embedding: str = "random_frozen",
-                 embed_init_std: float = 0.02, momentum: float = 0.99,
-                 pretrained_weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        context_dim: int,
+        embed_dim: int,
+        hidden_dim: int,
+        layer_structure: list[int],
+        layernorm_mix: float = 1.0,
+        init_std: float = 0.1,
+        bias_init_std: float = 0.01,
+        embedding: str = "random_frozen",
+        embed_init_std: float = 0.02,
+        momentum: float = 0.99,
+        pretrained_weights: torch.Tensor | None = None,
+    ):
         super().__init__()
         if embedding not in ("pretrained", "random_frozen", "learned"):
             raise ValueError(f"embedding={embedding!r}: allowed pretrained, random_frozen, learned")
@@ -113,16 +143,24 @@ class CVFPModel(nn.Module):
         self.token_embedding = nn.Embedding(vocab_size, embed_dim)
         if pretrained_weights is not None:  # None for 'pretrained' = weights come from a checkpoint
             if tuple(pretrained_weights.shape) != (vocab_size, embed_dim):
-                raise ValueError(f"pretrained embeddings have shape {tuple(pretrained_weights.shape)}, "
-                                 f"model expects (vocab_size, embed_dim) = {(vocab_size, embed_dim)}")
+                raise ValueError(
+                    f"pretrained embeddings have shape {tuple(pretrained_weights.shape)}, "
+                    f"model expects (vocab_size, embed_dim) = {(vocab_size, embed_dim)}"
+                )
             self.token_embedding.weight.data.copy_(pretrained_weights)
         else:
             nn.init.normal_(self.token_embedding.weight, 0.0, embed_init_std)
         self.token_embedding.weight.requires_grad_(embedding == "learned")
         self.embed_norm = nn.LayerNorm(embed_dim)
-        layer_kwargs = dict(context_dim=context_dim, embed_dim=embed_dim, hidden_dim=hidden_dim,
-                            layernorm_mix=layernorm_mix, init_std=init_std,
-                            bias_init_std=bias_init_std, momentum=momentum)
+        layer_kwargs = dict(
+            context_dim=context_dim,
+            embed_dim=embed_dim,
+            hidden_dim=hidden_dim,
+            layernorm_mix=layernorm_mix,
+            init_std=init_std,
+            bias_init_std=bias_init_std,
+            momentum=momentum,
+        )
         self.blocks = nn.ModuleList(CVFPBlock(n, **layer_kwargs) for n in layer_structure)
         # Zero-initialised and frozen in Phase 1; Phase 2 unfreezes it.
         self.token_output = nn.Linear(context_dim + embed_dim, vocab_size)
@@ -131,18 +169,33 @@ class CVFPModel(nn.Module):
         self.token_output.requires_grad_(False)
 
     @classmethod
-    def from_params(cls, mp, vocab_size: int, momentum: float = 0.99,
-                    pretrained_weights: torch.Tensor | None = None) -> "CVFPModel":
-        return cls(vocab_size=vocab_size, context_dim=mp.context_dim, embed_dim=mp.embed_dim,
-                   hidden_dim=mp.hidden_dim, layer_structure=list(mp.layer_structure),
-                   layernorm_mix=mp.layernorm_mix, init_std=mp.init_std,
-                   bias_init_std=mp.bias_init_std, embedding=mp.embedding,
-                   embed_init_std=mp.embed_init_std, momentum=momentum,
-                   pretrained_weights=pretrained_weights)
+    def from_params(
+        cls,
+        mp,
+        vocab_size: int,
+        momentum: float = 0.99,
+        pretrained_weights: torch.Tensor | None = None,
+    ) -> CVFPModel:
+        return cls(
+            vocab_size=vocab_size,
+            context_dim=mp.context_dim,
+            embed_dim=mp.embed_dim,
+            hidden_dim=mp.hidden_dim,
+            layer_structure=list(mp.layer_structure),
+            layernorm_mix=mp.layernorm_mix,
+            init_std=mp.init_std,
+            bias_init_std=mp.bias_init_std,
+            embedding=mp.embedding,
+            embed_init_std=mp.embed_init_std,
+            momentum=momentum,
+            pretrained_weights=pretrained_weights,
+        )
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Normalised embeddings, on the model's device (token ids may live anywhere)."""
-        return self.embed_norm(self.token_embedding(token_ids.to(self.token_embedding.weight.device)))
+        return self.embed_norm(
+            self.token_embedding(token_ids.to(self.token_embedding.weight.device))
+        )
 
     def forward(self, context: torch.Tensor, embeds: torch.Tensor, all_blocks: bool = False):
         """Run the stack. Returns (context, token_out), or with all_blocks the list of
@@ -167,7 +220,9 @@ class CVFPModel(nn.Module):
 
     def distribution_loss(self) -> torch.Tensor | None:
         """Mean over layers of the `distribution` diversity loss from the last forward."""
-        losses = [l for l in (layer.pop_distribution_loss() for layer in self.layers()) if l is not None]
+        losses = [
+            x for x in (layer.pop_distribution_loss() for layer in self.layers()) if x is not None
+        ]
         return torch.stack(losses).mean() if losses else None
 
     def stack_parameters(self):

@@ -3,6 +3,7 @@
 `load_params(path)` returns a validated `Params`; any problem raises `ParamsError`
 whose message names the key path, the bad value and what is allowed.
 """
+
 from __future__ import annotations
 
 import re
@@ -55,13 +56,16 @@ class ModelParams(_Section):
     pretrained_name: str
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelParams":
+    def _check(self) -> ModelParams:
         if self.hidden_dim != self.context_dim + self.embed_dim:
             raise ValueError(
                 f"hidden_dim={self.hidden_dim} must equal context_dim + embed_dim "
-                f"= {self.context_dim} + {self.embed_dim} = {self.context_dim + self.embed_dim}")
+                f"= {self.context_dim} + {self.embed_dim} = {self.context_dim + self.embed_dim}"
+            )
         if any(n < 1 for n in self.layer_structure):
-            raise ValueError(f"layer_structure={self.layer_structure}: every block needs >= 1 layer")
+            raise ValueError(
+                f"layer_structure={self.layer_structure}: every block needs >= 1 layer"
+            )
         return self
 
     @property
@@ -76,19 +80,21 @@ class DiversityParams(_Section):
 
 class ReconstructionParams(_Section):
     """phase1.objective = reconstruction (SPEC section 7, seed 003); see cvfp/reconstruction.py."""
-    recon_weight: float = Field(ge=0)         # lambda in loss = CE + lambda * MSE
-    chunk_length: int = Field(ge=1)           # TBPTT: positions per backpropagation chunk
+
+    recon_weight: float = Field(ge=0)  # lambda in loss = CE + lambda * MSE
+    chunk_length: int = Field(ge=1)  # TBPTT: positions per backpropagation chunk
     epochs: int = Field(ge=1)
-    batch_conversations: int = Field(ge=1)    # conversations trained side by side
+    batch_conversations: int = Field(ge=1)  # conversations trained side by side
     lr: float = Field(gt=0)
 
 
 class DivergenceParams(_Section):
     """phase1.divergence: when Phase 1 counts as diverged (cvfp/phase1_guard.py)."""
-    action: Literal["fail", "continue"]       # continue: warn and keep the model anyway
-    max_loss: float = Field(gt=0)             # |cvfp/diversity/total loss| of an iteration
-    max_weight: float = Field(gt=0)           # largest |trainable weight| after a step
-    min_effective_rank_ratio: float = Field(ge=0, le=1)   # contexts collapsed below this
+
+    action: Literal["fail", "continue"]  # continue: warn and keep the model anyway
+    max_loss: float = Field(gt=0)  # |cvfp/diversity/total loss| of an iteration
+    max_weight: float = Field(gt=0)  # largest |trainable weight| after a step
+    min_effective_rank_ratio: float = Field(ge=0, le=1)  # contexts collapsed below this
 
 
 class Phase1Params(_Section):
@@ -104,7 +110,7 @@ class Phase1Params(_Section):
     convergence_threshold: float = Field(gt=0)
     min_converged_ratio: float = Field(gt=0, le=1)
     grad_clip: float = Field(gt=0)
-    chunk_tokens: int = Field(gt=0)   # parallel mode: tokens per forward/backward chunk
+    chunk_tokens: int = Field(gt=0)  # parallel mode: tokens per forward/backward chunk
     diversity: DiversityParams
     warn_tokens: int = Field(gt=0)
     progress: bool
@@ -112,10 +118,12 @@ class Phase1Params(_Section):
     divergence: DivergenceParams
 
     @model_validator(mode="after")
-    def _check(self) -> "Phase1Params":
+    def _check(self) -> Phase1Params:
         if self.min_iterations > self.max_iterations:
-            raise ValueError(f"min_iterations={self.min_iterations} exceeds max_iterations="
-                             f"{self.max_iterations}; lower min_iterations or raise max_iterations")
+            raise ValueError(
+                f"min_iterations={self.min_iterations} exceeds max_iterations="
+                f"{self.max_iterations}; lower min_iterations or raise max_iterations"
+            )
         return self
 
 
@@ -146,7 +154,7 @@ class Phase2Params(_Section):
 
 class BaselineParams(_Section):
     bigram_k: float = Field(gt=0)
-    transformer: bool = True      # false skips the GPT-2 baseline (metrics then lack its key)
+    transformer: bool = True  # false skips the GPT-2 baseline (metrics then lack its key)
     transformer_n_layer: int = Field(ge=1)
     transformer_n_head: int = Field(ge=1)
     transformer_n_positions: int = Field(ge=2)
@@ -165,19 +173,21 @@ _DASK_ADDRESS = re.compile(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\
 class OrchestrationParams(_Section):
     """How the Prefect flow runs the sharded stages (tokenize, materialize). Never changes
     an output, so none of it is a DVC param."""
+
     task_runner: Literal["thread", "dask"]
     dask_address: str | None
     workers: int = Field(ge=1, le=256)
     shard_conversations: int = Field(gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "OrchestrationParams":
+    def _check(self) -> OrchestrationParams:
         if self.dask_address is not None:
             m = _DASK_ADDRESS.fullmatch(self.dask_address)
             if not m or not 0 < int(m.group(3)) < 65536:
                 raise ValueError(
                     f"dask_address={self.dask_address!r}: expected null (a temporary LocalCluster) "
-                    f"or a scheduler address like 'tcp://host:8786' (tcp:// or tls://, port 1-65535)")
+                    f"or a scheduler address like 'tcp://host:8786' (tcp:// or tls://, port 1-65535)"
+                )
         return self
 
 
@@ -189,28 +199,35 @@ _ARM_RESERVED = ("seed", "compare")
 class CompareParams(_Section):
     """`python -m flows.compare` (docs/compare.md). Not a param of any pipeline stage: editing
     it reruns nothing (the report stage, which depends on the whole params.yaml, aside)."""
-    arms: dict[str, dict[str, Any]] = Field(min_length=1)   # arm -> {dotted.key: value} overrides
-    run: list[str] = Field(min_length=1)      # arms a default comparison runs, in report order
-    control: str                              # every other arm is paired with this one
-    seeds: list[int] = Field(min_length=1)    # seed values; `--seeds N` takes the first N
+
+    arms: dict[str, dict[str, Any]] = Field(min_length=1)  # arm -> {dotted.key: value} overrides
+    run: list[str] = Field(min_length=1)  # arms a default comparison runs, in report order
+    control: str  # every other arm is paired with this one
+    seeds: list[int] = Field(min_length=1)  # seed values; `--seeds N` takes the first N
     # The Transformer baseline depends on the arm only through its epoch budget (the arm's
     # Phase 2 epochs run): train it in the control arm only and pair every arm with that.
     transformer_in_control_only: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> "CompareParams":
+    def _check(self) -> CompareParams:
         for name, overrides in self.arms.items():
             if not _ARM_NAME.fullmatch(name):
-                raise ValueError(f"arms: {name!r} is not a valid arm name (letters, digits, _ . -; "
-                                 f"it becomes part of a DVC experiment name)")
+                raise ValueError(
+                    f"arms: {name!r} is not a valid arm name (letters, digits, _ . -; "
+                    f"it becomes part of a DVC experiment name)"
+                )
             for key in overrides:
                 if key.split(".")[0] in _ARM_RESERVED:
-                    raise ValueError(f"arms.{name}: {key!r} cannot be set by an arm "
-                                     f"(the comparison sets the seed; arms cannot nest compare)")
+                    raise ValueError(
+                        f"arms.{name}: {key!r} cannot be set by an arm "
+                        f"(the comparison sets the seed; arms cannot nest compare)"
+                    )
         for key, names in (("run", self.run), ("control", [self.control])):
             unknown = [a for a in names if a not in self.arms]
             if unknown:
-                raise ValueError(f"{key}: unknown arm(s) {unknown}; defined arms: {list(self.arms)}")
+                raise ValueError(
+                    f"{key}: unknown arm(s) {unknown}; defined arms: {list(self.arms)}"
+                )
         if len(set(self.run)) != len(self.run):
             raise ValueError(f"run lists an arm twice: {self.run}")
         if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
@@ -237,14 +254,14 @@ class Params(_Section):
     # outputs when the file changed while it ran (tasks.common.params_guard).
     _source: tuple[str, dict] | None = PrivateAttr(default=None)
 
-    def model_copy(self, *, update=None, deep: bool = False) -> "Params":
+    def model_copy(self, *, update=None, deep: bool = False) -> Params:
         copy = super().model_copy(update=update, deep=deep)
-        if update:                      # no longer what the file says
+        if update:  # no longer what the file says
             copy._source = None
         return copy
 
     @model_validator(mode="after")
-    def _cross(self) -> "Params":
+    def _cross(self) -> Params:
         # Arm overrides must name existing keys (their values are validated per arm by
         # `arm_params` before a comparison starts).
         dumped = self.model_dump()
@@ -255,10 +272,14 @@ class Params(_Section):
                     if not isinstance(node, dict) or part not in node:
                         raise ValueError(f"compare.arms.{name}: {key!r} is not a params key")
                     node = node[part]
-        if self.phase2.heads == "per_block" and len(self.phase2.block_weights) != self.model.num_blocks:
+        if (
+            self.phase2.heads == "per_block"
+            and len(self.phase2.block_weights) != self.model.num_blocks
+        ):
             raise ValueError(
                 f"phase2.block_weights has {len(self.phase2.block_weights)} weights but "
-                f"model.layer_structure has {self.model.num_blocks} blocks; give one weight per block")
+                f"model.layer_structure has {self.model.num_blocks} blocks; give one weight per block"
+            )
         return self
 
 
@@ -291,7 +312,9 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
         raise ParamsError(_format(err, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+def load_params(
+    path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None
+) -> Params:
     """Load and validate params.yaml. `overrides` maps dotted keys to values (tests, CLIs)."""
     path = Path(path)
     if not path.exists():
@@ -300,7 +323,7 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    if raw is None and overrides:       # an empty file: report its missing keys, not a crash
+    if raw is None and overrides:  # an empty file: report its missing keys, not a crash
         raw = {}
     if overrides and not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
@@ -325,7 +348,9 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     for i, p in enumerate(parents):
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            where = ".".join(parents[:i + 1])
-            raise ParamsError(f"override {key}={value!r}: {where} is {node!r}, not a section "
-                              f"with keys (set {where} itself, or check the key path)")
+            where = ".".join(parents[: i + 1])
+            raise ParamsError(
+                f"override {key}={value!r}: {where} is {node!r}, not a section "
+                f"with keys (set {where} itself, or check the key path)"
+            )
     node[leaf] = value

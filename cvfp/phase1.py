@@ -20,6 +20,7 @@ the whole split, but it never needs the whole split in memory:
 * under torchrun (`world`), every rank takes a contiguous share of the tokens and the
   sums and gradients are summed over ranks, so the step is the single-process step.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,8 @@ import torch
 
 from .contexts import ContextFile, ContextTensor
 from .corpus import Corpus, PositionSchedule, warn_if_large, zero_start_pass
-from .diversity import make_diversity
 from .distributed import SINGLE, World
+from .diversity import make_diversity
 from .phase1_guard import check_iteration
 from .utils import progress
 
@@ -56,29 +57,38 @@ class IterationStats:
     seconds: float
 
     def line(self) -> str:
-        loss = "" if self.total_loss is None else (
-            f" cvfp={self.cvfp_loss:.6f} div={self.diversity_loss:.6f} total={self.total_loss:.6f}")
-        return (f"iter {self.iteration}: converged {100 * self.convergence_rate:.1f}% "
-                f"({self.converged}/{self.total}){loss} steps={self.steps} "
-                f"skipped={self.skipped_steps} {self.seconds:.2f}s")
+        loss = (
+            ""
+            if self.total_loss is None
+            else (
+                f" cvfp={self.cvfp_loss:.6f} div={self.diversity_loss:.6f} total={self.total_loss:.6f}"
+            )
+        )
+        return (
+            f"iter {self.iteration}: converged {100 * self.convergence_rate:.1f}% "
+            f"({self.converged}/{self.total}){loss} steps={self.steps} "
+            f"skipped={self.skipped_steps} {self.seconds:.2f}s"
+        )
 
 
 @dataclass
 class Phase1Result:
-    contexts: torch.Tensor            # [N, Dc] final contexts (detached; file-backed with work_dir)
+    contexts: torch.Tensor  # [N, Dc] final contexts (detached; file-backed with work_dir)
     history: list[IterationStats] = field(default_factory=list)
     stopped_early: bool = False
-    met_ratio: bool = False           # the final iteration reached min_converged_ratio
-    parallel: bool = True             # phase1.mode == parallel
-    segments: int = 1                 # segment starts C (conversations, or 1 for a stream)
-    saved: IterationStats | None = None   # the trained model itself (phase1_guard.measure_saved_model)
+    met_ratio: bool = False  # the final iteration reached min_converged_ratio
+    parallel: bool = True  # phase1.mode == parallel
+    segments: int = 1  # segment starts C (conversations, or 1 for a stream)
+    saved: IterationStats | None = (
+        None  # the trained model itself (phase1_guard.measure_saved_model)
+    )
 
     @property
-    def iterations(self) -> int:       # training iterations run (iteration 0 not counted)
+    def iterations(self) -> int:  # training iterations run (iteration 0 not counted)
         return len(self.history) - 1
 
     @property
-    def steps(self) -> int:            # optimizer steps actually taken
+    def steps(self) -> int:  # optimizer steps actually taken
         return sum(h.steps for h in self.history)
 
     @property
@@ -97,7 +107,9 @@ class Phase1Result:
         return [asdict(h) for h in self.history]
 
 
-def converged_mask(contexts: torch.Tensor, previous: torch.Tensor, threshold: float) -> torch.Tensor:
+def converged_mask(
+    contexts: torch.Tensor, previous: torch.Tensor, threshold: float
+) -> torch.Tensor:
     return ((contexts - previous) ** 2).mean(dim=1) < threshold
 
 
@@ -124,8 +136,17 @@ def spans(lo: int, hi: int, chunk_tokens: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk_tokens, hi)) for a in range(lo, hi, chunk_tokens)]
 
 
-def parallel_iteration(model, corpus: Corpus, previous, p, diversity, optimizer=None,
-                       prev_index: torch.Tensor | None = None, out=None, world: World = SINGLE):
+def parallel_iteration(
+    model,
+    corpus: Corpus,
+    previous,
+    p,
+    diversity,
+    optimizer=None,
+    prev_index: torch.Tensor | None = None,
+    out=None,
+    world: World = SINGLE,
+):
     """One parallel pass: token i gets previous[i-1] (its conversation's last for i = start).
 
     previous/out: [N, Dc] row stores (tensor, ContextTensor or ContextFile); out=None
@@ -135,12 +156,14 @@ def parallel_iteration(model, corpus: Corpus, previous, p, diversity, optimizer=
     out = ContextTensor((n, dc)) if out is None else out
     train = optimizer is not None
     parts = spans(*world.share(n), p.chunk_tokens)
-    keep_graph = train and len(parts) <= 1          # one chunk: no second pass needed
+    keep_graph = train and len(parts) <= 1  # one chunk: no second pass needed
     decomposed = hasattr(diversity, "stats")
     if not decomposed and (len(parts) > 1 or world.distributed):
-        raise ValueError(f"phase1.diversity.kind={p.diversity.kind!r} keeps its statistics inside the "
-                         f"layers, so its gradient cannot be split into chunks or ranks; use global_mean "
-                         f"or ema_variance, or run one process with phase1.chunk_tokens >= {n}")
+        raise ValueError(
+            f"phase1.diversity.kind={p.diversity.kind!r} keeps its statistics inside the "
+            f"layers, so its gradient cannot be split into chunks or ranks; use global_mean "
+            f"or ema_variance, or run one process with phase1.chunk_tokens >= {n}"
+        )
     dev = world.device
 
     def forward(a: int, b: int):
@@ -148,7 +171,7 @@ def parallel_iteration(model, corpus: Corpus, previous, p, diversity, optimizer=
         return ctx, previous[a:b].to(dev)
 
     # Pass 1: contexts, convergence, and the sums the losses are made of.
-    sums = torch.zeros(2, dtype=torch.float64)       # squared difference to previous, converged
+    sums = torch.zeros(2, dtype=torch.float64)  # squared difference to previous, converged
     stats = diversity.stats(torch.zeros(0, dc)) if decomposed else None
     kept = None
     for a, b in parts:
@@ -156,14 +179,16 @@ def parallel_iteration(model, corpus: Corpus, previous, p, diversity, optimizer=
             ctx, target = forward(a, b)
             st = diversity.stats(ctx) if decomposed else diversity(ctx, model)
         sq = (ctx.detach() - target) ** 2
-        sums += torch.stack([sq.sum().double(), (sq.mean(dim=1) < p.convergence_threshold).sum()]).cpu()
+        sums += torch.stack(
+            [sq.sum().double(), (sq.mean(dim=1) < p.convergence_threshold).sum()]
+        ).cpu()
         if decomposed:
             stats = stats + st.detach().cpu()
         out[a:b] = ctx.detach()
         if keep_graph:
             kept = (ctx, target, st)
     totals = world.all_reduce(torch.cat([sums, stats]) if decomposed else sums)
-    cvfp = float(totals[0]) / (n * dc)              # raw MSE: normalising hid the signal (seed bug #1)
+    cvfp = float(totals[0]) / (n * dc)  # raw MSE: normalising hid the signal (seed bug #1)
     converged = int(totals[1])
     if decomposed:
         s = totals[2:].clone().requires_grad_(train)
@@ -196,8 +221,16 @@ def parallel_iteration(model, corpus: Corpus, previous, p, diversity, optimizer=
     return out, (cvfp, div.item(), loss), steps, skipped, converged
 
 
-def sequential_iteration(model, corpus: Corpus, previous: torch.Tensor, start: torch.Tensor, p,
-                         diversity, optimizer=None, show_progress: bool = False):
+def sequential_iteration(
+    model,
+    corpus: Corpus,
+    previous: torch.Tensor,
+    start: torch.Tensor,
+    p,
+    diversity,
+    optimizer=None,
+    show_progress: bool = False,
+):
     """One sequential pass with an optimiser step per position (seed 002). Contexts are
     detached between positions (seed bug #2: no backprop through the whole history)."""
     sched = PositionSchedule(corpus)
@@ -206,7 +239,9 @@ def sequential_iteration(model, corpus: Corpus, previous: torch.Tensor, start: t
     train = optimizer is not None
     params = _trainable(model)
     sums, steps, skipped = [0.0, 0.0, 0.0], 0, 0
-    for t in progress(range(len(sched)), desc="phase1 sequential", enabled=show_progress, unit="pos"):
+    for t in progress(
+        range(len(sched)), desc="phase1 sequential", enabled=show_progress, unit="pos"
+    ):
         k, rows = sched.active[t], sched.rows(t)
         with torch.set_grad_enabled(train):
             new, _ = model(state[:k], model.embed(corpus.ids[rows]))
@@ -224,17 +259,26 @@ def sequential_iteration(model, corpus: Corpus, previous: torch.Tensor, start: t
     return contexts, tuple(s / len(sched) for s in sums), steps, skipped
 
 
-def run_phase1(model, corpus: Corpus, p, train: bool = True, show_progress: bool = False,
-               log_fn=log.info, world: World = SINGLE, work_dir: str | Path | None = None
-               ) -> Phase1Result:
+def run_phase1(
+    model,
+    corpus: Corpus,
+    p,
+    train: bool = True,
+    show_progress: bool = False,
+    log_fn=log.info,
+    world: World = SINGLE,
+    work_dir: str | Path | None = None,
+) -> Phase1Result:
     """Phase 1 on `corpus` with phase1 params `p`. train=False measures convergence only.
 
     work_dir: where the two context files (previous, current) go; None keeps them in
     memory (one process only). Under torchrun all ranks call this with the same arguments
     and get the same result."""
     if world.distributed and (work_dir is None or p.mode != "parallel"):
-        raise ValueError("phase1 under torchrun needs phase1.mode=parallel (sequential mode steps once "
-                         "per position) and a shared work_dir for the contexts")
+        raise ValueError(
+            "phase1 under torchrun needs phase1.mode=parallel (sequential mode steps once "
+            "per position) and a shared work_dir for the contexts"
+        )
     warn_if_large(corpus.n_tokens, p.warn_tokens, "phase1 " + ("train" if train else "val"))
     diversity = make_diversity(p.diversity.kind, p.diversity.momentum)
     model.set_track_stats(train and p.diversity.kind == "distribution")
@@ -244,37 +288,61 @@ def run_phase1(model, corpus: Corpus, p, train: bool = True, show_progress: bool
     name = "train" if train else "val"
     with _context_stores(shape, work_dir, world, name) as (previous, current):
         t0 = time.perf_counter()
-        zero_start_pass(model, corpus, previous, p.chunk_tokens, world, show_progress, "phase1 iter 0")
-        result = Phase1Result(previous.tensor(), parallel=p.mode == "parallel",
-                              segments=corpus.n_conversations)
-        result.history.append(IterationStats(0, 0, n, 0.0, None, None, None, 0, 0, time.perf_counter() - t0))
+        zero_start_pass(
+            model, corpus, previous, p.chunk_tokens, world, show_progress, "phase1 iter 0"
+        )
+        result = Phase1Result(
+            previous.tensor(), parallel=p.mode == "parallel", segments=corpus.n_conversations
+        )
+        result.history.append(
+            IterationStats(0, 0, n, 0.0, None, None, None, 0, 0, time.perf_counter() - t0)
+        )
         log_fn(result.final.line())
 
         prev_index = corpus.prev_index()
-        bar = progress(range(1, p.max_iterations + 1), desc=f"phase1 {name}",
-                       enabled=show_progress and p.mode == "parallel", unit="iter")
+        bar = progress(
+            range(1, p.max_iterations + 1),
+            desc=f"phase1 {name}",
+            enabled=show_progress and p.mode == "parallel",
+            unit="iter",
+        )
         for it in bar:
             t0 = time.perf_counter()
             if p.mode == "parallel":
                 _, losses, steps, skipped, conv = parallel_iteration(
-                    model, corpus, previous, p, diversity, optimizer, prev_index, current, world)
+                    model, corpus, previous, p, diversity, optimizer, prev_index, current, world
+                )
             else:
                 prev = previous.tensor()
                 contexts, losses, steps, skipped = sequential_iteration(
-                    model, corpus, prev, prev[corpus.last_index()], p, diversity, optimizer, show_progress)
+                    model,
+                    corpus,
+                    prev,
+                    prev[corpus.last_index()],
+                    p,
+                    diversity,
+                    optimizer,
+                    show_progress,
+                )
                 current[0:n] = contexts
                 conv = int(converged_mask(contexts, prev, p.convergence_threshold).sum())
-            world.barrier()                          # every rank's rows are in `current`
-            stats = IterationStats(it, conv, n, conv / n, *losses, steps, skipped, time.perf_counter() - t0)
+            world.barrier()  # every rank's rows are in `current`
+            stats = IterationStats(
+                it, conv, n, conv / n, *losses, steps, skipped, time.perf_counter() - t0
+            )
             result.history.append(stats)
             log_fn(stats.line())
-            check_iteration(stats, model, p, name, train)   # phase1.divergence: fail with the numbers
+            check_iteration(
+                stats, model, p, name, train
+            )  # phase1.divergence: fail with the numbers
             if any(math.isnan(x) or math.isinf(x) for x in losses):
                 log.warning("iteration %d: non-finite loss, %d step(s) skipped", it, skipped)
             previous, current = current, previous
             # min_iterations forces more training past the convergence rule (train only:
             # passes without steps repeat themselves).
-            if stats.convergence_rate >= p.min_converged_ratio and (not train or it >= p.min_iterations):
+            if stats.convergence_rate >= p.min_converged_ratio and (
+                not train or it >= p.min_iterations
+            ):
                 result.stopped_early = it < p.max_iterations
                 result.met_ratio = True
                 break
@@ -303,7 +371,9 @@ class _context_stores:
         self.dir = Path(self.world.broadcast_object(made))
         stores = [None, None]
         if self.world.is_main:
-            stores = [ContextFile(self.dir / f"contexts_{k}.npy", self.shape, create=True) for k in "ab"]
+            stores = [
+                ContextFile(self.dir / f"contexts_{k}.npy", self.shape, create=True) for k in "ab"
+            ]
         self.world.barrier()
         if not self.world.is_main:
             stores = [ContextFile(self.dir / f"contexts_{k}.npy", self.shape) for k in "ab"]
@@ -312,7 +382,7 @@ class _context_stores:
     def __exit__(self, exc_type, *_):
         if self.dir is not None:
             if exc_type is None:
-                self.world.barrier()             # no rank still reads the files
+                self.world.barrier()  # no rank still reads the files
             if self.world.is_main:
                 shutil.rmtree(self.dir, ignore_errors=True)
         return False

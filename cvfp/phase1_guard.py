@@ -3,6 +3,7 @@ model that is saved (a training pass measures the model *before* its own step).
 
 Thresholds and the choice to keep going are `phase1.divergence` in params.yaml.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,11 +56,15 @@ def collapse_problems(checks: dict, d) -> list[str]:
     er, deg = checks["effective_rank"], checks["degeneracy"]
     out = []
     if not math.isfinite(er["ratio"]) or er["ratio"] < d.min_effective_rank_ratio:
-        out.append(f"effective rank {er['text']} < phase1.divergence.min_effective_rank_ratio = "
-                   f"{100 * d.min_effective_rank_ratio:g}%")
+        out.append(
+            f"effective rank {er['text']} < phase1.divergence.min_effective_rank_ratio = "
+            f"{100 * d.min_effective_rank_ratio:g}%"
+        )
     if deg["global_attractor"]:
-        out.append(f"global attractor (mean pairwise L2 {deg['mean_pairwise_l2']:.4g}, cosine "
-                   f"{deg['mean_pairwise_cosine']:.4f})")
+        out.append(
+            f"global attractor (mean pairwise L2 {deg['mean_pairwise_l2']:.4g}, cosine "
+            f"{deg['mean_pairwise_cosine']:.4f})"
+        )
     if deg["zero_solution"]:
         out.append(f"zero solution (mean context norm {deg['mean_norm']:.4g})")
     if not math.isfinite(deg["mean_norm"]):
@@ -76,14 +81,18 @@ def act(problems: list[str], where: str, p) -> None:
     if p.divergence.action == "fail":
         raise Phase1DivergedError(
             f"{msg}. Nothing was saved. Lower phase1.lr (now {p.lr:g}) or phase1.grad_clip (now "
-            f"{p.grad_clip:g}), or set phase1.divergence.action=continue to keep the model anyway")
+            f"{p.grad_clip:g}), or set phase1.divergence.action=continue to keep the model anyway"
+        )
     log.warning("%s (phase1.divergence.action=continue: keeping going)", msg)
 
 
 def check_iteration(stats, model, p, split: str, train: bool) -> None:
     """Called by run_phase1 after every iteration."""
-    act(iteration_problems(stats, model, p.divergence, train),
-        f"{split} iteration {stats.iteration} (after {stats.steps} step(s) in it)", p)
+    act(
+        iteration_problems(stats, model, p.divergence, train),
+        f"{split} iteration {stats.iteration} (after {stats.steps} step(s) in it)",
+        p,
+    )
 
 
 def check_trained(model, checks: dict[str, dict], p) -> None:
@@ -91,8 +100,13 @@ def check_trained(model, checks: dict[str, dict], p) -> None:
     collapsed contexts of the trained model (any objective)."""
     w = max_abs_weight(model)
     if not math.isfinite(w) or w > p.divergence.max_weight:
-        act([f"max |weight| = {w:.4g} > phase1.divergence.max_weight = {p.divergence.max_weight:g}"],
-            "the end of training", p)
+        act(
+            [
+                f"max |weight| = {w:.4g} > phase1.divergence.max_weight = {p.divergence.max_weight:g}"
+            ],
+            "the end of training",
+            p,
+        )
     for split, c in checks.items():
         act(collapse_problems(c, p.divergence), f"the end of training ({split} contexts)", p)
 
@@ -102,10 +116,16 @@ def measure_saved_model(model, corpus, result, p, world=None, work_dir=None):
     """One more pass without a step after training: its convergence, losses and contexts are
     those of the model that is saved, and become result.final (result.saved); the history
     keeps the training passes. No-op when the last pass took no step."""
-    from .diversity import make_diversity
     from .distributed import SINGLE
-    from .phase1 import (IterationStats, _context_stores, converged_mask, parallel_iteration,
-                         sequential_iteration)
+    from .diversity import make_diversity
+    from .phase1 import (
+        IterationStats,
+        _context_stores,
+        converged_mask,
+        parallel_iteration,
+        sequential_iteration,
+    )
+
     last = result.history[-1]
     if last.steps == 0:
         return result
@@ -116,18 +136,25 @@ def measure_saved_model(model, corpus, result, p, world=None, work_dir=None):
     t0 = time.perf_counter()
     with _context_stores((n, model.context_dim), work_dir, world, "saved") as (_, out):
         if p.mode == "parallel":
-            _, losses, _, _, conv = parallel_iteration(model, corpus, result.contexts, p, diversity,
-                                                       None, None, out, world)
+            _, losses, _, _, conv = parallel_iteration(
+                model, corpus, result.contexts, p, diversity, None, None, out, world
+            )
             world.barrier()
         else:
             prev = torch.as_tensor(result.contexts)
-            contexts, losses, _, _ = sequential_iteration(model, corpus, prev, prev[corpus.last_index()],
-                                                          p, diversity, None)
+            contexts, losses, _, _ = sequential_iteration(
+                model, corpus, prev, prev[corpus.last_index()], p, diversity, None
+            )
             out[0:n] = contexts
             conv = int(converged_mask(contexts, prev, p.convergence_threshold).sum())
         result.contexts = out.tensor()
-    result.saved = IterationStats(last.iteration, conv, n, conv / n, *losses, 0, 0, time.perf_counter() - t0)
+    result.saved = IterationStats(
+        last.iteration, conv, n, conv / n, *losses, 0, 0, time.perf_counter() - t0
+    )
     log.info("phase1 saved model (pass without a step): %s", result.saved.line())
-    act(iteration_problems(result.saved, model, p.divergence, train=True),
-        "the end of training (the saved model, one pass without a step)", p)
+    act(
+        iteration_problems(result.saved, model, p.divergence, train=True),
+        "the end of training (the saved model, one pass without a step)",
+        p,
+    )
     return result

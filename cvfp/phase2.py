@@ -13,6 +13,7 @@ still enter the stack through token outputs only); the loss is sum_k w_k * CE_k 
 seed. The last block's head is what the model reports, saves as `token_output` and
 generates with.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,17 +55,17 @@ class PositionData:
         has_target = np.ones(self.ids.size, dtype=bool)
         has_target[offsets[1:] - 1] = False
         self.positions = np.flatnonzero(has_target)
-        self.context = "cstar"            # ablations: "zero" or "shuffled"
+        self.context = "cstar"  # ablations: "zero" or "shuffled"
         self.row_map: np.ndarray | None = None
 
     @classmethod
-    def from_corpus(cls, corpus: Corpus, cstar: np.ndarray) -> "PositionData":
+    def from_corpus(cls, corpus: Corpus, cstar: np.ndarray) -> PositionData:
         return cls(corpus.ids.numpy(), cstar, corpus.offsets.numpy())
 
     def __len__(self) -> int:
         return int(self.positions.size)
 
-    def ablated(self, context: str, seed: int = 0) -> "PositionData":
+    def ablated(self, context: str, seed: int = 0) -> PositionData:
         """The same examples with C* replaced by zeros or permuted across positions."""
         out = copy.copy(self)
         out.context = context
@@ -76,7 +77,7 @@ class PositionData:
 
     def batch(self, idx: np.ndarray):
         """Tensors for positions `idx`: (input context, token ids, fixed context, targets)."""
-        idx = np.sort(idx)                 # ascending rows: sequential reads from the memmap
+        idx = np.sort(idx)  # ascending rows: sequential reads from the memmap
         first = self.prev[idx] < 0
         dc = self.cstar.shape[1]
         if self.context == "zero":
@@ -86,7 +87,7 @@ class PositionData:
             if self.row_map is not None:
                 rows = self.row_map[rows]
             ctx = torch.from_numpy(np.asarray(self.cstar[rows], dtype=np.float32))
-            prev_ctx, fixed = ctx[:idx.size], ctx[idx.size:]
+            prev_ctx, fixed = ctx[: idx.size], ctx[idx.size :]
             prev_ctx[torch.from_numpy(first)] = 0.0
         return prev_ctx, torch.from_numpy(self.ids[idx]), fixed, torch.from_numpy(self.ids[idx + 1])
 
@@ -104,7 +105,7 @@ class Stats:
 
     @property
     def ppl(self) -> float:
-        return math.exp(self.loss) if self.loss < 700 else math.inf   # exp overflows past ~709
+        return math.exp(self.loss) if self.loss < 700 else math.inf  # exp overflows past ~709
 
 
 def configure_trainable(model, freeze_context: bool) -> None:
@@ -136,7 +137,7 @@ def head_logits(model, heads, fixed: torch.Tensor, outs) -> list[torch.Tensor]:
     if heads is None:
         _, token_out = outs
         return [model.logits(fixed, token_out)]
-    return [h(torch.cat([fixed, tok], dim=-1)) for h, (_, tok) in zip(heads, outs)]
+    return [h(torch.cat([fixed, tok], dim=-1)) for h, (_, tok) in zip(heads, outs, strict=True)]
 
 
 def to_model_device(model, batch) -> tuple:
@@ -158,17 +159,19 @@ EVAL_LOGITS = 1 << 22
 
 
 @torch.no_grad()
-def evaluate(model, data: PositionData, batch_size: int, heads=None, world: World = SINGLE) -> list[Stats]:
+def evaluate(
+    model, data: PositionData, batch_size: int, heads=None, world: World = SINGLE
+) -> list[Stats]:
     """Loss/accuracy of every head over all positions (one Stats per head; single = one).
     Under torchrun every rank evaluates its share and the sums are all-reduced.
     batch_size: the training batch; inference runs larger batches (EVAL_LOGITS)."""
     model.eval()
     batch_size = max(batch_size, EVAL_LOGITS // model.vocab_size)
     n_heads = 1 if heads is None else len(heads)
-    sums = torch.zeros(2, n_heads, dtype=torch.float64)          # loss sum, correct
+    sums = torch.zeros(2, n_heads, dtype=torch.float64)  # loss sum, correct
     lo, hi = world.share(len(data))
     for s in range(lo, hi, batch_size):
-        batch = to_model_device(model, data.batch(data.positions[s:min(s + batch_size, hi)]))
+        batch = to_model_device(model, data.batch(data.positions[s : min(s + batch_size, hi)]))
         for k, logits in enumerate(forward_logits(model, heads, batch)):
             sums[0, k] += F.cross_entropy(logits, batch[3], reduction="sum").item()
             sums[1, k] += (logits.argmax(-1) == batch[3]).sum().item()
@@ -179,9 +182,9 @@ def evaluate(model, data: PositionData, batch_size: int, heads=None, world: Worl
 
 @dataclass
 class Phase2Result:
-    history: list[dict] = field(default_factory=list)   # one row per epoch (plots CSV columns)
+    history: list[dict] = field(default_factory=list)  # one row per epoch (plots CSV columns)
     best_epoch: int = 0
-    best: dict = field(default_factory=dict)              # train/val metrics at best_epoch
+    best: dict = field(default_factory=dict)  # train/val metrics at best_epoch
     trainable_params: int = 0
     train_seconds: float = 0.0
     stopped_early: bool = False
@@ -197,9 +200,20 @@ class Trainer:
     batch size; the all-reduced gradient is then the single-process gradient, and every
     rank takes the same step. Only rank 0 writes the checkpoint."""
 
-    def __init__(self, model, heads, train: PositionData, val: PositionData, cfg, seed: int,
-                 checkpoint=None, params_dict=None, extra=None, show_progress=False,
-                 world: World = SINGLE):
+    def __init__(
+        self,
+        model,
+        heads,
+        train: PositionData,
+        val: PositionData,
+        cfg,
+        seed: int,
+        checkpoint=None,
+        params_dict=None,
+        extra=None,
+        show_progress=False,
+        world: World = SINGLE,
+    ):
         self.model, self.heads, self.train, self.val, self.cfg = model, heads, train, val, cfg
         self.world = world
         self.gen = torch.Generator().manual_seed(seed)
@@ -221,10 +235,12 @@ class Trainer:
         order = self.train.positions[torch.randperm(len(self.train), generator=self.gen).numpy()]
         n_steps = math.ceil(len(order) / cfg.batch_size)
         world = self.world
-        sums = torch.zeros(2, dtype=torch.float64)    # last head's loss sum, correct
-        bar = progress(range(n_steps), desc=f"phase2 epoch {epoch}", enabled=self.show, unit="batch")
+        sums = torch.zeros(2, dtype=torch.float64)  # last head's loss sum, correct
+        bar = progress(
+            range(n_steps), desc=f"phase2 epoch {epoch}", enabled=self.show, unit="batch"
+        )
         for step in bar:
-            global_batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            global_batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             lo, hi = world.share(len(global_batch))
             batch = to_model_device(model, self.train.batch(global_batch[lo:hi]))
             logits = forward_logits(model, self.heads, batch, cfg.freeze_context)
@@ -238,33 +254,47 @@ class Trainer:
             world.all_reduce_grads(self.params)
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             self.optimizer.step()
-            sums[0] += losses[-1].item()         # report the last head (the model's own)
+            sums[0] += losses[-1].item()  # report the last head (the model's own)
             sums[1] += (logits[-1].argmax(-1) == batch[3]).sum().item()
             bar.set_postfix(loss=f"{total.item():.4f}", refresh=False)
         world.all_reduce(sums)
         return Stats(float(sums[0]) / len(order), float(sums[1]) / len(order), len(order))
 
     def _fail(self, value: float, epoch: int, where: str, why: str = ""):
-        kept = (f"the last good checkpoint {self.checkpoint} is epoch {self.saved_epoch}"
-                if self.saved_epoch is not None else "no checkpoint was written by this run")
-        raise NonFiniteLossError(f"phase2: loss is {value} at epoch {epoch}, {where}{why}; training "
-                                 f"stopped ({kept}); lower phase2.lr (now {self.cfg.lr}) or "
-                                 f"phase2.grad_clip (now {self.cfg.grad_clip})")
+        kept = (
+            f"the last good checkpoint {self.checkpoint} is epoch {self.saved_epoch}"
+            if self.saved_epoch is not None
+            else "no checkpoint was written by this run"
+        )
+        raise NonFiniteLossError(
+            f"phase2: loss is {value} at epoch {epoch}, {where}{why}; training "
+            f"stopped ({kept}); lower phase2.lr (now {self.cfg.lr}) or "
+            f"phase2.grad_clip (now {self.cfg.grad_clip})"
+        )
 
     def save(self, epoch: int, val: list[Stats]) -> None:
         model, heads = self.model, self.heads
-        if heads is not None:                # the last block's head is the model's head
+        if heads is not None:  # the last block's head is the model's head
             model.token_output.load_state_dict(heads[-1].state_dict())
         if self.checkpoint is not None and self.world.is_main:
-            save_checkpoint(self.checkpoint, model, self.params_dict, **self.extra,
-                            phase2={"epoch": epoch, "val_loss": val[-1].loss,
-                                    "heads": "single" if heads is None else "per_block"},
-                            block_heads=None if heads is None else [h.state_dict() for h in heads])
+            save_checkpoint(
+                self.checkpoint,
+                model,
+                self.params_dict,
+                **self.extra,
+                phase2={
+                    "epoch": epoch,
+                    "val_loss": val[-1].loss,
+                    "heads": "single" if heads is None else "per_block",
+                },
+                block_heads=None if heads is None else [h.state_dict() for h in heads],
+            )
         self.saved_epoch = epoch
 
     def snapshot(self):
-        return copy.deepcopy((self.model.state_dict(),
-                              None if self.heads is None else self.heads.state_dict()))
+        return copy.deepcopy(
+            (self.model.state_dict(), None if self.heads is None else self.heads.state_dict())
+        )
 
     def restore(self, snap) -> None:
         self.model.load_state_dict(snap[0])
@@ -289,17 +319,39 @@ class Trainer:
             result.train_seconds += seconds
             for where, loss in (("train (epoch mean)", tr.loss), ("validation", val[-1].loss)):
                 if not math.isfinite(loss) or loss > DIVERGED_LOSS:
-                    self._fail(loss, epoch, where, "" if not math.isfinite(loss) else
-                               f" (> {DIVERGED_LOSS:g} nats: diverged; guessing uniformly over the "
-                               f"{self.model.token_output.out_features} tokens gives "
-                               f"{math.log(self.model.token_output.out_features):.2f})")
-            row = {"epoch": epoch, "train_loss": tr.loss, "val_loss": val[-1].loss,
-                   "train_ppl": tr.ppl, "val_ppl": val[-1].ppl, "train_acc": tr.acc,
-                   "val_acc": val[-1].acc, "seconds": seconds}
+                    self._fail(
+                        loss,
+                        epoch,
+                        where,
+                        ""
+                        if not math.isfinite(loss)
+                        else f" (> {DIVERGED_LOSS:g} nats: diverged; guessing uniformly over the "
+                        f"{self.model.token_output.out_features} tokens gives "
+                        f"{math.log(self.model.token_output.out_features):.2f})",
+                    )
+            row = {
+                "epoch": epoch,
+                "train_loss": tr.loss,
+                "val_loss": val[-1].loss,
+                "train_ppl": tr.ppl,
+                "val_ppl": val[-1].ppl,
+                "train_acc": tr.acc,
+                "val_acc": val[-1].acc,
+                "seconds": seconds,
+            }
             result.history.append(row)
-            log.info("phase2 epoch %d: train loss %.4f ppl %.2f acc %.4f | val loss %.4f ppl %.2f "
-                     "acc %.4f | %.1fs", epoch, tr.loss, tr.ppl, tr.acc, val[-1].loss,
-                     val[-1].ppl, val[-1].acc, seconds)
+            log.info(
+                "phase2 epoch %d: train loss %.4f ppl %.2f acc %.4f | val loss %.4f ppl %.2f "
+                "acc %.4f | %.1fs",
+                epoch,
+                tr.loss,
+                tr.ppl,
+                tr.acc,
+                val[-1].loss,
+                val[-1].ppl,
+                val[-1].acc,
+                seconds,
+            )
             if val[-1].loss < best_loss:
                 best_loss, best_snap, bad = val[-1].loss, self.snapshot(), 0
                 result.best_epoch, result.best = epoch, dict(row)
@@ -310,8 +362,11 @@ class Trainer:
                 bad += 1
                 if bad >= cfg.patience:
                     stopped = True
-                    log.info("phase2: early stop after epoch %d (no val improvement for %d epochs)",
-                             epoch, bad)
+                    log.info(
+                        "phase2: early stop after epoch %d (no val improvement for %d epochs)",
+                        epoch,
+                        bad,
+                    )
                     break
         self.restore(best_snap)
         if self.heads is not None:
@@ -319,20 +374,40 @@ class Trainer:
         return epoch, stopped
 
 
-def starting_row(model, train: PositionData, val: PositionData, batch_size: int,
-                 world: World = SINGLE) -> tuple[dict, Stats]:
+def starting_row(
+    model, train: PositionData, val: PositionData, batch_size: int, world: World = SINGLE
+) -> tuple[dict, Stats]:
     """Epoch 0: the model as it comes in (full passes over train and val, no step)."""
     t0 = time.perf_counter()
-    tr, va = evaluate(model, train, batch_size, world=world)[0], evaluate(model, val, batch_size, world=world)[0]
-    return {"epoch": 0, "train_loss": tr.loss, "val_loss": va.loss, "train_ppl": tr.ppl,
-            "val_ppl": va.ppl, "train_acc": tr.acc, "val_acc": va.acc,
-            "seconds": time.perf_counter() - t0}, va
+    tr, va = (
+        evaluate(model, train, batch_size, world=world)[0],
+        evaluate(model, val, batch_size, world=world)[0],
+    )
+    return {
+        "epoch": 0,
+        "train_loss": tr.loss,
+        "val_loss": va.loss,
+        "train_ppl": tr.ppl,
+        "val_ppl": va.ppl,
+        "train_acc": tr.acc,
+        "val_acc": va.acc,
+        "seconds": time.perf_counter() - t0,
+    }, va
 
 
-def train_phase2(model, train: PositionData, val: PositionData, cfg, seed: int = 0,
-                 checkpoint=None, params_dict: dict | None = None, extra: dict | None = None,
-                 show_progress: bool = False, warm_start: bool = False,
-                 world: World = SINGLE) -> Phase2Result:
+def train_phase2(
+    model,
+    train: PositionData,
+    val: PositionData,
+    cfg,
+    seed: int = 0,
+    checkpoint=None,
+    params_dict: dict | None = None,
+    extra: dict | None = None,
+    show_progress: bool = False,
+    warm_start: bool = False,
+    world: World = SINGLE,
+) -> Phase2Result:
     """Train the head (and the stack unless cfg.freeze_context) on fixed C*; with
     cfg.heads == per_block continue with cloned per-block heads. The model ends in its best
     state; the best checkpoint is at `checkpoint` (if given).
@@ -344,38 +419,60 @@ def train_phase2(model, train: PositionData, val: PositionData, cfg, seed: int =
     world: under torchrun, every rank calls this with the same arguments (Trainer)."""
     for name, data in (("train", train), ("val", val)):
         if len(data) == 0:
-            raise ValueError(f"phase2: the {name} split has no position with a next token "
-                             f"(every conversation is a single token)")
+            raise ValueError(
+                f"phase2: the {name} split has no position with a next token "
+                f"(every conversation is a single token)"
+            )
     result = Phase2Result()
     configure_trainable(model, cfg.freeze_context)
-    kw = dict(checkpoint=checkpoint, params_dict=params_dict, extra=extra,
-              show_progress=show_progress and world.is_main, world=world)
+    kw = dict(
+        checkpoint=checkpoint,
+        params_dict=params_dict,
+        extra=extra,
+        show_progress=show_progress and world.is_main,
+        world=world,
+    )
     trainer = Trainer(model, None, train, val, cfg, seed, **kw)
     result.trainable_params = sum(p.numel() for p in trainer.params)
     baseline = None
     if warm_start:
         row, start = starting_row(model, train, val, cfg.batch_size, world)
-        log.info("phase2 epoch 0 (warm start, no step): train loss %.4f ppl %.2f acc %.4f | val loss "
-                 "%.4f ppl %.2f acc %.4f", row["train_loss"], row["train_ppl"], row["train_acc"],
-                 row["val_loss"], row["val_ppl"], row["val_acc"])
+        log.info(
+            "phase2 epoch 0 (warm start, no step): train loss %.4f ppl %.2f acc %.4f | val loss "
+            "%.4f ppl %.2f acc %.4f",
+            row["train_loss"],
+            row["train_ppl"],
+            row["train_acc"],
+            row["val_loss"],
+            row["val_ppl"],
+            row["val_acc"],
+        )
         result.history.append(row)
         result.best_epoch, result.best, baseline = 0, dict(row), [start]
     last, stopped = trainer.fit(1, result, baseline=baseline)
     result.stopped_early = stopped
-    result.stages["single"] = {"first_epoch": 1, "last_epoch": last, "best_epoch": result.best_epoch,
-                               "stopped_early": stopped}
+    result.stages["single"] = {
+        "first_epoch": 1,
+        "last_epoch": last,
+        "best_epoch": result.best_epoch,
+        "stopped_early": stopped,
+    }
     if cfg.heads == "per_block":
         # Epoch split: the single-head stage runs first (cfg.epochs, early stopping), then
         # the per-block stage runs up to cfg.epochs more, starting from the best single head.
         heads = clone_heads(model, len(model.blocks))
         heads.requires_grad_(True)
-        model.token_output.requires_grad_(False)    # replaced by heads[-1] in this stage
+        model.token_output.requires_grad_(False)  # replaced by heads[-1] in this stage
         trainer = Trainer(model, heads, train, val, cfg, seed + 1, **kw)
         result.trainable_params = sum(p.numel() for p in trainer.params)
         start = evaluate(model, val, cfg.batch_size, heads, world)
         end, stopped = trainer.fit(last + 1, result, baseline=start)
         result.stopped_early = stopped
-        result.stages["per_block"] = {"first_epoch": last + 1, "last_epoch": end,
-                                      "best_epoch": result.best_epoch, "stopped_early": stopped}
+        result.stages["per_block"] = {
+            "first_epoch": last + 1,
+            "last_epoch": end,
+            "best_epoch": result.best_epoch,
+            "stopped_early": stopped,
+        }
         result.heads = heads
     return result

@@ -33,6 +33,7 @@ position of at most `batch_conversations` rows), so extra threads only add synch
 (2 threads were 3-13x slower than 1 on a busy 2-core machine), and the numbers then do not
 depend on the machine's core count.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,8 +56,11 @@ class ContextDecoder(nn.Module):
 
     def __init__(self, context_dim: int, embed_dim: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(context_dim, 2 * context_dim), nn.ReLU(),
-                                 nn.Linear(2 * context_dim, context_dim + embed_dim))
+        self.net = nn.Sequential(
+            nn.Linear(context_dim, 2 * context_dim),
+            nn.ReLU(),
+            nn.Linear(2 * context_dim, context_dim + embed_dim),
+        )
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         return self.net(context)
@@ -77,16 +81,18 @@ class ConversationBatch:
     def __init__(self, full: Corpus, conv_ids: list[int]):
         self.corpus = full.subset(conv_ids)
         self.schedule = PositionSchedule(self.corpus)
-        self.index = torch.cat([torch.arange(int(full.offsets[c]), int(full.offsets[c + 1]))
-                                for c in conv_ids])
+        self.index = torch.cat(
+            [torch.arange(int(full.offsets[c]), int(full.offsets[c + 1])) for c in conv_ids]
+        )
         ids = self.corpus.ids
         self.next_ids = torch.cat([ids[1:], ids[:1]])
         self.has_next = torch.ones(ids.numel(), dtype=torch.bool)
         self.has_next[self.corpus.offsets[1:] - 1] = False
 
 
-def conversation_batches(corpus: Corpus, size: int,
-                         generator: torch.Generator | None = None) -> list[ConversationBatch]:
+def conversation_batches(
+    corpus: Corpus, size: int, generator: torch.Generator | None = None
+) -> list[ConversationBatch]:
     """Batches of `size` conversations of similar length (few idle rows in the walk).
 
     With a generator: ties in length are broken at random and the batch order is shuffled
@@ -94,7 +100,7 @@ def conversation_batches(corpus: Corpus, size: int,
     n = corpus.n_conversations
     order = torch.arange(n) if generator is None else torch.randperm(n, generator=generator)
     order = order[torch.argsort(corpus.lengths[order], descending=True, stable=True)]
-    groups = [order[i:i + size].tolist() for i in range(0, n, size)]
+    groups = [order[i : i + size].tolist() for i in range(0, n, size)]
     if generator is not None:
         groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
     return [ConversationBatch(corpus, g) for g in groups]
@@ -102,16 +108,23 @@ def conversation_batches(corpus: Corpus, size: int,
 
 @dataclass
 class ChunkOutput:
-    state: torch.Tensor        # [C, Dc] contexts after the chunk (schedule order, with graph)
-    token_loss: torch.Tensor   # sum of CE over positions with a next token
+    state: torch.Tensor  # [C, Dc] contexts after the chunk (schedule order, with graph)
+    token_loss: torch.Tensor  # sum of CE over positions with a next token
     n_tokens: int
-    recon_loss: torch.Tensor   # sum over positions of the per-position MSE
+    recon_loss: torch.Tensor  # sum over positions of the per-position MSE
     n_positions: int
-    correct: int               # next-token argmax hits
+    correct: int  # next-token argmax hits
 
 
-def chunk_forward(model, decoder, batch: ConversationBatch, state: torch.Tensor, t0: int, t1: int,
-                  out: torch.Tensor | None = None) -> ChunkOutput:
+def chunk_forward(
+    model,
+    decoder,
+    batch: ConversationBatch,
+    state: torch.Tensor,
+    t0: int,
+    t1: int,
+    out: torch.Tensor | None = None,
+) -> ChunkOutput:
     """Positions t0..t1-1 of `batch`, starting from `state` ([C, Dc], schedule order).
 
     `state` is detached first: truncated BPTT, no gradient reaches the previous chunk. The
@@ -129,7 +142,7 @@ def chunk_forward(model, decoder, batch: ConversationBatch, state: torch.Tensor,
         embeds.append(emb)
         news.append(new)
         token_outs.append(tok)
-        state = torch.cat([new, state[k:]])        # active conversations are a prefix
+        state = torch.cat([new, state[k:]])  # active conversations are a prefix
     rows, new, tok = torch.cat(rows), torch.cat(news), torch.cat(token_outs)
     if out is not None:
         out[batch.index[rows]] = new.detach()
@@ -146,11 +159,11 @@ def chunk_forward(model, decoder, batch: ConversationBatch, state: torch.Tensor,
 
 @dataclass
 class SplitStats:
-    token_loss: float          # mean CE over positions with a next token
-    recon_loss: float          # mean MSE over all positions
-    loss: float                # token_loss + recon_weight * recon_loss
-    ppl: float                 # exp(token_loss)
-    acc: float                 # next-token accuracy
+    token_loss: float  # mean CE over positions with a next token
+    recon_loss: float  # mean MSE over all positions
+    loss: float  # token_loss + recon_weight * recon_loss
+    ppl: float  # exp(token_loss)
+    acc: float  # next-token accuracy
     n_tokens: int
     n_positions: int
 
@@ -172,8 +185,15 @@ class _Sums:
     def stats(self, recon_weight: float) -> SplitStats:
         tl = self.ce / max(self.n_tokens, 1)
         rl = self.recon / max(self.n_positions, 1)
-        return SplitStats(tl, rl, tl + recon_weight * rl, math.exp(tl) if tl < 700 else math.inf,
-                          self.correct / max(self.n_tokens, 1), self.n_tokens, self.n_positions)
+        return SplitStats(
+            tl,
+            rl,
+            tl + recon_weight * rl,
+            math.exp(tl) if tl < 700 else math.inf,
+            self.correct / max(self.n_tokens, 1),
+            self.n_tokens,
+            self.n_positions,
+        )
 
 
 def _chunk_bounds(n_positions: int, chunk_length: int):
@@ -182,8 +202,9 @@ def _chunk_bounds(n_positions: int, chunk_length: int):
 
 
 @torch.no_grad()
-def evaluate(model, decoder, corpus: Corpus, r, show_progress: bool = False,
-             desc: str = "evaluate") -> tuple[SplitStats, torch.Tensor]:
+def evaluate(
+    model, decoder, corpus: Corpus, r, show_progress: bool = False, desc: str = "evaluate"
+) -> tuple[SplitStats, torch.Tensor]:
     """Losses, perplexity and accuracy over `corpus` from a zero context per conversation,
     with reconstruction params `r`. Returns (stats, contexts [N, Dc] = C*)."""
     with one_intraop_thread():
@@ -194,8 +215,12 @@ def _evaluate(model, decoder, corpus, r, show_progress, desc):
     model.eval(), decoder.eval()
     contexts = torch.empty(corpus.n_tokens, model.context_dim)
     sums = _Sums()
-    for batch in progress(conversation_batches(corpus, r.batch_conversations), desc=desc,
-                          enabled=show_progress, unit="batch"):
+    for batch in progress(
+        conversation_batches(corpus, r.batch_conversations),
+        desc=desc,
+        enabled=show_progress,
+        unit="batch",
+    ):
         state = torch.zeros(batch.corpus.n_conversations, model.context_dim)
         for t0, t1 in _chunk_bounds(len(batch.schedule), r.chunk_length):
             o = chunk_forward(model, decoder, batch, state, t0, t1, out=contexts)
@@ -207,19 +232,39 @@ def _evaluate(model, decoder, corpus, r, show_progress, desc):
 @dataclass
 class ReconstructionResult:
     decoder: ContextDecoder
-    history: list[dict] = field(default_factory=list)   # one row per epoch (plots/phase1_train.csv)
+    history: list[dict] = field(default_factory=list)  # one row per epoch (plots/phase1_train.csv)
     train_seconds: float = 0.0
-    final: dict[str, SplitStats] = field(default_factory=dict)       # train/val after training
+    final: dict[str, SplitStats] = field(default_factory=dict)  # train/val after training
     contexts: dict[str, torch.Tensor] = field(default_factory=dict)  # train/val C* after training
 
 
-HISTORY_COLUMNS = ["epoch", "train_token_loss", "train_recon_loss", "train_loss", "train_ppl",
-                   "train_acc", "val_token_loss", "val_recon_loss", "val_loss", "val_ppl", "val_acc",
-                   "steps", "skipped_steps", "seconds"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_token_loss",
+    "train_recon_loss",
+    "train_loss",
+    "train_ppl",
+    "train_acc",
+    "val_token_loss",
+    "val_recon_loss",
+    "val_loss",
+    "val_ppl",
+    "val_acc",
+    "steps",
+    "skipped_steps",
+    "seconds",
+]
 
 
-def train_reconstruction(model, train: Corpus, val: Corpus, p, seed: int = 0,
-                         show_progress: bool = False, log_fn=log.info) -> ReconstructionResult:
+def train_reconstruction(
+    model,
+    train: Corpus,
+    val: Corpus,
+    p,
+    seed: int = 0,
+    show_progress: bool = False,
+    log_fn=log.info,
+) -> ReconstructionResult:
     """Phase 1 with objective `reconstruction` and phase1 params `p` (settings in
     p.reconstruction). Trains `model` in place (stack, embed_norm, token_output; the embedding
     table only if model.embedding == learned) and a new ContextDecoder."""
@@ -227,11 +272,13 @@ def train_reconstruction(model, train: Corpus, val: Corpus, p, seed: int = 0,
         return _train(model, train, val, p, seed, show_progress, log_fn)
 
 
-def _train(model, train: Corpus, val: Corpus, p, seed, show_progress, log_fn) -> ReconstructionResult:
+def _train(
+    model, train: Corpus, val: Corpus, p, seed, show_progress, log_fn
+) -> ReconstructionResult:
     r = p.reconstruction
     warn_if_large(train.n_tokens, p.warn_tokens, "phase1 reconstruction train")
     model.set_track_stats(False)
-    model.token_output.requires_grad_(True)        # frozen for the cvfp objective, trained here
+    model.token_output.requires_grad_(True)  # frozen for the cvfp objective, trained here
     decoder = ContextDecoder(model.context_dim, model.embed_dim)
     params = [q for q in model.parameters() if q.requires_grad] + list(decoder.parameters())
     optimizer = torch.optim.Adam(params, lr=r.lr)
@@ -243,40 +290,54 @@ def _train(model, train: Corpus, val: Corpus, p, seed, show_progress, log_fn) ->
         model.train(), decoder.train()
         sums, steps, skipped = _Sums(), 0, 0
         batches = conversation_batches(train, r.batch_conversations, gen)
-        for batch in progress(batches, desc=f"reconstruction epoch {epoch}", enabled=show_progress,
-                              unit="batch"):
+        for batch in progress(
+            batches, desc=f"reconstruction epoch {epoch}", enabled=show_progress, unit="batch"
+        ):
             state = torch.zeros(batch.corpus.n_conversations, model.context_dim)
             for t0, t1 in _chunk_bounds(len(batch.schedule), r.chunk_length):
                 o = chunk_forward(model, decoder, batch, state, t0, t1)
                 state = o.state
-                loss = o.token_loss / max(o.n_tokens, 1) + r.recon_weight * o.recon_loss / o.n_positions
+                loss = (
+                    o.token_loss / max(o.n_tokens, 1)
+                    + r.recon_weight * o.recon_loss / o.n_positions
+                )
                 if torch.isfinite(loss):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
                     optimizer.step()
                     steps += 1
-                else:                               # as in Phase 1: skip, never poison the weights
+                else:  # as in Phase 1: skip, never poison the weights
                     skipped += 1
                 sums.add(o)
-        tr = sums.stats(r.recon_weight)             # running averages over the epoch
+        tr = sums.stats(r.recon_weight)  # running averages over the epoch
         va, _ = evaluate(model, decoder, val, r)
         seconds = time.perf_counter() - t_start
         result.train_seconds += seconds
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in _row(tr).items()},
-               **{f"val_{k}": v for k, v in _row(va).items()},
-               "steps": steps, "skipped_steps": skipped, "seconds": seconds}
+        row = {
+            "epoch": epoch,
+            **{f"train_{k}": v for k, v in _row(tr).items()},
+            **{f"val_{k}": v for k, v in _row(va).items()},
+            "steps": steps,
+            "skipped_steps": skipped,
+            "seconds": seconds,
+        }
         result.history.append(row)
-        log_fn(f"reconstruction epoch {epoch}/{r.epochs}: train token {tr.token_loss:.4f} recon "
-               f"{tr.recon_loss:.4f} ppl {tr.ppl:.2f} acc {tr.acc:.4f} | val token {va.token_loss:.4f} "
-               f"recon {va.recon_loss:.4f} ppl {va.ppl:.2f} acc {va.acc:.4f} | steps {steps} "
-               f"skipped {skipped} | {seconds:.1f}s")
+        log_fn(
+            f"reconstruction epoch {epoch}/{r.epochs}: train token {tr.token_loss:.4f} recon "
+            f"{tr.recon_loss:.4f} ppl {tr.ppl:.2f} acc {tr.acc:.4f} | val token {va.token_loss:.4f} "
+            f"recon {va.recon_loss:.4f} ppl {va.ppl:.2f} acc {va.acc:.4f} | steps {steps} "
+            f"skipped {skipped} | {seconds:.1f}s"
+        )
         if skipped:
-            log.warning("reconstruction epoch %d: %d step(s) skipped (non-finite loss)", epoch, skipped)
+            log.warning(
+                "reconstruction epoch %d: %d step(s) skipped (non-finite loss)", epoch, skipped
+            )
 
     for name, corpus in (("train", train), ("val", val)):
         result.final[name], result.contexts[name] = evaluate(
-            model, decoder, corpus, r, show_progress, desc=f"reconstruction eval {name}")
+            model, decoder, corpus, r, show_progress, desc=f"reconstruction eval {name}"
+        )
     model.eval(), decoder.eval()
     return result
 

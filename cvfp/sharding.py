@@ -14,18 +14,29 @@ decides where the shards run:
 task runner (threads or Dask). Both call the same shard function on the same shards, and
 the combine step (`consume`) is the same code, so the outputs are identical.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 
 class MapShards(Protocol):
-    def __call__(self, fn: Callable[..., Any], shards: Sequence[Any],
-                 consume: Callable[[int, Any], None], common: dict[str, Any]) -> None: ...
+    def __call__(
+        self,
+        fn: Callable[..., Any],
+        shards: Sequence[Any],
+        consume: Callable[[int, Any], None],
+        common: dict[str, Any],
+    ) -> None: ...
 
 
-def run_shards(fn: Callable[..., Any], shards: Sequence[Any],
-               consume: Callable[[int, Any], None], common: dict[str, Any]) -> None:
+def run_shards(
+    fn: Callable[..., Any],
+    shards: Sequence[Any],
+    consume: Callable[[int, Any], None],
+    common: dict[str, Any],
+) -> None:
     """The plain loop: one shard after another in this process."""
     for i, shard in enumerate(shards):
         consume(i, fn(shard, **common))
@@ -39,9 +50,11 @@ def threaded(workers: int) -> MapShards:
 
     def map_shards(fn, shards, consume, common) -> None:
         from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(workers, thread_name_prefix="shard") as pool:
             for i, result in enumerate(pool.map(lambda shard: fn(shard, **common), shards)):
                 consume(i, result)
+
     return map_shards
 
 

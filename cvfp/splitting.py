@@ -9,6 +9,7 @@ Strategies, both deterministic (order of the tokenized conversations):
   stays in train. The slice is cut at conversation boundaries into pieces, each keeping
   the id of the conversation it came from (the first piece is usually a conversation's end).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -43,17 +44,22 @@ def holdout(ids: list[int], convs: list[np.ndarray], val_fraction: float) -> Spl
     keep = [i for i in range(len(val)) if i not in bad]
     dropped = sorted(bad)
     return Split(
-        train_ids=list(ids[:cut]), train=train,
-        val_ids=[ids[cut + i] for i in keep], val=[val[i] for i in keep],
-        stats={"val_dropped_unseen_token": len(dropped),
-               "val_dropped_tokens": int(sum(len(val[i]) for i in dropped))})
+        train_ids=list(ids[:cut]),
+        train=train,
+        val_ids=[ids[cut + i] for i in keep],
+        val=[val[i] for i in keep],
+        stats={
+            "val_dropped_unseen_token": len(dropped),
+            "val_dropped_tokens": int(sum(len(val[i]) for i in dropped)),
+        },
+    )
 
 
 def tail(ids: list[int], convs: list[np.ndarray], val_fraction: float) -> Split:
     lengths = np.array([len(c) for c in convs], dtype=np.int64)
     n_val = _count(int(lengths.sum()), val_fraction, "tokens")
     ends = np.cumsum(lengths)
-    start = int(ends[-1]) - n_val                    # stream position where val begins
+    start = int(ends[-1]) - n_val  # stream position where val begins
     first = int(np.searchsorted(ends, start, side="right"))  # conversation holding `start`
     val_ids, val = [], []
     for k in range(first, len(convs)):
@@ -61,8 +67,13 @@ def tail(ids: list[int], convs: list[np.ndarray], val_fraction: float) -> Split:
         if offset < len(convs[k]):
             val_ids.append(ids[k])
             val.append(convs[k][offset:])
-    return Split(train_ids=list(ids), train=list(convs), val_ids=val_ids, val=val,
-                 stats={"val_dropped_unseen_token": 0, "val_dropped_tokens": 0})
+    return Split(
+        train_ids=list(ids),
+        train=list(convs),
+        val_ids=val_ids,
+        val=val,
+        stats={"val_dropped_unseen_token": 0, "val_dropped_tokens": 0},
+    )
 
 
 STRATEGIES = {"holdout": holdout, "tail": tail}

@@ -16,14 +16,15 @@ as an id, so every conversation is one sequence that ends with it:
 Both kinds are saved with `save_pretrained` (tokenizer.json + tokenizer_config.json) and
 load back with `AutoTokenizer.from_pretrained(dir)`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import datasets
 import numpy as np
@@ -36,11 +37,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 EOS = "<|endoftext|>"
 MARKERS = {"user": "<|user|>", "assistant": "<|assistant|>", "system": "<|system|>"}
 SPECIAL_TOKENS = [EOS, MARKERS["user"], MARKERS["assistant"], MARKERS["system"]]
-OUT_FEATURES = datasets.Features({
-    "conversation_id": datasets.Value("int64"),
-    "input_ids": [datasets.Value("int32")],
-    "n_tokens": datasets.Value("int32"),
-})
+OUT_FEATURES = datasets.Features(
+    {
+        "conversation_id": datasets.Value("int64"),
+        "input_ids": [datasets.Value("int32")],
+        "n_tokens": datasets.Value("int32"),
+    }
+)
 
 
 def turn_text(content: str | None) -> str:
@@ -52,7 +55,9 @@ def format_chat(messages: list[dict]) -> str:
     """Conversation text without the end-of-text token (appended as an id when encoding)."""
     if not any((m.get("content") or "").strip() for m in messages):
         return ""  # empty / whitespace-only: dropped by tokenize_shard
-    return "".join(MARKERS.get(m["role"], m["role"]) + turn_text(m.get("content")) for m in messages)
+    return "".join(
+        MARKERS.get(m["role"], m["role"]) + turn_text(m.get("content")) for m in messages
+    )
 
 
 def iter_messages(ds: datasets.Dataset, batch_size: int = 1000) -> Iterable[list[dict]]:
@@ -63,6 +68,7 @@ def iter_messages(ds: datasets.Dataset, batch_size: int = 1000) -> Iterable[list
 
 # ---------------------------------------------------------------- tokenizers
 
+
 def train_bpe(conversations: Iterable[list[dict]], vocab_size: int):
     """Byte-level BPE on the turn texts; deterministic for the same input order."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -72,14 +78,18 @@ def train_bpe(conversations: Iterable[list[dict]], vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
         # all 256 bytes, so any unseen text still encodes (no unknown token needed)
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     # Markers are not in the training text: they are special tokens and must not eat merges.
     texts = (turn_text(m["content"]) for msgs in conversations for m in msgs)
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS,
-                                   additional_special_tokens=SPECIAL_TOKENS[1:])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, additional_special_tokens=SPECIAL_TOKENS[1:]
+    )
 
 
 def load_pretrained(name: str, timeout: float = 10.0):
@@ -97,8 +107,10 @@ def load_pretrained(name: str, timeout: float = 10.0):
 def save_tokenizer(tokenizer, path: str | Path) -> None:
     tokenizer.save_pretrained(str(path))
     if not (Path(path) / "tokenizer.json").exists():
-        raise RuntimeError(f"{path}: tokenizer has no fast (tokenizers) backend, "
-                           f"so no tokenizer.json was written; pick another tokenizer.name")
+        raise RuntimeError(
+            f"{path}: tokenizer has no fast (tokenizers) backend, "
+            f"so no tokenizer.json was written; pick another tokenizer.name"
+        )
 
 
 # ---------------------------------------------------------------- encoding
@@ -111,7 +123,7 @@ def save_tokenizer(tokenizer, path: str | Path) -> None:
 # loop, threads, Dask).
 
 TokenizerFiles = dict[str, bytes]
-_LOADED: dict[tuple[int, str], object] = {}   # (thread, content hash or path) -> tokenizer
+_LOADED: dict[tuple[int, str], object] = {}  # (thread, content hash or path) -> tokenizer
 _LOAD_LOCK = threading.Lock()
 
 
@@ -143,14 +155,17 @@ def _tokenizer_from(tokenizer: str | Path | TokenizerFiles):
     else:
         tok = AutoTokenizer.from_pretrained(str(tokenizer))
     with _LOAD_LOCK:
-        while len(_LOADED) >= 16:                  # a long-lived worker: drop the oldest
+        while len(_LOADED) >= 16:  # a long-lived worker: drop the oldest
             _LOADED.pop(next(iter(_LOADED)))
         _LOADED[key] = tok
     return tok
 
 
-def tokenize_shard(shard: tuple[int, list[list[dict]]], tokenizer: str | Path | TokenizerFiles,
-                   max_seq_length: int | None) -> dict[str, np.ndarray]:
+def tokenize_shard(
+    shard: tuple[int, list[list[dict]]],
+    tokenizer: str | Path | TokenizerFiles,
+    max_seq_length: int | None,
+) -> dict[str, np.ndarray]:
     """Encode one shard `(first_row, conversations)`: message lists of raw rows first_row, ...
 
     `tokenizer` is a saved tokenizer directory or its files (`tokenizer_files`). Returns
@@ -161,7 +176,11 @@ def tokenize_shard(shard: tuple[int, list[list[dict]]], tokenizer: str | Path | 
     tok = _tokenizer_from(tokenizer)
     texts = [format_chat(m) for m in conversations]
     keep = [i for i, t in enumerate(texts) if t]
-    enc = tok([texts[i] for i in keep], add_special_tokens=False, verbose=False)["input_ids"] if keep else []
+    enc = (
+        tok([texts[i] for i in keep], add_special_tokens=False, verbose=False)["input_ids"]
+        if keep
+        else []
+    )
     full = [e + [tok.eos_token_id] for e in enc]
     ids = [f[:max_seq_length] for f in full] if max_seq_length else full
     return {
@@ -176,11 +195,14 @@ def tokenize_shard(shard: tuple[int, list[list[dict]]], tokenizer: str | Path | 
 def shards_of(ds: datasets.Dataset, size: int) -> list[tuple[int, list[list[dict]]]]:
     """The raw dataset's conversations as tokenize shards of `size` rows, in row order."""
     from .sharding import ranges
+
     messages = ds.select_columns(["messages"])
     return [(a, messages[a:b]["messages"]) for a, b in ranges(len(ds), size)]
 
 
-def combine_shards(results: list[dict[str, np.ndarray]], tokenizer) -> tuple[datasets.Dataset, dict]:
+def combine_shards(
+    results: list[dict[str, np.ndarray]], tokenizer
+) -> tuple[datasets.Dataset, dict]:
     """Shard results in shard order -> (dataset conversation_id/input_ids/n_tokens, stats)."""
     import pyarrow as pa
     from datasets.table import InMemoryTable
@@ -193,13 +215,18 @@ def combine_shards(results: list[dict[str, np.ndarray]], tokenizer) -> tuple[dat
     n_tokens, n_full = cat("n_tokens", np.int64), cat("n_full", np.int64)
     offsets = np.concatenate([[0], np.cumsum(n_tokens)])
     if offsets[-1] >= 2**31:
-        raise ValueError(f"{offsets[-1]} tokens do not fit one Arrow list column (int32 offsets); "
-                         f"lower data.num_samples or tokenizer.max_seq_length")
+        raise ValueError(
+            f"{offsets[-1]} tokens do not fit one Arrow list column (int32 offsets); "
+            f"lower data.num_samples or tokenizer.max_seq_length"
+        )
     table = pa.Table.from_arrays(
-        [pa.array(conv_id, pa.int64()),
-         pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32())),
-         pa.array(n_tokens.astype(np.int32), pa.int32())],
-        schema=OUT_FEATURES.arrow_schema)
+        [
+            pa.array(conv_id, pa.int64()),
+            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32())),
+            pa.array(n_tokens.astype(np.int32), pa.int32()),
+        ],
+        schema=OUT_FEATURES.arrow_schema,
+    )
     ds = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=OUT_FEATURES))
     n_in = int(sum(int(r["n_in"]) for r in results))
     stats = {

@@ -1,4 +1,5 @@
 """Small shared helpers: seeding, atomic outputs, hub reachability, progress bars."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +10,10 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,15 +35,19 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.set_num_threads(DEFAULT_THREADS)     # this thread's count: see DEFAULT_THREADS
+    torch.set_num_threads(DEFAULT_THREADS)  # this thread's count: see DEFAULT_THREADS
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
 
 
 # Set by a stage runner (tasks.common.run_stage): called with the final path just before
 # atomic_path replaces an output, so a stage whose inputs changed under it can refuse.
-BEFORE_REPLACE: ContextVar[Callable[[Path], None] | None] = ContextVar("before_replace", default=None)
-_OPEN_TEMPS: ContextVar[tuple[Path, ...]] = ContextVar("open_temps", default=())   # checked at the outer one
+BEFORE_REPLACE: ContextVar[Callable[[Path], None] | None] = ContextVar(
+    "before_replace", default=None
+)
+_OPEN_TEMPS: ContextVar[tuple[Path, ...]] = ContextVar(
+    "open_temps", default=()
+)  # checked at the outer one
 
 
 @contextlib.contextmanager
@@ -54,7 +60,10 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     # The pid in the name tells a later run whether the writer is gone (clean_stale_temps).
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent)) / final.name
+    tmp = (
+        Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent))
+        / final.name
+    )
     outer = _OPEN_TEMPS.get()
     token = _OPEN_TEMPS.set(outer + (tmp.parent.resolve(),))
     try:
@@ -75,6 +84,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 def dir_digest(path: str | Path) -> str:
     """sha256 over a directory's file names and bytes (sorted): which tokenizer made the ids."""
     import hashlib
+
     h = hashlib.sha256()
     root = Path(path)
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -88,7 +98,7 @@ def clean_stale_temps(final: str | Path) -> list[Path]:
     final = Path(final)
     removed = []
     for tmp in final.parent.glob(f".{final.name}.*"):
-        pid = tmp.name[len(final.name) + 2:].split(".")[0]
+        pid = tmp.name[len(final.name) + 2 :].split(".")[0]
         if pid.isdigit() and pid_alive(int(pid)):
             continue
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
@@ -131,13 +141,17 @@ def require_hub(param: str, value: str, timeout: float = 5.0) -> None:
     Hub libraries retry for minutes when offline; a single TCP probe answers at once.
     """
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise RuntimeError(f"{param}={value!r} needs the Hugging Face hub but HF_HUB_OFFLINE=1; "
-                           f"set {param} to a local path")
+        raise RuntimeError(
+            f"{param}={value!r} needs the Hugging Face hub but HF_HUB_OFFLINE=1; "
+            f"set {param} to a local path"
+        )
     try:
         socket.create_connection(HUB_HOST, timeout=timeout).close()
     except OSError as err:
-        raise RuntimeError(f"{param}={value!r} needs the Hugging Face hub, which is not reachable "
-                           f"({err}); set {param} to a local path (or use the offline default)") from None
+        raise RuntimeError(
+            f"{param}={value!r} needs the Hugging Face hub, which is not reachable "
+            f"({err}); set {param} to a local path (or use the offline default)"
+        ) from None
 
 
 # Callables (desc, position, total or None, elapsed seconds) told about every progress bar, even
@@ -162,13 +176,15 @@ class Progress:
     """A tqdm bar (shown when enabled) whose position also goes to the progress listeners.
     Iterate it, or call update(n) and close(); other tqdm methods pass through."""
 
-    def __init__(self, iterable=None, total: int | None = None, desc: str = "",
-                 enabled: bool = True, **kw):
+    def __init__(
+        self, iterable=None, total: int | None = None, desc: str = "", enabled: bool = True, **kw
+    ):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.total, self.desc, self.n = iterable, total, desc, 0
-        self.bar = tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
-                        mininterval=1.0, **kw)
+        self.bar = tqdm(
+            total=total, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=1.0, **kw
+        )
         self._t0 = self._told = time.monotonic()
         self._closed = False
 
@@ -198,12 +214,13 @@ class Progress:
         for fn in list(_PROGRESS_LISTENERS):
             fn(self.desc, self.n, self.total, now - self._t0)
 
-    def __getattr__(self, name):            # set_postfix, refresh, ...
+    def __getattr__(self, name):  # set_postfix, refresh, ...
         return getattr(self.bar, name)
 
 
-def progress(iterable=None, total: int | None = None, desc: str = "", enabled: bool = True,
-             **kw) -> Progress:
+def progress(
+    iterable=None, total: int | None = None, desc: str = "", enabled: bool = True, **kw
+) -> Progress:
     """tqdm with position/total, rate and ETA (silent when disabled); listeners registered with
     `progress_listener` see its position either way."""
     return Progress(iterable, total=total, desc=desc, enabled=enabled, **kw)
@@ -211,14 +228,21 @@ def progress(iterable=None, total: int | None = None, desc: str = "", enabled: b
 
 def eta_text(position: int, total: int | None, elapsed: float) -> str:
     """Position, elapsed time and ETA of a bar: '40/120 (33%), 0:12 elapsed, ETA 0:24'."""
+
     def hms(s: float) -> str:
         s = int(round(s))
-        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+        return (
+            f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+            if s >= 3600
+            else f"{s // 60}:{s % 60:02d}"
+        )
+
     if not total:
         return f"{position} done, {hms(elapsed)} elapsed"
     eta = elapsed / position * (total - position) if position else None
-    return (f"{position}/{total} ({100 * position / total:.0f}%), {hms(elapsed)} elapsed"
-            + (f", ETA {hms(eta)}" if eta is not None else ""))
+    return f"{position}/{total} ({100 * position / total:.0f}%), {hms(elapsed)} elapsed" + (
+        f", ETA {hms(eta)}" if eta is not None else ""
+    )
 
 
 @contextlib.contextmanager

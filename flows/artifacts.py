@@ -14,6 +14,7 @@ total and ETA (fed by cvfp.utils' progress listeners).
 The rows are built from the metrics files alone (plain functions, tested without Prefect); a
 missing file or key shows as "n/a".
 """
+
 from __future__ import annotations
 
 import math
@@ -48,22 +49,32 @@ def summary_rows(m: dict[str, dict]) -> list[dict[str, str]]:
         return NA if x is None else str(x)
 
     rows = [
-        ("Val perplexity: CVFP (Phase 2)",
-         NA if ppl["cvfp"] is None else fmt_ppl(ppl["cvfp"]) + (f" (best epoch {best})" if best else "")),
+        (
+            "Val perplexity: CVFP (Phase 2)",
+            NA
+            if ppl["cvfp"] is None
+            else fmt_ppl(ppl["cvfp"]) + (f" (best epoch {best})" if best else ""),
+        ),
         ("Val perplexity: bigram", fmt_ppl(ppl["bigram"])),
         ("Val perplexity: Transformer (same params)", fmt_ppl(ppl["transformer"])),
         ("Val perplexity: CVFP with zero C* (ablation)", fmt_ppl(ppl["zero_c"])),
         ("Val perplexity: CVFP with shuffled C* (ablation)", fmt_ppl(ppl["shuffled_c"])),
-        ("Val accuracy: CVFP / Transformer",
-         _pair(s["acc"]["cvfp"], s["acc"]["transformer"], fmt_acc)),
+        (
+            "Val accuracy: CVFP / Transformer",
+            _pair(s["acc"]["cvfp"], s["acc"]["transformer"], fmt_acc),
+        ),
         ("Phase 1 objective", text(p1["objective"])),
         ("Phase 1 steps (train / val)", _pair(p1["steps_train"], p1["steps_val"], fmt_int)),
         ("Phase 1 iterations", text(get(m.get("phase1"), "iterations_text"))),
-        ("Phase 1 convergence (train / val)",
-         _pair(p1["conv_train"], p1["conv_val"], fmt_acc)),
-        ("Effective rank (train / val)",
-         _pair(get(m.get("phase1"), "train.effective_rank_text"),
-               get(m.get("phase1"), "val.effective_rank_text"), text)),
+        ("Phase 1 convergence (train / val)", _pair(p1["conv_train"], p1["conv_val"], fmt_acc)),
+        (
+            "Effective rank (train / val)",
+            _pair(
+                get(m.get("phase1"), "train.effective_rank_text"),
+                get(m.get("phase1"), "val.effective_rank_text"),
+                text,
+            ),
+        ),
         ("Convergence-trial verdict (val)", text(p1["verdict"])),
     ]
     return [{"quantity": q, "value": v} for q, v in rows]
@@ -91,8 +102,7 @@ def sections(metrics: dict, prefix: str = "") -> dict[str, list[tuple[str, str]]
     """A metrics dict as {section: [(key, formatted value)]}: a section is a dict's path
     ("" = top level, "val.trials", "baselines.bigram"); lists are left out (plots hold them)."""
     out: dict[str, list[tuple[str, str]]] = {}
-    rows = [(k, _fmt_value(k, v)) for k, v in metrics.items()
-            if not isinstance(v, (dict, list))]
+    rows = [(k, _fmt_value(k, v)) for k, v in metrics.items() if not isinstance(v, (dict, list))]
     if rows:
         out[prefix] = rows
     for k, v in metrics.items():
@@ -112,13 +122,20 @@ def sections_markdown(stage: str, metrics: dict) -> str:
 def publish_results(metrics_dir: Path = METRICS, reports_dir: Path = REPORTS) -> list[str]:
     """Create the result artifacts from what is on disk now; returns their keys."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
     m = read_metrics(metrics_dir)
-    create_table_artifact(summary_rows(m), key="cvfp-summary",
-                          description="Headline results (metrics/*.json after this run; n/a = not produced yet)")
+    create_table_artifact(
+        summary_rows(m),
+        key="cvfp-summary",
+        description="Headline results (metrics/*.json after this run; n/a = not produced yet)",
+    )
     keys = ["cvfp-summary"]
     for stage, metrics in m.items():
-        create_markdown_artifact(sections_markdown(stage, metrics), key=f"{stage}-metrics",
-                                 description=f"metrics/{METRIC_FILES[stage]}, by section")
+        create_markdown_artifact(
+            sections_markdown(stage, metrics),
+            key=f"{stage}-metrics",
+            description=f"metrics/{METRIC_FILES[stage]}, by section",
+        )
         keys.append(f"{stage}-metrics")
     report = Path(reports_dir) / "report.md"
     if report.exists():
@@ -127,7 +144,7 @@ def publish_results(metrics_dir: Path = METRICS, reports_dir: Path = REPORTS) ->
     return keys
 
 
-LONG_STAGES = ("phase1", "materialize", "phase2")   # always get a progress artifact
+LONG_STAGES = ("phase1", "materialize", "phase2")  # always get a progress artifact
 
 
 class StageProgress:
@@ -156,13 +173,18 @@ class StageProgress:
         if self.broken:
             return
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
         try:
             if self.artifact_id is None:
-                self.artifact_id = create_progress_artifact(pct, key=f"{self.stage}-progress",
-                                                            description=text)
+                self.artifact_id = create_progress_artifact(
+                    pct, key=f"{self.stage}-progress", description=text
+                )
             else:
                 update_progress_artifact(self.artifact_id, pct, description=text)
         except Exception as err:  # monitoring must not kill a training run
             self.broken = True
             import logging
-            logging.getLogger("cvfp").warning("progress artifact for %s disabled: %s", self.stage, err)
+
+            logging.getLogger("cvfp").warning(
+                "progress artifact for %s disabled: %s", self.stage, err
+            )

@@ -10,6 +10,7 @@ A failed experiment is logged with its error and the sweep goes on; the report l
 Outputs: reports/compare.html, reports/compare.md, metrics/compare.json (docs/compare.md).
 Exit status 1 when any experiment failed (the outputs are written all the same).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,17 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
-from tasks.compare import (COMPARE_HTML, COMPARE_JSON, COMPARE_MD, ExperimentFailed, failed,  # noqa: E402
-                           parse_sets, plan, run_experiment, write_outputs)
+from tasks.compare import (
+    COMPARE_HTML,
+    COMPARE_JSON,
+    COMPARE_MD,
+    ExperimentFailed,
+    failed,  # noqa: E402
+    parse_sets,
+    plan,
+    run_experiment,
+    write_outputs,
+)
 
 
 def _clock(seconds: float) -> str:
@@ -38,8 +48,12 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}h{m % 60:02d}m{s:02d}s" if m >= 60 else f"{m}m{s:02d}s"
 
 
-@task(name="experiment", task_run_name="{exp[arm]}-seed{exp[seed]}", cache_policy=None,
-      persist_result=False)
+@task(
+    name="experiment",
+    task_run_name="{exp[arm]}-seed{exp[seed]}",
+    cache_policy=None,
+    persist_result=False,
+)
 def experiment(exp: dict) -> dict:
     """One arm x seed as a DVC experiment; fails (and the flow goes on) with DVC's error."""
     logger = get_run_logger()
@@ -47,21 +61,32 @@ def experiment(exp: dict) -> dict:
 
 
 @flow(name="cvfp-compare", log_prints=True)
-def compare(params_path: str = "params.yaml", arms: list[str] | None = None, seeds: int | None = None,
-            overrides: dict | None = None) -> dict:
+def compare(
+    params_path: str = "params.yaml",
+    arms: list[str] | None = None,
+    seeds: int | None = None,
+    overrides: dict | None = None,
+) -> dict:
     """Run the experiments one after another, then write the comparison outputs."""
     logger = get_run_logger()
     params = load_params(params_path)
-    exps = plan(params, arms, seeds, overrides)           # every arm x seed validated first
+    exps = plan(params, arms, seeds, overrides)  # every arm x seed validated first
     arm_names = list(dict.fromkeys(e["arm"] for e in exps))
     n, t0, records = len(exps), time.perf_counter(), []
-    logger.info("compare: %d experiment(s): arms %s x seeds %s", n, arm_names,
-                list(dict.fromkeys(e["seed"] for e in exps)))
+    logger.info(
+        "compare: %d experiment(s): arms %s x seeds %s",
+        n,
+        arm_names,
+        list(dict.fromkeys(e["seed"] for e in exps)),
+    )
     for k, exp in enumerate(exps, 1):
-        logger.info("experiment %d of %d: %s (arm %s, seed %d)", k, n, exp["name"], exp["arm"], exp["seed"])
+        logger.info(
+            "experiment %d of %d: %s (arm %s, seed %d)", k, n, exp["name"], exp["arm"], exp["seed"]
+        )
         start = time.perf_counter()
         state = experiment.with_options(task_run_name=f"{k}of{n}-{exp['arm']}-seed{exp['seed']}")(
-            exp, return_state=True)
+            exp, return_state=True
+        )
         seconds = time.perf_counter() - start
         if state.is_completed():
             records.append(state.result())
@@ -74,26 +99,51 @@ def compare(params_path: str = "params.yaml", arms: list[str] | None = None, see
             logger.error("experiment %d of %d %s", k, n, outcome)
         elapsed = time.perf_counter() - t0
         eta = elapsed / k * (n - k)
-        logger.info("experiment %d of %d %s %s; elapsed %s, ETA %s", k, n, exp["name"], outcome,
-                    _clock(elapsed), _clock(eta) if k < n else "0m00s")
+        logger.info(
+            "experiment %d of %d %s %s; elapsed %s, ETA %s",
+            k,
+            n,
+            exp["name"],
+            outcome,
+            _clock(elapsed),
+            _clock(eta) if k < n else "0m00s",
+        )
     summary = write_outputs(params, records, arm_names, overrides)
-    for a, e in summary["arms"].items():
+    for e in summary["arms"].values():
         logger.info("verdict: %s", e["verdict"])
-    create_markdown_artifact(COMPARE_MD.read_text(), key="cvfp-compare", description=str(COMPARE_MD))
-    logger.info("compare: %d of %d experiment(s) ok in %s; %s, %s, %s", n - len(summary["failed"]), n,
-                _clock(time.perf_counter() - t0), COMPARE_HTML, COMPARE_MD, COMPARE_JSON)
+    create_markdown_artifact(
+        COMPARE_MD.read_text(), key="cvfp-compare", description=str(COMPARE_MD)
+    )
+    logger.info(
+        "compare: %d of %d experiment(s) ok in %s; %s, %s, %s",
+        n - len(summary["failed"]),
+        n,
+        _clock(time.perf_counter() - t0),
+        COMPARE_HTML,
+        COMPARE_MD,
+        COMPARE_JSON,
+    )
     print(f"Comparison report: {COMPARE_HTML.resolve()}")
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.compare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m flows.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--arms", nargs="+", help="arms from compare.arms (default: compare.run)")
     ap.add_argument("--seeds", type=int, help="how many of compare.seeds (default: all)")
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a param in every experiment, e.g. -S phase2.epochs=1")
+    ap.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param in every experiment, e.g. -S phase2.epochs=1",
+    )
     args = ap.parse_args(argv)
     if not Path("dvc.yaml").exists():
         ap.error("run from the project root (dvc.yaml not found)")

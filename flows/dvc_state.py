@@ -4,6 +4,7 @@ This keeps one cache for both front doors: a stage DVC calls up to date is skipp
 flow, and a stage the flow ran is committed into dvc.lock and the DVC cache, so a
 following `dvc repro` runs nothing (and vice versa).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,6 +16,7 @@ STAGES = ["download", "tokenize", "split", "phase1", "materialize", "phase2", "r
 
 def _repo():
     from dvc.repo import Repo
+
     return Repo(os.getcwd())
 
 

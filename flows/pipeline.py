@@ -12,6 +12,7 @@ shards as tasks on `orchestration.task_runner` (flows/shards.py). The library's 
 to the run's logs, long loops update a `<stage>-progress` artifact, and every run ends by
 publishing the current results (flows/artifacts.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,7 @@ from .artifacts import StageProgress, publish_results  # noqa: E402
 from .dvc_state import STAGES, commit_stage, stage_status  # noqa: E402
 from .shards import SHARDED_STAGES, shard_mapper  # noqa: E402
 
-
-SKIPPED = "Skipped (DVC)"   # the state name of a stage DVC calls up to date
+SKIPPED = "Skipped (DVC)"  # the state name of a stage DVC calls up to date
 
 
 def _no_retry_on_config_errors(task, task_run, state) -> bool:
@@ -64,8 +64,11 @@ def _library_logs_to_prefect():
     pytest or when another module imported Prefect first): then Prefect's API handler is
     attached here for the stage, and removed after it (outside a run it would only warn)."""
     import logging
+
     from prefect.logging.handlers import APILogHandler
+
     from tasks.common import setup_logging
+
     setup_logging()
     lib = logging.getLogger("cvfp")
     added = None
@@ -102,7 +105,9 @@ def _run_stage(stage: str, params_path: str, skip_reason: str | None = None):
 def stage_task(stage: str):
     opts = dict(name=stage, task_run_name=stage, cache_policy=None, persist_result=False)
     if stage == "download":  # the only stage with a network: retry transient failures
-        opts.update(retries=2, retry_delay_seconds=10, retry_condition_fn=_no_retry_on_config_errors)
+        opts.update(
+            retries=2, retry_delay_seconds=10, retry_condition_fn=_no_retry_on_config_errors
+        )
     return task(**opts)(_run_stage)
 
 
@@ -121,7 +126,8 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
             # a skipped stage says so in its name, so the timeline and task-run list show it
             name = f"{stage} (skipped: up to date)" if up_to_date else stage
             state = stage_task(stage).with_options(task_run_name=name)(
-                stage, params_path, reason if up_to_date else None, return_state=True)
+                stage, params_path, reason if up_to_date else None, return_state=True
+            )
             if state.is_failed():
                 state.result()  # re-raise with the stage's error
             outcome[stage] = "skipped" if state.name == SKIPPED else "ran"
@@ -143,32 +149,52 @@ async def serve(name: str, cron: str | None, interval: float | None, parameters:
     sync-to-async bridge with a coroutine never awaited. One run at a time (`limit=1`): runs
     share this workspace's dvc.lock."""
     from prefect import aserve
-    deployment = await pipeline.ato_deployment(name=name, cron=cron, interval=interval,
-                                               parameters=parameters)
+
+    deployment = await pipeline.ato_deployment(
+        name=name, cron=cron, interval=interval, parameters=parameters
+    )
     await aserve(deployment, limit=1)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m flows.pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages")
-    ap.add_argument("--serve", action="store_true", help="serve a deployment (needs a Prefect server)")
+    ap.add_argument(
+        "--serve", action="store_true", help="serve a deployment (needs a Prefect server)"
+    )
     when = ap.add_mutually_exclusive_group()
     when.add_argument("--cron", default=None, help='schedule for --serve, e.g. "0 3 * * *"')
-    when.add_argument("--interval", type=float, default=None, metavar="SECONDS",
-                      help="schedule for --serve: a run every SECONDS (cron's minimum is a minute)")
+    when.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="schedule for --serve: a run every SECONDS (cron's minimum is a minute)",
+    )
     ap.add_argument("--name", default="cvfp-nightly", help="deployment name for --serve")
     args = ap.parse_args()
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # imports done: normal Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # imports done: normal Ctrl-C
     if not Path("dvc.yaml").exists():
         ap.error("run from the project root (dvc.yaml not found)")
     if args.serve:
         try:
-            asyncio.run(serve(args.name, args.cron, args.interval,
-                              {"params_path": args.params, "stages": args.stages}))
+            asyncio.run(
+                serve(
+                    args.name,
+                    args.cron,
+                    args.interval,
+                    {"params_path": args.params, "stages": args.stages},
+                )
+            )
         except KeyboardInterrupt:  # asyncio.run has already cancelled and awaited everything
-            print(f"stopped serving {pipeline.name}/{args.name} (its schedule is paused until the next --serve)")
+            print(
+                f"stopped serving {pipeline.name}/{args.name} (its schedule is paused until the next --serve)"
+            )
     else:
         pipeline(args.params, args.stages)
 

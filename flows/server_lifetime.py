@@ -7,10 +7,10 @@ command is started through a small launcher that watches its parent and shuts th
 down (SIGTERM: uvicorn's own graceful stop) once the parent is gone. Only that exact command
 is changed; every other subprocess is untouched. Installed by `import flows`.
 """
+
 from __future__ import annotations
 
 import subprocess
-import sys
 
 _SERVER_APP = "prefect.server.api.server:create_app"
 _LAUNCHER = """
@@ -30,8 +30,12 @@ runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
 
 def _launcher_args(args):
     """Prefect's server command -> the same through the launcher; anything else unchanged."""
-    if (isinstance(args, (list, tuple)) and len(args) > 3 and list(args[1:3]) == ["-m", "uvicorn"]
-            and _SERVER_APP in args):
+    if (
+        isinstance(args, (list, tuple))
+        and len(args) > 3
+        and list(args[1:3]) == ["-m", "uvicorn"]
+        and _SERVER_APP in args
+    ):
         return [args[0], "-c", _LAUNCHER, *args[3:]]
     return args
 

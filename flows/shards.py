@@ -17,10 +17,12 @@ data goes to the Prefect API or rides along with every task; on Dask the argumen
 scattered to the workers once. Results come back in shard order and are combined by the
 stage exactly as in the plain loop, so both give the same bytes.
 """
+
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -36,13 +38,16 @@ def task_runner(orch: OrchestrationParams):
     """The Prefect task runner `orchestration` asks for (a fresh one per use)."""
     if orch.task_runner == "thread":
         from prefect.task_runners import ThreadPoolTaskRunner
+
         return ThreadPoolTaskRunner(max_workers=orch.workers)
     from prefect_dask import DaskTaskRunner
+
     if orch.dask_address:
         return DaskTaskRunner(address=orch.dask_address)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": orch.workers, "threads_per_worker": 1,
-                                          "processes": True})
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": orch.workers, "threads_per_worker": 1, "processes": True},
+    )
 
 
 def _run_shard(index: int, fn: Callable[..., Any], shard: Any, common: dict[str, Any]) -> Any:
@@ -58,6 +63,7 @@ def _scatter_on_dask(common: dict[str, Any]) -> Any:
     """On Dask, send the arguments all shards share (checkpoint or tokenizer bytes) to every
     worker once, instead of once per shard task; Dask hands the worker the value itself."""
     from prefect.context import FlowRunContext
+
     runner = FlowRunContext.get().task_runner
     try:
         from prefect_dask import DaskTaskRunner
@@ -77,11 +83,17 @@ _JOBS: dict[str, tuple] = {}
 def _map_job(job: str) -> int:
     run_one, fn, shards, consume, common = _JOBS[job]
     shared = _scatter_on_dask(common)
-    futures = list(run_one.map(index=list(range(len(shards))), shard=list(shards),
-                               fn=unmapped(fn), common=unmapped(shared)))
+    futures = list(
+        run_one.map(
+            index=list(range(len(shards))),
+            shard=list(shards),
+            fn=unmapped(fn),
+            common=unmapped(shared),
+        )
+    )
     for i in range(len(futures)):
         consume(i, futures[i].result())
-        futures[i] = None                    # let the engine drop the shard's result
+        futures[i] = None  # let the engine drop the shard's result
     return len(shards)
 
 
@@ -91,14 +103,25 @@ shards_flow = flow(name="shards", log_prints=True)(_map_job)
 def shard_mapper(stage: str, orch: OrchestrationParams) -> MapShards:
     """A `map_shards` for `stage` that maps its shards as Prefect tasks on `orch`'s runner
     in a subflow `<stage>-shards` (nested under the stage's task run inside the pipeline)."""
-    def map_shards(fn: Callable[..., Any], shards: Sequence[Any],
-                   consume: Callable[[int, Any], None], common: dict[str, Any]) -> None:
-        run_one = shard_task.with_options(name=f"{stage}-shard", task_run_name=f"{stage}-shard-{{index}}")
+
+    def map_shards(
+        fn: Callable[..., Any],
+        shards: Sequence[Any],
+        consume: Callable[[int, Any], None],
+        common: dict[str, Any],
+    ) -> None:
+        run_one = shard_task.with_options(
+            name=f"{stage}-shard", task_run_name=f"{stage}-shard-{{index}}"
+        )
         job = f"{stage}-{uuid.uuid4().hex[:12]}"
         _JOBS[job] = (run_one, fn, shards, consume, common)
         try:
-            shards_flow.with_options(name=f"{stage}-shards", flow_run_name=f"{stage}-shards",
-                                     task_runner=task_runner(orch))(job)
+            shards_flow.with_options(
+                name=f"{stage}-shards",
+                flow_run_name=f"{stage}-shards",
+                task_runner=task_runner(orch),
+            )(job)
         finally:
             _JOBS.pop(job, None)
+
     return map_shards

@@ -1,11 +1,13 @@
 """What every stage shares: the file layout, the CLI, logging, reading token data."""
+
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -15,19 +17,25 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # One place for the on-disk layout; dvc.yaml mirrors these paths.
-RAW = Path("data/raw")                    # download: Arrow dataset (UltraChat schema)
-TOKENIZER = Path("data/tokenizer")        # tokenize: AutoTokenizer.from_pretrained(TOKENIZER)
-TOKENIZED = Path("data/tokenized")        # tokenize: conversation_id, input_ids, n_tokens
-SPLIT = Path("data/split")                # split: train/ and val/ Arrow datasets + gx/
-PHASE1_DIR = Path("cache/phase1")         # phase1: model.pt
-PHASE1_WORK = Path("cache/phase1-work")   # phase1: scratch context files while it runs (not an output)
-CSTAR_DIR = Path("cache/cstar")           # materialize: C* memmaps + offsets
-PHASE2_DIR = Path("cache/phase2")         # phase2: model.pt, baselines
+RAW = Path("data/raw")  # download: Arrow dataset (UltraChat schema)
+TOKENIZER = Path("data/tokenizer")  # tokenize: AutoTokenizer.from_pretrained(TOKENIZER)
+TOKENIZED = Path("data/tokenized")  # tokenize: conversation_id, input_ids, n_tokens
+SPLIT = Path("data/split")  # split: train/ and val/ Arrow datasets + gx/
+PHASE1_DIR = Path("cache/phase1")  # phase1: model.pt
+PHASE1_WORK = Path(
+    "cache/phase1-work"
+)  # phase1: scratch context files while it runs (not an output)
+CSTAR_DIR = Path("cache/cstar")  # materialize: C* memmaps + offsets
+PHASE2_DIR = Path("cache/phase2")  # phase2: model.pt, baselines
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
 # flows.compare (tasks/compare.py) writes these; the run report links them when present.
-COMPARE_JSON, COMPARE_HTML, COMPARE_MD = METRICS / "compare.json", REPORTS / "compare.html", REPORTS / "compare.md"
+COMPARE_JSON, COMPARE_HTML, COMPARE_MD = (
+    METRICS / "compare.json",
+    REPORTS / "compare.html",
+    REPORTS / "compare.md",
+)
 
 log = logging.getLogger("cvfp")
 
@@ -37,31 +45,43 @@ def setup_logging() -> None:
     `cvfp` logger itself, since a process that imported Prefect already has a root handler at
     WARNING (which used to leave `cvfp` at WARNING under the flow). A console handler is added
     only when nobody configured one."""
-    rank = os.environ.get("RANK")                # set by torchrun: other ranks log warnings only
+    rank = os.environ.get("RANK")  # set by torchrun: other ranks log warnings only
     level = logging.INFO if rank in (None, "0") else logging.WARNING
     log.setLevel(level)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=level,
-                            format=f"%(asctime)s %(name)s{'' if rank is None else '[' + rank + ']'} "
-                                   f"%(levelname)s %(message)s")
+        logging.basicConfig(
+            level=level,
+            format=f"%(asctime)s %(name)s{'' if rank is None else '[' + rank + ']'} "
+            f"%(levelname)s %(message)s",
+        )
 
 
 def current_world():
     """The torch.distributed world when started by torchrun (joined on first use), else one
     process. Stages that train (phase1, phase2) split their work over it."""
     from cvfp.distributed import init_world
+
     return init_world()
 
 
 def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> None:
     """Standard `python -m tasks.<stage>` entry point: --params, then run(params)."""
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=doc)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one param for this run, e.g. -S phase1.lr=0.001 (YAML value)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: params.yaml)"
+    )
+    parser.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one param for this run, e.g. -S phase1.lr=0.001 (YAML value)",
+    )
     args = parser.parse_args()
     setup_logging()
     import yaml
+
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -71,13 +91,14 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
     params = load_params(args.params, overrides)
     run_stage(stage, run, params)
     from cvfp.distributed import close_world
-    close_world(current_world())            # on error the process exits and torchrun stops the rest
+
+    close_world(current_world())  # on error the process exits and torchrun stops the rest
 
 
 # Wall-clock durations of the stage running in each thread's flow task, keyed by stage (see
 # split_durations); run_stage moves them into metrics/timing/<stage>.json.
 _DURATIONS: dict[str, dict] = {}
-TIMING = METRICS / "timing"               # not a DVC output and not in git: differs every run
+TIMING = METRICS / "timing"  # not a DVC output and not in git: differs every run
 
 
 def run_stage(stage: str, run: Callable[[Params], object], params: Params):
@@ -86,28 +107,35 @@ def run_stage(stage: str, run: Callable[[Params], object], params: Params):
     output and not tracked by git, so outputs stay bitwise identical across reruns.
     Used by the CLI and by the Prefect flow alike."""
     import time
-    from datetime import datetime, timezone
+    from datetime import datetime
+
     from cvfp.utils import BEFORE_REPLACE, write_json
+
     _DURATIONS.pop(stage, None)
     if os.environ.get("RANK", "0") == "0":
         clean_leftovers(stage)
     guard = params_guard(stage, params)
-    token = BEFORE_REPLACE.set(guard)       # every output replacement checks params first
+    token = BEFORE_REPLACE.set(guard)  # every output replacement checks params first
     t0 = time.perf_counter()
     try:
         result = run(params)
     finally:
         BEFORE_REPLACE.reset(token)
     if guard is not None:
-        guard()                             # once more right before dvc.lock / the flow commits
+        guard()  # once more right before dvc.lock / the flow commits
     seconds = time.perf_counter() - t0
     details = _DURATIONS.pop(stage, {})
-    if not current_world().is_main:         # torchrun: rank 0 writes every output
+    if not current_world().is_main:  # torchrun: rank 0 writes every output
         return result
-    write_json(TIMING / f"{stage}.json",
-               {"stage": stage, "seconds": round(seconds, 3),
-                "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "durations": details})
+    write_json(
+        TIMING / f"{stage}.json",
+        {
+            "stage": stage,
+            "seconds": round(seconds, 3),
+            "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "durations": details,
+        },
+    )
     log.info("stage %s finished in %.1f s", stage, seconds)
     return result
 
@@ -118,6 +146,7 @@ SCRATCH = {"phase1": [PHASE1_WORK / "*"], "tokenize": [TOKENIZED.parent / ".toke
 
 def _dvc_stage(stage: str) -> dict:
     import yaml
+
     try:
         return yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage] or {}
     except (OSError, KeyError, TypeError, yaml.YAMLError):
@@ -139,7 +168,9 @@ def clean_leftovers(stage: str) -> None:
     (whose writer is gone) and its scratch files (a run of one stage at a time: DVC's lock)."""
     import glob
     import shutil
+
     from cvfp.utils import clean_stale_temps
+
     removed = [t for out in stage_outputs(stage) for t in clean_stale_temps(out)]
     for pattern in SCRATCH.get(stage, []):
         for p in map(Path, glob.glob(str(pattern), include_hidden=True)):
@@ -163,7 +194,7 @@ def stage_param_keys(stage: str) -> list[str] | None:
     for item in spec.get("params") or []:
         if isinstance(item, str):
             keys.append(item)
-        elif isinstance(item, dict):               # {params.yaml: [keys]}
+        elif isinstance(item, dict):  # {params.yaml: [keys]}
             for name, sub in item.items():
                 if Path(name).name == "params.yaml":
                     keys += list(sub or [])
@@ -192,6 +223,7 @@ def params_guard(stage: str, params: Params) -> Callable[..., None] | None:
     the stage runs with (the checkpoint and dvc.lock must agree with what trained). Raises
     ParamsChangedError naming each changed key; None if params came from no file."""
     from cvfp.params import ParamsError
+
     source = getattr(params, "_source", None)
     if source is None:
         return None
@@ -204,14 +236,21 @@ def params_guard(stage: str, params: Params) -> Callable[..., None] | None:
         try:
             now = load_params(path, overrides).model_dump(mode="json")
         except (ParamsError, OSError) as err:
-            raise ParamsChangedError(f"{path} changed while stage {stage} ran and no longer loads "
-                                     f"({err}); {what}. Fix it and run the stage again") from None
-        changed = [f"{k}: {a!r} -> {b!r}" for key in keys
-                   for k, a, b in _leaf_changes(key, _dotted(used, key), _dotted(now, key))]
+            raise ParamsChangedError(
+                f"{path} changed while stage {stage} ran and no longer loads "
+                f"({err}); {what}. Fix it and run the stage again"
+            ) from None
+        changed = [
+            f"{k}: {a!r} -> {b!r}"
+            for key in keys
+            for k, a, b in _leaf_changes(key, _dotted(used, key), _dotted(now, key))
+        ]
         if changed:
             raise ParamsChangedError(
                 f"{path} changed while stage {stage} ran ({'; '.join(changed)}); the stage ran with "
-                f"the old values, so {what} and dvc.lock is not updated. Run the stage again")
+                f"the old values, so {what} and dvc.lock is not updated. Run the stage again"
+            )
+
     return check
 
 
@@ -245,7 +284,7 @@ def merge_durations(obj, durations):
         for k, v in durations.items():
             obj[k] = merge_durations(obj[k], v) if k in obj else v
     elif isinstance(obj, list) and isinstance(durations, list):
-        for x, d in zip(obj, durations):
+        for x, d in zip(obj, durations, strict=False):
             merge_durations(x, d)
     return obj
 
@@ -258,6 +297,7 @@ def record_durations(stage: str, **parts) -> None:
 def load_conversations(path: str | Path) -> list[np.ndarray]:
     """Token ids per conversation (int64 arrays) from an Arrow dataset with `input_ids`."""
     from datasets import load_from_disk
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"token data not found: {path} (run the earlier stages first)")
@@ -270,7 +310,12 @@ def load_conversations(path: str | Path) -> list[np.ndarray]:
 def read_vocab_size(tokenizer_dir: str | Path = TOKENIZER) -> int:
     """Embedding rows needed for this tokenizer (len(tokenizer), includes added specials)."""
     from transformers import AutoTokenizer
-    if not Path(tokenizer_dir).is_dir():    # else transformers takes it for a hub name and goes online
-        raise FileNotFoundError(f"{tokenizer_dir}: tokenizer not found (run the earlier stages first: "
-                                f"`dvc repro` or `dvc pull`)")
+
+    if not Path(
+        tokenizer_dir
+    ).is_dir():  # else transformers takes it for a hub name and goes online
+        raise FileNotFoundError(
+            f"{tokenizer_dir}: tokenizer not found (run the earlier stages first: "
+            f"`dvc repro` or `dvc pull`)"
+        )
     return len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))

@@ -9,6 +9,7 @@ metrics are read from that commit (`git show <ref>:metrics/...`).
 
     python -m tasks.compare      # rebuild the report from the experiments already run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,9 @@ import re
 import subprocess
 import time
 from collections import deque
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import yaml
 
@@ -30,11 +32,13 @@ from cvfp.utils import atomic_path, write_json
 
 from .common import COMPARE_HTML, COMPARE_JSON, COMPARE_MD, log, setup_logging
 
-PREFIX = "cmp"                                   # experiment names: cmp-<arm>-s<seed>
+PREFIX = "cmp"  # experiment names: cmp-<arm>-s<seed>
 ERROR_LINE = re.compile(r"^(ERROR|[\w.]*(Error|Exception)\b:?)")
 # DVC's stage lines and the stages' epoch / finish logs, shown as the experiment goes.
-PROGRESS_LINE = re.compile(r"^Running stage|^Stage '|cvfp INFO (phase2 epoch|transformer epoch|"
-                           r"reconstruction epoch|stage \w+ finished)")
+PROGRESS_LINE = re.compile(
+    r"^Running stage|^Stage '|cvfp INFO (phase2 epoch|transformer epoch|"
+    r"reconstruction epoch|stage \w+ finished)"
+)
 
 
 class ExperimentFailed(RuntimeError):
@@ -49,8 +53,12 @@ def experiment_name(arm: str, seed: int) -> str:
     return f"{PREFIX}-{arm}-s{seed}"
 
 
-def plan(params: Params, arms: list[str] | None = None, n_seeds: int | None = None,
-         overrides: dict[str, Any] | None = None) -> list[dict]:
+def plan(
+    params: Params,
+    arms: list[str] | None = None,
+    n_seeds: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[dict]:
     """The experiments of a comparison, validated before any runs: one dict per arm x seed
     with its name and the full -S overrides (shared ones, then the arm's, then the seed).
     Bad shared overrides raise; an arm whose values do not validate gets `invalid` (its
@@ -59,15 +67,23 @@ def plan(params: Params, arms: list[str] | None = None, n_seeds: int | None = No
     arms = arms or c.run
     unknown = [a for a in arms if a not in c.arms]
     if unknown:
-        raise ValueError(f"unknown arm(s) {unknown}; defined in params.yaml compare.arms: {list(c.arms)}")
+        raise ValueError(
+            f"unknown arm(s) {unknown}; defined in params.yaml compare.arms: {list(c.arms)}"
+        )
     n = len(c.seeds) if n_seeds is None else n_seeds
     if not 1 <= n <= len(c.seeds):
-        raise ValueError(f"--seeds {n}: compare.seeds lists {len(c.seeds)} seed(s) {c.seeds}; "
-                         f"add seeds there to run more")
+        raise ValueError(
+            f"--seeds {n}: compare.seeds lists {len(c.seeds)} seed(s) {c.seeds}; "
+            f"add seeds there to run more"
+        )
     bad = [k for k in (overrides or {}) if k.split(".")[0] in ("seed", "compare")]
     if bad:
-        raise ValueError(f"-S {bad}: the comparison sets the seed itself; pick seeds in compare.seeds")
-    arm_params(params, dict(overrides or {}), "-S")     # shared overrides: wrong for every arm, stop now
+        raise ValueError(
+            f"-S {bad}: the comparison sets the seed itself; pick seeds in compare.seeds"
+        )
+    arm_params(
+        params, dict(overrides or {}), "-S"
+    )  # shared overrides: wrong for every arm, stop now
     control = control_of(params, arms)
     out = []
     for seed in c.seeds[:n]:
@@ -75,13 +91,20 @@ def plan(params: Params, arms: list[str] | None = None, n_seeds: int | None = No
             sets = {**(overrides or {}), **c.arms[arm], "seed": seed}
             if c.transformer_in_control_only and arm != control:
                 sets["baselines.transformer"] = False
-            try:                                          # an arm's bad value fails that arm only
+            try:  # an arm's bad value fails that arm only
                 arm_params(params, sets, f"arm {arm}, seed {seed}")
                 invalid = None
             except ParamsError as err:
                 invalid = str(err)
-            out.append({"arm": arm, "seed": seed, "name": experiment_name(arm, seed), "sets": sets,
-                        "invalid": invalid})
+            out.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "name": experiment_name(arm, seed),
+                    "sets": sets,
+                    "invalid": invalid,
+                }
+            )
     return out
 
 
@@ -118,8 +141,10 @@ def run_experiment(exp: dict, on_line: Callable[[str], None] = log.info) -> dict
         cmd += ["-S", _set_arg(key, value)]
     t0 = time.perf_counter()
     tail: deque[str] = deque(maxlen=80)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}       # stage lines as they happen, not in blocks
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # stage lines as they happen, not in blocks
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as proc:
         for line in proc.stdout:
             line = line.rstrip()
             tail.append(line)
@@ -128,35 +153,63 @@ def run_experiment(exp: dict, on_line: Callable[[str], None] = log.info) -> dict
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         errors = [ln.strip() for ln in tail if ERROR_LINE.match(ln.strip())]
-        raise ExperimentFailed(f"{exp['name']} failed after {seconds:.0f} s (exit {proc.returncode}): "
-                               + (" | ".join(errors[-4:]) or " | ".join(list(tail)[-5:])))
+        raise ExperimentFailed(
+            f"{exp['name']} failed after {seconds:.0f} s (exit {proc.returncode}): "
+            + (" | ".join(errors[-4:]) or " | ".join(list(tail)[-5:]))
+        )
     return {**collect(exp), "seconds": seconds}
 
 
 def collect(exp: dict) -> dict:
     """The record of a finished experiment, read from its commit."""
     ref = exp_ref(exp["name"])
-    if subprocess.run(["git", "rev-parse", "--verify", "--quiet", ref], capture_output=True).returncode:
-        raise ExperimentMissing(f"{exp['name']}: no such experiment on this commit (not run, or it failed)")
+    if subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", ref], capture_output=True
+    ).returncode:
+        raise ExperimentMissing(
+            f"{exp['name']}: no such experiment on this commit (not run, or it failed)"
+        )
     try:
-        metrics = {n: json.loads(_git("show", f"{ref}:metrics/{n}.json")) for n in ("phase1", "phase2")}
+        metrics = {
+            n: json.loads(_git("show", f"{ref}:metrics/{n}.json")) for n in ("phase1", "phase2")
+        }
     except subprocess.CalledProcessError as err:
-        raise ExperimentFailed(f"{exp['name']}: no metrics in {ref}: {err.stderr.strip()}") from None
-    return {"arm": exp["arm"], "seed": exp["seed"], "name": exp["name"], "status": "ok", "error": None,
-            "values": experiment_values(metrics["phase1"], metrics["phase2"])}
+        raise ExperimentFailed(
+            f"{exp['name']}: no metrics in {ref}: {err.stderr.strip()}"
+        ) from None
+    return {
+        "arm": exp["arm"],
+        "seed": exp["seed"],
+        "name": exp["name"],
+        "status": "ok",
+        "error": None,
+        "values": experiment_values(metrics["phase1"], metrics["phase2"]),
+    }
 
 
 def failed(exp: dict, error: str, seconds: float | None = None, status: str = "failed") -> dict:
-    return {"arm": exp["arm"], "seed": exp["seed"], "name": exp["name"], "status": status,
-            "error": error, "seconds": seconds}
+    return {
+        "arm": exp["arm"],
+        "seed": exp["seed"],
+        "name": exp["name"],
+        "status": status,
+        "error": error,
+        "seconds": seconds,
+    }
 
 
-def write_outputs(params: Params, experiments: list[dict], arms: list[str],
-                  overrides: dict[str, Any] | None = None) -> dict:
+def write_outputs(
+    params: Params,
+    experiments: list[dict],
+    arms: list[str],
+    overrides: dict[str, Any] | None = None,
+) -> dict:
     """summarise -> metrics/compare.json, reports/compare.{html,md} (each written atomically)."""
-    summary = summarise(experiments, {a: params.compare.arms[a] for a in arms}, control_of(params, arms))
+    summary = summarise(
+        experiments, {a: params.compare.arms[a] for a in arms}, control_of(params, arms)
+    )
     summary["overrides"] = dict(overrides or {})
-    summary["generated_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")   # not a DVC output
+    summary["generated_utc"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")  # not a DVC output
     try:
         summary["git_revision"] = _git("rev-parse", "HEAD").strip()
     except (OSError, subprocess.CalledProcessError):

@@ -4,6 +4,7 @@ chatterbot: the embedded offline corpus; ultrachat: `data.path` on the Hugging F
 (fails within `data.timeout_s` when offline); local: `data.path` as a hub-layout directory,
 JSONL/Parquet file or plain text. Writes an Arrow dataset plus data/raw/stats.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ def fetch(params: Params):
     import datasets
 
     from cvfp import data
+
     d = params.data
     if d.source == "chatterbot":
         ds = data.take(datasets.Dataset.from_list(data.chatterbot_records()), d.num_samples)
@@ -28,7 +30,9 @@ def fetch(params: Params):
             require_hub("data.path", d.path, timeout=d.timeout_s)
         except RuntimeError as err:
             raise RuntimeError(f"data.source=ultrachat: {err}") from None
-        ds = data.load_dataset(d.path, split=d.split, num_samples=d.num_samples, streaming=d.streaming)
+        ds = data.load_dataset(
+            d.path, split=d.split, num_samples=d.num_samples, streaming=d.streaming
+        )
         origin = f"{d.path} [{d.split}]"
     else:
         ds = data.load_local(d.path, split=d.split, num_samples=d.num_samples)
@@ -38,17 +42,23 @@ def fetch(params: Params):
 
 def run(params: Params) -> dict:
     from cvfp.data import count_messages
+
     ds, origin = fetch(params)
     if len(ds) == 0:
         raise ValueError(f"data.source={params.data.source}: {origin} has no conversations")
     n_messages = count_messages(ds)
-    stats = {"source": params.data.source, "origin": origin,
-             "conversations": len(ds), "messages": n_messages}
+    stats = {
+        "source": params.data.source,
+        "origin": origin,
+        "conversations": len(ds),
+        "messages": n_messages,
+    }
     with atomic_path(RAW) as tmp:
         ds.save_to_disk(str(tmp))
         (tmp / STATS).write_text(json.dumps(stats, indent=2) + "\n")
-    log.info("download: %d conversations (%d messages) from %s -> %s",
-             len(ds), n_messages, origin, RAW)
+    log.info(
+        "download: %d conversations (%d messages) from %s -> %s", len(ds), n_messages, origin, RAW
+    )
     return {**stats, "out": str(RAW)}
 
 

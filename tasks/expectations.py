@@ -10,15 +10,16 @@ The result is written to <out>/validation.json and rendered as GX data docs unde
 <out>/data_docs/index.html. A failure raises `ExpectationFailed` with the number of
 offending tokens and the first ids with their decoded text.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import re
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -31,7 +32,7 @@ SITE = "split"
 # GX stamps every run with the time and fresh UUIDs; data/split is a DVC output that must be
 # the same bytes on a rerun, so the run gets this fixed time and normalize_run_metadata
 # replaces the rest (the stage's real time is in metrics/timing/split.json).
-RUN_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+RUN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 _STAMP = re.compile(r"\d{8}T\d{6}\.\d{6}Z")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -45,26 +46,38 @@ def build_suite(gx, train_vocab: np.ndarray, vocab_size: int):
     suite = gx.ExpectationSuite(name=SUITE)
     suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=1))
     suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="token_id"))
-    suite.add_expectation(E.ExpectColumnValuesToBeBetween(
-        column="token_id", min_value=0, max_value=vocab_size - 1))
-    suite.add_expectation(E.ExpectColumnValuesToBeInSet(
-        column="token_id", value_set=[int(x) for x in train_vocab]))
+    suite.add_expectation(
+        E.ExpectColumnValuesToBeBetween(column="token_id", min_value=0, max_value=vocab_size - 1)
+    )
+    suite.add_expectation(
+        E.ExpectColumnValuesToBeInSet(column="token_id", value_set=[int(x) for x in train_vocab])
+    )
     return suite
 
 
 def token_frame(val_ids: list[int], val: list[np.ndarray]):
     import pandas as pd
+
     lengths = [len(c) for c in val]
-    return pd.DataFrame({
-        "conversation_id": np.repeat(np.asarray(val_ids, dtype=np.int64), lengths),
-        "position": np.concatenate([np.arange(n) for n in lengths]) if val else np.array([], np.int64),
-        "token_id": np.concatenate(val).astype(np.int64) if val else np.array([], np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "conversation_id": np.repeat(np.asarray(val_ids, dtype=np.int64), lengths),
+            "position": np.concatenate([np.arange(n) for n in lengths])
+            if val
+            else np.array([], np.int64),
+            "token_id": np.concatenate(val).astype(np.int64) if val else np.array([], np.int64),
+        }
+    )
 
 
-def validate_val(val_ids: list[int], val: list[np.ndarray], train_vocab: np.ndarray,
-                 vocab_size: int, out_dir: str | Path,
-                 decode: Callable[[int], str] | None = None) -> dict:
+def validate_val(
+    val_ids: list[int],
+    val: list[np.ndarray],
+    train_vocab: np.ndarray,
+    vocab_size: int,
+    out_dir: str | Path,
+    decode: Callable[[int], str] | None = None,
+) -> dict:
     """Run the suite, write validation.json + data docs into out_dir, raise on failure."""
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
@@ -76,22 +89,38 @@ def validate_val(val_ids: list[int], val: list[np.ndarray], train_vocab: np.ndar
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    ctx.add_data_docs_site(SITE, {
-        "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                          "base_directory": str(out_dir / "data_docs")},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
-    batch_def = (ctx.data_sources.add_pandas("split")
-                 .add_dataframe_asset("val_tokens")
-                 .add_batch_definition_whole_dataframe("all"))
+    ctx.add_data_docs_site(
+        SITE,
+        {
+            "class_name": "SiteBuilder",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(out_dir / "data_docs"),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    batch_def = (
+        ctx.data_sources.add_pandas("split")
+        .add_dataframe_asset("val_tokens")
+        .add_batch_definition_whole_dataframe("all")
+    )
     suite = ctx.suites.add(build_suite(gx, train_vocab, vocab_size))
-    vdef = ctx.validation_definitions.add(gx.ValidationDefinition(name="val", data=batch_def, suite=suite))
-    checkpoint = ctx.checkpoints.add(gx.Checkpoint(
-        name="split", validation_definitions=[vdef], result_format={"result_format": "SUMMARY"},
-        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[SITE])]))
-    result = checkpoint.run(batch_parameters={"dataframe": token_frame(val_ids, val)},
-                            run_id=RunIdentifier(run_name="split", run_time=RUN_TIME))
+    vdef = ctx.validation_definitions.add(
+        gx.ValidationDefinition(name="val", data=batch_def, suite=suite)
+    )
+    checkpoint = ctx.checkpoints.add(
+        gx.Checkpoint(
+            name="split",
+            validation_definitions=[vdef],
+            result_format={"result_format": "SUMMARY"},
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
+        )
+    )
+    result = checkpoint.run(
+        batch_parameters={"dataframe": token_frame(val_ids, val)},
+        run_id=RunIdentifier(run_name="split", run_time=RUN_TIME),
+    )
     vr = next(iter(result.run_results.values()))
     (out_dir / "validation.json").write_text(json.dumps(vr.to_json_dict(), indent=2) + "\n")
     normalize_run_metadata(out_dir)
@@ -125,7 +154,9 @@ def summarize(vr) -> dict:
         "success": bool(vr.success),
         "expectations_evaluated": int(vr.statistics["evaluated_expectations"]),
         "expectations_successful": int(vr.statistics["successful_expectations"]),
-        "unexpected_val_tokens": int(in_set.result.get("unexpected_count") or 0) if in_set else None,
+        "unexpected_val_tokens": int(in_set.result.get("unexpected_count") or 0)
+        if in_set
+        else None,
     }
 
 
@@ -134,8 +165,10 @@ def _result(vr, kind: str):
 
 
 def failure_message(vr, decode: Callable[[int], str] | None) -> str:
-    lines = [f"validation data failed {vr.statistics['unsuccessful_expectations']} of "
-             f"{vr.statistics['evaluated_expectations']} expectations (suite {SUITE}):"]
+    lines = [
+        f"validation data failed {vr.statistics['unsuccessful_expectations']} of "
+        f"{vr.statistics['evaluated_expectations']} expectations (suite {SUITE}):"
+    ]
     for r in vr.results:
         if r.success:
             continue
@@ -143,7 +176,9 @@ def failure_message(vr, decode: Callable[[int], str] | None) -> str:
         if "unexpected_count" in res:
             ids = list(dict.fromkeys(int(x) for x in res.get("partial_unexpected_list") or []))[:5]
             shown = ", ".join(f"{i} ({decode(i)!r})" if decode else str(i) for i in ids)
-            lines.append(f"  {kind}: {res['unexpected_count']} offending val tokens; first ids: {shown}")
+            lines.append(
+                f"  {kind}: {res['unexpected_count']} offending val tokens; first ids: {shown}"
+            )
         else:
             lines.append(f"  {kind}: observed {res.get('observed_value')!r}")
         if r.exception_info and r.exception_info.get("raised_exception"):

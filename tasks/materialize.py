@@ -9,6 +9,7 @@ The conversations run in shards of whole chunks (orchestration.shard_conversatio
 are mapped tasks on the configured task runner (threads or Dask). C* is bitwise the same
 either way; phase1.context_reset=stream has a single sequence and so a single shard.
 """
+
 from __future__ import annotations
 
 from cvfp.corpus import Corpus
@@ -17,24 +18,49 @@ from cvfp.params import Params
 from cvfp.sharding import MapShards
 from cvfp.utils import seed_everything
 
-from .common import CSTAR_DIR, PHASE1_DIR, SPLIT, TOKENIZER, cli, load_conversations, log, read_vocab_size
+from .common import (
+    CSTAR_DIR,
+    PHASE1_DIR,
+    SPLIT,
+    TOKENIZER,
+    cli,
+    load_conversations,
+    log,
+    read_vocab_size,
+)
 
 
 def run(params: Params, map_shards: MapShards | None = None) -> dict:
     """`map_shards` runs the shards (default: a plain loop in this process)."""
     seed_everything(params.seed, params.deterministic)
     p1 = params.phase1
-    corpora = {s: Corpus.from_conversations(load_conversations(SPLIT / s), p1.context_reset)
-               for s in SPLITS}
+    corpora = {
+        s: Corpus.from_conversations(load_conversations(SPLIT / s), p1.context_reset)
+        for s in SPLITS
+    }
     meta = materialize_sharded(
-        PHASE1_DIR / "model.pt", corpora, CSTAR_DIR, params.model, read_vocab_size(TOKENIZER),
-        params.materialize.chunk_tokens, p1.context_reset,
-        params.orchestration.shard_conversations, momentum=p1.diversity.momentum,
-        deterministic=params.deterministic, map_shards=map_shards,
-        show_progress=p1.progress, warn_tokens=p1.warn_tokens)
+        PHASE1_DIR / "model.pt",
+        corpora,
+        CSTAR_DIR,
+        params.model,
+        read_vocab_size(TOKENIZER),
+        params.materialize.chunk_tokens,
+        p1.context_reset,
+        params.orchestration.shard_conversations,
+        momentum=p1.diversity.momentum,
+        deterministic=params.deterministic,
+        map_shards=map_shards,
+        show_progress=p1.progress,
+        warn_tokens=p1.warn_tokens,
+    )
     for s, m in meta["splits"].items():
-        log.info("materialize %s: C* %s in %d conversations -> %s", s, m["shape"],
-                 m["n_conversations"], CSTAR_DIR / m["file"])
+        log.info(
+            "materialize %s: C* %s in %d conversations -> %s",
+            s,
+            m["shape"],
+            m["n_conversations"],
+            CSTAR_DIR / m["file"],
+        )
     return meta
 
 

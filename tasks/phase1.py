@@ -21,6 +21,7 @@ objective adds `context_decoder`, its state_dict, outside the model's), cache/ph
 metrics/phase1.json, plots/phase1_{train,val}.csv (cvfp: per iteration; reconstruction:
 train = per epoch, val = convergence passes), plots/phase1_spectrum.csv.
 """
+
 from __future__ import annotations
 
 import time
@@ -38,8 +39,21 @@ from cvfp.phase1_guard import check_trained, measure_saved_model
 from cvfp.reconstruction import HISTORY_COLUMNS, SplitStats, train_reconstruction
 from cvfp.utils import atomic_path, seed_everything, write_json
 
-from .common import (METRICS, PHASE1_DIR, PHASE1_WORK, PLOTS, SPLIT, TOKENIZER, cli, current_world,
-                     load_conversations, log, read_vocab_size, record_durations, split_durations)
+from .common import (
+    METRICS,
+    PHASE1_DIR,
+    PHASE1_WORK,
+    PLOTS,
+    SPLIT,
+    TOKENIZER,
+    cli,
+    current_world,
+    load_conversations,
+    log,
+    read_vocab_size,
+    record_durations,
+    split_durations,
+)
 
 
 def build_model(params: Params, vocab_size: int) -> CVFPModel:
@@ -53,23 +67,44 @@ def build_model(params: Params, vocab_size: int) -> CVFPModel:
 def summary(result: Phase1Result, checks: dict) -> dict:
     f = result.final
     er = checks["effective_rank"]
-    out = {"converged": f.converged, "total": f.total, "convergence_rate": f.convergence_rate,
-           "convergence": f"{100 * f.convergence_rate:.1f}% ({f.converged}/{f.total})",
-           "iterations": result.iterations, "stopped_early": result.stopped_early,
-           # Optimizer steps actually taken, and whether the rate above is the structural one
-           # of the first parallel pass (N - C tokens reproduce iteration 0; SPEC 3).
-           "steps": result.steps, "converged_by_construction": result.converged_by_construction,
-           "segment_starts": result.segments,
-           "cvfp_loss": f.cvfp_loss, "diversity_loss": f.diversity_loss, "total_loss": f.total_loss,
-           "skipped_steps": sum(h.skipped_steps for h in result.history),
-           "effective_rank": er["effective_rank"], "effective_rank_ratio": er["ratio"],
-           "effective_rank_text": er["text"], "actual_rank": er["actual_rank"],
-           "degeneracy": checks["degeneracy"],
-           "identity": {k: v for k, v in checks["identity"].items() if v is not None}}
+    out = {
+        "converged": f.converged,
+        "total": f.total,
+        "convergence_rate": f.convergence_rate,
+        "convergence": f"{100 * f.convergence_rate:.1f}% ({f.converged}/{f.total})",
+        "iterations": result.iterations,
+        "stopped_early": result.stopped_early,
+        # Optimizer steps actually taken, and whether the rate above is the structural one
+        # of the first parallel pass (N - C tokens reproduce iteration 0; SPEC 3).
+        "steps": result.steps,
+        "converged_by_construction": result.converged_by_construction,
+        "segment_starts": result.segments,
+        "cvfp_loss": f.cvfp_loss,
+        "diversity_loss": f.diversity_loss,
+        "total_loss": f.total_loss,
+        "skipped_steps": sum(h.skipped_steps for h in result.history),
+        "effective_rank": er["effective_rank"],
+        "effective_rank_ratio": er["ratio"],
+        "effective_rank_text": er["text"],
+        "actual_rank": er["actual_rank"],
+        "degeneracy": checks["degeneracy"],
+        "identity": {k: v for k, v in checks["identity"].items() if v is not None},
+    }
     if "convergence" in checks:
         c = checks["convergence"]
-        out["trials"] = {k: c[k] for k in ("verdict", "final_diff", "passed", "initial_loss",
-                                            "final_loss", "reduction_percent", "std", "slope")}
+        out["trials"] = {
+            k: c[k]
+            for k in (
+                "verdict",
+                "final_diff",
+                "passed",
+                "initial_loss",
+                "final_loss",
+                "reduction_percent",
+                "std",
+                "slope",
+            )
+        }
     return out
 
 
@@ -79,16 +114,27 @@ def run(params: Params) -> dict | None:
     world = current_world()
     p1, show = params.phase1, params.phase1.progress and world.is_main
     if world.distributed and p1.objective != "cvfp":
-        raise ValueError(f"phase1.objective={p1.objective!r} runs in one process; under torchrun "
-                         f"use phase1.objective=cvfp, or run `python -m tasks.phase1`")
+        raise ValueError(
+            f"phase1.objective={p1.objective!r} runs in one process; under torchrun "
+            f"use phase1.objective=cvfp, or run `python -m tasks.phase1`"
+        )
     vocab_size = read_vocab_size(TOKENIZER)
-    corpora = {s: Corpus.from_conversations(load_conversations(SPLIT / s), p1.context_reset)
-               for s in ("train", "val")}
+    corpora = {
+        s: Corpus.from_conversations(load_conversations(SPLIT / s), p1.context_reset)
+        for s in ("train", "val")
+    }
     model = build_model(params, vocab_size).to(world.device)
     world.broadcast_module(model)
-    log.info("phase1: %d train / %d val tokens in %d / %d conversations, objective=%s, mode=%s, reset=%s",
-             corpora["train"].n_tokens, corpora["val"].n_tokens, corpora["train"].n_conversations,
-             corpora["val"].n_conversations, p1.objective, p1.mode, p1.context_reset)
+    log.info(
+        "phase1: %d train / %d val tokens in %d / %d conversations, objective=%s, mode=%s, reset=%s",
+        corpora["train"].n_tokens,
+        corpora["val"].n_tokens,
+        corpora["train"].n_conversations,
+        corpora["val"].n_conversations,
+        p1.objective,
+        p1.mode,
+        p1.context_reset,
+    )
 
     recon = None
     t0 = time.perf_counter()
@@ -100,35 +146,55 @@ def run(params: Params) -> dict | None:
         results["val"] = run_phase1(model, corpora["val"], p1, train=False, **kw)
         if not world.is_main:
             return None
-        model.cpu()                                 # the checks run on rank 0's CPU
+        model.cpu()  # the checks run on rank 0's CPU
         contexts = {s: r.contexts for s, r in results.items()}
         iterations_text = f"{results['train'].iterations}/{p1.max_iterations}"
     elif p1.objective == "none":
         # The control arm (SPEC 9): no optimizer step; C* and the checks come from the
         # initialised stack, measured by the same passes as cvfp's val split.
         train_seconds = 0.0
-        results = {s: run_phase1(model, corpora[s], p1, train=False, show_progress=show,
-                                 work_dir=PHASE1_WORK) for s in ("train", "val")}
+        results = {
+            s: run_phase1(
+                model, corpora[s], p1, train=False, show_progress=show, work_dir=PHASE1_WORK
+            )
+            for s in ("train", "val")
+        }
         contexts = {s: r.contexts for s, r in results.items()}
         iterations_text = f"0/{p1.max_iterations} (objective none: no Phase 1 training)"
     else:
-        recon = train_reconstruction(model, corpora["train"], corpora["val"], p1, seed=params.seed,
-                                     show_progress=show)
+        recon = train_reconstruction(
+            model, corpora["train"], corpora["val"], p1, seed=params.seed, show_progress=show
+        )
         train_seconds = time.perf_counter() - t0
-        contexts = recon.contexts                   # zero-start sequential pass = C*
+        contexts = recon.contexts  # zero-start sequential pass = C*
         # Fixed-point convergence of the trained update, measured as for cvfp's val split.
-        results = {s: run_phase1(model, corpora[s], p1, train=False, show_progress=show,
-                                 work_dir=PHASE1_WORK) for s in ("train", "val")}
+        results = {
+            s: run_phase1(
+                model, corpora[s], p1, train=False, show_progress=show, work_dir=PHASE1_WORK
+            )
+            for s in ("train", "val")
+        }
         iterations_text = f"{len(recon.history)}/{p1.reconstruction.epochs} epochs"
-    checks = {s: run_checks(model, corpora[s], contexts[s], params.checks,
-                            trials=(s == "val"), show_progress=show) for s in results}
-    check_trained(model, checks, p1)                # diverged or collapsed: fail before saving
+    checks = {
+        s: run_checks(
+            model, corpora[s], contexts[s], params.checks, trials=(s == "val"), show_progress=show
+        )
+        for s in results
+    }
+    check_trained(model, checks, p1)  # diverged or collapsed: fail before saving
 
-    metrics = {"objective": p1.objective, "max_iterations": p1.max_iterations,
-               "min_iterations": p1.min_iterations,
-               "iterations_text": iterations_text, "train_seconds": train_seconds,
-               **{s: summary(results[s], checks[s]) for s in results}}
-    extra = {"objective": p1.objective, "history": {s: r.history_dicts() for s, r in results.items()}}
+    metrics = {
+        "objective": p1.objective,
+        "max_iterations": p1.max_iterations,
+        "min_iterations": p1.min_iterations,
+        "iterations_text": iterations_text,
+        "train_seconds": train_seconds,
+        **{s: summary(results[s], checks[s]) for s in results},
+    }
+    extra = {
+        "objective": p1.objective,
+        "history": {s: r.history_dicts() for s, r in results.items()},
+    }
     checks_out = {s: {**checks[s], "history": results[s].history_dicts()} for s in results}
     if recon is not None:
         metrics["epochs"] = len(recon.history)
@@ -139,15 +205,22 @@ def run(params: Params) -> dict | None:
         extra["context_decoder"] = recon.decoder.state_dict()
         extra["history"]["reconstruction"] = recon.history
         checks_out["reconstruction"] = {
-            "history": recon.history, "recon_weight": p1.reconstruction.recon_weight,
-            "final": {s: reconstruction_summary(st) for s, st in recon.final.items()}}
+            "history": recon.history,
+            "recon_weight": p1.reconstruction.recon_weight,
+            "final": {s: reconstruction_summary(st) for s, st in recon.final.items()},
+        }
     # Wall-clock seconds go to metrics/timing/phase1.json, so reruns give the same bytes.
-    (metrics, t_metrics), (checks_out, t_checks) = split_durations(metrics), split_durations(checks_out)
+    (metrics, t_metrics), (checks_out, t_checks) = (
+        split_durations(metrics),
+        split_durations(checks_out),
+    )
     extra["history"] = split_durations(extra["history"])[0]
     record_durations("phase1", metrics=t_metrics, checks=t_checks)
     with atomic_path(PHASE1_DIR) as tmp:
         tmp.mkdir()
-        save_checkpoint(tmp / "model.pt", model, params.model_dump(), vocab_size=vocab_size, **extra)
+        save_checkpoint(
+            tmp / "model.pt", model, params.model_dump(), vocab_size=vocab_size, **extra
+        )
         write_json(tmp / "checks.json", checks_out)
     write_json(METRICS / "phase1.json", metrics)
     if recon is None:
@@ -161,16 +234,30 @@ def run(params: Params) -> dict | None:
         spectrum[f"{s}_singular_value"] = [v / sv[0] if sv[0] else 0.0 for v in sv]
     _write_csv(PLOTS / "phase1_spectrum.csv", spectrum)
     for s in results:
-        ppl = f", ppl {metrics[s]['ppl']:.2f}, acc {metrics[s]['acc']:.4f}" if recon is not None else ""
-        log.info("phase1 %s: convergence %s, effective rank %s%s", s, metrics[s]["convergence"],
-                 metrics[s]["effective_rank_text"], ppl)
+        ppl = (
+            f", ppl {metrics[s]['ppl']:.2f}, acc {metrics[s]['acc']:.4f}"
+            if recon is not None
+            else ""
+        )
+        log.info(
+            "phase1 %s: convergence %s, effective rank %s%s",
+            s,
+            metrics[s]["convergence"],
+            metrics[s]["effective_rank_text"],
+            ppl,
+        )
     return metrics
 
 
 def reconstruction_summary(st: SplitStats) -> dict:
     """Per-split numbers of the reconstruction objective (zero-start pass after training)."""
-    return {"token_loss": st.token_loss, "recon_loss": st.recon_loss, "loss": st.loss,
-            "ppl": st.ppl, "acc": st.acc}
+    return {
+        "token_loss": st.token_loss,
+        "recon_loss": st.recon_loss,
+        "loss": st.loss,
+        "ppl": st.ppl,
+        "acc": st.acc,
+    }
 
 
 def _write_csv(path, frame: pd.DataFrame) -> None:

@@ -6,13 +6,14 @@ cache/phase1/checks.json, metrics/phase2.json, plots/phase2_epochs.csv.
 Outputs: reports/report.html (plots embedded as base64 PNG, inline CSS, no network needed),
 reports/report.md (same tables, no images), metrics/summary.json (tasks/summary.py).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -22,8 +23,19 @@ from cvfp.params import Params
 from cvfp.report import STAGES, ReportInputs, build_report
 from cvfp.utils import atomic_path
 
-from .common import (COMPARE_HTML, COMPARE_JSON, METRICS, PHASE1_DIR, PLOTS, REPORTS, SPLIT, TIMING, cli,
-                     log, merge_durations)
+from .common import (
+    COMPARE_HTML,
+    COMPARE_JSON,
+    METRICS,
+    PHASE1_DIR,
+    PLOTS,
+    REPORTS,
+    SPLIT,
+    TIMING,
+    cli,
+    log,
+    merge_durations,
+)
 from .summary import write_summary
 
 GX_DIR = SPLIT / "gx"
@@ -37,8 +49,17 @@ REQUIRED = {
     "phase2_epochs": (PLOTS / "phase2_epochs.csv", "phase2"),
 }
 GX_DOCS = GX_DIR / "data_docs" / "index.html"
-LIBRARIES = ("torch", "prefect", "dvc", "great_expectations", "datasets", "transformers", "numpy",
-             "pandas", "matplotlib")
+LIBRARIES = (
+    "torch",
+    "prefect",
+    "dvc",
+    "great_expectations",
+    "datasets",
+    "transformers",
+    "numpy",
+    "pandas",
+    "matplotlib",
+)
 HTML_OUT, MD_OUT = REPORTS / "report.html", REPORTS / "report.md"
 
 
@@ -51,7 +72,8 @@ def _require(key: str) -> Path:
     if not path.exists():
         raise MissingInputError(
             f"report input missing: {path} (written by the '{stage}' stage; run "
-            f"`python -m tasks.{stage}` or `dvc repro {stage}` first)")
+            f"`python -m tasks.{stage}` or `dvc repro {stage}` first)"
+        )
     return path
 
 
@@ -66,7 +88,9 @@ def _read_json(key: str) -> dict:
 def _read_epochs() -> list[dict]:
     frame = pd.read_csv(_require("phase2_epochs"))
     # NaN (empty cells) -> None, so the formatters print "n/a".
-    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+    return [
+        {k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")
+    ]
 
 
 def _git(*args: str) -> str | None:
@@ -114,11 +138,14 @@ def read_timing() -> dict[str, dict]:
 
 def load_inputs(params: Params) -> ReportInputs:
     rev, dirty = git_state()
-    meta = {"git_revision": rev, "git_dirty": dirty,
-            "generated_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-            "versions": library_versions(),
-            # phase1.objective may not exist in this params schema yet (cvfp is the only one then).
-            "phase1_objective": getattr(params.phase1, "objective", "cvfp")}
+    meta = {
+        "git_revision": rev,
+        "git_dirty": dirty,
+        "generated_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "versions": library_versions(),
+        # phase1.objective may not exist in this params schema yet (cvfp is the only one then).
+        "phase1_objective": getattr(params.phase1, "objective", "cvfp"),
+    }
     docs = os.path.relpath(GX_DOCS, REPORTS) if GX_DOCS.exists() else None
     # A comparison (python -m flows.compare) is optional and not a DVC dep of this stage:
     # linked, and its computed verdicts shown, when present.
@@ -128,13 +155,19 @@ def load_inputs(params: Params) -> ReportInputs:
     # recorded ones, which show when the timing files are there.
     d1, d2 = (timing.get(s, {}).get("durations", {}) for s in ("phase1", "phase2"))
     return ReportInputs(
-        params=params.model_dump(mode="json"), meta=meta, timing=timing,
-        data=_read_json("data"), gx=_read_json("gx"), gx_docs_href=Path(docs).as_posix() if docs else None,
+        params=params.model_dump(mode="json"),
+        meta=meta,
+        timing=timing,
+        data=_read_json("data"),
+        gx=_read_json("gx"),
+        gx_docs_href=Path(docs).as_posix() if docs else None,
         phase1=merge_durations(_read_json("phase1"), d1.get("metrics", {})),
         checks=merge_durations(_read_json("checks"), d1.get("checks", {})),
         phase2=merge_durations(_read_json("phase2"), d2.get("metrics", {})),
-        phase2_epochs=merge_durations(_read_epochs(), d2.get("epochs", [])), compare=compare,
-        compare_href=os.path.relpath(COMPARE_HTML, REPORTS) if COMPARE_HTML.exists() else None)
+        phase2_epochs=merge_durations(_read_epochs(), d2.get("epochs", [])),
+        compare=compare,
+        compare_href=os.path.relpath(COMPARE_HTML, REPORTS) if COMPARE_HTML.exists() else None,
+    )
 
 
 def run(params: Params) -> dict:
@@ -145,8 +178,12 @@ def run(params: Params) -> dict:
     for f in report.findings:
         log.warning("report: %s %s: %s", f.area, f.check, f.message)
     log.info("report: %s and %s (%d warning(s))", HTML_OUT, MD_OUT, len(report.findings))
-    write_summary()                 # metrics/summary.json: the run's DVC metrics (tasks/summary.py)
-    return {"html": str(HTML_OUT.resolve()), "md": str(MD_OUT.resolve()), "warnings": len(report.findings)}
+    write_summary()  # metrics/summary.json: the run's DVC metrics (tasks/summary.py)
+    return {
+        "html": str(HTML_OUT.resolve()),
+        "md": str(MD_OUT.resolve()),
+        "warnings": len(report.findings),
+    }
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ Validation comes from the training data (split.strategy: holdout | tail, split.v
 see cvfp/splitting.py). A Great Expectations suite (tasks/expectations.py) checks val before
 anything trains; on failure the stage raises and leaves no data/split behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,15 @@ def load_tokenized(path: Path = TOKENIZED):
     """(conversation ids, token arrays, stats of earlier stages) from the tokenize output."""
     import numpy as np
     from datasets import load_from_disk
+
     if not path.exists():
         raise FileNotFoundError(f"{path}: tokenized data not found (run the tokenize stage first)")
     try:
         ds = load_from_disk(str(path))
     except Exception as err:  # corrupt Arrow/state files raise assorted types
-        raise ValueError(f"{path}: cannot load tokenized dataset: {type(err).__name__}: {err}") from None
+        raise ValueError(
+            f"{path}: cannot load tokenized dataset: {type(err).__name__}: {err}"
+        ) from None
     missing = {"conversation_id", "input_ids", "n_tokens"} - set(ds.column_names)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
@@ -39,24 +43,35 @@ def load_tokenized(path: Path = TOKENIZED):
 def check_ids_fit(convs, vocab_size: int, made_by: str | None) -> None:
     """data/tokenized must come from the data/tokenizer beside it (same tokenize run)."""
     from cvfp.utils import dir_digest
+
     if made_by is not None and made_by != dir_digest(TOKENIZER):
-        raise ValueError(f"{TOKENIZED} was not made with {TOKENIZER} (tokenizer digest differs: "
-                         f"they come from different tokenize runs); rerun the tokenize stage "
-                         f"(`dvc repro -f -s tokenize`)")
+        raise ValueError(
+            f"{TOKENIZED} was not made with {TOKENIZER} (tokenizer digest differs: "
+            f"they come from different tokenize runs); rerun the tokenize stage "
+            f"(`dvc repro -f -s tokenize`)"
+        )
     top = max((int(c.max()) for c in convs if len(c)), default=-1)
     if top >= vocab_size:
-        raise ValueError(f"{TOKENIZED} has token id {top} but {TOKENIZER} has {vocab_size} tokens: "
-                         f"they come from different tokenize runs; rerun the tokenize stage "
-                         f"(`dvc repro -f -s tokenize`)")
+        raise ValueError(
+            f"{TOKENIZED} has token id {top} but {TOKENIZER} has {vocab_size} tokens: "
+            f"they come from different tokenize runs; rerun the tokenize stage "
+            f"(`dvc repro -f -s tokenize`)"
+        )
 
 
 def to_dataset(ids, convs):
     from datasets import Dataset
 
     from cvfp.tokenization import OUT_FEATURES
-    return Dataset.from_dict({"conversation_id": ids,
-                              "input_ids": [c.astype("int32") for c in convs],
-                              "n_tokens": [len(c) for c in convs]}, features=OUT_FEATURES)
+
+    return Dataset.from_dict(
+        {
+            "conversation_id": ids,
+            "input_ids": [c.astype("int32") for c in convs],
+            "n_tokens": [len(c) for c in convs],
+        },
+        features=OUT_FEATURES,
+    )
 
 
 def run(params: Params) -> dict:
@@ -73,8 +88,14 @@ def run(params: Params) -> dict:
     s = splitting.split(ids, convs, params.split.strategy, params.split.val_fraction)
     stats = splitting.subset_stats(s)
     with atomic_path(SPLIT) as tmp:
-        gx = validate_val(s.val_ids, s.val, splitting.train_vocab(s.train), len(tokenizer),
-                          tmp / "gx", decode=lambda i: tokenizer.decode([i]))
+        gx = validate_val(
+            s.val_ids,
+            s.val,
+            splitting.train_vocab(s.train),
+            len(tokenizer),
+            tmp / "gx",
+            decode=lambda i: tokenizer.decode([i]),
+        )
         to_dataset(s.train_ids, s.train).save_to_disk(str(tmp / "train"))
         to_dataset(s.val_ids, s.val).save_to_disk(str(tmp / "val"))
     raw = earlier.get("raw", {})
@@ -88,18 +109,29 @@ def run(params: Params) -> dict:
         "split_strategy": params.split.strategy,
         "val_fraction": params.split.val_fraction,
         **stats,
-        "dropped_conversations": {"empty": earlier.get("dropped", {}).get("empty"),
-                                  "val_unseen_token": s.stats["val_dropped_unseen_token"]},
+        "dropped_conversations": {
+            "empty": earlier.get("dropped", {}).get("empty"),
+            "val_unseen_token": s.stats["val_dropped_unseen_token"],
+        },
         "val_dropped_tokens": s.stats["val_dropped_tokens"],
         "gx_success": gx["success"],
         "gx_expectations_evaluated": gx["expectations_evaluated"],
         "gx_expectations_successful": gx["expectations_successful"],
     }
     write_json(DATA_METRICS, metrics)
-    log.info("split (%s): train %d conv / %d tokens, val %d conv / %d tokens, val_subset_ok=%s, "
-             "GX %d/%d expectations -> %s", params.split.strategy, stats["train_conversations"],
-             stats["train_tokens"], stats["val_conversations"], stats["val_tokens"],
-             stats["val_subset_ok"], gx["expectations_successful"], gx["expectations_evaluated"], SPLIT)
+    log.info(
+        "split (%s): train %d conv / %d tokens, val %d conv / %d tokens, val_subset_ok=%s, "
+        "GX %d/%d expectations -> %s",
+        params.split.strategy,
+        stats["train_conversations"],
+        stats["train_tokens"],
+        stats["val_conversations"],
+        stats["val_tokens"],
+        stats["val_subset_ok"],
+        gx["expectations_successful"],
+        gx["expectations_evaluated"],
+        SPLIT,
+    )
     return {**metrics, "out": str(SPLIT), "metrics": str(DATA_METRICS)}
 
 

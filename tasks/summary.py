@@ -7,6 +7,7 @@ the report stage from the stage files; the Prefect summary artifact shows the sa
 (flows/artifacts.py). A missing file or key is null ("n/a"), e.g. Phase 1 steps before the
 phase1 stage records them, or the ablations of a run without Phase 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,12 +48,18 @@ def summary_metrics(m: dict[str, dict]) -> dict:
     """The headline numbers from the stage metrics `m` ({stage: metrics}), rounded (perplexity
     to 0.01, rates to 0.0001); every key is always present, None when not measured."""
     p1, p2 = m.get("phase1", {}), m.get("phase2", {})
-    ppl = {"cvfp": "cvfp.val_ppl", "bigram": "baselines.bigram.val_ppl",
-           "transformer": "baselines.transformer.val_ppl",
-           "zero_c": "ablations.zero_context.val_ppl",
-           "shuffled_c": "ablations.shuffled_context.val_ppl"}
-    acc = {"cvfp": "cvfp.val_acc", "bigram": "baselines.bigram.val_acc",
-           "transformer": "baselines.transformer.val_acc"}
+    ppl = {
+        "cvfp": "cvfp.val_ppl",
+        "bigram": "baselines.bigram.val_ppl",
+        "transformer": "baselines.transformer.val_ppl",
+        "zero_c": "ablations.zero_context.val_ppl",
+        "shuffled_c": "ablations.shuffled_context.val_ppl",
+    }
+    acc = {
+        "cvfp": "cvfp.val_acc",
+        "bigram": "baselines.bigram.val_acc",
+        "transformer": "baselines.transformer.val_acc",
+    }
     # Short names: they are `dvc exp show` column headers. ppl/acc are on val; zero_c and
     # shuffled_c are CVFP's Phase 2 head with zero / shuffled C* (the ablations).
     return {
@@ -75,6 +82,7 @@ def summary_metrics(m: dict[str, dict]) -> dict:
 
 def write_summary(metrics_dir: str | Path = METRICS) -> dict:
     from cvfp.utils import write_json
+
     summary = summary_metrics(read_stage_metrics(metrics_dir))
     write_json(Path(metrics_dir) / SUMMARY.name, summary)
     return summary

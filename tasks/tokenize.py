@@ -11,6 +11,7 @@ Encoding runs in shards of orchestration.shard_conversations raw rows
 loop); under the Prefect flow the shards are mapped tasks on the configured task runner
 (threads or Dask). Neither the shard size nor the engine changes the output.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,11 @@ STATS = "stats.json"
 
 def load_raw(path: Path = RAW):
     from datasets import load_from_disk
+
     if not path.exists():
-        raise FileNotFoundError(f"{path}: raw conversations not found (run the download stage first)")
+        raise FileNotFoundError(
+            f"{path}: raw conversations not found (run the download stage first)"
+        )
     try:
         return load_from_disk(str(path))
     except Exception as err:  # corrupt Arrow/state files raise assorted types
@@ -43,6 +47,7 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
     """`map_shards` runs the encoding shards (default: in this process, on
     tokenizer.num_proc threads; 1 = a plain loop)."""
     from cvfp import tokenization as tk
+
     t = params.tokenizer
     raw = load_raw()
     if t.kind == "bpe":
@@ -57,11 +62,19 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         files = tk.tokenizer_files(Path(tmp) / "tokenizer")
         shards = tk.shards_of(raw, params.orchestration.shard_conversations)
         results: list = [None] * len(shards)
-        (map_shards or threaded(t.num_proc))(tk.tokenize_shard, shards, results.__setitem__,
-                                   {"tokenizer": files, "max_seq_length": t.max_seq_length})
+        (map_shards or threaded(t.num_proc))(
+            tk.tokenize_shard,
+            shards,
+            results.__setitem__,
+            {"tokenizer": files, "max_seq_length": t.max_seq_length},
+        )
         ds, stats = tk.combine_shards(results, tokenizer)
-        stats = {"kind": t.kind, "name": t.name if t.kind == "pretrained" else "bpe", **stats,
-                 "raw": read_stats(RAW / STATS)}  # carried on so split needs only this stage
+        stats = {
+            "kind": t.kind,
+            "name": t.name if t.kind == "pretrained" else "bpe",
+            **stats,
+            "raw": read_stats(RAW / STATS),
+        }  # carried on so split needs only this stage
         # Tokenizer and token ids must match: both are written in full before either
         # replaces the old one (a failed write, e.g. disk full, replaces neither), and the ids
         # record which tokenizer made them (split checks it).
@@ -70,9 +83,15 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
             stats["tokenizer_sha256"] = dir_digest(tok_out)
             ds.save_to_disk(str(out))
             (out / STATS).write_text(json.dumps(stats, indent=2) + "\n")
-    log.info("tokenize: %d conversations, %d tokens (vocab %d, %d empty dropped, %d truncated) -> %s",
-             stats["conversations_out"], stats["tokens"], stats["vocab_size"],
-             stats["dropped"]["empty"], stats["truncated"], TOKENIZED)
+    log.info(
+        "tokenize: %d conversations, %d tokens (vocab %d, %d empty dropped, %d truncated) -> %s",
+        stats["conversations_out"],
+        stats["tokens"],
+        stats["vocab_size"],
+        stats["dropped"]["empty"],
+        stats["truncated"],
+        TOKENIZED,
+    )
     return {**stats, "tokenizer": str(TOKENIZER), "out": str(TOKENIZED)}
 
 

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from cvfp.checks import (convergence_trials, degeneracy, effective_rank, identity_probes,
-                         singular_values, verdict)
+from cvfp.checks import (
+    convergence_trials,
+    degeneracy,
+    effective_rank,
+    identity_probes,
+    singular_values,
+    verdict,
+)
 from cvfp.corpus import Corpus
 from cvfp.model import CVFPModel
 
@@ -24,15 +30,20 @@ def test_gram_method_equals_svd_on_random_data():
     s_svd = torch.linalg.svdvals(x.double())
     torch.testing.assert_close(singular_values(x, chunk=64), s_svd, rtol=1e-9, atol=1e-9)
     p = s_svd / s_svd.sum()
-    assert effective_rank(x)["effective_rank"] == pytest.approx(math.exp(-(p * p.log()).sum()), rel=1e-9)
+    assert effective_rank(x)["effective_rank"] == pytest.approx(
+        math.exp(-(p * p.log()).sum()), rel=1e-9
+    )
 
 
-@pytest.mark.parametrize("losses, expected", [
-    ([1.0, 0.8, 0.6, 0.4, 0.2], "CONVERGING"),
-    ([0.0010, 0.0011, 0.0010, 0.0011, 0.0010], "CONVERGED"),
-    ([0.1, 0.2, 0.3, 0.4, 0.5], "DIVERGING"),
-    ([0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0], "UNSTABLE"),  # flat trend, large std
-])
+@pytest.mark.parametrize(
+    "losses, expected",
+    [
+        ([1.0, 0.8, 0.6, 0.4, 0.2], "CONVERGING"),
+        ([0.0010, 0.0011, 0.0010, 0.0011, 0.0010], "CONVERGED"),
+        ([0.1, 0.2, 0.3, 0.4, 0.5], "DIVERGING"),
+        ([0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0], "UNSTABLE"),  # flat trend, large std
+    ],
+)
 def test_verdicts(losses, expected):
     v = verdict(losses)
     assert v["verdict"] == expected
@@ -66,14 +77,18 @@ def test_identity_probes_flag_a_copying_model():
     ctx = torch.randn(20, 8)
     r = identity_probes(m, corpus, ctx, samples=10)
     assert r["input_output_cosine"] == pytest.approx(1.0, abs=1e-6) and r["identity_warning"]
-    assert r["ignores_tokens_warning"] and r["different_token_output_similarity"] == pytest.approx(1.0, abs=1e-6)
+    assert r["ignores_tokens_warning"] and r["different_token_output_similarity"] == pytest.approx(
+        1.0, abs=1e-6
+    )
     assert r["context_token_cosine"] is not None
 
 
 def test_convergence_trials_on_contracting_model():
     torch.manual_seed(0)
     m = CVFPModel(20, 8, 8, 16, [1, 1])
-    r = convergence_trials(m, Corpus.from_conversations([[1, 2, 3, 4, 5, 6]] * 3, "conversation"), trials=5)
+    r = convergence_trials(
+        m, Corpus.from_conversations([[1, 2, 3, 4, 5, 6]] * 3, "conversation"), trials=5
+    )
     assert len(r["losses"]) == 5 and r["final_diff"] == r["losses"][-1]
     assert r["verdict"] in {"CONVERGING", "CONVERGED", "DIVERGING", "UNSTABLE"}
     assert r["passed"] == (r["final_diff"] < 1e-3)

@@ -1,14 +1,24 @@
 """The comparison's statistics and verdict (cvfp/compare.py) on known numbers, the report
 built from them, and the plan of experiments (tasks/compare.py)."""
+
 import math
 
 import pytest
+from conftest import ROOT
 
-from cvfp.compare import (BETTER, NO_EFFECT, TOO_FEW, WORSE, experiment_values, mean_std, paired,
-                          summarise, verdict)
+from cvfp.compare import (
+    BETTER,
+    NO_EFFECT,
+    TOO_FEW,
+    WORSE,
+    experiment_values,
+    mean_std,
+    paired,
+    summarise,
+    verdict,
+)
 from cvfp.compare_report import build_compare_report
 from cvfp.params import ParamsError, load_params
-from conftest import ROOT
 
 
 def test_mean_std_is_the_sample_std():
@@ -24,10 +34,13 @@ def test_paired_differences_on_the_issue_numbers_are_within_noise():
     p = paired("cvfp", cvfp, "none", none)
     assert p.diffs == pytest.approx([0.37, -0.30, 0.16])
     assert p.mean == pytest.approx(0.23 / 3)
-    assert p.std == pytest.approx(math.sqrt(((0.37 - 0.23 / 3) ** 2 + (-0.30 - 0.23 / 3) ** 2
-                                             + (0.16 - 0.23 / 3) ** 2) / 2))
+    assert p.std == pytest.approx(
+        math.sqrt(((0.37 - 0.23 / 3) ** 2 + (-0.30 - 0.23 / 3) ** 2 + (0.16 - 0.23 / 3) ** 2) / 2)
+    )
     assert p.verdict == NO_EFFECT
-    assert p.text == "cvfp vs none: +0.08 ± 0.34 val ppl (paired over 3 seeds): no measurable effect"
+    assert (
+        p.text == "cvfp vs none: +0.08 ± 0.34 val ppl (paired over 3 seeds): no measurable effect"
+    )
 
 
 def test_verdict_better_worse_and_the_boundaries():
@@ -45,47 +58,105 @@ def test_verdict_better_worse_and_the_boundaries():
 
 
 def _values(ppl, tr=15.0, steps=1):
-    p1 = {"train": {"steps": steps, "converged_by_construction": steps == 1, "effective_rank_ratio": 0.8},
-          "val": {"effective_rank_ratio": 0.7, "trials": {"final_diff": 0.1, "verdict": "CONVERGING"}}}
-    p2 = {"cvfp": {"val_ppl": ppl, "val_acc": 0.5, "best_epoch": 2},
-          "baselines": {"bigram": {"val_ppl": 80.0, "val_acc": 0.4}, "transformer": {"val_ppl": tr, "val_acc": 0.6}},
-          "ablations": {"zero_context": {"val_ppl": ppl + 80}, "shuffled_context": {"val_ppl": ppl + 140}}}
+    p1 = {
+        "train": {
+            "steps": steps,
+            "converged_by_construction": steps == 1,
+            "effective_rank_ratio": 0.8,
+        },
+        "val": {
+            "effective_rank_ratio": 0.7,
+            "trials": {"final_diff": 0.1, "verdict": "CONVERGING"},
+        },
+    }
+    p2 = {
+        "cvfp": {"val_ppl": ppl, "val_acc": 0.5, "best_epoch": 2},
+        "baselines": {
+            "bigram": {"val_ppl": 80.0, "val_acc": 0.4},
+            "transformer": {"val_ppl": tr, "val_acc": 0.6},
+        },
+        "ablations": {
+            "zero_context": {"val_ppl": ppl + 80},
+            "shuffled_context": {"val_ppl": ppl + 140},
+        },
+    }
     return experiment_values(p1, p2)
 
 
 def test_summarise_and_report_keys_verdicts_and_failures():
-    ok = lambda arm, seed, ppl, **kw: {"arm": arm, "seed": seed, "name": f"cmp-{arm}-s{seed}", "status": "ok",
-                                       "seconds": 10.0, "values": _values(ppl, **kw)}
-    exps = [ok("none", 42, 19.0, steps=0), ok("cvfp", 42, 18.0), ok("none", 7, 19.4, steps=0), ok("cvfp", 7, 18.3),
-            {"arm": "recon", "seed": 42, "name": "cmp-recon-s42", "status": "failed", "error": "boom"},
-            ok("recon", 7, 17.0)]
+    def ok(arm, seed, ppl, **kw):
+        return {
+            "arm": arm,
+            "seed": seed,
+            "name": f"cmp-{arm}-s{seed}",
+            "status": "ok",
+            "seconds": 10.0,
+            "values": _values(ppl, **kw),
+        }
+
+    exps = [
+        ok("none", 42, 19.0, steps=0),
+        ok("cvfp", 42, 18.0),
+        ok("none", 7, 19.4, steps=0),
+        ok("cvfp", 7, 18.3),
+        {"arm": "recon", "seed": 42, "name": "cmp-recon-s42", "status": "failed", "error": "boom"},
+        ok("recon", 7, 17.0),
+    ]
     s = summarise(exps, {"none": {"phase1.objective": "none"}, "cvfp": {}, "recon": {}}, "none")
     none, cvfp, recon = (s["arms"][a] for a in ("none", "cvfp", "recon"))
-    assert none["val_ppl_mean"] == pytest.approx(19.2) and none["val_ppl_std"] == pytest.approx(math.sqrt(0.08))
-    assert none["phase1_steps"] == [0, 0] and cvfp["phase1_steps"] == [1, 1] and cvfp["seeds"] == [42, 7]
+    assert none["val_ppl_mean"] == pytest.approx(19.2) and none["val_ppl_std"] == pytest.approx(
+        math.sqrt(0.08)
+    )
+    assert (
+        none["phase1_steps"] == [0, 0]
+        and cvfp["phase1_steps"] == [1, 1]
+        and cvfp["seeds"] == [42, 7]
+    )
     assert cvfp["verdict"] == "cvfp vs none: -1.05 ± 0.07 val ppl (paired over 2 seeds): better"
     assert recon["failed_seeds"] == [42] and recon["verdict"].endswith("not enough seeds")
     assert s["failed"] == [{"arm": "recon", "seed": 42, "name": "cmp-recon-s42", "error": "boom"}]
     tr = s["baselines"]["transformer"]
-    assert tr["source_arm"] == "none" and tr["val_ppl_mean"] == 15.0 and tr["verdict"].endswith(": better")
+    assert (
+        tr["source_arm"] == "none"
+        and tr["val_ppl_mean"] == 15.0
+        and tr["verdict"].endswith(": better")
+    )
     assert s["ablations"]["cvfp"]["zero_context"]["paired"]["mean"] == pytest.approx(80.0)
     assert s["ablations"]["cvfp"]["zero_context"]["paired"]["verdict"] == WORSE
     html, md = build_compare_report(s, "shared: none")
-    for text in (cvfp["verdict"], "boom", "cmp-recon-s42", "19.20 ± 0.28", "Plots are in compare.html"):
+    for text in (
+        cvfp["verdict"],
+        "boom",
+        "cmp-recon-s42",
+        "19.20 ± 0.28",
+        "Plots are in compare.html",
+    ):
         assert text in md, text
     assert html.count("data:image/png;base64,") == 1 and "better" in html
 
 
 def test_compare_params_are_validated(tmp_path):
     from conftest import write_params
+
     p = load_params(ROOT / "params.yaml")
-    assert p.compare.run == ["none", "cvfp", "cvfp_min10", "reconstruction"] and p.compare.control == "none"
+    assert (
+        p.compare.run == ["none", "cvfp", "cvfp_min10", "reconstruction"]
+        and p.compare.control == "none"
+    )
     assert len(p.compare.seeds) == 3 and p.phase1.min_iterations == 0
-    cases = [(lambda r: r["compare"].update(control="nope"), r"control: unknown arm\(s\) \['nope'\]"),
-             (lambda r: r["compare"]["arms"].update(x={"phase1.lrr": 1}), r"compare\.arms\.x: 'phase1\.lrr' is not a params key"),
-             (lambda r: r["compare"]["arms"].update(x={"seed": 1}), r"'seed' cannot be set by an arm"),
-             (lambda r: r["phase1"].update(min_iterations=11), r"min_iterations=11 exceeds max_iterations=10"),
-             (lambda r: r["phase1"].update(objective="nothing"), r"'cvfp', 'reconstruction' or 'none'")]
+    cases = [
+        (lambda r: r["compare"].update(control="nope"), r"control: unknown arm\(s\) \['nope'\]"),
+        (
+            lambda r: r["compare"]["arms"].update(x={"phase1.lrr": 1}),
+            r"compare\.arms\.x: 'phase1\.lrr' is not a params key",
+        ),
+        (lambda r: r["compare"]["arms"].update(x={"seed": 1}), r"'seed' cannot be set by an arm"),
+        (
+            lambda r: r["phase1"].update(min_iterations=11),
+            r"min_iterations=11 exceeds max_iterations=10",
+        ),
+        (lambda r: r["phase1"].update(objective="nothing"), r"'cvfp', 'reconstruction' or 'none'"),
+    ]
     for mutate, expected in cases:
         with pytest.raises(ParamsError, match=expected):
             load_params(write_params(tmp_path, mutate))
@@ -93,11 +164,22 @@ def test_compare_params_are_validated(tmp_path):
 
 def test_plan_validates_every_arm_and_seed_before_running():
     from tasks.compare import plan
+
     p = load_params(ROOT / "params.yaml")
     exps = plan(p, ["none", "cvfp_min10"], 2, {"phase2.epochs": 1})
-    assert [e["name"] for e in exps] == ["cmp-none-s42", "cmp-cvfp_min10-s42", "cmp-none-s7", "cmp-cvfp_min10-s7"]
-    assert exps[1]["sets"] == {"phase2.epochs": 1, "phase1.objective": "cvfp", "phase1.min_iterations": 10,
-                               "seed": 42, "baselines.transformer": False}   # only the control trains it
+    assert [e["name"] for e in exps] == [
+        "cmp-none-s42",
+        "cmp-cvfp_min10-s42",
+        "cmp-none-s7",
+        "cmp-cvfp_min10-s7",
+    ]
+    assert exps[1]["sets"] == {
+        "phase2.epochs": 1,
+        "phase1.objective": "cvfp",
+        "phase1.min_iterations": 10,
+        "seed": 42,
+        "baselines.transformer": False,
+    }  # only the control trains it
     assert "baselines.transformer" not in exps[0]["sets"]
     with pytest.raises(ValueError, match=r"unknown arm\(s\) \['nope'\]"):
         plan(p, ["nope"])
@@ -115,13 +197,15 @@ def test_run_report_summary_tells_the_truth_and_links_the_comparison(tmp_path, m
     """reports/report.html: Phase 1 steps, 'converged by construction' instead of a rate as a
     result, the convergence trials as the fixed-point check, and the comparison link + verdicts."""
     import json
+
     from test_report import build, fake_run, section, write_run
+
     files = fake_run()
     p1 = files["metrics/phase1.json"]
     p1["train"].update(steps=1, converged_by_construction=True, segment_starts=240)
     p1["val"].update(steps=0, converged_by_construction=True, segment_starts=60)
-    stop = p1["train"]["convergence"]                  # the history's last (stopping) iteration
-    p1["train"]["convergence"] = "93.7% (600/640)"      # the saved model's own pass differs
+    stop = p1["train"]["convergence"]  # the history's last (stopping) iteration
+    p1["train"]["convergence"] = "93.7% (600/640)"  # the saved model's own pass differs
     write_run(tmp_path, files)
     monkeypatch.chdir(tmp_path)
     _, html, md = build(tmp_path)
@@ -129,16 +213,30 @@ def test_run_report_summary_tells_the_truth_and_links_the_comparison(tmp_path, m
     assert "Phase 1 optimizer steps</td><td>1<" in summary
     assert f"iteration 1 converged by construction: {stop}" in summary
     assert "not a result); the saved model, after its step: 93.7% (600/640)" in summary
-    assert f"converged by construction: {p1['val']['convergence']} (" in summary   # val: no step, same rate
+    assert (
+        f"converged by construction: {p1['val']['convergence']} (" in summary
+    )  # val: no step, same rate
     assert "except at the 240 segment starts, for any model; not a result" in summary
     t = p1["val"]["trials"]
-    assert "Fixed-point check (val convergence trials)" in summary and f"verdict {t['verdict']}" in summary
+    assert (
+        "Fixed-point check (val convergence trials)" in summary
+        and f"verdict {t['verdict']}" in summary
+    )
     assert "compare.html" not in html
     # With a comparison next to it: linked, and its computed verdicts repeated.
     (tmp_path / "reports" / "compare.html").write_text("<html></html>")
-    (tmp_path / "metrics" / "compare.json").write_text(json.dumps(
-        {"arms": {"none": {"verdict": "none: the control"},
-                  "cvfp": {"verdict": "cvfp vs none: +0.08 ± 0.34 val ppl (paired over 3 seeds): no measurable effect"}}}))
+    (tmp_path / "metrics" / "compare.json").write_text(
+        json.dumps(
+            {
+                "arms": {
+                    "none": {"verdict": "none: the control"},
+                    "cvfp": {
+                        "verdict": "cvfp vs none: +0.08 ± 0.34 val ppl (paired over 3 seeds): no measurable effect"
+                    },
+                }
+            }
+        )
+    )
     _, html, md = build(tmp_path)
     assert 'href="compare.html"' in section(html, "summary")
     assert "cvfp vs none: +0.08 ± 0.34 val ppl (paired over 3 seeds): no measurable effect" in md

@@ -1,12 +1,13 @@
 """Control arms (SPEC 9): phase1.objective none trains nothing, phase1.min_iterations forces
 optimizer steps, and Phase 1 metrics say how many steps ran and when the convergence rate
 holds by construction (SPEC 3)."""
+
 import numpy as np
 import torch
+from test_phase1 import convs, tiny_model
 
 from cvfp.corpus import Corpus
 from cvfp.phase1 import run_phase1
-from test_phase1 import convs, tiny_model
 
 
 def test_min_iterations_forces_steps_past_the_convergence_rule(tiny_params):
@@ -22,22 +23,30 @@ def test_min_iterations_forces_steps_past_the_convergence_rule(tiny_params):
     assert [h.steps for h in forced.history[1:5]] == [1, 1, 1, 1]
     assert not forced.converged_by_construction
     # Passes without training ignore min_iterations (nothing changes between them).
-    val = run_phase1(tiny_model(), corpus, base.model_copy(update={"min_iterations": 4}), train=False)
+    val = run_phase1(
+        tiny_model(), corpus, base.model_copy(update={"min_iterations": 4}), train=False
+    )
     assert val.iterations == 1 and val.steps == 0
 
 
-def test_objective_none_trains_nothing_and_keeps_the_metric_keys(tiny_params, tmp_path, monkeypatch):
+def test_objective_none_trains_nothing_and_keeps_the_metric_keys(
+    tiny_params, tmp_path, monkeypatch
+):
     from datasets import Dataset
+
     import tasks.phase1 as stage
     from cvfp.checkpoint import read_checkpoint
     from cvfp.utils import seed_everything
+
     monkeypatch.chdir(tmp_path)
     for split, seed in (("train", 0), ("val", 1)):
-        Dataset.from_dict({"input_ids": [c.tolist() for c in convs(seed, n=8)]}).save_to_disk(f"data/split/{split}")
+        Dataset.from_dict({"input_ids": [c.tolist() for c in convs(seed, n=8)]}).save_to_disk(
+            f"data/split/{split}"
+        )
     monkeypatch.setattr(stage, "read_vocab_size", lambda _: 30)
     params = tiny_params.model_copy(deep=True)
     params.phase1.max_iterations = 3
-    params.phase1.min_converged_ratio = 0.5        # short conversations (see above)
+    params.phase1.min_converged_ratio = 0.5  # short conversations (see above)
     params.checks.convergence_trials = 2
     params.checks.probe_samples = 20
     metrics = {}
@@ -68,20 +77,29 @@ def test_transformer_off_skips_only_the_transformer(tmp_path, tiny_params, monke
     """baselines.transformer=false (flows.compare's non-control arms): no GPT-2 key, every
     CVFP number unchanged."""
     import json
-    from tasks import materialize as mat_task, phase2 as p2_task
+
     from test_phase2 import _tiny_project, cfg
+
+    from tasks import materialize as mat_task
+    from tasks import phase2 as p2_task
+
     _tiny_project(tmp_path, tiny_params)
     monkeypatch.chdir(tmp_path)
-    params = tiny_params.model_copy(update={
-        "phase2": cfg(tiny_params, epochs=1),
-        "baselines": tiny_params.baselines.model_copy(update={"transformer_n_positions": 8})})
+    params = tiny_params.model_copy(
+        update={
+            "phase2": cfg(tiny_params, epochs=1),
+            "baselines": tiny_params.baselines.model_copy(update={"transformer_n_positions": 8}),
+        }
+    )
     mat_task.run(params)
     out = {}
     for on in (True, False):
         params.baselines.transformer = on
         p2_task.run(params)
         out[on] = json.loads((tmp_path / "metrics/phase2.json").read_text())
-    assert set(out[True]["baselines"]) == {"bigram", "transformer"} and set(out[False]["baselines"]) == {"bigram"}
+    assert set(out[True]["baselines"]) == {"bigram", "transformer"} and set(
+        out[False]["baselines"]
+    ) == {"bigram"}
     strip = lambda m: {k: v for k, v in m.items() if "seconds" not in k}  # noqa: E731
     assert strip(out[False]["cvfp"]) == strip(out[True]["cvfp"])
     assert out[False]["ablations"] == out[True]["ablations"]

@@ -1,4 +1,5 @@
 """Data stages: download (chatterbot / hub layout / local files), tokenize, split + GX check."""
+
 from __future__ import annotations
 
 import json
@@ -9,32 +10,46 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvfp import data, splitting, tokenization as tk
+from cvfp import data, splitting
+from cvfp import tokenization as tk
 from cvfp.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CONVS = [
     [("user", "Hello there, how are you?"), ("assistant", "I am fine, thank you.")],
-    [("user", "What is a fixed point?"), ("assistant", "A point that a map sends to itself."),
-     ("user", "Thanks!"), ("assistant", "You are welcome.")],
+    [
+        ("user", "What is a fixed point?"),
+        ("assistant", "A point that a map sends to itself."),
+        ("user", "Thanks!"),
+        ("assistant", "You are welcome."),
+    ],
     [("user", "Tell me a joke."), ("assistant", "I would, but I forgot it.")],
     [("user", "Bye."), ("assistant", "Goodbye, see you.")],
 ]
 
 
 def params(**overrides):
-    return load_params(ROOT / "params.yaml", {k.replace("__", "."): v for k, v in overrides.items()})
+    return load_params(
+        ROOT / "params.yaml", {k.replace("__", "."): v for k, v in overrides.items()}
+    )
 
 
 def rows(convs=CONVS):
-    return [{"prompt": c[0][1], "prompt_id": f"id{i}",
-             "messages": [{"role": r, "content": t} for r, t in c]} for i, c in enumerate(convs)]
+    return [
+        {
+            "prompt": c[0][1],
+            "prompt_id": f"id{i}",
+            "messages": [{"role": r, "content": t} for r, t in c],
+        }
+        for i, c in enumerate(convs)
+    ]
 
 
 @pytest.fixture(autouse=True)
 def _isolated_hf_cache(tmp_path, monkeypatch):
     import datasets
+
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
@@ -52,22 +67,29 @@ def hub_dir(tmp_path):
 @pytest.fixture
 def tiny_tokenizer_dir(tmp_path):
     """A tiny GPT-2-style (byte-level BPE) tokenizer saved like a hub checkpoint."""
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([t for c in CONVS for _, t in c], trainer=trainer)
     path = tmp_path / "tiny-gpt2"
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(str(path))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(
+        str(path)
+    )
     return path
 
 
 def run_stages(tmp_path, monkeypatch, *stages, **overrides):
     from tasks import download, split, tokenize
+
     monkeypatch.chdir(tmp_path)
     p = params(**overrides)
     mods = {"download": download, "tokenize": tokenize, "split": split}
@@ -76,6 +98,7 @@ def run_stages(tmp_path, monkeypatch, *stages, **overrides):
 
 # ---------------------------------------------------------------- download
 
+
 def test_chatterbot_conversion_schema_and_count():
     recs = data.chatterbot_records()
     assert len(recs) > 1000
@@ -83,8 +106,9 @@ def test_chatterbot_conversion_schema_and_count():
     assert len({r["prompt_id"] for r in recs}) == len(recs)
     for r in recs:
         assert set(r) == {"prompt", "prompt_id", "messages"}
-        assert [m["role"] for m in r["messages"]] == [("user", "assistant")[i % 2]
-                                                      for i in range(len(r["messages"]))]
+        assert [m["role"] for m in r["messages"]] == [
+            ("user", "assistant")[i % 2] for i in range(len(r["messages"]))
+        ]
         assert r["prompt"] == r["messages"][0]["content"]
     assert recs[0]["messages"][0] == {"role": "user", "content": "What is AI?"}  # ai.yml first
 
@@ -100,18 +124,31 @@ def test_hub_layout_dir_loads_through_hub_code_path(hub_dir):
 
 def test_ultrachat_source_offline_against_hub_layout(tmp_path, monkeypatch, hub_dir):
     import tasks.download
+
     monkeypatch.setattr(tasks.download, "require_hub", lambda *a, **k: None)  # no network here
-    (out,) = run_stages(tmp_path, monkeypatch, "download", data__source="ultrachat",
-                        data__path=str(hub_dir), data__num_samples=3, data__streaming=True)
+    (out,) = run_stages(
+        tmp_path,
+        monkeypatch,
+        "download",
+        data__source="ultrachat",
+        data__path=str(hub_dir),
+        data__num_samples=3,
+        data__streaming=True,
+    )
     assert out["conversations"] == 3 and out["messages"] == 8
     from datasets import load_from_disk
+
     raw = load_from_disk("data/raw")
-    assert raw.column_names == ["prompt", "prompt_id", "messages"] and raw[2]["prompt"] == "Tell me a joke."
+    assert (
+        raw.column_names == ["prompt", "prompt_id", "messages"]
+        and raw[2]["prompt"] == "Tell me a joke."
+    )
     assert json.loads(Path("data/raw/stats.json").read_text())["source"] == "ultrachat"
 
 
 def test_offline_hub_fails_fast_naming_the_param(tmp_path, monkeypatch):
     import cvfp.utils
+
     monkeypatch.setattr(cvfp.utils, "HUB_HOST", ("127.0.0.1", 9))  # closed port: refused
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match=r"data\.source=ultrachat.*data\.path"):
@@ -129,8 +166,11 @@ def test_local_jsonl_and_missing_field(tmp_path):
     ds = data.validate(data.load_local(good, split="train_sft", num_samples=2), str(good))
     assert len(ds) == 2 and ds[1]["messages"][3]["content"] == "You are welcome."
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("".join(json.dumps({"prompt": r["prompt"], "prompt_id": r["prompt_id"]}) + "\n"
-                           for r in rows()))
+    bad.write_text(
+        "".join(
+            json.dumps({"prompt": r["prompt"], "prompt_id": r["prompt_id"]}) + "\n" for r in rows()
+        )
+    )
     with pytest.raises(data.DataError, match=r"bad\.jsonl.*'messages'"):
         data.validate(data.load_local(bad, split="x"), str(bad))
     corrupt = tmp_path / "corrupt.parquet"
@@ -147,19 +187,25 @@ def test_local_plain_text(tmp_path):
     ds = data.validate(data.load_local(f, split="train_sft"), str(f))
     assert len(ds) == 2
     assert [(m["role"], m["content"]) for m in ds[0]["messages"]] == [
-        ("user", "Hi!"), ("assistant", "Hello, friend."), ("user", "How are you?")]
+        ("user", "Hi!"),
+        ("assistant", "Hello, friend."),
+        ("user", "How are you?"),
+    ]
     assert ds[1]["prompt"] == "What time is it?"
 
 
 # ---------------------------------------------------------------- tokenize
+
 
 def test_bpe_is_deterministic_and_round_trips():
     convs = [[{"role": r, "content": t} for r, t in c] for c in CONVS]
     a, b = tk.train_bpe(convs, 300), tk.train_bpe(convs, 300)
     assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
     text = tk.format_chat(convs[1])
-    assert text == ("<|user|> What is a fixed point?\n<|assistant|> A point that a map sends to itself.\n"
-                    "<|user|> Thanks!\n<|assistant|> You are welcome.\n")
+    assert text == (
+        "<|user|> What is a fixed point?\n<|assistant|> A point that a map sends to itself.\n"
+        "<|user|> Thanks!\n<|assistant|> You are welcome.\n"
+    )
     ids = a(text, add_special_tokens=False)["input_ids"]
     assert a.decode(ids) == text
     assert ids[0] == a.convert_tokens_to_ids("<|user|>") and a.eos_token_id == 0
@@ -169,46 +215,77 @@ def test_bpe_is_deterministic_and_round_trips():
 
 def test_tokenize_stage_bpe(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
+
     f = tmp_path / "chats.jsonl"
-    f.write_text("".join(json.dumps(r) + "\n" for r in rows(CONVS + [[("user", "  "), ("assistant", "")]])))
-    _, out = run_stages(tmp_path, monkeypatch, "download", "tokenize", data__source="local",
-                        data__path=str(f), tokenizer__vocab_size=300, tokenizer__max_seq_length=12,
-                        tokenizer__num_proc=2)
+    f.write_text(
+        "".join(json.dumps(r) + "\n" for r in rows(CONVS + [[("user", "  "), ("assistant", "")]]))
+    )
+    _, out = run_stages(
+        tmp_path,
+        monkeypatch,
+        "download",
+        "tokenize",
+        data__source="local",
+        data__path=str(f),
+        tokenizer__vocab_size=300,
+        tokenizer__max_seq_length=12,
+        tokenizer__num_proc=2,
+    )
     assert out["conversations_in"] == 5 and out["dropped"] == {"empty": 1}
     tok = AutoTokenizer.from_pretrained("data/tokenizer")
     assert (tmp_path / "data/tokenizer/tokenizer.json").exists()
     from datasets import load_from_disk
+
     ds = load_from_disk("data/tokenized")
     assert ds.column_names == ["conversation_id", "input_ids", "n_tokens"]
     assert list(ds["conversation_id"]) == [0, 1, 2, 3]
-    assert all(len(x) == n <= 12 for x, n in zip(ds["input_ids"], ds["n_tokens"]))
+    assert all(len(x) == n <= 12 for x, n in zip(ds["input_ids"], ds["n_tokens"], strict=True))
     full = tok(tk.format_chat(rows()[0]["messages"]), add_special_tokens=False)["input_ids"]
     expected = (full + [tok.eos_token_id])[:12]
     assert list(ds[0]["input_ids"]) == expected
-    assert out["truncated"] == sum(
-        len(tok(tk.format_chat(r["messages"]), add_special_tokens=False)["input_ids"]) + 1 > 12
-        for r in rows()) > 0
+    assert (
+        out["truncated"]
+        == sum(
+            len(tok(tk.format_chat(r["messages"]), add_special_tokens=False)["input_ids"]) + 1 > 12
+            for r in rows()
+        )
+        > 0
+    )
 
 
 def test_tokenize_stage_pretrained_local(tmp_path, monkeypatch, tiny_tokenizer_dir):
     from transformers import AutoTokenizer
+
     f = tmp_path / "chats.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows()))
-    _, out = run_stages(tmp_path, monkeypatch, "download", "tokenize", data__source="local",
-                        data__path=str(f), tokenizer__kind="pretrained",
-                        tokenizer__name=str(tiny_tokenizer_dir), tokenizer__max_seq_length=None,
-                        tokenizer__num_proc=1)
+    _, out = run_stages(
+        tmp_path,
+        monkeypatch,
+        "download",
+        "tokenize",
+        data__source="local",
+        data__path=str(f),
+        tokenizer__kind="pretrained",
+        tokenizer__name=str(tiny_tokenizer_dir),
+        tokenizer__max_seq_length=None,
+        tokenizer__num_proc=1,
+    )
     tok = AutoTokenizer.from_pretrained("data/tokenizer")
     shipped = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     assert len(tok) == out["vocab_size"] == len(shipped)  # vocabulary kept as shipped
     assert tok.get_vocab() == shipped.get_vocab()
     from datasets import load_from_disk
+
     ds = load_from_disk("data/tokenized")
     assert all(ids[-1] == tok.eos_token_id for ids in ds["input_ids"])
-    assert tok.decode(ds[3]["input_ids"]) == "<|user|> Bye.\n<|assistant|> Goodbye, see you.\n<|endoftext|>"
+    assert (
+        tok.decode(ds[3]["input_ids"])
+        == "<|user|> Bye.\n<|assistant|> Goodbye, see you.\n<|endoftext|>"
+    )
 
 
 # ---------------------------------------------------------------- split
+
 
 def A(*x):
     return np.array(x, dtype=np.int64)
@@ -217,7 +294,11 @@ def A(*x):
 def test_holdout_semantics():
     convs = [A(1, 2, 3), A(2, 3), A(3, 4), A(1, 9), A(4, 2, 1)]
     s = splitting.holdout([10, 11, 12, 13, 14], convs, 0.4)  # last 2 conversations are val
-    assert s.train_ids == [10, 11, 12] and [c.tolist() for c in s.train] == [[1, 2, 3], [2, 3], [3, 4]]
+    assert s.train_ids == [10, 11, 12] and [c.tolist() for c in s.train] == [
+        [1, 2, 3],
+        [2, 3],
+        [3, 4],
+    ]
     assert s.val_ids == [14] and s.val[0].tolist() == [4, 2, 1]  # [1, 9] dropped: 9 unseen
     assert s.stats == {"val_dropped_unseen_token": 1, "val_dropped_tokens": 2}
     st = splitting.subset_stats(s)
@@ -236,21 +317,43 @@ def test_tail_semantics():
 
 def test_unseen_and_expectations_message(tmp_path):
     from tasks.expectations import ExpectationFailed, validate_val
+
     train = [A(1, 2, 3)]
     assert splitting.unseen(train, [A(3, 7, 7), A(1)]).tolist() == [7, 7]
     ok = validate_val([5], [A(3, 1)], splitting.train_vocab(train), 10, tmp_path / "ok")
-    assert ok == {"success": True, "expectations_evaluated": 4, "expectations_successful": 4,
-                  "unexpected_val_tokens": 0}
-    assert (tmp_path / "ok/data_docs/index.html").exists() and (tmp_path / "ok/validation.json").exists()
-    with pytest.raises(ExpectationFailed, match=r"2 offending val tokens; first ids: 7 \('seven'\)") as e:
-        validate_val([5, 6], [A(3, 7), A(7)], splitting.train_vocab(train), 10, tmp_path / "bad",
-                     decode=lambda i: "seven")
+    assert ok == {
+        "success": True,
+        "expectations_evaluated": 4,
+        "expectations_successful": 4,
+        "unexpected_val_tokens": 0,
+    }
+    assert (tmp_path / "ok/data_docs/index.html").exists() and (
+        tmp_path / "ok/validation.json"
+    ).exists()
+    with pytest.raises(
+        ExpectationFailed, match=r"2 offending val tokens; first ids: 7 \('seven'\)"
+    ) as e:
+        validate_val(
+            [5, 6],
+            [A(3, 7), A(7)],
+            splitting.train_vocab(train),
+            10,
+            tmp_path / "bad",
+            decode=lambda i: "seven",
+        )
     assert "2 of 4" not in str(e.value) and "1 of 4" in str(e.value)
 
 
-def test_pipeline_split_passes_and_injected_unseen_id_leaves_nothing(tmp_path, monkeypatch, hub_dir):
-    common = dict(data__source="local", data__path=str(hub_dir), tokenizer__vocab_size=300,
-                  split__strategy="tail", split__val_fraction=0.2)
+def test_pipeline_split_passes_and_injected_unseen_id_leaves_nothing(
+    tmp_path, monkeypatch, hub_dir
+):
+    common = dict(
+        data__source="local",
+        data__path=str(hub_dir),
+        tokenizer__vocab_size=300,
+        split__strategy="tail",
+        split__val_fraction=0.2,
+    )
     *_, m = run_stages(tmp_path, monkeypatch, "download", "tokenize", "split", **common)
     saved = json.loads(Path("metrics/data.json").read_text())
     assert saved["val_subset_ok"] is True and saved["unexpected_val_tokens"] == 0
@@ -258,12 +361,14 @@ def test_pipeline_split_passes_and_injected_unseen_id_leaves_nothing(tmp_path, m
     assert saved["train_tokens"] == m["train_tokens"] and saved["raw_conversations"] == 4
     assert saved["val_tokens"] == round(0.2 * saved["train_tokens"])
     from datasets import load_from_disk
+
     val = load_from_disk("data/split/val")
     assert val.column_names == ["conversation_id", "input_ids", "n_tokens"]
     assert Path("data/split/gx/data_docs/index.html").exists()
 
     # Now a splitting bug puts one unseen id into val: the stage must stop and write nothing.
     import shutil
+
     shutil.rmtree("data/split"), Path("metrics/data.json").unlink()
     real_tail, injected = splitting.tail, []
 
@@ -273,8 +378,10 @@ def test_pipeline_split_passes_and_injected_unseen_id_leaves_nothing(tmp_path, m
         injected.append(min(set(range(4, 260)) - set(splitting.train_vocab(s.train).tolist())))
         s.val[0] = np.append(s.val[0], injected[0])
         return s
+
     monkeypatch.setitem(splitting.STRATEGIES, "tail", leaky_tail)
     from tasks.expectations import ExpectationFailed
+
     with pytest.raises(ExpectationFailed, match=r"1 offending val tokens; first ids: \d+ \('") as e:
         run_stages(tmp_path, monkeypatch, "split", **common)
     assert f"first ids: {injected[0]} (" in str(e.value)

@@ -1,12 +1,12 @@
 """dvc.yaml's code deps of each stage are exactly the project modules `tasks.<stage>` imports
 (transitively, lazy imports inside functions included), so a change to any code a stage
 runs reruns that stage, and nothing else does."""
+
 import ast
 from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 
 PACKAGES = ("cvfp", "tasks", "flows")
@@ -34,7 +34,7 @@ def _imports(path: Path) -> set[str]:
                 parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parent + ([node.module] if node.module else []))
             names.add(base)
-            names |= {f"{base}.{a.name}" for a in node.names}   # `from cvfp import model`
+            names |= {f"{base}.{a.name}" for a in node.names}  # `from cvfp import model`
     return {n for n in names if n.split(".")[0] in PACKAGES and _module_file(n)}
 
 
@@ -48,8 +48,13 @@ def closure(module: str) -> set[str]:
         seen.add(path)
         todo += sorted(_imports(path))
     # Docstring-only package __init__ files run no code a stage depends on.
-    return {p.relative_to(ROOT).as_posix() for p in seen
-            if not (p.name == "__init__.py" and not _imports(p) and len(ast.parse(p.read_text()).body) <= 1)}
+    return {
+        p.relative_to(ROOT).as_posix()
+        for p in seen
+        if not (
+            p.name == "__init__.py" and not _imports(p) and len(ast.parse(p.read_text()).body) <= 1
+        )
+    }
 
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -60,7 +65,9 @@ def test_code_deps_equal_the_import_closure(stage):
     declared = {d for d in STAGES[stage].get("deps", []) if str(d).endswith(".py")}
     needed = closure(f"tasks.{stage}")
     assert not needed - declared, f"{stage}: dvc.yaml lacks code deps {sorted(needed - declared)}"
-    assert not declared - needed, f"{stage}: dvc.yaml lists code it never imports {sorted(declared - needed)}"
+    assert not declared - needed, (
+        f"{stage}: dvc.yaml lists code it never imports {sorted(declared - needed)}"
+    )
 
 
 def test_closure_follows_lazy_and_relative_imports(tmp_path):

@@ -92,26 +92,32 @@ def test_forward_equals_concat_formulation_with_gradients(mix, train):
     torch.manual_seed(0)
     m = CVFPModel(20, 16, 12, 28, [2, 1], layernorm_mix=mix).train(train)
     c, t = torch.randn(9, 16), torch.randn(9, 12)
-    with torch.no_grad():                                  # the sequential passes' path
+    with torch.no_grad():  # the sequential passes' path
         got, want = m(c, t), reference_stack(m, c, t)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
     # with a graph: same values and the same gradients for weights and inputs
     ci, ti = c.clone().requires_grad_(True), t.clone().requires_grad_(True)
     out = m(ci, ti)
     loss = (out[0] ** 2).sum() + out[1].sin().sum()
     # m = 0: the LayerNorms are skipped, so their weights get no gradient (the reference: zeros)
-    grads = torch.autograd.grad(loss, [ci, ti, *m.stack_parameters()], allow_unused=True,
-                                materialize_grads=True)
+    grads = torch.autograd.grad(
+        loss, [ci, ti, *m.stack_parameters()], allow_unused=True, materialize_grads=True
+    )
     cr, tr = c.clone().requires_grad_(True), t.clone().requires_grad_(True)
     ref = reference_stack(m, cr, tr)
-    ref_grads = torch.autograd.grad((ref[0] ** 2).sum() + ref[1].sin().sum(), [cr, tr, *m.stack_parameters()])
-    for g, w in zip(out, ref):
+    ref_grads = torch.autograd.grad(
+        (ref[0] ** 2).sum() + ref[1].sin().sum(), [cr, tr, *m.stack_parameters()]
+    )
+    for g, w in zip(out, ref, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
-    for g, w in zip(grads, ref_grads):
+    for g, w in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
     # frozen weights, inputs without grad, grad mode on (Phase 2 frozen stack, checks): no graph path
     m.requires_grad_(False)
-    for g, w in zip(m(c, t), want):
+    for g, w in zip(m(c, t), want, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
-    assert {k for k, _ in m.state_dict().items()} >= {"blocks.0.layers.0.fnn.weight", "blocks.0.layers.0.fnn.bias"}
+    assert {k for k, _ in m.state_dict().items()} >= {
+        "blocks.0.layers.0.fnn.weight",
+        "blocks.0.layers.0.fnn.bias",
+    }

@@ -37,8 +37,16 @@ def test_parallel_input_contexts_shift_by_one_with_carryover():
 
     prev = torch.arange(14.0).reshape(7, 2)
     rec = Recorder()
-    p = type("P", (), {"dist_reg_weight": 0.9, "grad_clip": 1.0, "chunk_tokens": 100,
-                       "convergence_threshold": 0.1})
+    p = type(
+        "P",
+        (),
+        {
+            "dist_reg_weight": 0.9,
+            "grad_clip": 1.0,
+            "chunk_tokens": 100,
+            "convergence_threshold": 0.1,
+        },
+    )
     parallel_iteration(rec, c, prev, p, make_diversity("global_mean"))
     torch.testing.assert_close(rec.seen, prev[[3, 0, 1, 2, 6, 4, 5]])
 
@@ -50,7 +58,7 @@ def test_conversation_mode_equals_each_conversation_alone():
     start = 0
     for i, conv in enumerate(cs):
         alone, last = sequential_pass(m, Corpus.from_conversations([conv], "stream"))
-        torch.testing.assert_close(batched[start:start + len(conv)], alone, atol=1e-5, rtol=0)
+        torch.testing.assert_close(batched[start : start + len(conv)], alone, atol=1e-5, rtol=0)
         torch.testing.assert_close(final[i], last[0], atol=1e-5, rtol=0)
         start += len(conv)
 
@@ -68,8 +76,9 @@ def test_sequential_pass_matches_token_by_token_definition():
 
 
 def test_carryover_next_pass_starts_from_previous_final_not_zero(tiny_params):
-    p = tiny_params.phase1.model_copy(update={"mode": "sequential", "max_iterations": 1,
-                                              "min_converged_ratio": 1.0})
+    p = tiny_params.phase1.model_copy(
+        update={"mode": "sequential", "max_iterations": 1, "min_converged_ratio": 1.0}
+    )
     m = tiny_model()
     corpus = Corpus.from_conversations([[1, 2, 3, 4, 5]], "stream")
     started = []
@@ -129,9 +138,13 @@ def test_early_stop_when_converged(tiny_params):
 
 
 def test_nan_steps_are_skipped_and_counted(tiny_params):
-    p = tiny_params.phase1.model_copy(update={"max_iterations": 2, "min_converged_ratio": 1.0,
-                                              "divergence": tiny_params.phase1.divergence.model_copy(
-                                                  update={"action": "continue"})})  # else it fails
+    p = tiny_params.phase1.model_copy(
+        update={
+            "max_iterations": 2,
+            "min_converged_ratio": 1.0,
+            "divergence": tiny_params.phase1.divergence.model_copy(update={"action": "continue"}),
+        }
+    )  # else it fails
     m = tiny_model()
     corpus = Corpus.from_conversations(convs(), "conversation")
     with torch.no_grad():
@@ -144,8 +157,9 @@ def test_nan_steps_are_skipped_and_counted(tiny_params):
 
 
 def test_sequential_mode_steps_once_per_position(tiny_params):
-    p = tiny_params.phase1.model_copy(update={"mode": "sequential", "max_iterations": 1,
-                                              "min_converged_ratio": 1.0})
+    p = tiny_params.phase1.model_copy(
+        update={"mode": "sequential", "max_iterations": 1, "min_converged_ratio": 1.0}
+    )
     cs = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
     r = run_phase1(tiny_model(), Corpus.from_conversations(cs, "conversation"), p)
     assert r.history[1].steps == 4  # one step per position, conversations side by side
@@ -178,8 +192,11 @@ def _reference_gradient(m, corpus, prev, kind, w=0.9):
 
 
 def _grads(m):
-    return {k: torch.zeros_like(q) if q.grad is None else q.grad.clone()
-            for k, q in m.named_parameters() if q.requires_grad}
+    return {
+        k: torch.zeros_like(q) if q.grad is None else q.grad.clone()
+        for k, q in m.named_parameters()
+        if q.requires_grad
+    }
 
 
 @pytest.mark.parametrize("kind", ["global_mean", "ema_variance"])
@@ -192,8 +209,9 @@ def test_chunked_gradient_equals_full_batch_gradient(tiny_params, kind, chunk):
     want_loss, want = _reference_gradient(m, corpus, prev, kind)
     p = tiny_params.phase1.model_copy(update={"chunk_tokens": chunk, "grad_clip": 1e9})
     opt = torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=0.0)  # keeps .grad
-    out, (cvfp, div, total), steps, _, _ = parallel_iteration(m, corpus, prev, p,
-                                                             make_diversity(kind), opt)
+    out, (cvfp, div, total), steps, _, _ = parallel_iteration(
+        m, corpus, prev, p, make_diversity(kind), opt
+    )
     got = _grads(m)
     assert steps == 1 and total == pytest.approx(want_loss, rel=1e-5)
     assert got.keys() == want.keys() and any(g.abs().sum() > 0 for g in got.values())
@@ -211,8 +229,9 @@ def test_chunked_training_matches_one_chunk(tiny_params):
     for chunk in (100_000, 5):
         seed_everything(3)
         m = tiny_model(seed=3)
-        p = tiny_params.phase1.model_copy(update={"chunk_tokens": chunk, "max_iterations": 3,
-                                                  "min_converged_ratio": 1.0})
+        p = tiny_params.phase1.model_copy(
+            update={"chunk_tokens": chunk, "max_iterations": 3, "min_converged_ratio": 1.0}
+        )
         r = run_phase1(m, corpus, p)
         runs.append((r, m.blocks[0].layers[0].fnn.weight.detach().clone()))
     (a, wa), (b, wb) = runs
@@ -223,19 +242,22 @@ def test_chunked_training_matches_one_chunk(tiny_params):
 
 def test_contexts_in_work_dir_files_equal_in_memory(tiny_params, tmp_path):
     corpus = Corpus.from_conversations(convs(n=6), "conversation")
-    p = tiny_params.phase1.model_copy(update={"max_iterations": 2, "min_converged_ratio": 1.0,
-                                              "chunk_tokens": 9})
+    p = tiny_params.phase1.model_copy(
+        update={"max_iterations": 2, "min_converged_ratio": 1.0, "chunk_tokens": 9}
+    )
     outs = []
     for work in (None, tmp_path / "work"):
         seed_everything(0)
         outs.append(run_phase1(tiny_model(), corpus, p, work_dir=work).contexts)
     assert torch.equal(outs[0], outs[1])
-    assert list((tmp_path / "work").iterdir()) == []     # scratch files removed
+    assert list((tmp_path / "work").iterdir()) == []  # scratch files removed
 
 
 def test_distribution_diversity_refuses_chunks(tiny_params):
     corpus = Corpus.from_conversations(convs(n=6), "conversation")
     p = tiny_params.phase1.model_copy(update={"chunk_tokens": 4})
     p.diversity.kind = "distribution"
-    with pytest.raises(ValueError, match="phase1.diversity.kind='distribution'.*global_mean or ema_variance"):
+    with pytest.raises(
+        ValueError, match="phase1.diversity.kind='distribution'.*global_mean or ema_variance"
+    ):
         run_phase1(tiny_model(), corpus, p)

@@ -1,5 +1,6 @@
 """End to end on tiny params in temporary copies of the project: dvc repro, the Prefect
 flow, and that both front doors share one DVC state."""
+
 import json
 import os
 import re
@@ -10,18 +11,26 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 
 BIN = Path(sys.executable).parent
 STAGES = ["download", "tokenize", "split", "phase1", "materialize", "phase2", "report"]
 TINY = {
-    "data.num_samples": 300, "tokenizer.vocab_size": 400, "tokenizer.max_seq_length": 48,
+    "data.num_samples": 300,
+    "tokenizer.vocab_size": 400,
+    "tokenizer.max_seq_length": 48,
     "tokenizer.num_proc": 1,
-    "model.context_dim": 16, "model.embed_dim": 16, "model.hidden_dim": 32,
-    "model.layer_structure": [1, 1], "phase2.block_weights": [0.5, 1.0],
-    "phase1.max_iterations": 3, "phase1.progress": False, "checks.convergence_trials": 3,
-    "checks.probe_samples": 50, "phase2.epochs": 2, "phase2.batch_size": 128,
+    "model.context_dim": 16,
+    "model.embed_dim": 16,
+    "model.hidden_dim": 32,
+    "model.layer_structure": [1, 1],
+    "phase2.block_weights": [0.5, 1.0],
+    "phase1.max_iterations": 3,
+    "phase1.progress": False,
+    "checks.convergence_trials": 3,
+    "checks.probe_samples": 50,
+    "phase2.epochs": 2,
+    "phase2.batch_size": 128,
     "materialize.chunk_tokens": 1000,
 }
 pytestmark = pytest.mark.pipeline
@@ -35,12 +44,13 @@ def make_project(dest: Path) -> Path:
         shutil.copy(ROOT / name, dest / name)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     from cvfp.params import set_dotted
+
     for k, v in TINY.items():
         set_dotted(raw, k, v)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     run(["git", "init", "-q"], dest)
     run([str(BIN / "dvc"), "init", "-q"], dest)
-    shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")   # analytics off, plots page
+    shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")  # analytics off, plots page
     shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")  # plot templates
     return dest
 
@@ -72,18 +82,34 @@ def metrics(cwd) -> dict:
         if isinstance(x, dict):
             return {k: strip(v) for k, v in x.items() if "second" not in k and "time" not in k}
         return x
-    return {n: strip(json.loads((cwd / "metrics" / n).read_text()))
-            for n in ("data.json", "phase1.json", "phase2.json")}
+
+    return {
+        n: strip(json.loads((cwd / "metrics" / n).read_text()))
+        for n in ("data.json", "phase1.json", "phase2.json")
+    }
 
 
 def test_dvc_repro_end_to_end_then_noop(dvc_project):
     proj, ran = dvc_project
     assert ran == STAGES
-    for out in ("data/raw", "data/tokenizer", "data/tokenized", "data/split/train", "data/split/val",
-                "data/split/gx/validation.json", "cache/phase1/model.pt", "cache/cstar",
-                "cache/phase2", "metrics/data.json", "metrics/phase1.json", "metrics/phase2.json",
-                "plots/phase1_train.csv", "plots/phase2_epochs.csv", "reports/report.html",
-                "reports/report.md"):
+    for out in (
+        "data/raw",
+        "data/tokenizer",
+        "data/tokenized",
+        "data/split/train",
+        "data/split/val",
+        "data/split/gx/validation.json",
+        "cache/phase1/model.pt",
+        "cache/cstar",
+        "cache/phase2",
+        "metrics/data.json",
+        "metrics/phase1.json",
+        "metrics/phase2.json",
+        "plots/phase1_train.csv",
+        "plots/phase2_epochs.csv",
+        "reports/report.html",
+        "reports/report.md",
+    ):
         assert (proj / out).exists(), out
     assert json.loads((proj / "metrics/data.json").read_text())["val_subset_ok"] is True
     assert repro(proj) == []
@@ -93,8 +119,15 @@ def test_dvc_repro_end_to_end_then_noop(dvc_project):
 def test_dvc_views_show_research_numbers_and_plots_offline(dvc_project, tmp_path):
     proj, _ = dvc_project
     # DVC metrics = metrics/summary.json only (timing aside): no stage file's 50 keys
-    shown = json.loads(subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=proj,
-                                      env=env(), capture_output=True, text=True).stdout)
+    shown = json.loads(
+        subprocess.run(
+            [str(BIN / "dvc"), "metrics", "show", "--json"],
+            cwd=proj,
+            env=env(),
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     (files,) = [v["data"] for v in shown.values()]
     research = {f for f in files if not f.startswith("metrics/timing/")}
     assert research == {"metrics/summary.json"}, files
@@ -103,18 +136,35 @@ def test_dvc_views_show_research_numbers_and_plots_offline(dvc_project, tmp_path
     assert summary["ppl"]["cvfp"] == round(p2["cvfp"]["val_ppl"], 2)
     assert summary["p1"]["objective"] == "cvfp"
     # plots: an offline page (scripts inline), only the plots defined in dvc.yaml
-    p = subprocess.run([str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "plots")], cwd=proj,
-                       env=env(), capture_output=True, text=True)
+    p = subprocess.run(
+        [str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "plots")],
+        cwd=proj,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     page = (tmp_path / "plots" / "index.html").read_text()
     assert not re.search(r"<script[^>]+src=", page) and "cdn.jsdelivr" not in page
-    specs = json.loads(subprocess.run([str(BIN / "dvc"), "plots", "show", "--json"], cwd=proj, env=env(),
-                                      capture_output=True, text=True).stdout)["data"]
+    specs = json.loads(
+        subprocess.run(
+            [str(BIN / "dvc"), "plots", "show", "--json"],
+            cwd=proj,
+            env=env(),
+            capture_output=True,
+            text=True,
+        ).stdout
+    )["data"]
     drawn = {name for name, v in specs.items() if v}
-    assert drawn == {"phase1_convergence", "phase1_cvfp_losses", "phase1_spectrum", "phase2_loss",
-                     "phase2_accuracy"}                 # phase1_reconstruction: other objective
-    assert "could not find provided field ('epoch')" in p.stderr   # ... and DVC says so
-    for name in ("phase1_convergence", "phase1_cvfp_losses"):       # iteration 0 filtered out
+    assert drawn == {
+        "phase1_convergence",
+        "phase1_cvfp_losses",
+        "phase1_spectrum",
+        "phase2_loss",
+        "phase2_accuracy",
+    }  # phase1_reconstruction: other objective
+    assert "could not find provided field ('epoch')" in p.stderr  # ... and DVC says so
+    for name in ("phase1_convergence", "phase1_cvfp_losses"):  # iteration 0 filtered out
         spec = specs[name][0]["content"]
         assert "toNumber(datum['iteration']) >= 1" in json.dumps(spec["transform"])
 
@@ -123,24 +173,37 @@ def flow_run_record(state):
     """What the Prefect API holds about the flow run that ended in `state`: its logs (messages),
     task runs and artifacts (by key, latest first)."""
     from prefect import get_client
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
-                                                FlowRunFilterId, LogFilter, LogFilterFlowRunId)
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.logging.handlers import APILogHandler
-    APILogHandler().flush()                         # logs are sent in batches
+
+    APILogHandler().flush()  # logs are sent in batches
     run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
     by_key = {}
     for a in arts:
         by_key.setdefault(a.key, []).append(a)
     return [log.message for log in logs], tasks, by_key
 
 
-def test_flow_matches_dvc_and_leaves_status_clean(dvc_project, tmp_path, monkeypatch, prefect_harness):
+def test_flow_matches_dvc_and_leaves_status_clean(
+    dvc_project, tmp_path, monkeypatch, prefect_harness
+):
     from flows.pipeline import pipeline
+
     proj, _ = dvc_project
     other = make_project(tmp_path / "flowproj")
     monkeypatch.chdir(other)
@@ -148,30 +211,42 @@ def test_flow_matches_dvc_and_leaves_status_clean(dvc_project, tmp_path, monkeyp
     outcome = state.result()
     assert outcome == {s: "ran" for s in STAGES}
     assert status_clean(other)
-    assert repro(other) == []                       # DVC accepts what the flow produced
-    assert metrics(other) == metrics(proj)          # same numbers from both front doors
+    assert repro(other) == []  # DVC accepts what the flow produced
+    assert metrics(other) == metrics(proj)  # same numbers from both front doors
 
     logs, tasks, arts = flow_run_record(state)
     # the library's INFO lines reach the run's logs: every Phase 2 epoch and the summary line
     epochs = [m for m in logs if m.startswith("phase2 epoch ")]
     p2 = json.loads((other / "metrics/phase2.json").read_text())["cvfp"]
     assert len(epochs) == p2["epochs_run"] and "phase2: val ppl cvfp" in "\n".join(logs)
-    assert any(m.startswith("iter 1: converged") for m in logs)          # cvfp/phase1.py per iteration
+    assert any(m.startswith("iter 1: converged") for m in logs)  # cvfp/phase1.py per iteration
     assert any(m.startswith("transformer epoch ") for m in logs)
     # progress artifacts of the long stages, finished at 100%
     for stage in ("phase1", "materialize", "phase2"):
         assert f"{stage}-progress" in arts, sorted(arts)
         final = arts[f"{stage}-progress"][0]
-        assert final.type == "progress" and final.data == 100.0 and final.description == f"{stage}: done"
-    assert {"cvfp-summary", "split-metrics", "phase1-metrics", "phase2-metrics", "cvfp-report"} <= set(arts)
+        assert (
+            final.type == "progress"
+            and final.data == 100.0
+            and final.description == f"{stage}: done"
+        )
+    assert {
+        "cvfp-summary",
+        "split-metrics",
+        "phase1-metrics",
+        "phase2-metrics",
+        "cvfp-report",
+    } <= set(arts)
     summary = {r["quantity"]: r["value"] for r in json.loads(arts["cvfp-summary"][0].data)}
     assert summary["Val perplexity: CVFP (Phase 2)"].startswith(f"{p2['val_ppl']:.2f}")
-    assert [t.name for t in sorted(tasks, key=lambda t: t.expected_start_time)
-            if t.name in STAGES] == STAGES
+    assert [
+        t.name for t in sorted(tasks, key=lambda t: t.expected_start_time) if t.name in STAGES
+    ] == STAGES
 
 
 def test_flow_skips_everything_after_dvc_repro(dvc_project, monkeypatch, prefect_harness):
     from flows.pipeline import pipeline
+
     proj, _ = dvc_project
     monkeypatch.chdir(proj)
     state = pipeline("params.yaml", return_state=True)
@@ -209,7 +284,11 @@ def test_switching_the_phase1_objective_reruns_only_phase1_and_downstream(dvc_pr
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert repro(proj) == ["phase1", "materialize", "phase2", "report"]
     p1 = json.loads((proj / "metrics/phase1.json").read_text())
-    assert p1["objective"] == "reconstruction" and p1["val"]["ppl"] > 1 and "effective_rank" in p1["val"]
+    assert (
+        p1["objective"] == "reconstruction"
+        and p1["val"]["ppl"] > 1
+        and "effective_rank" in p1["val"]
+    )
     cv = json.loads((proj / "metrics/phase2.json").read_text())["cvfp"]
     assert cv["head_init"] == "phase1" and cv["val_ppl"] <= p1["val"]["ppl"] * (1 + 1e-4)
     assert "context reconstruction learning" in (proj / "reports/report.md").read_text()

@@ -1,16 +1,24 @@
 """Phase 1 objective `reconstruction` (SPEC section 7, seed 003): target, learning, TBPTT,
 batching across conversations, params, checkpoint loading and the Phase 2 warm start."""
+
 import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, write_params
+
 from cvfp.corpus import Corpus, sequential_pass
 from cvfp.model import CVFPModel
 from cvfp.params import ParamsError, load_params
-from cvfp.reconstruction import (ContextDecoder, ConversationBatch, chunk_forward, conversation_batches,
-                                 evaluate, reconstruction_target, train_reconstruction)
+from cvfp.reconstruction import (
+    ContextDecoder,
+    ConversationBatch,
+    chunk_forward,
+    conversation_batches,
+    evaluate,
+    reconstruction_target,
+    train_reconstruction,
+)
 from cvfp.utils import seed_everything
 
 
@@ -33,7 +41,9 @@ def run_batch(model, decoder, batch, chunk_length, out):
     """Every chunk of one batch from a zero context; returns the ChunkOutputs."""
     state, outs = torch.zeros(batch.corpus.n_conversations, model.context_dim), []
     for t0 in range(0, len(batch.schedule), chunk_length):
-        o = chunk_forward(model, decoder, batch, state, t0, min(t0 + chunk_length, len(batch.schedule)), out)
+        o = chunk_forward(
+            model, decoder, batch, state, t0, min(t0 + chunk_length, len(batch.schedule)), out
+        )
         state = o.state
         outs.append(o)
     return outs
@@ -78,21 +88,21 @@ def test_decoder_shape_and_layers():
 
 
 def test_truncated_bptt_no_gradient_crosses_a_chunk_boundary():
-    m = tiny_model(embedding="learned")               # embedding rows get gradients
+    m = tiny_model(embedding="learned")  # embedding rows get gradients
     with torch.no_grad():
-        m.token_output.weight.normal_(0.0, 0.1)       # a non-zero head, as after some training
+        m.token_output.weight.normal_(0.0, 0.1)  # a non-zero head, as after some training
     dec = ContextDecoder(16, 16)
     # chunk 1 = tokens 1, 2, 3; chunk 2 = tokens 4, 5, 6 (each token in one chunk only)
     corpus = Corpus.from_conversations([[1, 2, 3, 4, 5, 6, 7]], "conversation")
     batch = whole(corpus)
     first = chunk_forward(m, dec, batch, torch.zeros(1, 16), 0, 3)
-    assert first.state.requires_grad                  # the carried state still has its graph...
+    assert first.state.requires_grad  # the carried state still has its graph...
     second = chunk_forward(m, dec, batch, first.state, 3, 6)
     (g,) = torch.autograd.grad(second.token_loss + second.recon_loss, m.token_embedding.weight)
-    assert g[[1, 2, 3]].abs().sum() == 0              # ...but chunk 2's loss does not reach chunk 1
+    assert g[[1, 2, 3]].abs().sum() == 0  # ...but chunk 2's loss does not reach chunk 1
     assert (g[[4, 5, 6]].abs().sum(1) > 0).all()
 
-    def grad_in_chunks(length):                       # positions 3..5 in chunks of `length`
+    def grad_in_chunks(length):  # positions 3..5 in chunks of `length`
         state, total = first.state, 0.0
         for t0 in range(3, 6, length):
             o = chunk_forward(m, dec, batch, state, t0, min(t0 + length, 6))
@@ -127,9 +137,9 @@ def test_batched_conversations_equal_each_conversation_alone():
             for o in run_batch(m, dec, whole(one), 5, ctx):
                 alone_ce += o.token_loss.item()
                 alone_rec += o.recon_loss.item()
-            torch.testing.assert_close(batched[start:start + len(c)], ctx, atol=1e-5, rtol=0)
+            torch.testing.assert_close(batched[start : start + len(c)], ctx, atol=1e-5, rtol=0)
             start += len(c)
-    torch.testing.assert_close(batched, reference, atol=1e-5, rtol=0)   # = the sequential pass (C*)
+    torch.testing.assert_close(batched, reference, atol=1e-5, rtol=0)  # = the sequential pass (C*)
     assert sum(o.token_loss.item() for o in outs) == pytest.approx(alone_ce, rel=1e-5)
     assert sum(o.recon_loss.item() for o in outs) == pytest.approx(alone_rec, rel=1e-5)
     assert sum(o.n_tokens for o in outs) == corpus.n_tokens - corpus.n_conversations
@@ -141,15 +151,16 @@ def test_training_batches_cover_every_conversation_once():
     assert [b.corpus.n_conversations for b in batches].count(4) == 2
     rows = torch.cat([b.index for b in batches]).sort().values
     assert torch.equal(rows, torch.arange(corpus.n_tokens))
-    for b in batches:                                 # index maps sub-corpus rows to corpus rows
+    for b in batches:  # index maps sub-corpus rows to corpus rows
         assert torch.equal(corpus.ids[b.index], b.corpus.ids)
 
 
 def test_reconstruction_and_token_loss_fall(tiny_params):
     seed_everything(0)
     p = tiny_params.phase1.model_copy(update={"objective": "reconstruction"})
-    p.reconstruction = p.reconstruction.model_copy(update={"epochs": 25, "batch_conversations": 4,
-                                                            "chunk_length": 8, "lr": 0.005})
+    p.reconstruction = p.reconstruction.model_copy(
+        update={"epochs": 25, "batch_conversations": 4, "chunk_length": 8, "lr": 0.005}
+    )
     m = tiny_model(vocab=20)
     corpus = Corpus.from_conversations(convs(n=12, vocab=20, lo=8, hi=16), "conversation")
     before, _ = evaluate(m, ContextDecoder(16, 16), corpus, p.reconstruction)
@@ -158,12 +169,16 @@ def test_reconstruction_and_token_loss_fall(tiny_params):
     after = r.final["val"]
     assert after.recon_loss < 0.5 * before.recon_loss, (before, after)
     assert after.token_loss < before.token_loss and after.ppl < before.ppl
-    assert not torch.equal(head, m.token_output.weight)        # the head is trained here
-    assert len(r.history) == 25 and r.history[-1]["steps"] > 0 and r.history[-1]["skipped_steps"] == 0
+    assert not torch.equal(head, m.token_output.weight)  # the head is trained here
+    assert (
+        len(r.history) == 25 and r.history[-1]["steps"] > 0 and r.history[-1]["skipped_steps"] == 0
+    )
     assert r.history[-1]["train_recon_loss"] < r.history[0]["train_recon_loss"]
     assert r.contexts["train"].shape == (corpus.n_tokens, 16)
-    with torch.no_grad():                                       # final contexts are C*
-        torch.testing.assert_close(r.contexts["train"], sequential_pass(m, corpus)[0], atol=1e-5, rtol=0)
+    with torch.no_grad():  # final contexts are C*
+        torch.testing.assert_close(
+            r.contexts["train"], sequential_pass(m, corpus)[0], atol=1e-5, rtol=0
+        )
 
 
 def test_same_seed_same_numbers(tiny_params):
@@ -179,24 +194,43 @@ def test_same_seed_same_numbers(tiny_params):
     assert strip[0] == strip[1]
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda r: r["phase1"].update(objective="autoencoder"),
-     r"phase1\.objective = 'autoencoder': Input should be 'cvfp', 'reconstruction' or 'none'"),
-    (lambda r: r["phase1"]["reconstruction"].update(recon_weight=-1),
-     r"phase1\.reconstruction\.recon_weight = -1: Input should be greater than or equal to 0"),
-    (lambda r: r["phase1"]["reconstruction"].update(chunk_length=0),
-     r"phase1\.reconstruction\.chunk_length = 0: Input should be greater than or equal to 1"),
-    (lambda r: r["phase1"]["reconstruction"].update(epochs="many"),
-     r"phase1\.reconstruction\.epochs = 'many': Input should be a valid integer"),
-    (lambda r: r["phase1"]["reconstruction"].update(batch_conversations=0),
-     r"phase1\.reconstruction\.batch_conversations = 0"),
-    (lambda r: r["phase1"]["reconstruction"].update(lr=0),
-     r"phase1\.reconstruction\.lr = 0: Input should be greater than 0"),
-    (lambda r: r["phase1"]["reconstruction"].update(lambda_=1.0),
-     r"phase1\.reconstruction\.lambda_: unknown key"),
-    (lambda r: r["phase1"]["reconstruction"].pop("chunk_length"),
-     r"phase1\.reconstruction\.chunk_length: missing"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (
+            lambda r: r["phase1"].update(objective="autoencoder"),
+            r"phase1\.objective = 'autoencoder': Input should be 'cvfp', 'reconstruction' or 'none'",
+        ),
+        (
+            lambda r: r["phase1"]["reconstruction"].update(recon_weight=-1),
+            r"phase1\.reconstruction\.recon_weight = -1: Input should be greater than or equal to 0",
+        ),
+        (
+            lambda r: r["phase1"]["reconstruction"].update(chunk_length=0),
+            r"phase1\.reconstruction\.chunk_length = 0: Input should be greater than or equal to 1",
+        ),
+        (
+            lambda r: r["phase1"]["reconstruction"].update(epochs="many"),
+            r"phase1\.reconstruction\.epochs = 'many': Input should be a valid integer",
+        ),
+        (
+            lambda r: r["phase1"]["reconstruction"].update(batch_conversations=0),
+            r"phase1\.reconstruction\.batch_conversations = 0",
+        ),
+        (
+            lambda r: r["phase1"]["reconstruction"].update(lr=0),
+            r"phase1\.reconstruction\.lr = 0: Input should be greater than 0",
+        ),
+        (
+            lambda r: r["phase1"]["reconstruction"].update(lambda_=1.0),
+            r"phase1\.reconstruction\.lambda_: unknown key",
+        ),
+        (
+            lambda r: r["phase1"]["reconstruction"].pop("chunk_length"),
+            r"phase1\.reconstruction\.chunk_length: missing",
+        ),
+    ],
+)
 def test_params_validation_names_the_key(tmp_path, mutate, expected):
     with pytest.raises(ParamsError, match=expected):
         load_params(write_params(tmp_path, mutate))
@@ -205,22 +239,30 @@ def test_params_validation_names_the_key(tmp_path, mutate, expected):
 def test_defaults():
     p = load_params(ROOT / "params.yaml")
     assert p.phase1.objective == "cvfp"
-    assert p.phase1.reconstruction.recon_weight == 1.0 and p.phase1.reconstruction.chunk_length == 32
+    assert (
+        p.phase1.reconstruction.recon_weight == 1.0 and p.phase1.reconstruction.chunk_length == 32
+    )
 
 
-def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(tiny_params, tmp_path, monkeypatch):
+def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(
+    tiny_params, tmp_path, monkeypatch
+):
     """tasks.phase1 with objective=reconstruction on a tiny token set: its checkpoint loads
     with cvfp.cstar.load_phase1_model (strict), carries the decoder outside the model's
     state_dict, and Phase 2's warm start begins exactly at the reconstruction val numbers."""
     from datasets import Dataset
+
     import tasks.phase1 as stage
     from cvfp.checkpoint import read_checkpoint
     from cvfp.cstar import load_phase1_model
-    from cvfp.phase2 import PositionData, evaluate as p2_evaluate
+    from cvfp.phase2 import PositionData
+    from cvfp.phase2 import evaluate as p2_evaluate
+
     monkeypatch.chdir(tmp_path)
     for split, seed in (("train", 0), ("val", 1)):
-        Dataset.from_dict({"input_ids": [c.tolist() for c in convs(seed, n=8, lo=4, hi=14)]}).save_to_disk(
-            f"data/split/{split}")
+        Dataset.from_dict(
+            {"input_ids": [c.tolist() for c in convs(seed, n=8, lo=4, hi=14)]}
+        ).save_to_disk(f"data/split/{split}")
     monkeypatch.setattr(stage, "read_vocab_size", lambda _: 30)
     params = tiny_params.model_copy(deep=True)
     params.phase1.objective = "reconstruction"
@@ -230,7 +272,15 @@ def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(tiny_param
     params.checks.probe_samples = 20
     metrics = stage.run(params)
     assert metrics["objective"] == "reconstruction" and metrics["iterations_text"] == "2/2 epochs"
-    for key in ("convergence", "effective_rank_text", "degeneracy", "ppl", "acc", "token_loss", "recon_loss"):
+    for key in (
+        "convergence",
+        "effective_rank_text",
+        "degeneracy",
+        "ppl",
+        "acc",
+        "token_loss",
+        "recon_loss",
+    ):
         assert key in metrics["val"] and key in metrics["train"], key
     assert "trials" in metrics["val"]
     state = read_checkpoint("cache/phase1/model.pt")
@@ -238,10 +288,15 @@ def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(tiny_param
     assert "net.0.weight" in state["context_decoder"]
     assert not any(k.startswith("net.") or "decoder" in k for k in state["state_dict"])
     model = load_phase1_model("cache/phase1/model.pt", params.model, 30)
-    assert model.token_output.weight.abs().sum() > 0                  # the trained head came along
+    assert model.token_output.weight.abs().sum() > 0  # the trained head came along
     import pandas as pd
+
     csv = pd.read_csv("plots/phase1_train.csv")
-    assert list(csv["epoch"]) == [1, 2] and {"train_token_loss", "train_recon_loss", "val_ppl"} <= set(csv)
+    assert list(csv["epoch"]) == [1, 2] and {
+        "train_token_loss",
+        "train_recon_loss",
+        "val_ppl",
+    } <= set(csv)
     # Phase 2 epoch 0 (the reused head on C*) = the reconstruction objective's own val numbers
     val = Corpus.from_conversations(convs(1, n=8, lo=4, hi=14), "conversation")
     with torch.no_grad():
@@ -253,13 +308,31 @@ def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(tiny_param
 
 def test_report_shows_the_objective_and_the_reconstruction_epochs(tmp_path, monkeypatch):
     import json
+
     import test_report as tr
+
     from cvfp.report import RECONSTRUCTION_TITLE, fmt_ppl
+
     files = tr.fake_run()
-    epochs = [{"epoch": e, "train_token_loss": 4.0 / e, "train_recon_loss": 0.6 / e, "train_loss": 4.6 / e,
-               "train_ppl": 50.0 / e, "train_acc": 0.1 * e, "val_token_loss": 4.2 / e, "val_recon_loss": 0.7 / e,
-               "val_loss": 4.9 / e, "val_ppl": 66.6 / e, "val_acc": 0.09 * e, "steps": 7, "skipped_steps": 0,
-               "seconds": 0.5} for e in (1, 2)]
+    epochs = [
+        {
+            "epoch": e,
+            "train_token_loss": 4.0 / e,
+            "train_recon_loss": 0.6 / e,
+            "train_loss": 4.6 / e,
+            "train_ppl": 50.0 / e,
+            "train_acc": 0.1 * e,
+            "val_token_loss": 4.2 / e,
+            "val_recon_loss": 0.7 / e,
+            "val_loss": 4.9 / e,
+            "val_ppl": 66.6 / e,
+            "val_acc": 0.09 * e,
+            "steps": 7,
+            "skipped_steps": 0,
+            "seconds": 0.5,
+        }
+        for e in (1, 2)
+    ]
     p1 = files["metrics/phase1.json"]
     p1.update(objective="reconstruction", iterations_text="2/2 epochs", epochs=2)
     for split, ppl in (("train", 25.0), ("val", 33.3)):
@@ -272,10 +345,18 @@ def test_report_shows_the_objective_and_the_reconstruction_epochs(tmp_path, monk
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)
     out, html_text, md = tr.build(tmp_path)
-    for text in (f"<h2>{RECONSTRUCTION_TITLE}</h2>", "Reconstruction training per epoch", "2/2 epochs",
-                 "Phase 1 (reconstruction) val perplexity / accuracy", "33.30 / 42.00%",
-                 fmt_ppl(66.6), fmt_ppl(33.3), "reused from Phase 1", "Fixed-point convergence of the trained model"):
+    for text in (
+        f"<h2>{RECONSTRUCTION_TITLE}</h2>",
+        "Reconstruction training per epoch",
+        "2/2 epochs",
+        "Phase 1 (reconstruction) val perplexity / accuracy",
+        "33.30 / 42.00%",
+        fmt_ppl(66.6),
+        fmt_ppl(33.3),
+        "reused from Phase 1",
+        "Fixed-point convergence of the trained model",
+    ):
         assert text in html_text, text
         assert text.replace("<h2>", "## ").replace("</h2>", "") in md, text
-    assert html_text.count("data:image/png;base64,") == 4   # + the reconstruction epochs figure
+    assert html_text.count("data:image/png;base64,") == 4  # + the reconstruction epochs figure
     assert json.loads(json.dumps(out))["warnings"] == 0

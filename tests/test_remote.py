@@ -1,10 +1,10 @@
 """A shared DVC remote: push the first stages' outputs to a local-directory remote, lose the
 cache and the outputs, pull them back, and `dvc repro` has nothing left to do."""
+
 import re
 import shutil
 
 import pytest
-
 from test_pipeline import BIN, make_project, run
 
 pytestmark = pytest.mark.pipeline
@@ -18,8 +18,12 @@ def repro(cwd, *targets) -> list[str]:
 
 
 def snapshot(proj) -> dict[str, bytes]:
-    return {str(p.relative_to(proj)): p.read_bytes()
-            for out in OUTS for p in sorted((proj / out).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(proj)): p.read_bytes()
+        for out in OUTS
+        for p in sorted((proj / out).rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_push_then_pull_into_an_empty_checkout_restores_everything(tmp_path):

@@ -1,5 +1,6 @@
 """Report stage on a tiny fake-but-consistent run: sections, numbers, self-contained HTML,
 clear errors for missing inputs, and the warnings section."""
+
 from __future__ import annotations
 
 import base64
@@ -23,32 +24,89 @@ def _history(total: int, rates: list[float], train: bool) -> list[dict]:
     rows = []
     for it, rate in enumerate(rates):
         conv = int(rate * total)
-        rows.append({"iteration": it, "converged": conv, "total": total, "convergence_rate": conv / total,
-                     "cvfp_loss": None if it == 0 else 0.5 / it, "diversity_loss": None if it == 0 else -0.1 * it,
-                     "total_loss": None if it == 0 else 0.05 / it - 0.09 * it,
-                     "steps": int(train and it > 0), "skipped_steps": 0, "seconds": 0.25})
+        rows.append(
+            {
+                "iteration": it,
+                "converged": conv,
+                "total": total,
+                "convergence_rate": conv / total,
+                "cvfp_loss": None if it == 0 else 0.5 / it,
+                "diversity_loss": None if it == 0 else -0.1 * it,
+                "total_loss": None if it == 0 else 0.05 / it - 0.09 * it,
+                "steps": int(train and it > 0),
+                "skipped_steps": 0,
+                "seconds": 0.25,
+            }
+        )
     return rows
 
 
 def _split_metrics(hist: list[dict], er: float, trials: dict | None = None) -> tuple[dict, dict]:
     f = hist[-1]
     sv = [1.0 / (i + 1) for i in range(D)]
-    er_check = {"effective_rank": er, "dim": D, "ratio": er / D, "percent": 100 * er / D, "actual_rank": D,
-                "singular_values": sv, "text": fmt_er(er, D)}
-    deg = {"mean_pairwise_l2": 5.2, "mean_pairwise_cosine": 0.03, "global_attractor": False, "mean_norm": 4.0,
-           "zero_solution": False, "norm_std": 0.01, "norm_min": 3.9, "norm_max": 4.1, "sparsity": 0.004}
-    ident = {"mean_deviation_from_mean": 3.9, "not_near_zero": True, "input_output_cosine": 0.54,
-             "identity_warning": False, "different_token_output_similarity": 0.49, "ignores_tokens_warning": False,
-             "context_token_cosine": 0.006, "context_equals_token_warning": False}
-    m = {"converged": f["converged"], "total": f["total"], "convergence_rate": f["convergence_rate"],
-         "convergence": fmt_count(f["converged"], f["total"]), "iterations": len(hist) - 1, "stopped_early": False,
-         "cvfp_loss": f["cvfp_loss"], "diversity_loss": f["diversity_loss"], "total_loss": f["total_loss"],
-         "skipped_steps": 0, "effective_rank": er, "effective_rank_ratio": er / D,
-         "effective_rank_text": fmt_er(er, D), "actual_rank": D, "degeneracy": deg, "identity": ident}
+    er_check = {
+        "effective_rank": er,
+        "dim": D,
+        "ratio": er / D,
+        "percent": 100 * er / D,
+        "actual_rank": D,
+        "singular_values": sv,
+        "text": fmt_er(er, D),
+    }
+    deg = {
+        "mean_pairwise_l2": 5.2,
+        "mean_pairwise_cosine": 0.03,
+        "global_attractor": False,
+        "mean_norm": 4.0,
+        "zero_solution": False,
+        "norm_std": 0.01,
+        "norm_min": 3.9,
+        "norm_max": 4.1,
+        "sparsity": 0.004,
+    }
+    ident = {
+        "mean_deviation_from_mean": 3.9,
+        "not_near_zero": True,
+        "input_output_cosine": 0.54,
+        "identity_warning": False,
+        "different_token_output_similarity": 0.49,
+        "ignores_tokens_warning": False,
+        "context_token_cosine": 0.006,
+        "context_equals_token_warning": False,
+    }
+    m = {
+        "converged": f["converged"],
+        "total": f["total"],
+        "convergence_rate": f["convergence_rate"],
+        "convergence": fmt_count(f["converged"], f["total"]),
+        "iterations": len(hist) - 1,
+        "stopped_early": False,
+        "cvfp_loss": f["cvfp_loss"],
+        "diversity_loss": f["diversity_loss"],
+        "total_loss": f["total_loss"],
+        "skipped_steps": 0,
+        "effective_rank": er,
+        "effective_rank_ratio": er / D,
+        "effective_rank_text": fmt_er(er, D),
+        "actual_rank": D,
+        "degeneracy": deg,
+        "identity": ident,
+    }
     checks = {"effective_rank": er_check, "degeneracy": deg, "identity": ident, "history": hist}
     if trials is not None:
-        m["trials"] = {k: trials[k] for k in ("verdict", "final_diff", "passed", "initial_loss", "final_loss",
-                                              "reduction_percent", "std", "slope")}
+        m["trials"] = {
+            k: trials[k]
+            for k in (
+                "verdict",
+                "final_diff",
+                "passed",
+                "initial_loss",
+                "final_loss",
+                "reduction_percent",
+                "std",
+                "slope",
+            )
+        }
         checks["convergence"] = trials
     return m, checks
 
@@ -57,53 +115,169 @@ def fake_run() -> dict[str, object]:
     """Consistent inputs of a tiny run: relative path -> JSON object (or CSV/HTML text)."""
     train_h = _history(640, [0.0, 0.6, 0.97], train=True)
     val_h = _history(128, [0.0, 0.5, 1.0], train=False)
-    losses = [0.3 * 0.5 ** k for k in range(10)]
-    trials = {"initial_loss": losses[0], "final_loss": losses[-1], "reduction_percent": 99.8, "std": 0.09,
-              "slope": -0.02, "verdict": "CONVERGING", "losses": losses, "trials": 10,
-              "final_diff": losses[-1], "passed": True}
+    losses = [0.3 * 0.5**k for k in range(10)]
+    trials = {
+        "initial_loss": losses[0],
+        "final_loss": losses[-1],
+        "reduction_percent": 99.8,
+        "std": 0.09,
+        "slope": -0.02,
+        "verdict": "CONVERGING",
+        "losses": losses,
+        "trials": 10,
+        "final_diff": losses[-1],
+        "passed": True,
+    }
     tm, tc = _split_metrics(train_h, 13.55)
     vm, vc = _split_metrics(val_h, 12.34, trials)
-    phase1 = {"max_iterations": 10, "iterations_text": "2/10", "train_seconds": 1.5, "train": tm, "val": vm}
-    data = {"source": "chatterbot", "raw_conversations": 60, "tokenizer_kind": "bpe", "vocab_size": 300,
-            "max_seq_length": 32, "truncated_conversations": 3, "split_strategy": "holdout", "val_fraction": 0.2,
-            "train_conversations": 40, "train_tokens": 640, "val_conversations": 8, "val_tokens": 128,
-            "train_unique_tokens": 200, "val_unique_tokens": 90, "unexpected_val_tokens": 0, "val_subset_ok": True,
-            "dropped_conversations": {"empty": 1, "val_unseen_token": 11}, "val_dropped_tokens": 77,
-            "gx_success": True, "gx_expectations_evaluated": 2, "gx_expectations_successful": 2}
-    gx = {"success": True, "suite_name": "val_tokens_from_train",
-          "statistics": {"evaluated_expectations": 2, "successful_expectations": 2,
-                         "unsuccessful_expectations": 0, "success_percent": 100.0},
-          "results": [{"success": True, "expectation_config": {"type": "expect_table_row_count_to_be_between",
-                                                               "kwargs": {"min_value": 1}},
-                       "result": {"observed_value": 128}},
-                      {"success": True, "expectation_config": {"type": "expect_column_values_to_be_in_set",
-                                                               "kwargs": {"column": "token_id"}},
-                       "result": {"element_count": 128, "unexpected_count": 0}}]}
-    epochs = [{"epoch": e, "train_loss": 5.0 - 0.5 * e, "val_loss": 5.1 - 0.4 * e, "train_ppl": 0.0,
-               "val_ppl": 0.0, "train_acc": 0.05 * e, "val_acc": 0.04 * e, "seconds": 0.3} for e in (1, 2, 3)]
+    phase1 = {
+        "max_iterations": 10,
+        "iterations_text": "2/10",
+        "train_seconds": 1.5,
+        "train": tm,
+        "val": vm,
+    }
+    data = {
+        "source": "chatterbot",
+        "raw_conversations": 60,
+        "tokenizer_kind": "bpe",
+        "vocab_size": 300,
+        "max_seq_length": 32,
+        "truncated_conversations": 3,
+        "split_strategy": "holdout",
+        "val_fraction": 0.2,
+        "train_conversations": 40,
+        "train_tokens": 640,
+        "val_conversations": 8,
+        "val_tokens": 128,
+        "train_unique_tokens": 200,
+        "val_unique_tokens": 90,
+        "unexpected_val_tokens": 0,
+        "val_subset_ok": True,
+        "dropped_conversations": {"empty": 1, "val_unseen_token": 11},
+        "val_dropped_tokens": 77,
+        "gx_success": True,
+        "gx_expectations_evaluated": 2,
+        "gx_expectations_successful": 2,
+    }
+    gx = {
+        "success": True,
+        "suite_name": "val_tokens_from_train",
+        "statistics": {
+            "evaluated_expectations": 2,
+            "successful_expectations": 2,
+            "unsuccessful_expectations": 0,
+            "success_percent": 100.0,
+        },
+        "results": [
+            {
+                "success": True,
+                "expectation_config": {
+                    "type": "expect_table_row_count_to_be_between",
+                    "kwargs": {"min_value": 1},
+                },
+                "result": {"observed_value": 128},
+            },
+            {
+                "success": True,
+                "expectation_config": {
+                    "type": "expect_column_values_to_be_in_set",
+                    "kwargs": {"column": "token_id"},
+                },
+                "result": {"element_count": 128, "unexpected_count": 0},
+            },
+        ],
+    }
+    epochs = [
+        {
+            "epoch": e,
+            "train_loss": 5.0 - 0.5 * e,
+            "val_loss": 5.1 - 0.4 * e,
+            "train_ppl": 0.0,
+            "val_ppl": 0.0,
+            "train_acc": 0.05 * e,
+            "val_acc": 0.04 * e,
+            "seconds": 0.3,
+        }
+        for e in (1, 2, 3)
+    ]
     import math
+
     for r in epochs:
         r["train_ppl"], r["val_ppl"] = math.exp(r["train_loss"]), math.exp(r["val_loss"])
     best = epochs[-1]
-    phase2 = {"cvfp": {"best_epoch": 3, "epochs_run": 3, "stopped_early": False, "heads": "single",
-                       "freeze_context": False, **{k: best[k] for k in best if k not in ("epoch", "seconds")},
-                       "trainable_params": 12345, "train_seconds": 0.9, "train_positions": 600,
-                       "val_positions": 120, "stages": {}},
-              "baselines": {"bigram": {"val_loss": 4.5, "val_ppl": math.exp(4.5), "val_acc": 0.11,
-                                       "trainable_params": 90000, "train_seconds": 0.01, "k": 1.0},
-                            "transformer": {"val_loss": 3.2, "val_ppl": math.exp(3.2), "val_acc": 0.21,
-                                            "trainable_params": 12000, "train_seconds": 2.5, "param_ratio": 0.972,
-                                            "best_epoch": 3, "n_embd": 16, "n_layer": 2, "n_head": 2}},
-              "ablations": {"zero_context": {"val_loss": 4.9, "val_ppl": math.exp(4.9), "val_acc": 0.03},
-                            "shuffled_context": {"val_loss": 4.7, "val_ppl": math.exp(4.7), "val_acc": 0.05}}}
+    phase2 = {
+        "cvfp": {
+            "best_epoch": 3,
+            "epochs_run": 3,
+            "stopped_early": False,
+            "heads": "single",
+            "freeze_context": False,
+            **{k: best[k] for k in best if k not in ("epoch", "seconds")},
+            "trainable_params": 12345,
+            "train_seconds": 0.9,
+            "train_positions": 600,
+            "val_positions": 120,
+            "stages": {},
+        },
+        "baselines": {
+            "bigram": {
+                "val_loss": 4.5,
+                "val_ppl": math.exp(4.5),
+                "val_acc": 0.11,
+                "trainable_params": 90000,
+                "train_seconds": 0.01,
+                "k": 1.0,
+            },
+            "transformer": {
+                "val_loss": 3.2,
+                "val_ppl": math.exp(3.2),
+                "val_acc": 0.21,
+                "trainable_params": 12000,
+                "train_seconds": 2.5,
+                "param_ratio": 0.972,
+                "best_epoch": 3,
+                "n_embd": 16,
+                "n_layer": 2,
+                "n_head": 2,
+            },
+        },
+        "ablations": {
+            "zero_context": {"val_loss": 4.9, "val_ppl": math.exp(4.9), "val_acc": 0.03},
+            "shuffled_context": {"val_loss": 4.7, "val_ppl": math.exp(4.7), "val_acc": 0.05},
+        },
+    }
     csv = "epoch,train_loss,val_loss,train_ppl,val_ppl,train_acc,val_acc,seconds\n" + "".join(
-        ",".join(str(r[k]) for k in ("epoch", "train_loss", "val_loss", "train_ppl", "val_ppl", "train_acc",
-                                     "val_acc", "seconds")) + "\n" for r in epochs)
-    return {"metrics/data.json": data, "data/split/gx/validation.json": gx,
-            "data/split/gx/data_docs/index.html": "<html><body>docs</body></html>",
-            "metrics/phase1.json": phase1, "cache/phase1/checks.json": {"train": tc, "val": vc},
-            "metrics/phase2.json": phase2, "plots/phase2_epochs.csv": csv,
-            "metrics/timing/phase1.json": {"stage": "phase1", "seconds": 1.75, "finished_utc": "2026-01-01T00:00:00+00:00"}}
+        ",".join(
+            str(r[k])
+            for k in (
+                "epoch",
+                "train_loss",
+                "val_loss",
+                "train_ppl",
+                "val_ppl",
+                "train_acc",
+                "val_acc",
+                "seconds",
+            )
+        )
+        + "\n"
+        for r in epochs
+    )
+    return {
+        "metrics/data.json": data,
+        "data/split/gx/validation.json": gx,
+        "data/split/gx/data_docs/index.html": "<html><body>docs</body></html>",
+        "metrics/phase1.json": phase1,
+        "cache/phase1/checks.json": {"train": tc, "val": vc},
+        "metrics/phase2.json": phase2,
+        "plots/phase2_epochs.csv": csv,
+        "metrics/timing/phase1.json": {
+            "stage": "phase1",
+            "seconds": 1.75,
+            "finished_utc": "2026-01-01T00:00:00+00:00",
+        },
+    }
 
 
 def write_run(root: Path, files: dict[str, object]) -> None:
@@ -124,6 +298,7 @@ def run_dir(tmp_path, monkeypatch):
 
 def build(root: Path):
     import tasks.report as report
+
     params = load_params(root / "params.yaml")
     out = report.run(params)
     return out, Path(out["html"]).read_text(), Path(out["md"]).read_text()
@@ -131,7 +306,7 @@ def build(root: Path):
 
 def section(html_text: str, key: str) -> str:
     start = html_text.index(f'<section id="{key}">')
-    return html_text[start:html_text.index("</section>", start)]
+    return html_text[start : html_text.index("</section>", start)]
 
 
 class TagCollector(HTMLParser):
@@ -168,16 +343,32 @@ def test_report_has_every_section_and_the_metrics_numbers(run_dir):
     for title in TITLES.values():
         assert f"<h2>{title}</h2>" in html_text
         assert f"## {title}" in md
-    p1, p2, data = files["metrics/phase1.json"], files["metrics/phase2.json"], files["metrics/data.json"]
-    expected = [p1["iterations_text"], p1["train"]["convergence"], p1["val"]["convergence"],
-                p1["train"]["effective_rank_text"], p1["val"]["effective_rank_text"],
-                "89.3%", "429/768 = 55.9%",                                   # seeds' reference figures
-                fmt_ppl(p2["cvfp"]["val_ppl"]), fmt_acc(p2["cvfp"]["val_acc"]),
-                fmt_int(p2["cvfp"]["trainable_params"]),
-                fmt_ppl(p2["ablations"]["zero_context"]["val_ppl"]),
-                fmt_ppl(p2["ablations"]["shuffled_context"]["val_ppl"]),
-                fmt_int(data["train_tokens"]), fmt_int(data["val_conversations"]), "val_unseen_token",
-                "2/2 expectations successful", "CONVERGING", "seed: 42", "1.75 s"]
+    p1, p2, data = (
+        files["metrics/phase1.json"],
+        files["metrics/phase2.json"],
+        files["metrics/data.json"],
+    )
+    expected = [
+        p1["iterations_text"],
+        p1["train"]["convergence"],
+        p1["val"]["convergence"],
+        p1["train"]["effective_rank_text"],
+        p1["val"]["effective_rank_text"],
+        "89.3%",
+        "429/768 = 55.9%",  # seeds' reference figures
+        fmt_ppl(p2["cvfp"]["val_ppl"]),
+        fmt_acc(p2["cvfp"]["val_acc"]),
+        fmt_int(p2["cvfp"]["trainable_params"]),
+        fmt_ppl(p2["ablations"]["zero_context"]["val_ppl"]),
+        fmt_ppl(p2["ablations"]["shuffled_context"]["val_ppl"]),
+        fmt_int(data["train_tokens"]),
+        fmt_int(data["val_conversations"]),
+        "val_unseen_token",
+        "2/2 expectations successful",
+        "CONVERGING",
+        "seed: 42",
+        "1.75 s",
+    ]
     expected += [fmt_ppl(b["val_ppl"]) for b in p2["baselines"].values()]
     for text in expected:
         assert text in html_text, text
@@ -185,8 +376,10 @@ def test_report_has_every_section_and_the_metrics_numbers(run_dir):
     # per-iteration convergence table for train, as percent and count
     for row in files["cache/phase1/checks.json"]["train"]["history"]:
         assert fmt_count(row["converged"], row["total"]) in section(html_text, "phase1")
-    assert "<h2>Reference figures from the seeds</h2>" in html_text and "not as a target" in html_text
-    assert "not recorded" in html_text          # stages without a timing file
+    assert (
+        "<h2>Reference figures from the seeds</h2>" in html_text and "not as a target" in html_text
+    )
+    assert "not recorded" in html_text  # stages without a timing file
     assert "phase1.objective" in md and "cvfp" in md
 
 
@@ -201,7 +394,7 @@ def test_html_parses_and_is_self_contained(run_dir):
         assert parser.counts.get(tag, 0) >= 1, tag
     assert parser.counts.get("script", 0) == 0 and parser.counts.get("link", 0) == 0
     imgs = [v for tag, k, v in parser.attrs if tag == "img" and k == "src"]
-    assert len(imgs) == 3                                           # phase1 history, spectrum, phase2
+    assert len(imgs) == 3  # phase1 history, spectrum, phase2
     for src in imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -213,8 +406,15 @@ def test_html_parses_and_is_self_contained(run_dir):
     assert "http://" not in md and "https://" not in md and "data:image" not in md
 
 
-@pytest.mark.parametrize("rel,stage", [("metrics/phase2.json", "phase2"), ("cache/phase1/checks.json", "phase1"),
-                                       ("metrics/data.json", "split"), ("plots/phase2_epochs.csv", "phase2")])
+@pytest.mark.parametrize(
+    "rel,stage",
+    [
+        ("metrics/phase2.json", "phase2"),
+        ("cache/phase1/checks.json", "phase1"),
+        ("metrics/data.json", "split"),
+        ("plots/phase2_epochs.csv", "phase2"),
+    ],
+)
 def test_missing_input_names_the_file_and_its_stage(run_dir, rel, stage):
     root, _ = run_dir
     (root / rel).unlink()
@@ -233,13 +433,23 @@ def test_warnings_section_lists_failed_checks_with_numbers(run_dir):
     p1["val"]["convergence_rate"], p1["val"]["convergence"] = 0.5, "50.0% (64/128)"
     files["metrics/data.json"].update(val_subset_ok=False, unexpected_val_tokens=7)
     p2 = files["metrics/phase2.json"]
-    p2["cvfp"]["val_ppl"] = 500.0                                   # worse than the bigram
+    p2["cvfp"]["val_ppl"] = 500.0  # worse than the bigram
     write_run(root, files)
     out, html_text, md = build(root)
     warn = section(html_text, "warnings")
-    for text in ("identity_warning", "0.987", "DIVERGING", "0.0421", "val_subset_ok", "7 val token",
-                 "min_converged_ratio", "50.0% (64/128)", "worse_than_bigram", "500.00",
-                 fmt_ppl(p2["baselines"]["bigram"]["val_ppl"])):
+    for text in (
+        "identity_warning",
+        "0.987",
+        "DIVERGING",
+        "0.0421",
+        "val_subset_ok",
+        "7 val token",
+        "min_converged_ratio",
+        "50.0% (64/128)",
+        "worse_than_bigram",
+        "500.00",
+        fmt_ppl(p2["baselines"]["bigram"]["val_ppl"]),
+    ):
         assert text in warn, text
     assert out["warnings"] >= 6
     assert f"{out['warnings']} check(s) failed or warned" in md
@@ -249,6 +459,7 @@ def test_warnings_section_lists_failed_checks_with_numbers(run_dir):
 def test_clean_run_has_no_warnings_and_cli_prints_the_html_path(run_dir, monkeypatch, capsys):
     root, _ = run_dir
     import tasks.report as report
+
     monkeypatch.setattr(sys, "argv", ["python -m tasks.report"])
     report.main()
     printed = capsys.readouterr().out.strip().splitlines()[-1]
@@ -260,6 +471,7 @@ def test_clean_run_has_no_warnings_and_cli_prints_the_html_path(run_dir, monkeyp
 
 def test_git_state_outside_a_repository(tmp_path, monkeypatch):
     import tasks.report as report
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert report.git_state() == ("unknown", None)
@@ -269,16 +481,23 @@ def test_durations_come_from_the_timing_files_only(run_dir):
     """Stages keep wall times out of their outputs (tasks.common.split_durations) and record
     them in metrics/timing/; the report shows them when that file exists, "n/a" otherwise."""
     from tasks.common import split_durations
+
     root, files = run_dir
     p2, t_metrics = split_durations(files["metrics/phase2.json"])
     lines = files["plots/phase2_epochs.csv"].splitlines()
-    csv = "\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n"     # no seconds column
+    csv = "\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n"  # no seconds column
     files.update({"metrics/phase2.json": p2, "plots/phase2_epochs.csv": csv})
     write_run(root, files)
     _, html_text, _ = build(root)
-    assert "2.50 s" not in section(html_text, "phase2")           # transformer train_seconds
-    (root / "metrics/timing/phase2.json").write_text(json.dumps(
-        {"stage": "phase2", "seconds": 9.0, "durations": {"metrics": t_metrics,
-                                                           "epochs": [{"seconds": 0.3}] * 3}}))
+    assert "2.50 s" not in section(html_text, "phase2")  # transformer train_seconds
+    (root / "metrics/timing/phase2.json").write_text(
+        json.dumps(
+            {
+                "stage": "phase2",
+                "seconds": 9.0,
+                "durations": {"metrics": t_metrics, "epochs": [{"seconds": 0.3}] * 3},
+            }
+        )
+    )
     _, html_text, _ = build(root)
     assert "2.50 s" in section(html_text, "phase2") and "0.3 s" in section(html_text, "phase2")

@@ -1,19 +1,26 @@
 """Issue 14 item 8: a forced rerun of a stage gives the same bytes, so it never makes DVC
 rerun what comes after it; wall times live in metrics/timing/ (not a DVC output, not in git)."""
+
 import hashlib
 import json
 import shutil
 import subprocess
 
 import pytest
-
 from conftest import ROOT
 from test_pipeline import BIN, run, status_clean
 
 pytestmark = pytest.mark.pipeline
-OUTPUTS = {"split": ["data/split", "metrics/data.json"],
-           "phase1": ["cache/phase1", "metrics/phase1.json", "plots/phase1_train.csv",
-                      "plots/phase1_val.csv", "plots/phase1_spectrum.csv"]}
+OUTPUTS = {
+    "split": ["data/split", "metrics/data.json"],
+    "phase1": [
+        "cache/phase1",
+        "metrics/phase1.json",
+        "plots/phase1_train.csv",
+        "plots/phase1_val.csv",
+        "plots/phase1_spectrum.csv",
+    ],
+}
 
 
 def digest(root, rels) -> dict[str, str]:
@@ -35,7 +42,7 @@ def test_forced_reruns_of_split_and_phase1_are_bitwise_identical(dvc_project, tm
         for _ in range(2):
             run([str(BIN / "dvc"), "repro", "-f", "-s", stage], proj)
             assert digest(proj, rels) == before, stage
-    assert status_clean(proj)            # dvc.lock unchanged: nothing downstream would rerun
+    assert status_clean(proj)  # dvc.lock unchanged: nothing downstream would rerun
     # The GX run is stamped with a fixed time: one data docs folder, same name every run.
     runs = list((proj / "data/split/gx/data_docs/validations").rglob("*.html"))
     assert [p.parent.name for p in runs] == ["19700101T000000.000000Z"]
@@ -50,17 +57,27 @@ def test_forced_reruns_of_split_and_phase1_are_bitwise_identical(dvc_project, tm
 
 def test_timing_files_are_not_tracked_by_git():
     ignored = subprocess.run(["git", "check-ignore", "-q", "metrics/timing/phase1.json"], cwd=ROOT)
-    tracked = subprocess.run(["git", "ls-files", "metrics/timing"], cwd=ROOT, capture_output=True, text=True)
+    tracked = subprocess.run(
+        ["git", "ls-files", "metrics/timing"], cwd=ROOT, capture_output=True, text=True
+    )
     assert ignored.returncode == 0 and tracked.stdout == ""
 
 
 def test_split_and_merge_durations_round_trip():
     from tasks.common import merge_durations, split_durations
-    obj = {"a": 1, "train_seconds": 2.5, "history": [{"i": 0, "seconds": 0.1}, {"i": 1, "seconds": 0.2}],
-           "nested": {"x": [1, 2], "seconds": 3.0}}
+
+    obj = {
+        "a": 1,
+        "train_seconds": 2.5,
+        "history": [{"i": 0, "seconds": 0.1}, {"i": 1, "seconds": 0.2}],
+        "nested": {"x": [1, 2], "seconds": 3.0},
+    }
     clean, removed = split_durations(obj)
     assert clean == {"a": 1, "history": [{"i": 0}, {"i": 1}], "nested": {"x": [1, 2]}}
-    assert removed == {"train_seconds": 2.5, "history": [{"seconds": 0.1}, {"seconds": 0.2}],
-                       "nested": {"seconds": 3.0}}
+    assert removed == {
+        "train_seconds": 2.5,
+        "history": [{"seconds": 0.1}, {"seconds": 0.2}],
+        "nested": {"seconds": 3.0},
+    }
     assert merge_durations(clean, removed) == obj
     assert split_durations({"a": [1, 2]}) == ({"a": [1, 2]}, {})

@@ -3,18 +3,17 @@ scheduler must create runs for `python -m flows.pipeline --serve` and the served
 execute them; `prefect deployment run` and `prefect flow-run ls` must work; Ctrl-C stops
 serving cleanly. Catches server-dependency breakage (SQLAlchemy 2.1 stops the scheduler,
 FastAPI >= 0.151 rejects the CLI's null filters with a 422), which the harness hides."""
+
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
-
 from test_pipeline import BIN, env, make_project
 
 pytestmark = pytest.mark.server
@@ -46,24 +45,43 @@ def server(tmp_path):
     environment that points clients (CLI, served flow) at it."""
     port = free_port()
     e = env()
-    e.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-             DO_NOT_TRACK="1", PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-             PREFECT_SERVER_UI_ENABLED="false")
+    e.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_UI_ENABLED="false",
+    )
     e.pop("PREFECT_PROFILES_PATH", None)
     log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-ui", "--analytics-off"],
-                            env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+            "--analytics-off",
+        ],
+        env=e,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        deadline = time.monotonic() + 120   # a busy machine (CI, parallel jobs) starts it slowly
+        deadline = time.monotonic() + 120  # a busy machine (CI, parallel jobs) starts it slowly
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, \
+            assert proc.poll() is None and time.monotonic() < deadline, (
                 f"server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
+            )
             time.sleep(0.5)
         yield e
     finally:
@@ -83,8 +101,9 @@ def api(e, path: str, body: dict | None = None):
 
 
 def cli(e, *args, cwd) -> str:
-    p = subprocess.run([str(BIN / "prefect"), *args], cwd=cwd, env=e, capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        [str(BIN / "prefect"), *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, f"prefect {' '.join(args)}:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
     return p.stdout
 
@@ -93,14 +112,32 @@ def test_scheduled_and_triggered_runs_complete_on_a_real_server(server, tmp_path
     proj = make_project(tmp_path / "proj")
     # `--stages download`: the first run runs it (seconds, offline data), later ones skip it
     serve = subprocess.Popen(
-        [str(BIN / "python"), "-m", "flows.pipeline", "--serve", "--interval", "5",
-         "--stages", "download", "--name", DEPLOYMENT.split("/")[1]],
-        cwd=proj, env={**server, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+        [
+            str(BIN / "python"),
+            "-m",
+            "flows.pipeline",
+            "--serve",
+            "--interval",
+            "5",
+            "--stages",
+            "download",
+            "--name",
+            DEPLOYMENT.split("/")[1],
+        ],
+        cwd=proj,
+        env={**server, "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
-        while not (deps := api(server, "/deployments/filter",
-                               {"deployments": {"name": {"any_": ["sched-test"]}}})):
+        while not (
+            deps := api(
+                server, "/deployments/filter", {"deployments": {"name": {"any_": ["sched-test"]}}}
+            )
+        ):
             assert serve.poll() is None and time.monotonic() < deadline, stop(serve)
             time.sleep(1)
         (dep,) = deps
@@ -120,19 +157,27 @@ def test_scheduled_and_triggered_runs_complete_on_a_real_server(server, tmp_path
                 break
             failed = [r for r in runs() if r["state_type"] in ("FAILED", "CRASHED")]
             assert not failed, (failed, stop(serve)[-3000:])
-            assert serve.poll() is None and time.monotonic() < deadline, \
-                (runs(), stop(serve)[-3000:])
+            assert serve.poll() is None and time.monotonic() < deadline, (
+                runs(),
+                stop(serve)[-3000:],
+            )
             time.sleep(1)
         # the scheduler (not a person) created it: auto_scheduled, the scheduler's idempotency key
         run = scheduled[0]
-        assert run["idempotency_key"].startswith("scheduled ") and run["created_by"]["type"] == "SCHEDULE"
+        assert (
+            run["idempotency_key"].startswith("scheduled ")
+            and run["created_by"]["type"] == "SCHEDULE"
+        )
         assert done[manual_id]["auto_scheduled"] is False
         assert run["parameters"] == {"params_path": "params.yaml", "stages": ["download"]}
-        assert (proj / "dvc.lock").exists()            # the run committed the stage to DVC
+        assert (proj / "dvc.lock").exists()  # the run committed the stage to DVC
 
-        assert "Flow Runs" in cli(server, "flow-run", "ls", cwd=proj)   # was a 422 with fastapi>=0.151
-        listed = json.loads(cli(server, "flow-run", "ls", "--state-type", "COMPLETED", "-o", "json",
-                                cwd=proj))
+        assert "Flow Runs" in cli(
+            server, "flow-run", "ls", cwd=proj
+        )  # was a 422 with fastapi>=0.151
+        listed = json.loads(
+            cli(server, "flow-run", "ls", "--state-type", "COMPLETED", "-o", "json", cwd=proj)
+        )
         assert {run["id"], manual_id} <= {r["id"] for r in listed}
 
         # Ctrl-C while idle (during a run, Ctrl-C in a terminal interrupts that run too)
@@ -141,7 +186,7 @@ def test_scheduled_and_triggered_runs_complete_on_a_real_server(server, tmp_path
             assert time.monotonic() < deadline + 30, runs()
             time.sleep(1)
     finally:
-        out = stop(serve, signal.SIGINT, timeout=40)          # Ctrl-C: SIGINT to its process group
+        out = stop(serve, signal.SIGINT, timeout=40)  # Ctrl-C: SIGINT to its process group
     assert serve.returncode == 0, out[-3000:]
     assert "never awaited" not in out and "Traceback" not in out, out[-3000:]
     assert "stopped serving cvfp-pipeline/sched-test" in out

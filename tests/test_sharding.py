@@ -1,25 +1,41 @@
 """Sharded tokenize and materialize: the mapped Prefect tasks on a real 2-worker Dask
 LocalCluster (processes, 1 thread each) give bitwise the outputs of the plain loop, and no
 shard size changes a byte (tiny data: 300 chatterbot conversations, model 2 blocks dim 16)."""
+
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from cvfp.checkpoint import save_checkpoint
 from cvfp.corpus import Corpus
-from cvfp.cstar import (chunk_groups, load_phase1_model, materialize, materialize_shard,
-                        materialize_sharded, shard_plan)
+from cvfp.cstar import (
+    chunk_groups,
+    load_phase1_model,
+    materialize,
+    materialize_shard,
+    materialize_sharded,
+    shard_plan,
+)
 from cvfp.model import CVFPModel
 from cvfp.params import ParamsError, load_params
 from cvfp.sharding import run_shards, threaded
-from conftest import ROOT
 
-TINY = {"data.num_samples": 300, "tokenizer.vocab_size": 400, "tokenizer.max_seq_length": 48,
-        "model.context_dim": 16, "model.embed_dim": 16, "model.hidden_dim": 32,
-        "model.layer_structure": [1, 1], "phase2.block_weights": [0.5, 1.0],
-        "phase1.progress": False, "materialize.chunk_tokens": 400}
+TINY = {
+    "data.num_samples": 300,
+    "tokenizer.vocab_size": 400,
+    "tokenizer.max_seq_length": 48,
+    "model.context_dim": 16,
+    "model.embed_dim": 16,
+    "model.hidden_dim": 32,
+    "model.layer_structure": [1, 1],
+    "phase2.block_weights": [0.5, 1.0],
+    "phase1.progress": False,
+    "materialize.chunk_tokens": 400,
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,18 +61,27 @@ def files(d: Path) -> dict[str, bytes]:
 def cluster():
     """One 2-worker LocalCluster (processes, 1 thread each) for the module."""
     from distributed import Client, LocalCluster
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as c, Client(c) as client:
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as c,
+        Client(c) as client,
+    ):
         # Workers import the shard code's libraries while the project is being built.
-        warm = [client.submit(_warm_up, pure=False, workers=[w]) for w in client.scheduler_info()["workers"]]
+        warm = [
+            client.submit(_warm_up, pure=False, workers=[w])
+            for w in client.scheduler_info()["workers"]
+        ]
         yield c
         client.gather(warm)
 
 
 def _warm_up():
-    import cvfp.cstar  # noqa: F401  (torch)
     import prefect.task_engine  # noqa: F401
     import transformers.models.auto.tokenization_auto  # noqa: F401
+
+    import cvfp.cstar  # noqa: F401  (torch)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +92,7 @@ def project(tmp_path_factory, cluster):
     from tasks import download, tokenize
     from tasks.common import load_conversations, read_vocab_size
     from tasks.split import to_dataset
+
     proj = tmp_path_factory.mktemp("shards")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(proj)
@@ -87,8 +113,10 @@ def project(tmp_path_factory, cluster):
 
 def corpora(convs, reset):
     n_val = len(convs) // 5
-    return {"train": Corpus.from_conversations(convs[:-n_val], reset),
-            "val": Corpus.from_conversations(convs[-n_val:], reset)}
+    return {
+        "train": Corpus.from_conversations(convs[:-n_val], reset),
+        "val": Corpus.from_conversations(convs[-n_val:], reset),
+    }
 
 
 def reference_cstar(convs, vocab, reset, out, chunk_tokens=400):
@@ -96,32 +124,40 @@ def reference_cstar(convs, vocab, reset, out, chunk_tokens=400):
     the project directory."""
     p = tiny()
     model = load_phase1_model("cache/phase1/model.pt", p.model, vocab)
-    materialize(model, corpora(convs, reset), out, chunk_tokens, reset, source="cache/phase1/model.pt")
+    materialize(
+        model, corpora(convs, reset), out, chunk_tokens, reset, source="cache/phase1/model.pt"
+    )
     return files(out)
 
 
 # ---------------------------------------------------------------- in process
 
+
 def test_shard_plan_is_whole_chunks_and_covers_everything():
     corpus = Corpus.from_conversations([[1] * n for n in (3, 9, 2, 2, 30, 1, 4, 4, 4, 5)])
     groups = list(chunk_groups(corpus.offsets.tolist(), 8))
-    assert groups == [(0, 1), (1, 2), (2, 4), (4, 5), (5, 7), (7, 9), (9, 10)]   # 9, 30 alone
+    assert groups == [(0, 1), (1, 2), (2, 4), (4, 5), (5, 7), (7, 9), (9, 10)]  # 9, 30 alone
     for size in (1, 2, 3, 4, 100):
         plan = shard_plan(corpus, 8, size)
         assert [c for c, _ in plan][0] == 0 and plan[-1][1] == corpus.n_conversations
-        assert all(a[1] == b[0] for a, b in zip(plan, plan[1:]))            # contiguous
-        assert {c for c, _ in plan} <= {c for c, _ in groups}                # chunk boundaries
-        assert all(d - c <= max(size, 2) for c, d in plan)                   # 2 = largest chunk
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(plan))  # contiguous
+        assert {c for c, _ in plan} <= {c for c, _ in groups}  # chunk boundaries
+        assert all(d - c <= max(size, 2) for c, d in plan)  # 2 = largest chunk
     assert shard_plan(corpus, 8, 100) == [(0, 10)]
     assert shard_plan(Corpus.from_conversations([[1] * 50], "stream"), 8, 1) == [(0, 1)]
 
 
-@pytest.mark.parametrize("reset, chunk_tokens, n_conversations, sizes", [
-    ("conversation", 400, 150, (1, 7, 10_000)),   # chunks of whole conversations
-    ("conversation", 20, 20, (1, 10_000)),        # conversations longer than a chunk: carry
-    ("stream", 100, 40, (1,))])                   # one sequence: one shard
-def test_no_shard_size_changes_a_byte(project, tmp_path, monkeypatch, reset, chunk_tokens,
-                                      n_conversations, sizes):
+@pytest.mark.parametrize(
+    "reset, chunk_tokens, n_conversations, sizes",
+    [
+        ("conversation", 400, 150, (1, 7, 10_000)),  # chunks of whole conversations
+        ("conversation", 20, 20, (1, 10_000)),  # conversations longer than a chunk: carry
+        ("stream", 100, 40, (1,)),
+    ],
+)  # one sequence: one shard
+def test_no_shard_size_changes_a_byte(
+    project, tmp_path, monkeypatch, reset, chunk_tokens, n_conversations, sizes
+):
     proj, _, convs, vocab = project
     convs = convs[:n_conversations]
     monkeypatch.chdir(proj)
@@ -129,8 +165,16 @@ def test_no_shard_size_changes_a_byte(project, tmp_path, monkeypatch, reset, chu
     p = tiny()
     for size in sizes:
         out = tmp_path / f"s{size}"
-        materialize_sharded(Path("cache/phase1/model.pt"), corpora(convs, reset), out, p.model,
-                            vocab, chunk_tokens, reset, size)
+        materialize_sharded(
+            Path("cache/phase1/model.pt"),
+            corpora(convs, reset),
+            out,
+            p.model,
+            vocab,
+            chunk_tokens,
+            reset,
+            size,
+        )
         assert files(out) == ref, (reset, size)
 
 
@@ -145,23 +189,29 @@ def test_materialize_shard_is_pure_and_takes_path_or_bytes(project):
 
 
 def test_tokenize_shard_sizes_agree(project, tmp_path):
-    from cvfp import tokenization as tk
     from datasets import load_from_disk
+
+    from cvfp import tokenization as tk
+
     proj, _, _, _ = project
     raw = load_from_disk(str(proj / "data/raw"))
     files_ = tk.tokenizer_files(proj / "data/tokenizer")
     outs = []
     for size, map_shards in ((1, run_shards), (64, threaded(3)), (1000, run_shards)):
         results = [None] * len(tk.shards_of(raw, size))
-        map_shards(tk.tokenize_shard, tk.shards_of(raw, size), results.__setitem__,
-                   {"tokenizer": files_, "max_seq_length": 48})
+        map_shards(
+            tk.tokenize_shard,
+            tk.shards_of(raw, size),
+            results.__setitem__,
+            {"tokenizer": files_, "max_seq_length": 48},
+        )
         ds, stats = tk.combine_shards(results, tk._tokenizer_from(files_))
         ds.save_to_disk(str(tmp_path / str(size)))
         outs.append((files(tmp_path / str(size)), stats))
     assert outs[0] == outs[1] == outs[2]
     plain = files(proj / "data/tokenized")
     plain.pop("stats.json")
-    assert outs[0][0] == plain                                  # the stage wrote the same bytes
+    assert outs[0][0] == plain  # the stage wrote the same bytes
 
 
 def test_orchestration_params_validated():
@@ -179,44 +229,63 @@ def test_orchestration_params_validated():
 def test_task_runner_choice():
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
+
     from flows.shards import task_runner
+
     o = tiny().orchestration
-    assert isinstance(task_runner(o.model_copy(update={"task_runner": "thread"})), ThreadPoolTaskRunner)
+    assert isinstance(
+        task_runner(o.model_copy(update={"task_runner": "thread"})), ThreadPoolTaskRunner
+    )
     local = task_runner(o.model_copy(update={"task_runner": "dask", "workers": 2}))
     assert isinstance(local, DaskTaskRunner) and local.address is None
     assert local.cluster_kwargs == {"n_workers": 2, "threads_per_worker": 1, "processes": True}
-    remote = task_runner(o.model_copy(update={"task_runner": "dask", "dask_address": "tcp://h:8786"}))
+    remote = task_runner(
+        o.model_copy(update={"task_runner": "dask", "dask_address": "tcp://h:8786"})
+    )
     assert remote.address == "tcp://h:8786"
 
 
 # ---------------------------------------------------------------- mapped Prefect tasks
 
+
 def run_stage_mapped(module, p, proj, monkeypatch):
     from flows.shards import shard_mapper
+
     monkeypatch.chdir(proj)
     return module.run(p, map_shards=shard_mapper(module.__name__.split(".")[-1], p.orchestration))
 
 
 def test_dask_tokenize_equals_plain_loop(cluster, project, prefect_harness, monkeypatch):
     from tasks import tokenize
+
     proj, plain, _, _ = project
-    p = tiny(**{"orchestration.task_runner": "dask", "orchestration.shard_conversations": 110,
-                "orchestration.dask_address": cluster.scheduler_address})
+    p = tiny(
+        **{
+            "orchestration.task_runner": "dask",
+            "orchestration.shard_conversations": 110,
+            "orchestration.dask_address": cluster.scheduler_address,
+        }
+    )
     run_stage_mapped(tokenize, p, proj, monkeypatch)
     assert {d: files(proj / "data" / d) for d in ("tokenizer", "tokenized")} == plain
 
 
 @pytest.mark.parametrize("runner", ["dask", "thread"])
-def test_mapped_materialize_equals_plain_loop(cluster, project, prefect_harness, monkeypatch,
-                                              tmp_path, runner, reset="conversation"):
+def test_mapped_materialize_equals_plain_loop(
+    cluster, project, prefect_harness, monkeypatch, tmp_path, runner, reset="conversation"
+):
     from tasks import materialize as stage
+
     proj, _, convs, vocab = project
     monkeypatch.chdir(proj)
     ref = reference_cstar(convs, vocab, reset, tmp_path / "ref")
-    stage.run(tiny(**{"orchestration.shard_conversations": 30}))          # the plain loop
+    stage.run(tiny(**{"orchestration.shard_conversations": 30}))  # the plain loop
     assert files(proj / "cache/cstar") == ref
-    over = {"orchestration.task_runner": runner, "orchestration.shard_conversations": 70,
-            "phase1.context_reset": reset}
+    over = {
+        "orchestration.task_runner": runner,
+        "orchestration.shard_conversations": 70,
+        "phase1.context_reset": reset,
+    }
     if runner == "dask":
         over["orchestration.dask_address"] = cluster.scheduler_address
     meta = run_stage_mapped(stage, tiny(**over), proj, monkeypatch)
@@ -233,6 +302,7 @@ def test_pinned_shards_leave_no_pool_thread_on_one_thread(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     import cvfp.utils as utils
+
     monkeypatch.setattr(utils, "DEFAULT_THREADS", 2)
     both = threading.Barrier(2)
 
@@ -249,6 +319,6 @@ def test_pinned_shards_leave_no_pool_thread_on_one_thread(monkeypatch):
 
     with ThreadPoolExecutor(2) as pool:
         assert [f.result() for f in [pool.submit(shard) for _ in range(2)]] == [(1, 2), (1, 2)]
-        torch.set_num_threads(1)          # whatever a thread was left with, a stage resets it
+        torch.set_num_threads(1)  # whatever a thread was left with, a stage resets it
         assert [f.result() for f in [pool.submit(stage) for _ in range(2)]] == [2, 2]
     torch.set_num_threads(utils.DEFAULT_THREADS)

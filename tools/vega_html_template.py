@@ -7,6 +7,7 @@ DVC 3's renderer asks for. To regenerate (needs npm and the npm registry):
     make vega-template          # = npm pack the three packages, then this script
     python tools/vega_html_template.py vega.min.js vega-lite.min.js vega-embed.min.js
 """
+
 from __future__ import annotations
 
 import sys
