@@ -8,12 +8,8 @@ PIP    := $(BIN)/pip install -q --progress-bar off
 
 # dvc runs stage commands with `python`: make it the venv's.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-export GX_ANALYTICS_ENABLED := false
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export DO_NOT_TRACK := 1
-export DVC_NO_ANALYTICS := 1
-export HF_HUB_DISABLE_TELEMETRY := 1
-export TOKENIZERS_PARALLELISM := false
+# No telemetry/tokenizer variables here: every Python entry point (stages, flows, tests,
+# benchmarks) sets them in tasks/env.py, and DVC's own analytics are off in .dvc/config.
 
 .PHONY: setup setup-dev repro test lint bench clean vega-template
 

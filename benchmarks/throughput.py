@@ -38,6 +38,7 @@ from cvfp.model import CVFPModel
 from cvfp.params import load_params
 from cvfp.phase1 import parallel_iteration
 from cvfp.phase2 import PositionData, Trainer, configure_trainable
+from tasks.layout import TOKENIZER
 
 GB = 1e9
 
@@ -49,7 +50,7 @@ def timed(fn) -> float:
 
 
 def tokenize_rate(seconds_target: float = 3.0) -> float | None:
-    tok_dir = Path("data/tokenizer")
+    tok_dir = TOKENIZER
     if not tok_dir.exists():
         return None
     from transformers import AutoTokenizer

@@ -1,23 +1,10 @@
 """C* materialization (SPEC section 5): the fixed contexts Phase 2 trains on.
 
-After Phase 1, in eval mode without gradient, one sequential pass from a zero context
-gives C*[i], the context after token i. They are written, a chunk's rows at a time, to
-NumPy `.npy` files (`ContextFile`): a plain float32 [N, Dc] array with a tiny header, so Phase 2
-(and anyone with NumPy) maps it back with `np.load(..., mmap_mode="r")` and reads only
-the rows of a batch.
-
-Memory is bounded by the chunk, not the corpus: conversations are grouped into chunks of
-whole conversations totalling <= chunk_tokens; a conversation longer than that (in
-`stream` mode, the one stream) is run alone, in slices of chunk_tokens, each slice starting
-from the previous slice's final context, which is exactly the recurrent definition.
-
-Sharded (`materialize_sharded`, used by the materialize stage): the chunks are grouped into
-shards of at most `shard_conversations` conversations (never splitting a chunk), and
-`materialize_shard` computes one shard's C* from nothing but its arguments (checkpoint
-bytes, token arrays, model params), so a worker process or machine can run it. Each chunk
-is the same computation whichever shard holds it, so C* is bitwise the same for any shard
-size and engine (plain loop, threads, Dask). `stream` mode has one sequence and so one
-shard.
+C*[i] is the context after token i of a zero-start sequential pass of the Phase 1 model,
+written chunk by chunk to float32 `.npy` files that Phase 2 memory-maps (`open_cstar`).
+`materialize_sharded` (the materialize stage) runs whole chunks in shards
+(`materialize_shard`, a pure function any worker can run); C* is bitwise the same for any
+shard size and engine. Format, chunks and shards: docs/phase2.md, docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -72,53 +59,6 @@ def shard_plan(
         else:
             plan.append((c, d))
     return plan
-
-
-def write_cstar(
-    model: CVFPModel,
-    corpus: Corpus,
-    path: Path,
-    chunk_tokens: int,
-    show_progress: bool = False,
-    desc: str = "C*",
-) -> None:
-    """Sequential pass over `corpus` from a zero context, written chunk by chunk to `path`
-    (on one intra-op thread, as every shard: the same bytes as `materialize_sharded`)."""
-    out = ContextFile(path, (corpus.n_tokens, model.context_dim), create=True)
-    with one_intraop_thread():
-        zero_start_pass(model, corpus, out, chunk_tokens, show_progress=show_progress, desc=desc)
-
-
-def materialize(
-    model: CVFPModel,
-    corpora: dict[str, Corpus],
-    out_dir: str | Path,
-    chunk_tokens: int,
-    context_reset: str,
-    show_progress: bool = False,
-    warn_tokens: int | None = None,
-    source: str | None = None,
-) -> dict:
-    """Write <split>.npy, <split>_offsets.npy and meta.json into `out_dir`, atomically
-    (everything goes to a temporary directory renamed onto out_dir at the end)."""
-    model.eval()
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        for name, corpus in corpora.items():
-            _warn(name, corpus, warn_tokens)
-            write_cstar(
-                model, corpus, tmp / f"{name}.npy", chunk_tokens, show_progress, f"C* {name}"
-            )
-        return _write_index(
-            tmp,
-            corpora,
-            model.context_dim,
-            model.embed_dim,
-            model.vocab_size,
-            context_reset,
-            chunk_tokens,
-            source,
-        )
 
 
 def _warn(name: str, corpus: Corpus, warn_tokens: int | None) -> None:
@@ -202,9 +142,8 @@ def materialize_shard(
     context; `checkpoint` the Phase 1 model.pt (path or its bytes), `model_params` the
     `model` params section. Returns (contexts float32 [n_tokens, Dc], offsets int64 [C+1]).
 
-    A pure function of its arguments: any process can run it, and the result is the rows
-    `write_cstar` gives for the same sequences on one torch thread (same chunks, same
-    operations; see `one_intraop_thread`)."""
+    A pure function of its arguments: any process can run it, and the result does not depend
+    on which shard holds a chunk (one torch thread, see `one_intraop_thread`)."""
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
     model = _shard_model(checkpoint, model_params, vocab_size, momentum)
     corpus = Corpus.from_conversations(shard, "conversation")
@@ -229,8 +168,9 @@ def materialize_sharded(
     show_progress: bool = False,
     warn_tokens: int | None = None,
 ) -> dict:
-    """`materialize` in shards: the same files, bitwise, for any shard size and any
-    `map_shards` (default: a plain loop here; the Prefect flow maps them as tasks).
+    """Write <split>.npy, <split>_offsets.npy and meta.json into `out_dir`, atomically (a
+    temporary directory renamed onto out_dir at the end): the same bytes for any shard size
+    and any `map_shards` (default: a plain loop here; the Prefect flow maps them as tasks).
     Each shard's rows are written into the output file as soon as they arrive."""
     from .sharding import run_shards
 

@@ -224,6 +224,3 @@ class CVFPModel(nn.Module):
             x for x in (layer.pop_distribution_loss() for layer in self.layers()) if x is not None
         ]
         return torch.stack(losses).mean() if losses else None
-
-    def stack_parameters(self):
-        return [p for b in self.blocks for p in b.parameters()]

@@ -13,8 +13,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-PosInt = Field(gt=0)
-
 
 class _Section(BaseModel):
     # forbid: a typo in params.yaml must fail, not be silently ignored

@@ -7,18 +7,10 @@
     loss = (1 - w) * MSE(contexts, previous) + w * diversity(contexts)
 
 `run_phase1(..., train=False)` runs the same loop without optimiser steps: that is how
-validation convergence is measured, so train and val share one implementation.
-
-Scale (docs/scaling.md). A parallel iteration is one optimiser step on the gradient of
-the whole split, but it never needs the whole split in memory:
-* contexts live in a row store, a `ContextFile` (.npy on disk) when `work_dir` is given;
-* the tokens are processed in chunks of `phase1.chunk_tokens`, and the gradients of the
-  chunks accumulate to exactly the full-batch gradient: the MSE is a sum over tokens, and
-  the diversity loss is a function L(S) of per-token sums S (cvfp/diversity.py), so a
-  first pass sums S, then each chunk backpropagates dL/dS . S_chunk. With one chunk the
-  first pass keeps its graph and nothing is recomputed;
-* under torchrun (`world`), every rank takes a contiguous share of the tokens and the
-  sums and gradients are summed over ranks, so the step is the single-process step.
+validation convergence is measured, so train and val share one implementation. A parallel
+iteration is one step on the whole split's gradient, computed in chunks of
+`phase1.chunk_tokens` with contexts in files (`work_dir`) and, under torchrun, split over
+ranks; how that stays exactly the full-batch step: docs/scaling.md.
 """
 
 from __future__ import annotations

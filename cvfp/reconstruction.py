@@ -1,37 +1,15 @@
 """Phase 1, objective `reconstruction`: v3 context reconstruction learning (SPEC section 7, seed 003).
 
-Instead of learning a fixed point, the context update is learned together with next-token
-prediction, and the new context must be a compression of what it was computed from. At
-position t of a conversation, with `prev` the context before token t (zero at the start):
+The context update is trained with next-token prediction, and the new context must encode
+what it was computed from: with `prev` the context before token t,
 
-    new, token_out = model(prev, embed[t])                 # the CVFP stack, unchanged
-    logits         = model.logits(new, token_out)          # token_output head, unfrozen here
-    decoded        = decoder(new)                          # Linear(Dc->2Dc) - ReLU - Linear(2Dc->Dc+De)
-    target         = concat(prev, embed[t]).detach()       # what `new` has to encode
-    loss           = CE(logits, token[t+1]) + recon_weight * MSE(decoded, target)
+    new, token_out = model(prev, embed[t])
+    loss = CE(model.logits(new, token_out), token[t+1])
+           + recon_weight * MSE(decoder(new), concat(prev, embed[t]).detach())
 
-The target is detached (a stop-gradient on both halves): it is what the decoder must
-recover, not something the model may move. Without it the MSE would also pull on `prev` and
-on `embed_norm`, so shrinking or blurring the targets would lower the loss without `new`
-encoding anything. `prev` still gets gradient through its real use, as the input of the
-update that produced `new`.
-
-Training is truncated backpropagation through time: conversations are trained side by side
-in batches (`cvfp.corpus.PositionSchedule`, the same position walk as the sequential pass),
-the positions of a batch are cut into chunks of `chunk_length`, and each chunk gets one
-optimiser step. The context is carried from one chunk to the next as a value but detached
-at the chunk start, so no gradient crosses a chunk boundary. CE counts positions with a next
-token in the same conversation (as in Phase 2); MSE counts every position. Each loss is a
-mean over the chunk's positions.
-
-`evaluate` runs the same forward without gradient, from a zero context per conversation, so
-its contexts are C* (what the materialize stage writes) and its perplexity is the one Phase 2
-starts from when it reuses the trained head.
-
-Training runs with one intra-op thread (`cvfp.utils.one_intraop_thread`): every op here is small (one
-position of at most `batch_conversations` rows), so extra threads only add synchronisation
-(2 threads were 3-13x slower than 1 on a busy 2-core machine), and the numbers then do not
-depend on the machine's core count.
+by truncated BPTT over batches of conversations (no gradient crosses a `chunk_length`
+chunk), on one intra-op thread. `evaluate` runs the same forward without gradient from a
+zero context per conversation, so its contexts are C*. Why each choice: docs/reconstruction.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,17 @@
 """Tokenizers (trained byte-level BPE or a pretrained AutoTokenizer) and the chat format.
 
-Chat format: each turn is rendered as `<marker> <content>\n` with the marker `<|user|>`,
-`<|assistant|>` or `<|system|>` (content stripped), the turns are concatenated, and the
-end-of-text token (`tokenizer.eos_token_id`, `<|endoftext|>` for BPE and GPT-2) is appended
-as an id, so every conversation is one sequence that ends with it:
+Each conversation becomes one sequence ending with the end-of-text id:
 
     <|user|> What is AI?\n<|assistant|> A branch of science.\n<|endoftext|>
 
-`max_seq_length` keeps the first N tokens (the end-of-text token is then cut too).
-
-* bpe: the markers and `<|endoftext|>` are special tokens (one id each, ids 0-3).
-* pretrained: the vocabulary is kept as shipped so pretrained embeddings line up row for
-  row; the markers are plain text (several tokens each). Only a missing end-of-text
-  token is added.
-Both kinds are saved with `save_pretrained` (tokenizer.json + tokenizer_config.json) and
-load back with `AutoTokenizer.from_pretrained(dir)`.
+BPE has the markers and `<|endoftext|>` as special tokens (ids 0-3); a pretrained
+vocabulary is kept as shipped (markers are plain text). Both are saved with
+`save_pretrained` and load back with `AutoTokenizer.from_pretrained(dir)`. docs/data.md.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -30,9 +21,6 @@ import datasets
 import numpy as np
 
 from cvfp.utils import is_local, require_hub
-
-# Forked datasets.map workers deadlock/warn if the Rust thread pool was used before fork.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 EOS = "<|endoftext|>"
 MARKERS = {"user": "<|user|>", "assistant": "<|assistant|>", "system": "<|system|>"}

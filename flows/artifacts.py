@@ -23,7 +23,7 @@ from typing import Any
 
 from cvfp.report import fmt_acc, fmt_int, fmt_num, fmt_ppl, fmt_seconds
 from cvfp.utils import eta_text
-from tasks.common import METRICS, REPORTS
+from tasks.layout import METRICS, REPORT_MD, REPORTS
 from tasks.summary import STAGE_FILES as METRIC_FILES
 from tasks.summary import get, read_stage_metrics, summary_metrics
 
@@ -137,7 +137,7 @@ def publish_results(metrics_dir: Path = METRICS, reports_dir: Path = REPORTS) ->
             description=f"metrics/{METRIC_FILES[stage]}, by section",
         )
         keys.append(f"{stage}-metrics")
-    report = Path(reports_dir) / "report.md"
+    report = Path(reports_dir) / REPORT_MD.name
     if report.exists():
         create_markdown_artifact(report.read_text(), key="cvfp-report", description=str(report))
         keys.append("cvfp-report")

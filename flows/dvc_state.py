@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-
-STAGES = ["download", "tokenize", "split", "phase1", "materialize", "phase2", "report"]
-
 
 def _repo():
     from dvc.repo import Repo

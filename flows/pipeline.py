@@ -29,17 +29,17 @@ if __name__ == "__main__":  # Ctrl-C while Prefect is still importing: exit quie
     signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "cvfp")  # library logs into Prefect
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
 from cvfp.utils import progress_listener  # noqa: E402
-from tasks.common import REPORTS, run_stage  # noqa: E402
+from tasks.common import run_stage  # noqa: E402
+from tasks.layout import REPORT_HTML, stage_names  # noqa: E402
 
 from .artifacts import StageProgress, publish_results  # noqa: E402
-from .dvc_state import STAGES, commit_stage, stage_status  # noqa: E402
+from .dvc_state import commit_stage, stage_status  # noqa: E402
 from .shards import SHARDED_STAGES, shard_mapper  # noqa: E402
 
 SKIPPED = "Skipped (DVC)"  # the state name of a stage DVC calls up to date
@@ -119,7 +119,7 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
     logger = get_run_logger()
     outcome = {}
     try:
-        for stage in stages or STAGES:
+        for stage in stages or stage_names():
             up_to_date, reason = stage_status(stage)
             if not up_to_date:
                 logger.info("stage %s runs: %s", stage, reason)
@@ -137,8 +137,8 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
         except Exception as err:  # never hide the stage's own error behind an artifact error
             logger.warning("could not publish the result artifacts: %s", err)
     logger.info("pipeline: %s", outcome)
-    if (REPORTS / "report.html").exists() and "report" in outcome:
-        print(f"Report: {(REPORTS / 'report.html').resolve()}")
+    if REPORT_HTML.exists() and "report" in outcome:
+        print(f"Report: {REPORT_HTML.resolve()}")
     return outcome
 
 
@@ -163,7 +163,7 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages")
+    ap.add_argument("--stages", nargs="+", choices=stage_names(), help="run only these stages")
     ap.add_argument(
         "--serve", action="store_true", help="serve a deployment (needs a Prefect server)"
     )

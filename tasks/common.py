@@ -1,4 +1,5 @@
-"""What every stage shares: the file layout, the CLI, logging, reading token data."""
+"""What every stage shares: the CLI, logging, timing, the params guard, reading token data.
+The file layout is tasks/layout.py."""
 
 from __future__ import annotations
 
@@ -13,29 +14,10 @@ import numpy as np
 
 from cvfp.params import Params, load_params
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from .env import set_env_defaults
+from .layout import PHASE1_WORK, STAGE_IO, TIMING, TOKENIZED, TOKENIZER
 
-# One place for the on-disk layout; dvc.yaml mirrors these paths.
-RAW = Path("data/raw")  # download: Arrow dataset (UltraChat schema)
-TOKENIZER = Path("data/tokenizer")  # tokenize: AutoTokenizer.from_pretrained(TOKENIZER)
-TOKENIZED = Path("data/tokenized")  # tokenize: conversation_id, input_ids, n_tokens
-SPLIT = Path("data/split")  # split: train/ and val/ Arrow datasets + gx/
-PHASE1_DIR = Path("cache/phase1")  # phase1: model.pt
-PHASE1_WORK = Path(
-    "cache/phase1-work"
-)  # phase1: scratch context files while it runs (not an output)
-CSTAR_DIR = Path("cache/cstar")  # materialize: C* memmaps + offsets
-PHASE2_DIR = Path("cache/phase2")  # phase2: model.pt, baselines
-METRICS = Path("metrics")
-PLOTS = Path("plots")
-REPORTS = Path("reports")
-# flows.compare (tasks/compare.py) writes these; the run report links them when present.
-COMPARE_JSON, COMPARE_HTML, COMPARE_MD = (
-    METRICS / "compare.json",
-    REPORTS / "compare.html",
-    REPORTS / "compare.md",
-)
+set_env_defaults()
 
 log = logging.getLogger("cvfp")
 
@@ -98,7 +80,6 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
 # Wall-clock durations of the stage running in each thread's flow task, keyed by stage (see
 # split_durations); run_stage moves them into metrics/timing/<stage>.json.
 _DURATIONS: dict[str, dict] = {}
-TIMING = METRICS / "timing"  # not a DVC output and not in git: differs every run
 
 
 def run_stage(stage: str, run: Callable[[Params], object], params: Params):
@@ -153,16 +134,6 @@ def _dvc_stage(stage: str) -> dict:
         return {}
 
 
-def stage_outputs(stage: str) -> list[Path]:
-    """outs, metrics and plots of a stage, from dvc.yaml."""
-    spec = _dvc_stage(stage)
-    out = []
-    for kind in ("outs", "metrics", "plots"):
-        for item in spec.get(kind) or []:
-            out += [Path(k) for k in item] if isinstance(item, dict) else [Path(item)]
-    return out
-
-
 def clean_leftovers(stage: str) -> None:
     """Remove what a killed earlier run of this stage left: temporary siblings of its outputs
     (whose writer is gone) and its scratch files (a run of one stage at a time: DVC's lock)."""
@@ -171,7 +142,7 @@ def clean_leftovers(stage: str) -> None:
 
     from cvfp.utils import clean_stale_temps
 
-    removed = [t for out in stage_outputs(stage) for t in clean_stale_temps(out)]
+    removed = [t for out in STAGE_IO[stage].outs for t in clean_stale_temps(out)]
     for pattern in SCRATCH.get(stage, []):
         for p in map(Path, glob.glob(str(pattern), include_hidden=True)):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

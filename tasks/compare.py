@@ -30,7 +30,8 @@ from cvfp.compare_report import build_compare_report
 from cvfp.params import Params, ParamsError, arm_params, load_params
 from cvfp.utils import atomic_path, write_json
 
-from .common import COMPARE_HTML, COMPARE_JSON, COMPARE_MD, log, setup_logging
+from .common import log, setup_logging
+from .layout import COMPARE_HTML, COMPARE_JSON, COMPARE_MD
 
 PREFIX = "cmp"  # experiment names: cmp-<arm>-s<seed>
 ERROR_LINE = re.compile(r"^(ERROR|[\w.]*(Error|Exception)\b:?)")

@@ -11,9 +11,8 @@ import json
 
 from cvfp.params import Params
 from cvfp.utils import atomic_path, require_hub
-from tasks.common import RAW, cli, log
-
-STATS = "stats.json"  # side file read by the split stage for metrics/data.json
+from tasks.common import cli, log
+from tasks.layout import RAW, STATS  # STATS: read by tokenize, which passes it on to split
 
 
 def fetch(params: Params):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # GX logs hundreds of INFO lines at import; keep its warnings only.
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 

@@ -18,16 +18,8 @@ from cvfp.params import Params
 from cvfp.sharding import MapShards
 from cvfp.utils import seed_everything
 
-from .common import (
-    CSTAR_DIR,
-    PHASE1_DIR,
-    SPLIT,
-    TOKENIZER,
-    cli,
-    load_conversations,
-    log,
-    read_vocab_size,
-)
+from .common import cli, load_conversations, log, read_vocab_size
+from .layout import CSTAR_DIR, PHASE1_MODEL, SPLIT, TOKENIZER
 
 
 def run(params: Params, map_shards: MapShards | None = None) -> dict:
@@ -39,7 +31,7 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         for s in SPLITS
     }
     meta = materialize_sharded(
-        PHASE1_DIR / "model.pt",
+        PHASE1_MODEL,
         corpora,
         CSTAR_DIR,
         params.model,

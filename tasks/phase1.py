@@ -1,25 +1,12 @@
 """Phase 1 stage: train on data/split/train with `phase1.objective`, then the SPEC section 4
 checks on train and val.
 
-* `cvfp` (SPEC 3): fixed-point learning (cvfp/phase1.py); val convergence is the same loop
-  without optimiser steps.
-* `none` (SPEC 9, the control arm): no optimizer step; the checks and convergence passes run
-  on the initialised stack, so metrics/phase1.json has the same keys with `steps` 0.
-* `reconstruction` (SPEC 7, seed 003): context reconstruction + next-token CE, truncated BPTT
-  (cvfp/reconstruction.py). The checks run on the contexts of a zero-start sequential pass
-  (C*), and convergence is measured for train and val by `run_phase1(..., train=False)`, so
-  metrics/phase1.json has the same keys for both objectives, plus token/reconstruction
-  losses, perplexity and accuracy per split.
-
-Under `torchrun --nproc_per_node=N -m tasks.phase1` (objective cvfp, mode parallel) the
-ranks split every iteration's tokens (cvfp/phase1.py), the context files are shared in
-cache/phase1-work/, and rank 0 runs the checks and writes the outputs.
-
-Outputs: cache/phase1/model.pt (checkpoint with params and `objective`; the reconstruction
-objective adds `context_decoder`, its state_dict, outside the model's), cache/phase1/checks.json
-(all check details incl. singular values; `reconstruction` with the per-epoch history),
-metrics/phase1.json, plots/phase1_{train,val}.csv (cvfp: per iteration; reconstruction:
-train = per epoch, val = convergence passes), plots/phase1_spectrum.csv.
+`cvfp` (SPEC 3): fixed-point learning (cvfp/phase1.py); `none` (SPEC 9, the control): no
+optimizer step, the checks run on the initialised stack; `reconstruction` (SPEC 7):
+cvfp/reconstruction.py, checks on its C*. metrics/phase1.json has the same keys for all
+three. Under `torchrun -m tasks.phase1` (objective cvfp) the ranks split each iteration.
+Outputs: cache/phase1/{model.pt,checks.json}, metrics/phase1.json, plots/phase1_*.csv
+(docs/reconstruction.md "What the stage writes", docs/scaling.md for torchrun).
 """
 
 from __future__ import annotations
@@ -40,12 +27,6 @@ from cvfp.reconstruction import HISTORY_COLUMNS, SplitStats, train_reconstructio
 from cvfp.utils import atomic_path, seed_everything, write_json
 
 from .common import (
-    METRICS,
-    PHASE1_DIR,
-    PHASE1_WORK,
-    PLOTS,
-    SPLIT,
-    TOKENIZER,
     cli,
     current_world,
     load_conversations,
@@ -53,6 +34,18 @@ from .common import (
     read_vocab_size,
     record_durations,
     split_durations,
+)
+from .layout import (
+    PHASE1_CHECKS,
+    PHASE1_DIR,
+    PHASE1_METRICS,
+    PHASE1_MODEL,
+    PHASE1_SPECTRUM_CSV,
+    PHASE1_TRAIN_CSV,
+    PHASE1_VAL_CSV,
+    PHASE1_WORK,
+    SPLIT,
+    TOKENIZER,
 )
 
 
@@ -219,20 +212,20 @@ def run(params: Params) -> dict | None:
     with atomic_path(PHASE1_DIR) as tmp:
         tmp.mkdir()
         save_checkpoint(
-            tmp / "model.pt", model, params.model_dump(), vocab_size=vocab_size, **extra
+            tmp / PHASE1_MODEL.name, model, params.model_dump(), vocab_size=vocab_size, **extra
         )
-        write_json(tmp / "checks.json", checks_out)
-    write_json(METRICS / "phase1.json", metrics)
+        write_json(tmp / PHASE1_CHECKS.name, checks_out)
+    write_json(PHASE1_METRICS, metrics)
     if recon is None:
-        _write_csv(PLOTS / "phase1_train.csv", pd.DataFrame(results["train"].history_dicts()))
+        _write_csv(PHASE1_TRAIN_CSV, pd.DataFrame(results["train"].history_dicts()))
     else:
-        _write_csv(PLOTS / "phase1_train.csv", pd.DataFrame(recon.history, columns=HISTORY_COLUMNS))
-    _write_csv(PLOTS / "phase1_val.csv", pd.DataFrame(results["val"].history_dicts()))
+        _write_csv(PHASE1_TRAIN_CSV, pd.DataFrame(recon.history, columns=HISTORY_COLUMNS))
+    _write_csv(PHASE1_VAL_CSV, pd.DataFrame(results["val"].history_dicts()))
     spectrum = pd.DataFrame({"index": range(params.model.context_dim)})
     for s in results:
         sv = checks[s]["effective_rank"]["singular_values"]
         spectrum[f"{s}_singular_value"] = [v / sv[0] if sv[0] else 0.0 for v in sv]
-    _write_csv(PLOTS / "phase1_spectrum.csv", spectrum)
+    _write_csv(PHASE1_SPECTRUM_CSV, spectrum)
     for s in results:
         ppl = (
             f", ppl {metrics[s]['ppl']:.2f}, acc {metrics[s]['acc']:.4f}"

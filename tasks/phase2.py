@@ -28,13 +28,6 @@ from cvfp.phase2 import PositionData, train_phase2
 from cvfp.utils import atomic_path, seed_everything, write_json
 
 from .common import (
-    CSTAR_DIR,
-    METRICS,
-    PHASE1_DIR,
-    PHASE2_DIR,
-    PLOTS,
-    SPLIT,
-    TOKENIZER,
     cli,
     current_world,
     load_conversations,
@@ -42,6 +35,16 @@ from .common import (
     read_vocab_size,
     record_durations,
     split_durations,
+)
+from .layout import (
+    CSTAR_DIR,
+    PHASE1_MODEL,
+    PHASE2_DIR,
+    PHASE2_EPOCHS_CSV,
+    PHASE2_METRICS,
+    PHASE2_MODEL,
+    SPLIT,
+    TOKENIZER,
 )
 
 EPOCH_COLUMNS = [
@@ -63,9 +66,9 @@ def run(params: Params) -> dict | None:
     p2, show = params.phase2, params.phase1.progress
     vocab_size = read_vocab_size(TOKENIZER)
     model = load_phase1_model(
-        PHASE1_DIR / "model.pt", params.model, vocab_size, params.phase1.diversity.momentum
+        PHASE1_MODEL, params.model, vocab_size, params.phase1.diversity.momentum
     ).to(world.device)
-    objective = read_checkpoint(PHASE1_DIR / "model.pt").get("objective", "cvfp")
+    objective = read_checkpoint(PHASE1_MODEL).get("objective", "cvfp")
     warm_start = objective == "reconstruction"  # its head was trained with these contexts
     corpora = {
         s: Corpus.from_conversations(load_conversations(SPLIT / s), params.phase1.context_reset)
@@ -97,7 +100,7 @@ def run(params: Params) -> dict | None:
             data["val"],
             p2,
             seed=params.seed,
-            checkpoint=None if out is None else out / "model.pt",
+            checkpoint=None if out is None else out / PHASE2_MODEL.name,
             params_dict=params.model_dump(),
             extra={"vocab_size": vocab_size},
             show_progress=show,
@@ -152,8 +155,8 @@ def run(params: Params) -> dict | None:
         )
         epochs, t_epochs = split_durations(result.history)
         record_durations("phase2", metrics=t_metrics, epochs=t_epochs)
-    write_json(METRICS / "phase2.json", metrics)
-    with atomic_path(PLOTS / "phase2_epochs.csv") as tmp:
+    write_json(PHASE2_METRICS, metrics)
+    with atomic_path(PHASE2_EPOCHS_CSV) as tmp:
         pd.DataFrame(epochs, columns=[c for c in EPOCH_COLUMNS if c != "seconds"]).to_csv(
             tmp, index=False
         )

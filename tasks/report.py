@@ -20,35 +20,37 @@ from pathlib import Path
 import pandas as pd
 
 from cvfp.params import Params
-from cvfp.report import STAGES, ReportInputs, build_report
+from cvfp.report import ReportInputs, build_report
 from cvfp.utils import atomic_path
 
-from .common import (
+from .common import cli, log, merge_durations
+from .layout import (
     COMPARE_HTML,
     COMPARE_JSON,
-    METRICS,
-    PHASE1_DIR,
-    PLOTS,
+    DATA_METRICS,
+    GX_DOCS,
+    GX_VALIDATION,
+    PHASE1_CHECKS,
+    PHASE1_METRICS,
+    PHASE2_EPOCHS_CSV,
+    PHASE2_METRICS,
+    REPORT_HTML,
+    REPORT_MD,
     REPORTS,
-    SPLIT,
     TIMING,
-    cli,
-    log,
-    merge_durations,
+    stage_names,
 )
 from .summary import write_summary
 
-GX_DIR = SPLIT / "gx"
 # Every required input and the stage that writes it, for a useful error when one is missing.
 REQUIRED = {
-    "data": (METRICS / "data.json", "split"),
-    "gx": (GX_DIR / "validation.json", "split"),
-    "phase1": (METRICS / "phase1.json", "phase1"),
-    "checks": (PHASE1_DIR / "checks.json", "phase1"),
-    "phase2": (METRICS / "phase2.json", "phase2"),
-    "phase2_epochs": (PLOTS / "phase2_epochs.csv", "phase2"),
+    "data": (DATA_METRICS, "split"),
+    "gx": (GX_VALIDATION, "split"),
+    "phase1": (PHASE1_METRICS, "phase1"),
+    "checks": (PHASE1_CHECKS, "phase1"),
+    "phase2": (PHASE2_METRICS, "phase2"),
+    "phase2_epochs": (PHASE2_EPOCHS_CSV, "phase2"),
 }
-GX_DOCS = GX_DIR / "data_docs" / "index.html"
 LIBRARIES = (
     "torch",
     "prefect",
@@ -60,7 +62,6 @@ LIBRARIES = (
     "pandas",
     "matplotlib",
 )
-HTML_OUT, MD_OUT = REPORTS / "report.html", REPORTS / "report.md"
 
 
 class MissingInputError(FileNotFoundError):
@@ -123,10 +124,11 @@ def library_versions() -> dict[str, str]:
 
 
 def read_timing() -> dict[str, dict]:
-    """metrics/timing/<stage>.json of the stages that recorded one (this machine's last run;
-    not a DVC dependency, so the report never reruns for a timing change)."""
+    """metrics/timing/<stage>.json of the stages before this one that recorded one (this
+    machine's last run; not a DVC dependency, so the report never reruns for a timing change)."""
     out = {}
-    for stage in STAGES:
+    stages = stage_names()
+    for stage in stages[: stages.index("report")]:
         path = TIMING / f"{stage}.json"
         if path.exists():
             try:
@@ -143,8 +145,7 @@ def load_inputs(params: Params) -> ReportInputs:
         "git_dirty": dirty,
         "generated_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "versions": library_versions(),
-        # phase1.objective may not exist in this params schema yet (cvfp is the only one then).
-        "phase1_objective": getattr(params.phase1, "objective", "cvfp"),
+        "phase1_objective": params.phase1.objective,
     }
     docs = os.path.relpath(GX_DOCS, REPORTS) if GX_DOCS.exists() else None
     # A comparison (python -m flows.compare) is optional and not a DVC dep of this stage:
@@ -172,23 +173,23 @@ def load_inputs(params: Params) -> ReportInputs:
 
 def run(params: Params) -> dict:
     report = build_report(load_inputs(params))
-    for path, text in ((HTML_OUT, report.html), (MD_OUT, report.md)):
+    for path, text in ((REPORT_HTML, report.html), (REPORT_MD, report.md)):
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     for f in report.findings:
         log.warning("report: %s %s: %s", f.area, f.check, f.message)
-    log.info("report: %s and %s (%d warning(s))", HTML_OUT, MD_OUT, len(report.findings))
+    log.info("report: %s and %s (%d warning(s))", REPORT_HTML, REPORT_MD, len(report.findings))
     write_summary()  # metrics/summary.json: the run's DVC metrics (tasks/summary.py)
     return {
-        "html": str(HTML_OUT.resolve()),
-        "md": str(MD_OUT.resolve()),
+        "html": str(REPORT_HTML.resolve()),
+        "md": str(REPORT_MD.resolve()),
         "warnings": len(report.findings),
     }
 
 
 def main() -> None:
     cli("report", run, __doc__)
-    print(HTML_OUT.resolve())
+    print(REPORT_HTML.resolve())
 
 
 if __name__ == "__main__":

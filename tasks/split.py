@@ -12,9 +12,17 @@ from pathlib import Path
 
 from cvfp.params import Params
 from cvfp.utils import atomic_path, write_json
-from tasks.common import METRICS, SPLIT, TOKENIZED, TOKENIZER, cli, log
-
-DATA_METRICS = METRICS / "data.json"
+from tasks.common import cli, log
+from tasks.layout import (
+    DATA_METRICS,
+    GX_DIR,
+    SPLIT,
+    SPLIT_TRAIN,
+    SPLIT_VAL,
+    STATS,
+    TOKENIZED,
+    TOKENIZER,
+)
 
 
 def load_tokenized(path: Path = TOKENIZED):
@@ -33,7 +41,7 @@ def load_tokenized(path: Path = TOKENIZED):
     missing = {"conversation_id", "input_ids", "n_tokens"} - set(ds.column_names)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-    stats_file = path / "stats.json"
+    stats_file = path / STATS
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     ids = [int(i) for i in ds["conversation_id"]]
     convs = [np.asarray(x, dtype=np.int64) for x in ds.with_format("numpy")["input_ids"]]
@@ -93,11 +101,11 @@ def run(params: Params) -> dict:
             s.val,
             splitting.train_vocab(s.train),
             len(tokenizer),
-            tmp / "gx",
+            tmp / GX_DIR.name,
             decode=lambda i: tokenizer.decode([i]),
         )
-        to_dataset(s.train_ids, s.train).save_to_disk(str(tmp / "train"))
-        to_dataset(s.val_ids, s.val).save_to_disk(str(tmp / "val"))
+        to_dataset(s.train_ids, s.train).save_to_disk(str(tmp / SPLIT_TRAIN.name))
+        to_dataset(s.val_ids, s.val).save_to_disk(str(tmp / SPLIT_VAL.name))
     raw = earlier.get("raw", {})
     metrics = {
         "source": raw.get("source"),

@@ -14,10 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import METRICS
+from .layout import DATA_METRICS, METRICS, PHASE1_METRICS, PHASE2_METRICS, SUMMARY
 
-SUMMARY = METRICS / "summary.json"
-STAGE_FILES = {"split": "data.json", "phase1": "phase1.json", "phase2": "phase2.json"}
+STAGE_FILES = {
+    "split": DATA_METRICS.name,
+    "phase1": PHASE1_METRICS.name,
+    "phase2": PHASE2_METRICS.name,
+}
 
 
 def read_stage_metrics(metrics_dir: str | Path = METRICS) -> dict[str, dict]:

@@ -21,9 +21,8 @@ from pathlib import Path
 from cvfp.params import Params
 from cvfp.sharding import MapShards, threaded
 from cvfp.utils import atomic_path, dir_digest
-from tasks.common import RAW, TOKENIZED, TOKENIZER, cli, log
-
-STATS = "stats.json"
+from tasks.common import cli, log
+from tasks.layout import RAW, STATS, TOKENIZED, TOKENIZER
 
 
 def load_raw(path: Path = RAW):

@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -6,10 +5,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+from tasks.env import set_env_defaults  # noqa: E402
+
+set_env_defaults()
 
 
 def write_params(tmp_path, mutate):

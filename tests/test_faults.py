@@ -232,7 +232,7 @@ def test_params_overrides_on_an_empty_file_or_through_a_value_name_the_key(tmp_p
 def test_generate_rejects_out_of_range_options(args, expected, capsys):
     from conftest import ROOT
 
-    from cvfp import generate as gen_cli
+    from tasks import generate as gen_cli
 
     with pytest.raises(SystemExit) as err:
         gen_cli.main(["--prompt", "hi", "--params", str(ROOT / "params.yaml"), *args])
@@ -548,8 +548,6 @@ def test_killing_the_flow_process_stops_its_temporary_prefect_server(tmp_path):
         PYTHONPATH=str(ROOT),
         PREFECT_HOME=str(tmp_path / "prefect"),
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", script],

@@ -102,12 +102,12 @@ def test_forward_equals_concat_formulation_with_gradients(mix, train):
     loss = (out[0] ** 2).sum() + out[1].sin().sum()
     # m = 0: the LayerNorms are skipped, so their weights get no gradient (the reference: zeros)
     grads = torch.autograd.grad(
-        loss, [ci, ti, *m.stack_parameters()], allow_unused=True, materialize_grads=True
+        loss, [ci, ti, *m.blocks.parameters()], allow_unused=True, materialize_grads=True
     )
     cr, tr = c.clone().requires_grad_(True), t.clone().requires_grad_(True)
     ref = reference_stack(m, cr, tr)
     ref_grads = torch.autograd.grad(
-        (ref[0] ** 2).sum() + ref[1].sin().sum(), [cr, tr, *m.stack_parameters()]
+        (ref[0] ** 2).sum() + ref[1].sin().sum(), [cr, tr, *m.blocks.parameters()]
     )
     for g, w in zip(out, ref, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)

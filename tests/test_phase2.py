@@ -19,9 +19,10 @@ from cvfp.baselines import (
 )
 from cvfp.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from cvfp.corpus import Corpus, sequential_pass
-from cvfp.cstar import CstarError, load_phase1_model, materialize, open_cstar
+from cvfp.cstar import CstarError, load_phase1_model, materialize_sharded, open_cstar
 from cvfp.generate import generate, load_model
 from cvfp.model import CVFPModel
+from cvfp.params import ModelParams
 from cvfp.phase2 import (
     NonFiniteLossError,
     PositionData,
@@ -36,11 +37,31 @@ V = 12
 CONVS = [[1, 2, 3, 4, 5, 6, 7], [3, 3, 1], [5, 6, 7, 8, 9, 10, 11, 2, 3, 4, 1], [2, 9], [4]]
 
 
+TINY_MODEL = ModelParams(
+    context_dim=16,
+    embed_dim=16,
+    hidden_dim=32,
+    layer_structure=[1, 1],
+    layernorm_mix=1.0,
+    init_std=0.1,
+    bias_init_std=0.01,
+    embedding="random_frozen",
+    embed_init_std=0.02,
+    pretrained_name="gpt2",
+)
+
+
 def tiny_model(seed=0, vocab=V):
     torch.manual_seed(seed)
-    return CVFPModel(
-        vocab_size=vocab, context_dim=16, embed_dim=16, hidden_dim=32, layer_structure=[1, 1]
-    )
+    return CVFPModel.from_params(TINY_MODEL, vocab)
+
+
+def materialize(model, corpora, out, chunk, reset):
+    """C* of a tiny_model as the materialize stage writes it: from its checkpoint, in shards
+    (of 2 conversations, so that several are combined)."""
+    ckpt = out.parent / "phase1.pt"
+    save_checkpoint(ckpt, model, {}, vocab_size=model.vocab_size)
+    return materialize_sharded(ckpt, corpora, out, TINY_MODEL, model.vocab_size, chunk, reset, 2)
 
 
 def cfg(tiny_params, **kw):
@@ -76,7 +97,7 @@ def test_cstar_equals_library_sequential_pass(tmp_path, reset, chunk):
         )
     assert meta["splits"]["train"]["shape"] == [corpora["train"].n_tokens, 16]
     assert json.loads((tmp_path / "cstar" / "meta.json").read_text())["context_reset"] == reset
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cstar"]  # no temp dir left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cstar", "phase1.pt"]  # no temp dir
 
 
 def test_cstar_missing_and_shape_mismatch(tmp_path):
@@ -355,7 +376,7 @@ def stage_params(tiny_params):
 
 
 def test_stages_materialize_phase2_and_generate_cli(tmp_path, tiny_params, monkeypatch, capsys):
-    from cvfp import generate as gen_cli
+    from tasks import generate as gen_cli
     from tasks import materialize as mat_task
     from tasks import phase2 as p2_task
 

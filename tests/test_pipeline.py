@@ -13,8 +13,10 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from tasks.layout import stage_names
+
 BIN = Path(sys.executable).parent
-STAGES = ["download", "tokenize", "split", "phase1", "materialize", "phase2", "report"]
+STAGES = list(stage_names())
 TINY = {
     "data.num_samples": 300,
     "tokenizer.vocab_size": 400,

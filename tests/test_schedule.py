@@ -47,8 +47,6 @@ def server(tmp_path):
     e = env()
     e.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_UI_ENABLED="false",
     )

@@ -14,8 +14,6 @@ from cvfp.checkpoint import save_checkpoint
 from cvfp.corpus import Corpus
 from cvfp.cstar import (
     chunk_groups,
-    load_phase1_model,
-    materialize,
     materialize_shard,
     materialize_sharded,
     shard_plan,
@@ -119,13 +117,19 @@ def corpora(convs, reset):
     }
 
 
-def reference_cstar(convs, vocab, reset, out, chunk_tokens=400):
-    """C* from the unsharded writer (`materialize`, one process, chunk by chunk); run in
-    the project directory."""
+def cstar_files(convs, vocab, reset, out, chunk_tokens=400, shard_conversations=10**9):
+    """The files materialize_sharded writes on the plain loop in this process (default: a
+    single shard per split); run in the project directory."""
     p = tiny()
-    model = load_phase1_model("cache/phase1/model.pt", p.model, vocab)
-    materialize(
-        model, corpora(convs, reset), out, chunk_tokens, reset, source="cache/phase1/model.pt"
+    materialize_sharded(
+        Path("cache/phase1/model.pt"),
+        corpora(convs, reset),
+        out,
+        p.model,
+        vocab,
+        chunk_tokens,
+        reset,
+        shard_conversations,
     )
     return files(out)
 
@@ -161,21 +165,10 @@ def test_no_shard_size_changes_a_byte(
     proj, _, convs, vocab = project
     convs = convs[:n_conversations]
     monkeypatch.chdir(proj)
-    ref = reference_cstar(convs, vocab, reset, tmp_path / "ref", chunk_tokens)
-    p = tiny()
+    ref = cstar_files(convs, vocab, reset, tmp_path / "ref", chunk_tokens)
     for size in sizes:
-        out = tmp_path / f"s{size}"
-        materialize_sharded(
-            Path("cache/phase1/model.pt"),
-            corpora(convs, reset),
-            out,
-            p.model,
-            vocab,
-            chunk_tokens,
-            reset,
-            size,
-        )
-        assert files(out) == ref, (reset, size)
+        got = cstar_files(convs, vocab, reset, tmp_path / f"s{size}", chunk_tokens, size)
+        assert got == ref, (reset, size)
 
 
 def test_materialize_shard_is_pure_and_takes_path_or_bytes(project):
@@ -278,7 +271,7 @@ def test_mapped_materialize_equals_plain_loop(
 
     proj, _, convs, vocab = project
     monkeypatch.chdir(proj)
-    ref = reference_cstar(convs, vocab, reset, tmp_path / "ref")
+    ref = cstar_files(convs, vocab, reset, tmp_path / "ref")
     stage.run(tiny(**{"orchestration.shard_conversations": 30}))  # the plain loop
     assert files(proj / "cache/cstar") == ref
     over = {

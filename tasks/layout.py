@@ -1,0 +1,96 @@
+"""The pipeline's files, one place: every path a stage reads or writes, and each stage's DVC
+deps and outs. tests/test_layout.py holds STAGE_IO equal to dvc.yaml; the stage names and
+their order come from dvc.yaml itself (`stage_names`). Paths are relative to the project root.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import NamedTuple
+
+PARAMS = Path("params.yaml")
+STATS = "stats.json"  # side file in RAW (download -> tokenize) and TOKENIZED (tokenize -> split)
+
+RAW = Path("data/raw")  # Arrow dataset (UltraChat schema)
+TOKENIZER = Path("data/tokenizer")  # AutoTokenizer.from_pretrained(TOKENIZER)
+TOKENIZED = Path("data/tokenized")  # conversation_id, input_ids, n_tokens
+SPLIT = Path("data/split")
+SPLIT_TRAIN, SPLIT_VAL, GX_DIR = SPLIT / "train", SPLIT / "val", SPLIT / "gx"
+GX_VALIDATION, GX_DOCS = GX_DIR / "validation.json", GX_DIR / "data_docs" / "index.html"
+PHASE1_DIR = Path("cache/phase1")
+PHASE1_MODEL, PHASE1_CHECKS = PHASE1_DIR / "model.pt", PHASE1_DIR / "checks.json"
+PHASE1_WORK = Path("cache/phase1-work")  # scratch context files while phase1 runs (not an output)
+CSTAR_DIR = Path("cache/cstar")  # C* memmaps + offsets
+PHASE2_DIR = Path("cache/phase2")
+PHASE2_MODEL = PHASE2_DIR / "model.pt"
+
+METRICS = Path("metrics")
+DATA_METRICS = METRICS / "data.json"
+PHASE1_METRICS = METRICS / "phase1.json"
+PHASE2_METRICS = METRICS / "phase2.json"
+SUMMARY = METRICS / "summary.json"  # the only DVC `metrics:` file
+TIMING = METRICS / "timing"  # <stage>.json: not a DVC output and not in git (differs every run)
+
+PLOTS = Path("plots")
+PHASE1_TRAIN_CSV = PLOTS / "phase1_train.csv"
+PHASE1_VAL_CSV = PLOTS / "phase1_val.csv"
+PHASE1_SPECTRUM_CSV = PLOTS / "phase1_spectrum.csv"
+PHASE2_EPOCHS_CSV = PLOTS / "phase2_epochs.csv"
+
+REPORTS = Path("reports")  # not DVC outputs (dvc.yaml, report stage)
+REPORT_HTML, REPORT_MD = REPORTS / "report.html", REPORTS / "report.md"
+# flows.compare (tasks/compare.py) writes these; the run report links them when present.
+COMPARE_JSON, COMPARE_HTML, COMPARE_MD = (
+    METRICS / "compare.json",
+    REPORTS / "compare.html",
+    REPORTS / "compare.md",
+)
+
+
+class StageIO(NamedTuple):
+    deps: tuple[Path, ...]  # data deps; the code deps are the import closure (test_dvc_deps)
+    outs: tuple[Path, ...]  # outs, metrics and plots
+
+
+STAGE_IO = {
+    "download": StageIO((), (RAW,)),
+    "tokenize": StageIO((RAW,), (TOKENIZER, TOKENIZED)),
+    "split": StageIO((TOKENIZED, TOKENIZER), (SPLIT, DATA_METRICS)),
+    "phase1": StageIO(
+        (SPLIT_TRAIN, SPLIT_VAL, TOKENIZER),
+        (PHASE1_DIR, PHASE1_METRICS, PHASE1_TRAIN_CSV, PHASE1_VAL_CSV, PHASE1_SPECTRUM_CSV),
+    ),
+    "materialize": StageIO((PHASE1_DIR, SPLIT_TRAIN, SPLIT_VAL, TOKENIZER), (CSTAR_DIR,)),
+    "phase2": StageIO(
+        (PHASE1_DIR, CSTAR_DIR, SPLIT_TRAIN, SPLIT_VAL, TOKENIZER),
+        (PHASE2_DIR, PHASE2_METRICS, PHASE2_EPOCHS_CSV),
+    ),
+    "report": StageIO(
+        (
+            PARAMS,
+            DATA_METRICS,
+            GX_DIR,
+            PHASE1_METRICS,
+            PHASE1_DIR,
+            PHASE2_METRICS,
+            PHASE2_EPOCHS_CSV,
+        ),
+        (SUMMARY,),
+    ),
+}
+
+DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"  # the one beside this code
+
+
+@cache
+def stage_names(dvc_yaml: Path = DVC_YAML) -> tuple[str, ...]:
+    """The stages in dvc.yaml's order, which is the order they run in (test_layout checks
+    that each one's deps come from the stages before it)."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
+        raise RuntimeError(f"cannot read the stages from {dvc_yaml}: {err}") from None
+    return tuple(stages)
