@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,7 +145,9 @@ def windows(corpus: Corpus, n_positions: int) -> list[np.ndarray]:
 def pack(order: np.ndarray, n_targets: np.ndarray, batch_tokens: int) -> list[list[int]]:
     """Group windows (in `order`) into batches of <= batch_tokens targets (a longer window
     alone), so a step sees about as many targets as a CVFP Phase 2 step."""
-    batches, cur, size = [], [], 0
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    size = 0
     for w in order.tolist():
         if cur and size + n_targets[w] > batch_tokens:
             batches.append(cur)
@@ -221,7 +224,9 @@ def transformer_baseline(
     n_targets = np.array([len(w) - 1 for w in train_w])
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True)  # as Phase 2
     gen = torch.Generator().manual_seed(seed)
-    best, history, seconds = None, [], 0.0
+    best: dict[str, Any] = {}  # the epoch with the lowest val loss so far
+    history: list[dict[str, Any]] = []
+    seconds = 0.0
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -242,23 +247,23 @@ def transformer_baseline(
             optimizer.step()
             loss_sum += loss.item() * int((targets >= 0).sum())
         seconds += time.perf_counter() - t0
-        val = evaluate_transformer(model, val_w, cfg.batch_size)
+        scores = evaluate_transformer(model, val_w, cfg.batch_size)
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / n_targets.sum(),
-            "val_loss": val.loss,
-            "val_acc": val.acc,
+            "val_loss": scores.loss,
+            "val_acc": scores.acc,
         }
         history.append(row)
         log.info(
             "transformer epoch %d: train loss %.4f | val loss %.4f ppl %.2f acc %.4f",
             epoch,
             row["train_loss"],
-            val.loss,
-            val.ppl,
-            val.acc,
+            scores.loss,
+            scores.ppl,
+            scores.acc,
         )
-        if best is None or val.loss < best["val_loss"]:
+        if not best or scores.loss < best["val_loss"]:
             best = row
     return _metrics(
         best["val_loss"],

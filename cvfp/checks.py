@@ -1,14 +1,25 @@
-"""Checks run after Phase 1 (SPEC section 4). Every check returns numbers, not words only."""
+"""Checks run after Phase 1 (SPEC section 4). Every check returns numbers, not words only;
+the thresholds and their wording are the rules in cvfp/check_rules.py."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .check_rules import (
+    ACTUAL_RANK_TOL,
+    CONTEXT_EQUALS_TOKEN,
+    GLOBAL_ATTRACTOR,
+    IDENTITY,
+    IGNORES_TOKENS,
+    NEAR_MEAN,
+    SPARSITY_ABS,
+    TRIALS,
+    ZERO_SOLUTION,
+)
 from .corpus import Corpus, sequential_pass
+from .formats import fmt_er
 
 # --- 1. effective rank ---------------------------------------------------------------------
 
@@ -40,9 +51,9 @@ def effective_rank(contexts: torch.Tensor) -> dict:
         "dim": d,
         "ratio": er / d,
         "percent": 100 * er / d,
-        "actual_rank": int((s > 1e-6).sum()),
+        "actual_rank": int((s > ACTUAL_RANK_TOL).sum()),
         "singular_values": s.tolist(),
-        "text": f"{er:.2f}/{d} = {100 * er / d:.1f}%",
+        "text": fmt_er(er, d),
     }
 
 
@@ -65,16 +76,17 @@ def degeneracy(contexts: torch.Tensor, samples: int = 200, seed: int = 0) -> dic
     pair_cos = (normed @ normed.T)[iu[0], iu[1]]
     norms = contexts.norm(dim=1)
     mean_l2, mean_cos = float(pair_l2.mean()), float(pair_cos.mean())
+    mean_norm = float(norms.mean())
+    pairs = {"mean_pairwise_l2": mean_l2, "mean_pairwise_cosine": mean_cos}
     return {
-        "mean_pairwise_l2": mean_l2,
-        "mean_pairwise_cosine": mean_cos,
-        "global_attractor": bool(mean_l2 < 0.1 and mean_cos > 0.99),
-        "mean_norm": float(norms.mean()),
-        "zero_solution": bool(norms.mean() < 0.1),
+        **pairs,
+        "global_attractor": GLOBAL_ATTRACTOR.warns(pairs),
+        "mean_norm": mean_norm,
+        "zero_solution": ZERO_SOLUTION.warns({"mean_norm": mean_norm}),
         "norm_std": float(norms.std()) if norms.numel() > 1 else 0.0,
         "norm_min": float(norms.min()),
         "norm_max": float(norms.max()),
-        "sparsity": float((contexts.abs() < 0.01).float().mean()),
+        "sparsity": float((contexts.abs() < SPARSITY_ABS).float().mean()),
     }
 
 
@@ -111,20 +123,23 @@ def identity_probes(
     tok_sim = float((normed @ normed.T)[iu[0], iu[1]].mean())
 
     deviation = float((contexts - contexts.mean(0)).norm(dim=1).mean())
-    result = {
+    (near_mean,), (identity,), (ignores,) = NEAR_MEAN.when, IDENTITY.when, IGNORES_TOKENS.when
+    result: dict[str, float | bool | None] = {
         "mean_deviation_from_mean": deviation,
-        "not_near_zero": deviation > 0.1,
+        "not_near_zero": not near_mean.warns(deviation),
         "input_output_cosine": io_cos,
-        "identity_warning": io_cos > identity_warn,
+        "identity_warning": identity.warns(io_cos, identity_warn),
         "different_token_output_similarity": tok_sim,
-        "ignores_tokens_warning": tok_sim > ignores_warn,
+        "ignores_tokens_warning": ignores.warns(tok_sim, ignores_warn),
         "context_token_cosine": None,
         "context_equals_token_warning": None,
     }
     if contexts.shape[1] == embeds.shape[1]:
         ct = float(F.cosine_similarity(contexts, embeds, dim=1).mean())
         result["context_token_cosine"] = ct
-        result["context_equals_token_warning"] = ct >= 0.95
+        result["context_equals_token_warning"] = CONTEXT_EQUALS_TOKEN.warns(
+            {"context_token_cosine": ct}
+        )
     return result
 
 
@@ -183,7 +198,7 @@ def convergence_trials(
             "losses": losses,
             "trials": trials,
             "final_diff": losses[-1],
-            "passed": bool(losses[-1] < final_diff and math.isfinite(losses[-1])),
+            "passed": not TRIALS.when[0].warns(losses[-1], final_diff),
         }
     )
     return out

@@ -157,7 +157,7 @@ def summarise(experiments: list[dict], arms: Mapping[str, Mapping], control: str
         acc, acc_sd = _stat(ps, "val_acc")
         fd, fd_sd = _stat(ps, "trial_final_diff")
         er, er_sd = _stat(ps, "effective_rank_val")
-        entry = {
+        entry: dict[str, Any] = {
             "overrides": dict(overrides),
             "seeds": [int(s) for s in ps],
             "val_ppl_mean": ppl,
@@ -209,7 +209,7 @@ def summarise(experiments: list[dict], arms: Mapping[str, Mapping], control: str
             "paired": p.asdict(),
             "verdict": p.text,
         }
-    ablations = {}
+    ablations: dict[str, dict[str, dict]] = {}
     for a in arms:
         ps = per_arm[a]
         ablations[a] = {}

@@ -1,30 +1,23 @@
 """The comparison report (reports/compare.html + .md) from a `cvfp.compare.summarise` dict.
 
-Reuses the run report's document model, number formats, plot helpers and renderers
-(cvfp/report.py), so both reports look and read alike. No Prefect/DVC imports.
+Reuses the run report's document model, plot helpers and renderers (cvfp/report/) and the
+number formats (cvfp/formats.py), so both reports look and read alike. No Prefect/DVC imports.
 """
 
 from __future__ import annotations
 
 import math
 
+from .check_rules import TRIALS
 from .compare import RULE, pm
-from .report import (
-    Figure,
-    Heading,
-    Para,
-    Section,
-    Table,
-    _figure,
-    _png,
-    fmt_acc,
-    fmt_loss,
-    fmt_ppl,
-    render_html,
-    render_md,
-)
+from .formats import fmt_acc, fmt_loss, fmt_ppl
+from .report.document import Figure, Heading, Para, RunMeta, Section, Table
+from .report.plots import figure_axes, png_bytes
+from .report.render import render_html, render_md
 
 TITLE = "CVFP comparison: control arms over seeds"
+# The trials' pass rule by its params key: the arms may set different thresholds.
+_TRIAL_PASS = TRIALS.when[0].pass_rule()
 
 
 def _ppl_pm(m, sd) -> str:
@@ -52,7 +45,7 @@ def plot_arms(summary: dict) -> bytes:
         src = summary["arms"][tr["source_arm"]]["per_seed"]
         cols.append(("transformer", src, "transformer_val_ppl"))
     seeds = summary["seeds"]
-    fig, (ax,) = _figure(1, width=1.6 * len(cols) + 3.5, height=3.8)
+    fig, (ax,) = figure_axes(1, width=1.6 * len(cols) + 3.5, height=3.8)
     for x, (_name, per_seed, key) in enumerate(cols):
         pts = [(int(s), v[key]) for s, v in per_seed.items() if v.get(key) is not None]
         for s, y in pts:
@@ -80,7 +73,7 @@ def plot_arms(summary: dict) -> bytes:
     uniq = dict(zip(labels, handles, strict=True))
     ax.legend(uniq.values(), uniq.keys(), fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str]:
@@ -88,7 +81,7 @@ def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str
     arms, control = summary["arms"], summary["control"]
     seeds = summary["seeds"]
 
-    s = Section("verdict", name="Verdict")
+    s = Section("verdict", "Verdict")
     s.add(
         Para(
             [
@@ -131,7 +124,7 @@ def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str
             )
         )
 
-    t = Section("arms", name="Arms: Phase 2 val perplexity and accuracy over seeds")
+    t = Section("arms", "Arms: Phase 2 val perplexity and accuracy over seeds")
     rows = []
     for a, e in arms.items():
         p = e.get("paired") or {}
@@ -214,7 +207,7 @@ def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str
         )
     )
 
-    c = Section("checks", name="Phase 1 checks per arm")
+    c = Section("checks", "Phase 1 checks per arm")
     c.add(
         Table(
             [
@@ -241,13 +234,12 @@ def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str
                 ]
                 for a, e in arms.items()
             ],
-            "The convergence trials are the fixed-point check (pass if final diff < "
-            "checks.convergence_final_diff); a first parallel pass that converges by construction "
-            "is not a result (SPEC 3).",
+            f"The convergence trials are the fixed-point check (pass if {_TRIAL_PASS}); a first "
+            "parallel pass that converges by construction is not a result (SPEC 3).",
         )
     )
 
-    b = Section("baselines", name="Baselines and ablations")
+    b = Section("baselines", "Baselines and ablations")
     b.add(
         Table(
             [
@@ -296,7 +288,7 @@ def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str
 
     sections = [s, t, c, b]
     if summary.get("experiments"):
-        x = Section("experiments", name="Experiments")
+        x = Section("experiments", "Experiments")
         x.add(
             Table(
                 ["DVC experiment", "arm", "seed", "status", "wall time"],
@@ -318,13 +310,8 @@ def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str
             x.add(Heading("Shared overrides"))
             x.add(Para([params_text]))
         sections.append(x)
-    meta = {
-        "git_revision": summary.get("git_revision", "unknown"),
-        "generated_utc": summary.get("generated_utc", ""),
-    }
-    md = (
-        render_md(TITLE, sections, meta)
-        .replace("Plots are in report.html", "Plots are in compare.html")
-        .replace("_Figure (in report.html)", "_Figure (in compare.html)")
+    meta = RunMeta(
+        git_revision=summary.get("git_revision", "unknown"),
+        generated_utc=summary.get("generated_utc", ""),
     )
-    return render_html(TITLE, sections, meta), md
+    return render_html(TITLE, sections, meta), render_md(TITLE, sections, meta, "compare.html")

@@ -15,6 +15,7 @@ import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -54,11 +55,11 @@ def reserve_npy(path: Path, shape: tuple[int, int]) -> None:
 
 class ContextFile:
     def __init__(self, path: str | Path, shape: tuple[int, int], create: bool = False):
-        self.path, self.shape = Path(path), tuple(shape)
+        self.path, self.shape = Path(path), (int(shape[0]), int(shape[1]))
         if create:
             reserve_npy(self.path, self.shape)
 
-    def _map(self, mode: str) -> np.ndarray:
+    def _map(self, mode: Literal["r", "r+", "c"]) -> np.ndarray:
         return np.load(self.path, mmap_mode=mode)
 
     def __len__(self) -> int:

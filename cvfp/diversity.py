@@ -75,7 +75,7 @@ class EMAVariance:
     def from_stats(self, s: torch.Tensor, n: int) -> torch.Tensor:
         m, d = self.momentum, s.shape[0] // 2
         s1, s2 = s[:d], s[d:]
-        if self.mean is None:  # first call: start the EMA at this batch, unit variance
+        if self.mean is None or self.var is None:  # first call: the EMA starts here, unit variance
             self.mean = (s1 / n).detach().float()
             self.var = torch.ones_like(self.mean)
         a = self.mean.detach().double()

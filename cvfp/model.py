@@ -14,6 +14,9 @@ from torch import nn
 
 
 class CVFPLayer(nn.Module):
+    running_mean: torch.Tensor  # buffers (register_buffer), typed for the checker
+    running_var: torch.Tensor
+
     def __init__(
         self,
         context_dim: int,

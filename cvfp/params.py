@@ -13,6 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+# none: the control arm (SPEC 9): no Phase 1 step, C* from the initialised stack
+Objective = Literal["cvfp", "reconstruction", "none"]
+Heads = Literal["single", "per_block"]  # Phase 2 token heads
+
 
 class _Section(BaseModel):
     # forbid: a typo in params.yaml must fail, not be silently ignored
@@ -96,8 +100,7 @@ class DivergenceParams(_Section):
 
 
 class Phase1Params(_Section):
-    # none: the control arm (SPEC 9): no Phase 1 step, C* from the initialised stack
-    objective: Literal["cvfp", "reconstruction", "none"]
+    objective: Objective
     mode: Literal["parallel", "sequential"]
     context_reset: Literal["stream", "conversation"]
     max_iterations: int = Field(ge=1)
@@ -146,7 +149,7 @@ class Phase2Params(_Section):
     grad_clip: float = Field(gt=0)
     patience: int = Field(ge=1)
     freeze_context: bool
-    heads: Literal["single", "per_block"]
+    heads: Heads
     block_weights: list[float] = Field(min_length=1)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .check_rules import LOW_CONVERGENCE
 from .contexts import ContextFile, ContextTensor
 from .corpus import Corpus, PositionSchedule, warn_if_large, zero_start_pass
 from .distributed import SINGLE, World
@@ -164,7 +165,7 @@ def parallel_iteration(
 
     # Pass 1: contexts, convergence, and the sums the losses are made of.
     sums = torch.zeros(2, dtype=torch.float64)  # squared difference to previous, converged
-    stats = diversity.stats(torch.zeros(0, dc)) if decomposed else None
+    stats = diversity.stats(torch.zeros(0, dc)) if decomposed else torch.zeros(0)  # unused
     kept = None
     for a, b in parts:
         with torch.set_grad_enabled(keep_graph):
@@ -300,6 +301,7 @@ def run_phase1(
         )
         for it in bar:
             t0 = time.perf_counter()
+            losses: tuple[float, float, float]  # cvfp, diversity, total
             if p.mode == "parallel":
                 _, losses, steps, skipped, conv = parallel_iteration(
                     model, corpus, previous, p, diversity, optimizer, prev_index, current, world
@@ -332,9 +334,9 @@ def run_phase1(
             previous, current = current, previous
             # min_iterations forces more training past the convergence rule (train only:
             # passes without steps repeat themselves).
-            if stats.convergence_rate >= p.min_converged_ratio and (
-                not train or it >= p.min_iterations
-            ):
+            if not LOW_CONVERGENCE.when[0].warns(
+                stats.convergence_rate, p.min_converged_ratio
+            ) and (not train or it >= p.min_iterations):
                 result.stopped_early = it < p.max_iterations
                 result.met_ratio = True
                 break

@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from .check_rules import GLOBAL_ATTRACTOR, LOW_EFFECTIVE_RANK, ZERO_SOLUTION
+
 log = logging.getLogger("cvfp")
 
 
@@ -55,18 +57,13 @@ def collapse_problems(checks: dict, d) -> list[str]:
     """Contexts collapsed, per the SPEC 4 checks of one split (cvfp.checks.run_checks)."""
     er, deg = checks["effective_rank"], checks["degeneracy"]
     out = []
-    if not math.isfinite(er["ratio"]) or er["ratio"] < d.min_effective_rank_ratio:
-        out.append(
-            f"effective rank {er['text']} < phase1.divergence.min_effective_rank_ratio = "
-            f"{100 * d.min_effective_rank_ratio:g}%"
-        )
-    if deg["global_attractor"]:
-        out.append(
-            f"global attractor (mean pairwise L2 {deg['mean_pairwise_l2']:.4g}, cosine "
-            f"{deg['mean_pairwise_cosine']:.4f})"
-        )
-    if deg["zero_solution"]:
-        out.append(f"zero solution (mean context norm {deg['mean_norm']:.4g})")
+    (rank,) = LOW_EFFECTIVE_RANK.when
+    limits = {rank.param: d.min_effective_rank_ratio}
+    if rank.warns(er["ratio"], d.min_effective_rank_ratio):
+        out.append(LOW_EFFECTIVE_RANK.message({rank.stat: er["text"]}, limits))
+    for rule in (GLOBAL_ATTRACTOR, ZERO_SOLUTION):
+        if deg[rule.check]:
+            out.append(rule.message(deg))
     if not math.isfinite(deg["mean_norm"]):
         out.append(f"mean context norm is {deg['mean_norm']}")
     return out

@@ -465,8 +465,8 @@ def train_phase2(
         model.token_output.requires_grad_(False)  # replaced by heads[-1] in this stage
         trainer = Trainer(model, heads, train, val, cfg, seed + 1, **kw)
         result.trainable_params = sum(p.numel() for p in trainer.params)
-        start = evaluate(model, val, cfg.batch_size, heads, world)
-        end, stopped = trainer.fit(last + 1, result, baseline=start)
+        cloned = evaluate(model, val, cfg.batch_size, heads, world)  # = the best single head
+        end, stopped = trainer.fit(last + 1, result, baseline=cloned)
         result.stopped_early = stopped
         result.stages["per_block"] = {
             "first_epoch": last + 1,

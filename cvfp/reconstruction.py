@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .corpus import Corpus, PositionSchedule, warn_if_large
+from .metrics.phase1 import ReconstructionEpoch
 from .utils import one_intraop_thread, progress
 
 log = logging.getLogger("cvfp")
@@ -110,18 +111,18 @@ def chunk_forward(
     the chunk's positions. `out` ([N_full, Dc]) receives the contexts, by full-corpus row."""
     sched, ids = batch.schedule, batch.corpus.ids
     state = state.detach()
-    rows, prevs, embeds, news, token_outs = [], [], [], [], []
+    row_parts, prevs, embeds, news, token_outs = [], [], [], [], []
     for t in range(t0, t1):
         k, r = sched.active[t], sched.rows(t)
         emb = model.embed(ids[r])
         new, tok = model(state[:k], emb)
-        rows.append(r)
+        row_parts.append(r)
         prevs.append(state[:k])
         embeds.append(emb)
         news.append(new)
         token_outs.append(tok)
         state = torch.cat([new, state[k:]])  # active conversations are a prefix
-    rows, new, tok = torch.cat(rows), torch.cat(news), torch.cat(token_outs)
+    rows, new, tok = torch.cat(row_parts), torch.cat(news), torch.cat(token_outs)
     if out is not None:
         out[batch.index[rows]] = new.detach()
 
@@ -216,22 +217,7 @@ class ReconstructionResult:
     contexts: dict[str, torch.Tensor] = field(default_factory=dict)  # train/val C* after training
 
 
-HISTORY_COLUMNS = [
-    "epoch",
-    "train_token_loss",
-    "train_recon_loss",
-    "train_loss",
-    "train_ppl",
-    "train_acc",
-    "val_token_loss",
-    "val_recon_loss",
-    "val_loss",
-    "val_ppl",
-    "val_acc",
-    "steps",
-    "skipped_steps",
-    "seconds",
-]
+HISTORY_COLUMNS = list(ReconstructionEpoch.model_fields)  # one row per epoch
 
 
 def train_reconstruction(

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cvfp.report import fmt_acc, fmt_int, fmt_num, fmt_ppl, fmt_seconds
+from cvfp.formats import fmt_acc, fmt_int, fmt_num, fmt_ppl, fmt_seconds
 from cvfp.utils import eta_text
 from tasks.layout import METRICS, REPORT_MD, REPORTS
 from tasks.summary import STAGE_FILES as METRIC_FILES

@@ -19,6 +19,8 @@ from cvfp.checkpoint import save_checkpoint
 from cvfp.checks import run_checks
 from cvfp.corpus import Corpus
 from cvfp.embeddings import load_pretrained_embeddings
+from cvfp.formats import fmt_count
+from cvfp.metrics.phase1 import Phase1Checks, Phase1Metrics
 from cvfp.model import CVFPModel
 from cvfp.params import Params
 from cvfp.phase1 import Phase1Result, run_phase1
@@ -64,7 +66,7 @@ def summary(result: Phase1Result, checks: dict) -> dict:
         "converged": f.converged,
         "total": f.total,
         "convergence_rate": f.convergence_rate,
-        "convergence": f"{100 * f.convergence_rate:.1f}% ({f.converged}/{f.total})",
+        "convergence": fmt_count(f.converged, f.total),
         "iterations": result.iterations,
         "stopped_early": result.stopped_early,
         # Optimizer steps actually taken, and whether the rate above is the structural one
@@ -202,10 +204,11 @@ def run(params: Params) -> dict | None:
             "recon_weight": p1.reconstruction.recon_weight,
             "final": {s: reconstruction_summary(st) for s, st in recon.final.items()},
         }
-    # Wall-clock seconds go to metrics/timing/phase1.json, so reruns give the same bytes.
+    # A missing/unknown key fails here. Wall-clock seconds go to metrics/timing/phase1.json,
+    # so reruns give the same bytes.
     (metrics, t_metrics), (checks_out, t_checks) = (
-        split_durations(metrics),
-        split_durations(checks_out),
+        split_durations(Phase1Metrics.model_validate(metrics).to_dict()),
+        split_durations(Phase1Checks.model_validate(checks_out).to_dict()),
     )
     extra["history"] = split_durations(extra["history"])[0]
     record_durations("phase1", metrics=t_metrics, checks=t_checks)

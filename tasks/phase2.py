@@ -23,6 +23,7 @@ from cvfp.baselines import bigram_baseline, context_ablations, transformer_basel
 from cvfp.checkpoint import read_checkpoint
 from cvfp.corpus import Corpus
 from cvfp.cstar import SPLITS, load_phase1_model, open_cstar
+from cvfp.metrics.phase2 import Phase2Epoch, Phase2Metrics
 from cvfp.params import Params
 from cvfp.phase2 import PositionData, train_phase2
 from cvfp.utils import atomic_path, seed_everything, write_json
@@ -47,16 +48,7 @@ from .layout import (
     TOKENIZER,
 )
 
-EPOCH_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "train_ppl",
-    "val_ppl",
-    "train_acc",
-    "val_acc",
-    "seconds",
-]
+EPOCH_COLUMNS = list(Phase2Epoch.model_fields)  # plots/phase2_epochs.csv (+ seconds)
 
 
 def run(params: Params) -> dict | None:
@@ -149,11 +141,16 @@ def run(params: Params) -> dict | None:
                 params.seed,
                 show,
             )
-        # Wall-clock seconds go to metrics/timing/phase2.json, so reruns give the same bytes.
+        # A missing/unknown key fails here. Wall-clock seconds go to
+        # metrics/timing/phase2.json, so reruns give the same bytes.
         metrics, t_metrics = split_durations(
-            {"cvfp": cvfp, "baselines": baselines, "ablations": ablations}
+            Phase2Metrics.model_validate(
+                {"cvfp": cvfp, "baselines": baselines, "ablations": ablations}
+            ).to_dict()
         )
-        epochs, t_epochs = split_durations(result.history)
+        epochs, t_epochs = split_durations(
+            [Phase2Epoch.model_validate(r).to_dict() for r in result.history]
+        )
         record_durations("phase2", metrics=t_metrics, epochs=t_epochs)
     write_json(PHASE2_METRICS, metrics)
     with atomic_path(PHASE2_EPOCHS_CSV) as tmp:

@@ -9,18 +9,26 @@ reports/report.md (same tables, no images), metrics/summary.json (tasks/summary.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
+from itertools import zip_longest
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pandas as pd
 
+from cvfp.metrics.base import Metrics, parse
+from cvfp.metrics.data import DataMetrics
+from cvfp.metrics.phase1 import Phase1Checks, Phase1Metrics
+from cvfp.metrics.phase2 import Phase2Epoch, Phase2Metrics
 from cvfp.params import Params
-from cvfp.report import ReportInputs, build_report
+from cvfp.report import ReportInputs, RunMeta, build_report
 from cvfp.utils import atomic_path
 
 from .common import cli, log, merge_durations
@@ -64,6 +72,9 @@ LIBRARIES = (
 )
 
 
+M = TypeVar("M", bound=Metrics)
+
+
 class MissingInputError(FileNotFoundError):
     pass
 
@@ -78,7 +89,7 @@ def _require(key: str) -> Path:
     return path
 
 
-def _read_json(key: str) -> dict:
+def _read_json(key: str) -> Any:
     path = _require(key)
     try:
         return json.loads(path.read_text())
@@ -86,12 +97,33 @@ def _read_json(key: str) -> dict:
         raise ValueError(f"report input {path} is not valid JSON: {err}") from None
 
 
-def _read_epochs() -> list[dict]:
-    frame = pd.read_csv(_require("phase2_epochs"))
+def _with_durations(model: type[M], obj: Any, durations: Any, where: str) -> M:
+    """`obj` as `model`, with the wall times recorded in metrics/timing/ put back
+    (tasks.common.split_durations took them out). Durations of another run that do not fit
+    this file's shape are left out, with a warning."""
+    if durations:
+        try:
+            return parse(model, merge_durations(copy.deepcopy(obj), durations), where)
+        except ValueError:
+            log.warning("report: ignoring recorded durations that do not fit %s", where)
+    return parse(model, obj, where)
+
+
+def _read_epochs(durations: list) -> list[Phase2Epoch]:
+    path = _require("phase2_epochs")
+    frame = pd.read_csv(path)
     # NaN (empty cells) -> None, so the formatters print "n/a".
-    return [
+    rows = [
         {k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")
     ]
+    return [
+        _with_durations(Phase2Epoch, r, d, f"{path} row {i + 1}")
+        for i, (r, d) in enumerate(zip_longest(rows, durations[: len(rows)]))
+    ]
+
+
+def _read(key: str, model: type[M], durations: Any = None) -> M:
+    return _with_durations(model, _read_json(key), durations, str(REQUIRED[key][0]))
 
 
 def _git(*args: str) -> str | None:
@@ -123,12 +155,11 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def read_timing() -> dict[str, dict]:
-    """metrics/timing/<stage>.json of the stages before this one that recorded one (this
-    machine's last run; not a DVC dependency, so the report never reruns for a timing change)."""
+def read_timing(stages: Sequence[str]) -> dict[str, dict]:
+    """metrics/timing/<stage>.json of the stages that recorded one (this machine's last run;
+    not a DVC dependency, so the report never reruns for a timing change)."""
     out = {}
-    stages = stage_names()
-    for stage in stages[: stages.index("report")]:
+    for stage in stages:
         path = TIMING / f"{stage}.json"
         if path.exists():
             try:
@@ -140,32 +171,34 @@ def read_timing() -> dict[str, dict]:
 
 def load_inputs(params: Params) -> ReportInputs:
     rev, dirty = git_state()
-    meta = {
-        "git_revision": rev,
-        "git_dirty": dirty,
-        "generated_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "versions": library_versions(),
-        "phase1_objective": params.phase1.objective,
-    }
+    meta = RunMeta(
+        git_revision=rev,
+        git_dirty=dirty,
+        generated_utc=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        versions=library_versions(),
+    )
     docs = os.path.relpath(GX_DOCS, REPORTS) if GX_DOCS.exists() else None
     # A comparison (python -m flows.compare) is optional and not a DVC dep of this stage:
     # linked, and its computed verdicts shown, when present.
     compare = json.loads(COMPARE_JSON.read_text()) if COMPARE_JSON.exists() else None
-    timing = read_timing()
+    names = stage_names()
+    stages = tuple(names[: names.index("report")])  # the stages before this one, in order
+    timing = read_timing(stages)
     # Durations were kept out of the outputs (tasks.common.split_durations); put back the
     # recorded ones, which show when the timing files are there.
     d1, d2 = (timing.get(s, {}).get("durations", {}) for s in ("phase1", "phase2"))
     return ReportInputs(
-        params=params.model_dump(mode="json"),
+        params=params,
         meta=meta,
+        stages=stages,
         timing=timing,
-        data=_read_json("data"),
+        data=_read("data", DataMetrics),
         gx=_read_json("gx"),
         gx_docs_href=Path(docs).as_posix() if docs else None,
-        phase1=merge_durations(_read_json("phase1"), d1.get("metrics", {})),
-        checks=merge_durations(_read_json("checks"), d1.get("checks", {})),
-        phase2=merge_durations(_read_json("phase2"), d2.get("metrics", {})),
-        phase2_epochs=merge_durations(_read_epochs(), d2.get("epochs", [])),
+        phase1=_read("phase1", Phase1Metrics, d1.get("metrics")),
+        checks=_read("checks", Phase1Checks, d1.get("checks")),
+        phase2=_read("phase2", Phase2Metrics, d2.get("metrics")),
+        phase2_epochs=_read_epochs(d2.get("epochs", [])),
         compare=compare,
         compare_href=os.path.relpath(COMPARE_HTML, REPORTS) if COMPARE_HTML.exists() else None,
     )

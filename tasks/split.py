@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cvfp.metrics.data import DataMetrics
 from cvfp.params import Params
 from cvfp.utils import atomic_path, write_json
 from tasks.common import cli, log
@@ -107,7 +108,7 @@ def run(params: Params) -> dict:
         to_dataset(s.train_ids, s.train).save_to_disk(str(tmp / SPLIT_TRAIN.name))
         to_dataset(s.val_ids, s.val).save_to_disk(str(tmp / SPLIT_VAL.name))
     raw = earlier.get("raw", {})
-    metrics = {
+    data = {
         "source": raw.get("source"),
         "raw_conversations": raw.get("conversations"),
         "tokenizer_kind": earlier.get("kind"),
@@ -126,6 +127,7 @@ def run(params: Params) -> dict:
         "gx_expectations_evaluated": gx["expectations_evaluated"],
         "gx_expectations_successful": gx["expectations_successful"],
     }
+    metrics = DataMetrics.model_validate(data).to_dict()  # a missing/unknown key fails here
     write_json(DATA_METRICS, metrics)
     log.info(
         "split (%s): train %d conv / %d tokens, val %d conv / %d tokens, val_subset_ok=%s, "

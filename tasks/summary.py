@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cvfp.metrics.summary import SummaryMetrics
+
 from .layout import DATA_METRICS, METRICS, PHASE1_METRICS, PHASE2_METRICS, SUMMARY
 
 STAGE_FILES = {
@@ -65,7 +67,7 @@ def summary_metrics(m: dict[str, dict]) -> dict:
     }
     # Short names: they are `dvc exp show` column headers. ppl/acc are on val; zero_c and
     # shuffled_c are CVFP's Phase 2 head with zero / shuffled C* (the ablations).
-    return {
+    summary = {
         "ppl": {k: _round(get(p2, v), 2) for k, v in ppl.items()},
         "acc": {k: _round(get(p2, v), 4) for k, v in acc.items()},
         "p2_best_epoch": get(p2, "cvfp.best_epoch"),
@@ -81,6 +83,7 @@ def summary_metrics(m: dict[str, dict]) -> dict:
             "verdict": get(p1, "val.trials.verdict"),
         },
     }
+    return SummaryMetrics.model_validate(summary).to_dict()  # the keys of metrics/summary.json
 
 
 def write_summary(metrics_dir: str | Path = METRICS) -> dict:

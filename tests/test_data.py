@@ -387,3 +387,17 @@ def test_pipeline_split_passes_and_injected_unseen_id_leaves_nothing(
     assert f"first ids: {injected[0]} (" in str(e.value)
     assert not Path("data/split").exists() and not Path("metrics/data.json").exists()
     assert not [p for p in Path("data").iterdir() if p.name.startswith(".split")]
+
+    # A renamed metrics key (here from subset_stats) fails the stage at write time, naming
+    # both keys, and metrics/data.json is not written.
+    monkeypatch.setitem(splitting.STRATEGIES, "tail", real_tail)
+    real_stats = splitting.subset_stats
+
+    def renamed(s):
+        return {("val_tok" if k == "val_tokens" else k): v for k, v in real_stats(s).items()}
+
+    monkeypatch.setattr(splitting, "subset_stats", renamed)
+    with pytest.raises(ValueError, match=r"val_tokens\n  Field required") as e:
+        run_stages(tmp_path, monkeypatch, "split", **common)
+    assert "val_tok\n  Extra inputs are not permitted" in str(e.value)
+    assert not Path("metrics/data.json").exists()

@@ -337,7 +337,13 @@ def test_report_shows_the_objective_and_the_reconstruction_epochs(tmp_path, monk
     p1.update(objective="reconstruction", iterations_text="2/2 epochs", epochs=2)
     for split, ppl in (("train", 25.0), ("val", 33.3)):
         p1[split].update(token_loss=3.2, recon_loss=0.35, loss=3.55, ppl=ppl, acc=0.42)
-    files["cache/phase1/checks.json"]["reconstruction"] = {"history": epochs, "recon_weight": 1.0}
+    keys = ("token_loss", "recon_loss", "loss", "ppl", "acc")
+    final = {s: {k: p1[s][k] for k in keys} for s in ("train", "val")}
+    files["cache/phase1/checks.json"]["reconstruction"] = {
+        "history": epochs,
+        "recon_weight": 1.0,
+        "final": final,
+    }
     files["metrics/phase2.json"]["cvfp"]["head_init"] = "phase1"
     tr.write_run(tmp_path, files)
     raw = yaml.safe_load((tmp_path / "params.yaml").read_text())

@@ -81,6 +81,9 @@ def _split_metrics(hist: list[dict], er: float, trials: dict | None = None) -> t
         "convergence": fmt_count(f["converged"], f["total"]),
         "iterations": len(hist) - 1,
         "stopped_early": False,
+        "steps": sum(r["steps"] for r in hist),
+        "converged_by_construction": False,
+        "segment_starts": 8,
         "cvfp_loss": f["cvfp_loss"],
         "diversity_loss": f["diversity_loss"],
         "total_loss": f["total_loss"],
@@ -131,7 +134,9 @@ def fake_run() -> dict[str, object]:
     tm, tc = _split_metrics(train_h, 13.55)
     vm, vc = _split_metrics(val_h, 12.34, trials)
     phase1 = {
+        "objective": "cvfp",
         "max_iterations": 10,
+        "min_iterations": 0,
         "iterations_text": "2/10",
         "train_seconds": 1.5,
         "train": tm,
@@ -213,12 +218,21 @@ def fake_run() -> dict[str, object]:
             "stopped_early": False,
             "heads": "single",
             "freeze_context": False,
+            "phase1_objective": "cvfp",
+            "head_init": "zero",
             **{k: best[k] for k in best if k not in ("epoch", "seconds")},
             "trainable_params": 12345,
             "train_seconds": 0.9,
             "train_positions": 600,
             "val_positions": 120,
-            "stages": {},
+            "stages": {
+                "single": {
+                    "first_epoch": 1,
+                    "last_epoch": 3,
+                    "best_epoch": 3,
+                    "stopped_early": False,
+                }
+            },
         },
         "baselines": {
             "bigram": {
@@ -228,18 +242,25 @@ def fake_run() -> dict[str, object]:
                 "trainable_params": 90000,
                 "train_seconds": 0.01,
                 "k": 1.0,
+                "distinct_pairs": 640,
             },
             "transformer": {
                 "val_loss": 3.2,
                 "val_ppl": math.exp(3.2),
                 "val_acc": 0.21,
-                "trainable_params": 12000,
-                "train_seconds": 2.5,
-                "param_ratio": 0.972,
                 "best_epoch": 3,
+                "train_loss": 3.0,
+                "train_ppl": math.exp(3.0),
+                "trainable_params": 12000,
+                "target_params": 12345,
+                "param_ratio": 0.972,
+                "train_seconds": 2.5,
+                "epochs": 3,
                 "n_embd": 16,
                 "n_layer": 2,
                 "n_head": 2,
+                "n_positions": 256,
+                "train_targets": 600,
             },
         },
         "ablations": {
@@ -501,3 +522,48 @@ def test_durations_come_from_the_timing_files_only(run_dir):
     )
     _, html_text, _ = build(root)
     assert "2.50 s" in section(html_text, "phase2") and "0.3 s" in section(html_text, "phase2")
+
+
+def test_thresholds_are_printed_from_the_params(run_dir):
+    import yaml
+
+    root, _ = run_dir
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["checks"].update(identity_warn=0.5, convergence_final_diff=0.01)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    _, _, md = build(root)
+    # the rule from the params, the verdict from the metrics (the check ran with 0.95)
+    assert "| cosine(input context, output context) | <= 0.5 | 0.54 pass | 0.54 pass |" in md
+    assert "| final diff | 0.000585937 (pass if < 0.01) |" in md
+    assert "| mean norm | zero solution if < 0.1 |" in md
+
+
+def test_a_metrics_file_without_a_key_fails_naming_the_file_and_key(run_dir):
+    root, files = run_dir
+    del files["metrics/phase2.json"]["cvfp"]["val_ppl"]
+    write_run(root, files)
+    with pytest.raises(
+        ValueError, match=r"phase2\.json does not match Phase2Metrics: cvfp\.val_ppl"
+    ):
+        build(root)
+    assert not (root / "reports" / "report.html").exists()
+
+
+def test_recorded_durations_of_another_run_are_left_out(run_dir, caplog):
+    """metrics/timing/ is not a DVC output: durations recorded for a Transformer the current
+    metrics do not have (baselines.transformer: false since) must not fail the report."""
+    root, files = run_dir
+    del files["metrics/phase2.json"]["baselines"]["transformer"]
+    write_run(root, files)
+    (root / "metrics/timing/phase2.json").write_text(
+        json.dumps(
+            {
+                "stage": "phase2",
+                "seconds": 9.0,
+                "durations": {"metrics": {"baselines": {"transformer": {"train_seconds": 7.5}}}},
+            }
+        )
+    )
+    out, html_text, _ = build(root)
+    assert "Transformer (GPT-2)" not in section(html_text, "phase2")
+    assert "ignoring recorded durations that do not fit metrics/phase2.json" in caplog.text

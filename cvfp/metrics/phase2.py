@@ -1,0 +1,103 @@
+"""metrics/phase2.json and the rows of plots/phase2_epochs.csv, written by the phase2 stage
+(tasks/phase2.py) from cvfp.phase2.train_phase2 and cvfp.baselines.
+
+Wall-clock seconds are kept out of the files (tasks.common.split_durations); the report puts
+the recorded ones back, so they are Optional here."""
+
+from __future__ import annotations
+
+from ..params import Heads
+from .base import Metrics
+
+
+class StageRun(Metrics):
+    first_epoch: int
+    last_epoch: int
+    best_epoch: int
+    stopped_early: bool
+
+
+class Stages(Metrics):
+    single: StageRun
+    per_block: StageRun | None = None  # heads: per_block continues after the single head
+
+
+class CvfpPhase2(Metrics):
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    heads: Heads
+    freeze_context: bool
+    phase1_objective: str
+    head_init: str  # "phase1" (reused, objective reconstruction) | "zero"
+    # at the best epoch
+    train_loss: float
+    val_loss: float
+    train_ppl: float
+    val_ppl: float
+    train_acc: float
+    val_acc: float
+    trainable_params: int
+    train_seconds: float | None = None
+    train_positions: int
+    val_positions: int
+    stages: Stages
+    val_loss_per_block: list[float] | None = None  # heads: per_block
+
+
+class ValScores(Metrics):  # cvfp.baselines._metrics; also the ablations
+    val_loss: float
+    val_ppl: float
+    val_acc: float
+
+
+class Bigram(ValScores):
+    trainable_params: int
+    train_seconds: float | None = None
+    k: float
+    distinct_pairs: int
+
+
+class Transformer(ValScores):
+    best_epoch: int
+    train_loss: float
+    train_ppl: float
+    trainable_params: int
+    target_params: int
+    param_ratio: float
+    train_seconds: float | None = None
+    epochs: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_positions: int
+    train_targets: int
+
+
+class Baselines(Metrics):
+    bigram: Bigram
+    transformer: Transformer | None = None  # left out with baselines.transformer: false
+
+
+class Ablations(Metrics):  # the trained model on val with C* replaced
+    zero_context: ValScores
+    shuffled_context: ValScores
+
+
+class Phase2Metrics(Metrics):
+    cvfp: CvfpPhase2
+    baselines: Baselines
+    ablations: Ablations
+
+
+class Phase2Epoch(Metrics):
+    """One row of plots/phase2_epochs.csv (epoch 0: the reused head before any step)."""
+
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    train_ppl: float | None
+    val_ppl: float | None
+    train_acc: float | None
+    val_acc: float | None
+    seconds: float | None = None  # metrics/timing/phase2.json

@@ -1,0 +1,39 @@
+"""metrics/summary.json: a run's headline numbers (tasks/summary.py), the one file DVC reads
+as metrics. Every key is always there; None when the run did not measure it."""
+
+from __future__ import annotations
+
+from .base import Metrics
+
+
+class SummaryPpl(Metrics):  # val perplexity
+    cvfp: float | None
+    bigram: float | None
+    transformer: float | None
+    zero_c: float | None  # CVFP's Phase 2 head with zero C* (ablation)
+    shuffled_c: float | None
+
+
+class SummaryAcc(Metrics):  # val accuracy
+    cvfp: float | None
+    bigram: float | None
+    transformer: float | None
+
+
+class SummaryPhase1(Metrics):
+    objective: str | None
+    steps_train: int | None
+    steps_val: int | None
+    iterations: int | None
+    conv_train: float | None
+    conv_val: float | None
+    er_train: float | None
+    er_val: float | None
+    verdict: str | None
+
+
+class SummaryMetrics(Metrics):
+    ppl: SummaryPpl
+    acc: SummaryAcc
+    p2_best_epoch: int | None
+    p1: SummaryPhase1

@@ -1,0 +1,102 @@
+"""The run report (SPEC section 4 reporting rules), built from already-loaded inputs.
+
+`build_report(inputs)` turns the metrics (typed: cvfp/metrics/) into one small document model
+and renders it twice: a self-contained HTML page and a Markdown file with the same tables.
+No file I/O and no Prefect/DVC/GX here: `tasks/report.py` reads the files.
+
+    inputs.py          ReportInputs and the outline (section titles)
+    document.py        the document model (Section, Table, Figure, ...)
+    render.py          HTML and Markdown renderers
+    plots.py           matplotlib figures as PNG bytes
+    findings.py        the Warnings: every failed or warning check
+    sections_run.py    Summary, Warnings, Run metadata
+    sections_data.py   Data
+    sections_phase1.py Phase 1 (per objective); sections_checks.py its check tables and the
+                       seeds' reference figures
+    sections_phase2.py Phase 2
+Number formats are cvfp/formats.py, the check rules cvfp/check_rules.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..formats import (
+    fmt_acc,
+    fmt_bool,
+    fmt_count,
+    fmt_er,
+    fmt_int,
+    fmt_loss,
+    fmt_num,
+    fmt_ppl,
+    fmt_seconds,
+)
+from .document import Code, Figure, Heading, Link, Para, RunMeta, Section, Table
+from .findings import Finding, collect_findings
+from .inputs import NONE_TITLE, RECONSTRUCTION_TITLE, TITLES, ReportInputs
+from .render import render_html, render_md
+from .sections_checks import section_reference
+from .sections_data import section_data
+from .sections_phase1 import section_phase1
+from .sections_phase2 import section_phase2
+from .sections_run import section_metadata, section_summary, section_warnings
+
+TITLE = "New-LLM / CVFP run report"
+
+
+@dataclass
+class Report:
+    html: str
+    md: str
+    findings: list[Finding]
+    sections: list[Section]
+
+
+def build_report(inp: ReportInputs) -> Report:
+    findings = collect_findings(inp)
+    sections = [
+        section_summary(inp, findings),
+        section_warnings(findings),
+        section_metadata(inp),
+        section_data(inp),
+        section_phase1(inp),
+        section_reference(inp),
+        section_phase2(inp),
+    ]
+    return Report(
+        render_html(TITLE, sections, inp.meta),
+        render_md(TITLE, sections, inp.meta),
+        findings,
+        sections,
+    )
+
+
+__all__ = [
+    "NONE_TITLE",
+    "RECONSTRUCTION_TITLE",
+    "TITLES",
+    "Code",
+    "Figure",
+    "Finding",
+    "Heading",
+    "Link",
+    "Para",
+    "Report",
+    "ReportInputs",
+    "RunMeta",
+    "Section",
+    "Table",
+    "build_report",
+    "fmt_acc",
+    "fmt_bool",
+    "fmt_count",
+    "fmt_er",
+    "fmt_int",
+    "fmt_loss",
+    "fmt_num",
+    "fmt_ppl",
+    "fmt_seconds",
+    "render_html",
+    "render_md",
+]
