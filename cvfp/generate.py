@@ -46,7 +46,7 @@ def generate(
     gen = torch.Generator().manual_seed(seed)
     context = torch.zeros(1, model.context_dim)
     new: list[int] = []
-    token = None
+    token = torch.zeros(0)  # replaced below: the prompt is not empty
     for tok in prompt_ids:
         context, token = model(context, model.embed(torch.tensor([tok])))
     for _ in range(max_new_tokens):
