@@ -25,7 +25,8 @@ PHASE1 = [
 def project(dvc_project, tmp_path_factory):
     src, _ = dvc_project
     dst = tmp_path_factory.mktemp("ddp") / "proj"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".dvc", ".git", "cache", "metrics"))
+    top = {".dvc", ".git", "cache", "metrics"}  # top-level only: cvfp/metrics/ is code
+    shutil.copytree(src, dst, ignore=lambda d, names: top & set(names) if d == str(src) else [])
     return dst
 
 
