@@ -96,13 +96,14 @@ def _start(name: str, tmp) -> None:
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Modules that use a session job run after the others (their jobs build meanwhile)."""
-    heavy = {
-        item.module.__name__
-        for item in items
-        if any(f in item.fixturenames for f in HEAVY_FIXTURES)
-    }
-    items.sort(key=lambda item: item.module.__name__ in heavy)  # stable: file order kept
+    """Modules that use a session job run after the others (their jobs build meanwhile), in
+    the order their jobs are ready: the server's, the tiny project's, the comparison's."""
+    rank: dict[str, int] = {}
+    for item in items:
+        used = [i + 1 for i, f in enumerate(HEAVY_FIXTURES) if f in item.fixturenames]
+        name = item.module.__name__
+        rank[name] = max([rank.get(name, 0), *used])
+    items.sort(key=lambda item: rank[item.module.__name__])  # stable: file order kept
 
 
 def pytest_collection_finish(session):

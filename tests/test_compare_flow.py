@@ -3,20 +3,23 @@ experiments, a failing arm (at run time and at validation) that does not stop th
 progress in the flow run's logs, the three outputs and the exit status. The fewest
 experiments that show it: 2 arms x 1 seed + 1 arm failing at run time (+ 1 failing at
 validation, never run); the statistics over several seeds are tested on their own
-(test_compare.py). The sweep runs in the background from the start of the session
-(conftest.py), the test checks what it left."""
+(test_compare.py). The arms are the control (objective none) and the reconstruction
+objective, so the sweep also runs that objective end to end through DVC, and shows which
+stages a Phase 1 param reruns. The sweep runs in the background from the start of the
+session (conftest.py); the test checks what it left."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import BIN, commit, env
+from test_pipeline import BIN, commit, env, run
 
 pytestmark = pytest.mark.pipeline
-ARMS = ["broken", "none", "cvfp", "invalid"]
+ARMS = ["broken", "none", "reconstruction", "invalid"]
 
 
 def run_compare(source, server, tmp_path_factory):
@@ -59,19 +62,30 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
         assert (proj / rel).exists(), rel
     data = json.loads((proj / "metrics/compare.json").read_text())
     assert data["control"] == "none" and data["seeds"] == [7]  # --seeds 1: the first seed
-    none, cvfp = data["arms"]["none"], data["arms"]["cvfp"]
-    assert none["seeds"] == [7] and cvfp["seeds"] == [7]
-    assert none["phase1_steps"] == [0] and 1 <= cvfp["phase1_steps"][0] <= 3  # max_iterations
-    ppl = {arm: data["arms"][arm]["per_seed"]["7"]["val_ppl"] for arm in ("none", "cvfp")}
-    assert none["val_ppl_mean"] == ppl["none"] > 1 and cvfp["val_ppl_mean"] == ppl["cvfp"] > 1
-    assert cvfp["paired"]["diffs"] == [pytest.approx(ppl["cvfp"] - ppl["none"])]
-    assert cvfp["verdict"].startswith("cvfp vs none: ") and cvfp["verdict"].endswith(
+    none, rec = data["arms"]["none"], data["arms"]["reconstruction"]
+    assert none["seeds"] == [7] and rec["seeds"] == [7]
+    assert none["phase1_steps"] == [0] and rec["phase1_steps"][0] > 0
+    ppl = {arm: data["arms"][arm]["per_seed"]["7"]["val_ppl"] for arm in ("none", "reconstruction")}
+    assert (
+        none["val_ppl_mean"] == ppl["none"] > 1 and rec["val_ppl_mean"] == ppl["reconstruction"] > 1
+    )
+    assert rec["paired"]["diffs"] == [pytest.approx(ppl["reconstruction"] - ppl["none"])]
+    assert rec["verdict"].startswith("reconstruction vs none: ") and rec["verdict"].endswith(
         "(paired over 1 seed): not enough seeds"
     )
     tr = data["baselines"]["transformer"]
     assert tr["source_arm"] == "none" and tr["seeds"] == [7]  # only the control trains it
-    assert cvfp["per_seed"]["7"]["transformer_val_ppl"] is None
-    assert cvfp["vs_transformer"]["seeds"] == ["7"]
+    assert rec["per_seed"]["7"]["transformer_val_ppl"] is None
+    assert rec["vs_transformer"]["seeds"] == ["7"]
+    # The reconstruction objective through DVC: its checkpoint feeds materialize and Phase 2,
+    # which starts from its trained head (epoch 0 is a candidate: never worse than Phase 1).
+    p1, p2 = (exp_metrics(proj, "cmp-reconstruction-s7", n) for n in ("phase1", "phase2"))
+    assert p1["objective"] == "reconstruction" and p1["iterations_text"] == "4/4 epochs"
+    assert p1["val"]["ppl"] > 1 and "effective_rank" in p1["val"]
+    assert (
+        p2["cvfp"]["head_init"] == "phase1" and p2["cvfp"]["phase1_objective"] == "reconstruction"
+    )
+    assert p2["cvfp"]["val_ppl"] == ppl["reconstruction"] <= p1["val"]["ppl"] * (1 + 1e-4)
     # The failing arms: reported with their errors; the broken arm ran first, the rest ran.
     failed = {(f["arm"], f["seed"]): f["error"] for f in data["failed"]}
     assert set(failed) == {("broken", 7), ("invalid", 7)}
@@ -79,14 +93,14 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     assert "phase1.lr = -1.0" in failed[("invalid", 7)]
     assert data["arms"]["broken"]["seeds"] == [] and data["arms"]["broken"]["failed_seeds"] == [7]
     md = (proj / "reports/compare.md").read_text()
-    assert cvfp["verdict"] in md and "cmp-broken-s7" in md
+    assert rec["verdict"] in md and "cmp-broken-s7" in md
 
     # The experiments are DVC experiments with the arm's params and the seed; the workspace
     # keeps its params.
     shown = exp_show(proj)
-    assert {n: shown[n] for n in ("cmp-none-s7", "cmp-cvfp-s7")} == {
+    assert {n: shown[n] for n in ("cmp-none-s7", "cmp-reconstruction-s7")} == {
         "cmp-none-s7": {"seed": 7, "objective": "none", "phase2.epochs": 1},
-        "cmp-cvfp-s7": {"seed": 7, "objective": "cvfp", "phase2.epochs": 1},
+        "cmp-reconstruction-s7": {"seed": 7, "objective": "reconstruction", "phase2.epochs": 1},
     }
     assert not any(n.startswith(("cmp-broken", "cmp-invalid")) for n in shown), shown
     assert (
@@ -100,10 +114,12 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     assert f"compare: 4 experiment(s): arms {ARMS} x seeds [7]" in logs
     assert "experiment 1 of 4 cmp-broken-s7 FAILED in " in logs
     assert "experiment 4 of 4 cmp-invalid-s7 FAILED in " in logs
-    for k, name in ((2, "cmp-none-s7"), (3, "cmp-cvfp-s7")):
+    for k, name in ((2, "cmp-none-s7"), (3, "cmp-reconstruction-s7")):
         assert f"experiment {k} of 4 {name} done in " in logs, logs
-    assert "cmp-none-s7: Running stage 'phase2'" in logs and ", ETA " in logs
-    assert "compare: 2 of 4 experiment(s) ok in " in logs
+        # A Phase 1 param (the objective, the seed): DVC reruns phase1 and what follows only.
+        ran = re.findall(rf"^{name}: Running stage '(\w+)'", logs, re.M)
+        assert ran == ["phase1", "materialize", "phase2", "report"], logs
+    assert ", ETA " in logs and "compare: 2 of 4 experiment(s) ok in " in logs
 
 
 def flow_run_logs(proj: Path) -> list[str]:
@@ -122,6 +138,16 @@ def flow_run_logs(proj: Path) -> list[str]:
         )
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
     return [log.message for log in logs]
+
+
+def exp_metrics(proj, name: str, stage: str) -> dict:
+    """metrics/<stage>.json as committed by the experiment `name`."""
+    (ref,) = [
+        r
+        for r in run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], proj).split()
+        if r.endswith(f"/{name}")
+    ]
+    return json.loads(run(["git", "show", f"{ref}:metrics/{stage}.json"], proj))
 
 
 def exp_show(proj) -> dict[str, dict]:
