@@ -1,7 +1,8 @@
 """Shared fixtures. The expensive session resources (a real Prefect server, the one tiny
-`dvc repro`, the comparison sweep) start in background threads as soon as the tests are
-collected, and the modules that need them run last: on 2 cores they are built while the
-unit tests run (see `pytest_collection_finish`)."""
+`dvc repro`, and the subprocess-only work of test_reruns and test_compare_flow on copies of
+it) start in background threads as soon as the tests are collected, and the modules that
+need them run last: on 2 cores they are built while the other tests run
+(`pytest_collection_finish`)."""
 
 import os
 import shutil
@@ -62,37 +63,39 @@ def tiny_params():
 
 # ---------------------------------------------------------------- session jobs
 
-_POOL = ThreadPoolExecutor(max_workers=3, thread_name_prefix="session-job")
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="session-job")
 _JOBS: dict[str, Future] = {}
-# A job is started when a collected test uses its fixture (directly or through another one).
-HEAVY_FIXTURES = ("prefect_server", "dvc_project", "compare_run")
+_TMP: list = []  # the session's TempPathFactory
+# Jobs whose code lives in a test module: (module, function, the jobs it needs). The function
+# gets one waiter per needed job (it returns that job's result) and the TempPathFactory.
+MODULE_JOBS = {
+    "reruns_run": ("test_reruns", "run_reruns", ("dvc_project",)),
+    "compare_run": ("test_compare_flow", "run_compare", ("dvc_project", "prefect_server")),
+}
+# A job starts when a collected test uses its fixture (directly or through another one).
+HEAVY_FIXTURES = ("prefect_server", "dvc_project", *MODULE_JOBS)
 
 
 def job(name: str):
-    """The result of a session job (waits for it); started on demand if it was not."""
-    if name not in _JOBS:
-        _start(name, _TMP[0])
+    """The result of a session job (waits for it); started now if it was not."""
+    _start(name)
     return _JOBS[name].result()
 
 
-_TMP: list = []
-
-
-def _start(name: str, tmp) -> None:
+def _start(name: str) -> None:
     if name in _JOBS:
         return
+    tmp = _TMP[0]
     if name == "prefect_server":
         _JOBS[name] = _POOL.submit(start_prefect_server, tmp.mktemp("prefect"))
     elif name == "dvc_project":
         _JOBS[name] = _POOL.submit(build_dvc_project, tmp.mktemp("dvc") / "proj")
-    elif name == "compare_run":
-        _start("prefect_server", tmp)
-        _start("dvc_project", tmp)
-        from test_compare_flow import run_compare
-
-        _JOBS[name] = _POOL.submit(
-            run_compare, lambda: job("dvc_project")[0], lambda: job("prefect_server"), tmp
-        )
+    else:
+        module, function, needs = MODULE_JOBS[name]
+        for n in needs:
+            _start(n)
+        fn = getattr(__import__(module), function)
+        _JOBS[name] = _POOL.submit(fn, *[lambda n=n: job(n) for n in needs], tmp)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -113,7 +116,7 @@ def pytest_collection_finish(session):
     used = {f for item in session.items for f in item.fixturenames}
     for name in HEAVY_FIXTURES:
         if name in used:
-            _start(name, _TMP[0])
+            _start(name)
 
 
 def pytest_sessionfinish(session):

@@ -22,14 +22,14 @@ pytestmark = pytest.mark.pipeline
 ARMS = ["broken", "none", "reconstruction", "invalid"]
 
 
-def run_compare(source, server, tmp_path_factory):
-    """`python -m flows.compare` in a copy of the session's tiny project (`source()` waits for
-    it), reporting to the session's Prefect server: (project, finished process). The copy gets
+def run_compare(project, server, tmp_path_factory):
+    """`python -m flows.compare` in a copy of the session's tiny project (`project()` waits
+    for it), reporting to the session's Prefect server: (project, finished process). The copy gets
     two arms that fail: one at run time (distribution diversity cannot be split into chunks:
     phase1 raises), one at validation (a negative learning rate); compare.seeds starts at 7,
     not the workspace's seed 42, so the experiments' seed shows it came from the comparison."""
     proj = tmp_path_factory.mktemp("cmp") / "proj"
-    shutil.copytree(source(), proj, symlinks=True)
+    shutil.copytree(project()[0], proj, symlinks=True)
     raw = yaml.safe_load((proj / "params.yaml").read_text())
     raw["compare"]["arms"]["broken"] = {
         "phase1.diversity.kind": "distribution",
