@@ -66,6 +66,7 @@ def tiny_params():
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="session-job")
 _JOBS: dict[str, Future] = {}
 _TMP: list = []  # the session's TempPathFactory
+_SERVERS: list[subprocess.Popen] = []  # stopped at the end of the session, started or not
 # Jobs whose code lives in a test module: (module, function, the jobs it needs). The function
 # gets one waiter per needed job (it returns that job's result) and the TempPathFactory.
 MODULE_JOBS = {
@@ -100,7 +101,7 @@ def _start(name: str) -> None:
 
 def pytest_collection_modifyitems(session, config, items):
     """Modules that use a session job run after the others (their jobs build meanwhile), in
-    the order their jobs are ready: the server's, the tiny project's, the comparison's."""
+    the order of HEAVY_FIXTURES, roughly when their jobs are ready."""
     rank: dict[str, int] = {}
     for item in items:
         used = [i + 1 for i, f in enumerate(HEAVY_FIXTURES) if f in item.fixturenames]
@@ -120,12 +121,10 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session):
-    for fut in _JOBS.values():
-        fut.cancel()
-    server = _JOBS.get("prefect_server")
-    if server is not None and server.done() and not server.exception():
-        server.result().stop()
+    """Stop the server; a job still running (the session was cut short) ends on its own."""
     _POOL.shutdown(wait=False, cancel_futures=True)
+    for proc in _SERVERS:
+        stop(proc)
 
 
 # ---------------------------------------------------------------- Prefect
@@ -156,9 +155,6 @@ class PrefectServer:
     log: Path
     proc: subprocess.Popen
 
-    def stop(self) -> None:
-        stop(self.proc)
-
 
 def start_prefect_server(home: Path) -> PrefectServer:
     """`prefect server start` on a free port, SQLite in a temporary PREFECT_HOME: the one
@@ -187,6 +183,7 @@ def start_prefect_server(home: Path) -> PrefectServer:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    _SERVERS.append(proc)
     deadline = time.monotonic() + 180  # a busy machine (CI, parallel jobs) starts it slowly
     while True:
         try:
