@@ -12,7 +12,7 @@ from cvfp.checks import (
     singular_values,
     verdict,
 )
-from cvfp.corpus import Corpus
+from cvfp.corpus import Corpus, sequential_pass
 from cvfp.model import CVFPModel
 
 
@@ -83,12 +83,28 @@ def test_identity_probes_flag_a_copying_model():
     assert r["context_token_cosine"] is not None
 
 
-def test_convergence_trials_on_contracting_model():
+def test_convergence_trials_pass_a_fixed_point_and_fail_a_drifting_model():
+    corpus = Corpus.from_conversations([[1, 2, 3, 4, 5, 6]] * 3, "conversation")
     torch.manual_seed(0)
-    m = CVFPModel(20, 8, 8, 16, [1, 1])
-    r = convergence_trials(
-        m, Corpus.from_conversations([[1, 2, 3, 4, 5, 6]] * 3, "conversation"), trials=5
-    )
-    assert len(r["losses"]) == 5 and r["final_diff"] == r["losses"][-1]
-    assert r["verdict"] in {"CONVERGING", "CONVERGED", "DIVERGING", "UNSTABLE"}
-    assert r["passed"] == (r["final_diff"] < 1e-3)
+    copying = CVFPModel(20, 8, 8, 16, [1, 1], layernorm_mix=0.0)
+    with torch.no_grad():  # f(c, t) = c: every pass repeats the last one
+        for block in copying.blocks:
+            for layer in block.layers:
+                layer.fnn.weight.zero_()
+                layer.fnn.bias.zero_()
+    r = convergence_trials(copying, corpus, trials=3)
+    assert r["losses"] == [0.0, 0.0, 0.0] and r["passed"] and r["verdict"] == "CONVERGED"
+
+    torch.manual_seed(0)
+    drifting = CVFPModel(20, 8, 8, 16, [1, 1])
+    r = convergence_trials(drifting, corpus, trials=5, final_diff=1e-3)
+    # losses: MSE between successive passes, each starting where the last one ended
+    prev, final = sequential_pass(drifting, corpus)
+    expected = []
+    for _ in range(5):
+        cur, final = sequential_pass(drifting, corpus, start=final)
+        expected.append(float(torch.nn.functional.mse_loss(cur, prev)))
+        prev = cur
+    assert r["losses"] == pytest.approx(expected, rel=1e-6) and r["trials"] == 5
+    assert r["final_diff"] == r["losses"][-1] > 1e-3 and not r["passed"]
+    assert r["verdict"] == verdict(r["losses"])["verdict"]

@@ -1,97 +1,173 @@
 """python -m flows.compare end to end on a tiny copy of the project: arms x seeds as DVC
 experiments, a failing arm (at run time and at validation) that does not stop the sweep,
-and the three outputs."""
+progress in the flow run's logs, the three outputs and the exit status. The fewest
+experiments that show it: 2 arms x 1 seed + 1 arm failing at run time (+ 1 failing at
+validation, never run); the statistics over several seeds are tested on their own
+(test_compare.py). The arms are the control (objective none) and the reconstruction
+objective, so the sweep also runs that objective end to end through DVC, and shows which
+stages a Phase 1 param reruns. The sweep runs in the background from the start of the
+session (conftest.py); the test checks what it left."""
 
 import json
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import BIN, TINY, run
+from test_pipeline import BIN, commit, env, run
 
 pytestmark = pytest.mark.pipeline
+ARMS = ["broken", "none", "reconstruction", "invalid"]
 
 
-@pytest.fixture
-def compare_project(dvc_project, tmp_path):
-    """A committed copy of the session's tiny project (fresh tiny params, data stages done)."""
-    src, _ = dvc_project
-    proj = tmp_path / "cmp"
-    shutil.copytree(src, proj, symlinks=True)
-    from conftest import ROOT
-
-    from cvfp.params import set_dotted
-
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for k, v in TINY.items():
-        set_dotted(raw, k, v)
-    # Two arms that fail: one at run time (distribution diversity cannot be split into
-    # chunks: phase1 raises), one at validation (a negative learning rate).
+def run_compare(project, server, tmp_path_factory):
+    """`python -m flows.compare` in a copy of the session's tiny project (`project()` waits
+    for it), reporting to the session's Prefect server: (project, finished process). The copy gets
+    two arms that fail: one at run time (distribution diversity cannot be split into chunks:
+    phase1 raises), one at validation (a negative learning rate); compare.seeds starts at 7,
+    not the workspace's seed 42, so the experiments' seed shows it came from the comparison."""
+    proj = tmp_path_factory.mktemp("cmp") / "proj"
+    shutil.copytree(project()[0], proj, symlinks=True)
+    raw = yaml.safe_load((proj / "params.yaml").read_text())
     raw["compare"]["arms"]["broken"] = {
         "phase1.diversity.kind": "distribution",
         "phase1.chunk_tokens": 7,
     }
     raw["compare"]["arms"]["invalid"] = {"phase1.lr": -1.0}
+    raw["compare"]["seeds"] = [7, 42]
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    for cmd in (
-        ["git", "config", "user.email", "t@example.com"],
-        ["git", "config", "user.name", "t"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "tiny"],
-    ):
-        run(cmd, proj)
-    return proj
+    commit(proj, "compare arms")
+    cmd = [str(BIN / "python"), "-m", "flows.compare", "--arms", *ARMS, "--seeds", "1"]
+    cmd += ["-S", "phase2.epochs=1"]
+    e = {**env(), "PREFECT_API_URL": server().url}
+    return proj, subprocess.run(cmd, cwd=proj, env=e, capture_output=True, text=True)
 
 
-def test_compare_two_arms_two_seeds_with_failing_arms(
-    compare_project, monkeypatch, prefect_harness
-):
-    from flows.compare import compare
+@pytest.fixture(scope="session")
+def compare_run():
+    from conftest import job
 
-    proj = compare_project
-    monkeypatch.chdir(proj)
-    monkeypatch.setenv("PATH", f"{BIN}:{__import__('os').environ['PATH']}")
-    monkeypatch.setenv("PYTHONPATH", "")  # stages import the copy's own code
-    summary = compare("params.yaml", ["broken", "none", "cvfp", "invalid"], 2, {"phase2.epochs": 1})
+    return job("compare_run")
 
-    for out in ("reports/compare.html", "reports/compare.md", "metrics/compare.json"):
-        assert (proj / out).exists(), out
+
+def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_harness):
+    proj, done = compare_run
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]  # 1: an experiment failed, outputs written
+    assert f"Comparison report: {(proj / 'reports/compare.html').resolve()}" in out, out[-3000:]
+
+    for rel in ("reports/compare.html", "reports/compare.md", "metrics/compare.json"):
+        assert (proj / rel).exists(), rel
     data = json.loads((proj / "metrics/compare.json").read_text())
-    assert data == json.loads(json.dumps(summary))
-    assert data["control"] == "none" and data["seeds"] == [42, 7]
-    for arm in ("none", "cvfp", "broken", "invalid"):
-        for key in ("val_ppl_mean", "val_ppl_std", "seeds", "phase1_steps", "verdict"):
-            assert key in data["arms"][arm], (arm, key)
-    none, cvfp = data["arms"]["none"], data["arms"]["cvfp"]
-    assert none["seeds"] == [42, 7] and cvfp["seeds"] == [42, 7]
-    assert none["phase1_steps"] == [0, 0] and cvfp["phase1_steps"] == [1, 1]
-    assert none["val_ppl_mean"] > 1 and none["val_ppl_std"] >= 0
+    assert data["control"] == "none" and data["seeds"] == [7]  # --seeds 1: the first seed
+    none, rec = data["arms"]["none"], data["arms"]["reconstruction"]
+    assert none["seeds"] == [7] and rec["seeds"] == [7]
+    assert none["phase1_steps"] == [0] and rec["phase1_steps"][0] > 0
+    ppl = {arm: data["arms"][arm]["per_seed"]["7"]["val_ppl"] for arm in ("none", "reconstruction")}
     assert (
-        cvfp["verdict"].startswith("cvfp vs none: ") and "(paired over 2 seeds)" in cvfp["verdict"]
+        none["val_ppl_mean"] == ppl["none"] > 1 and rec["val_ppl_mean"] == ppl["reconstruction"] > 1
     )
-    assert cvfp["verdict"].rsplit(": ", 1)[1] in ("better", "worse", "no measurable effect")
+    assert rec["paired"]["diffs"] == [pytest.approx(ppl["reconstruction"] - ppl["none"])]
+    assert rec["verdict"].startswith("reconstruction vs none: ") and rec["verdict"].endswith(
+        "(paired over 1 seed): not enough seeds"
+    )
     tr = data["baselines"]["transformer"]
-    assert tr["source_arm"] == "none" and tr["seeds"] == [42, 7]  # only the control trains it
-    assert cvfp["per_seed"]["42"]["transformer_val_ppl"] is None and cvfp["vs_transformer"][
-        "seeds"
-    ] == ["42", "7"]
-    # The failing arms: reported with their errors, every other experiment ran.
+    assert tr["source_arm"] == "none" and tr["seeds"] == [7]  # only the control trains it
+    assert rec["per_seed"]["7"]["transformer_val_ppl"] is None
+    assert rec["vs_transformer"]["seeds"] == ["7"]
+    # The reconstruction objective through DVC: its checkpoint feeds materialize and Phase 2,
+    # which starts from its trained head (epoch 0 is a candidate: never worse than Phase 1).
+    p1, p2 = (exp_metrics(proj, "cmp-reconstruction-s7", n) for n in ("phase1", "phase2"))
+    assert p1["objective"] == "reconstruction" and p1["iterations_text"] == "4/4 epochs"
+    assert p1["val"]["ppl"] > 1 and "effective_rank" in p1["val"]
+    assert (
+        p2["cvfp"]["head_init"] == "phase1" and p2["cvfp"]["phase1_objective"] == "reconstruction"
+    )
+    assert p2["cvfp"]["val_ppl"] == ppl["reconstruction"] <= p1["val"]["ppl"] * (1 + 1e-4)
+    # The failing arms: reported with their errors; the broken arm ran first, the rest ran.
     failed = {(f["arm"], f["seed"]): f["error"] for f in data["failed"]}
-    assert set(failed) == {("broken", 42), ("broken", 7), ("invalid", 42), ("invalid", 7)}
-    assert "cannot be split into chunks" in failed[("broken", 42)]
+    assert set(failed) == {("broken", 7), ("invalid", 7)}
+    assert "cannot be split into chunks" in failed[("broken", 7)]
     assert "phase1.lr = -1.0" in failed[("invalid", 7)]
-    assert data["arms"]["broken"]["seeds"] == [] and data["arms"]["broken"]["failed_seeds"] == [
-        42,
-        7,
-    ]
+    assert data["arms"]["broken"]["seeds"] == [] and data["arms"]["broken"]["failed_seeds"] == [7]
     md = (proj / "reports/compare.md").read_text()
-    assert cvfp["verdict"] in md and "cmp-broken-s42" in md
-    # The experiments are DVC experiments; the workspace keeps its params.
-    names = run([str(BIN / "dvc"), "exp", "list", "--name-only"], proj).split()
-    assert {"cmp-none-s42", "cmp-none-s7", "cmp-cvfp-s42", "cmp-cvfp-s7"} <= set(names)
-    assert not any(n.startswith("cmp-broken") or n.startswith("cmp-invalid") for n in names)
+    assert rec["verdict"] in md and "cmp-broken-s7" in md
+
+    # The experiments are DVC experiments with the arm's params and the seed; the workspace
+    # keeps its params.
+    shown = exp_show(proj)
+    assert {n: shown[n] for n in ("cmp-none-s7", "cmp-reconstruction-s7")} == {
+        "cmp-none-s7": {"seed": 7, "objective": "none", "phase2.epochs": 1},
+        "cmp-reconstruction-s7": {"seed": 7, "objective": "reconstruction", "phase2.epochs": 1},
+    }
+    assert not any(n.startswith(("cmp-broken", "cmp-invalid")) for n in shown), shown
     assert (
         subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "params.yaml"], cwd=proj).returncode
         == 0
     )
+
+    # Progress in the flow run's logs: each experiment with its outcome and the ETA, and
+    # DVC's stage lines as they happen.
+    logs = "\n".join(flow_run_logs(proj))
+    assert f"compare: 4 experiment(s): arms {ARMS} x seeds [7]" in logs
+    assert "experiment 1 of 4 cmp-broken-s7 FAILED in " in logs
+    assert "experiment 4 of 4 cmp-invalid-s7 FAILED in " in logs
+    for k, name in ((2, "cmp-none-s7"), (3, "cmp-reconstruction-s7")):
+        assert f"experiment {k} of 4 {name} done in " in logs, logs
+        # A Phase 1 param (the objective, the seed): DVC reruns phase1 and what follows only.
+        ran = re.findall(rf"^{name}: Running stage '(\w+)'", logs, re.M)
+        assert ran == ["phase1", "materialize", "phase2", "report"], logs
+    assert ", ETA " in logs and "compare: 2 of 4 experiment(s) ok in " in logs
+
+
+def flow_run_logs(proj: Path) -> list[str]:
+    """The log messages of the one cvfp-compare flow run on the session's server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"]))
+        )
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
+    return [log.message for log in logs]
+
+
+def exp_metrics(proj, name: str, stage: str) -> dict:
+    """metrics/<stage>.json as committed by the experiment `name`."""
+    (ref,) = [
+        r
+        for r in run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], proj).split()
+        if r.endswith(f"/{name}")
+    ]
+    return json.loads(run(["git", "show", f"{ref}:metrics/{stage}.json"], proj))
+
+
+def exp_show(proj) -> dict[str, dict]:
+    """`dvc exp show --json`: experiment name -> its seed, phase1 objective, phase2 epochs."""
+    p = subprocess.run(
+        [str(BIN / "dvc"), "exp", "show", "--json"],
+        cwd=proj,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = {}
+    for baseline in json.loads(p.stdout):
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs", []):
+                params = rev["data"]["params"]["params.yaml"]["data"]
+                out[rev.get("name") or exp.get("name")] = {
+                    "seed": params["seed"],
+                    "objective": params["phase1"]["objective"],
+                    "phase2.epochs": params["phase2"]["epochs"],
+                }
+    return out

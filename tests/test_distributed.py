@@ -1,50 +1,43 @@
 """torchrun data parallelism: `torchrun --nproc_per_node=2 -m tasks.phase1` / `tasks.phase2`
 (gloo on CPU) give the single-process results with the same global batch, and only rank 0
-writes. Runs in a copy of the tiny DVC project's data."""
+writes. The single-process reference is the session's tiny `dvc repro`; the ranks run in a
+copy of it."""
 
 import itertools
 import json
-import shutil
 
 import pytest
 import torch
 from test_pipeline import BIN, run
 
 pytestmark = pytest.mark.pipeline
-PHASE1 = [
-    "-S",
-    "phase1.objective=cvfp",
-    "-S",
-    "phase1.max_iterations=3",
-    "-S",
-    "phase1.min_converged_ratio=1.0",
-]
 
 
-@pytest.fixture(scope="module")
-def project(dvc_project, tmp_path_factory):
-    src, _ = dvc_project
-    dst = tmp_path_factory.mktemp("ddp") / "proj"
-    top = {".dvc", ".git", "cache", "metrics"}  # top-level only: cvfp/metrics/ is code
-    shutil.copytree(src, dst, ignore=lambda d, names: top & set(names) if d == str(src) else [])
-    return dst
-
-
-def stage(proj, name, *args, nproc=1):
-    cmd = (
-        [str(BIN / "python"), "-m", f"tasks.{name}", *args]
-        if nproc == 1
-        else [
+def torchrun(proj, name, *args):
+    """`torchrun --standalone --nproc_per_node=2 -m tasks.<name> args` in `proj`: its metrics
+    and output."""
+    out = run(
+        [
             str(BIN / "torchrun"),
             "--standalone",
-            f"--nproc_per_node={nproc}",
+            "--nproc_per_node=2",
             "-m",
             f"tasks.{name}",
             *args,
-        ]
+        ],
+        proj,
     )
-    out = run(cmd, proj)
     return json.loads((proj / "metrics" / f"{name}.json").read_text()), out
+
+
+def reference(dvc_project, name):
+    """The single-process result: the session's `dvc repro` (one process per stage, the
+    same params: test_pipeline.TINY runs all 3 Phase 1 iterations): metrics and weights."""
+    src = dvc_project[0]
+    return (
+        json.loads((src / "metrics" / f"{name}.json").read_text()),
+        weights(src / "cache" / name / "model.pt"),
+    )
 
 
 def assert_close_tree(a, b, rel, path=""):
@@ -68,56 +61,44 @@ def weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
-def test_phase1_two_ranks_equal_one_process(project):
-    single, _ = stage(project, "phase1", *PHASE1)
-    w1 = weights(project / "cache/phase1/model.pt")
-    (project / "metrics/phase1.json").unlink()
+def test_phase1_two_ranks_equal_one_process(dvc_project, dvc_copy):
+    single, w1 = reference(dvc_project, "phase1")
+    (dvc_copy / "metrics/phase1.json").unlink()
     # Two ranks, and chunks of 2000 tokens inside each rank's share: still the full-batch step.
-    ddp, log = stage(project, "phase1", *PHASE1, "-S", "phase1.chunk_tokens=2000", nproc=2)
+    ddp, log = torchrun(dvc_copy, "phase1", "-S", "phase1.chunk_tokens=2000")
     assert single["train"]["total"] > 2 * 2000 and single["train"]["iterations"] == 3
     assert_close_tree(single, ddp, rel=1e-4)
-    w2 = weights(project / "cache/phase1/model.pt")
+    w2 = weights(dvc_copy / "cache/phase1/model.pt")
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
     assert (
         "cvfp[0] INFO iter 3" in log and "cvfp[1] INFO" not in log
     )  # rank 1 quiet, rank 0 reports
-    assert list((project / "cache/phase1-work").iterdir()) == []  # scratch contexts removed
+    assert list((dvc_copy / "cache/phase1-work").iterdir()) == []  # scratch contexts removed
 
 
-def test_phase2_two_ranks_equal_one_process(project):
-    if not (project / "cache/phase1/model.pt").exists():
-        stage(project, "phase1", *PHASE1)
-    run([str(BIN / "python"), "-m", "tasks.materialize"], project)
-    single, _ = stage(project, "phase2")
-    w1 = weights(project / "cache/phase2/model.pt")
-    (project / "metrics/phase2.json").unlink()
-    ddp, _ = stage(project, "phase2", nproc=2)
+def test_phase2_two_ranks_equal_one_process(dvc_project, dvc_copy):
+    single, w1 = reference(dvc_project, "phase2")
+    (dvc_copy / "metrics/phase2.json").unlink()
+    ddp, _ = torchrun(dvc_copy, "phase2")  # on the session's Phase 1 model and C*
     assert single["cvfp"]["epochs_run"] == 2
     assert_close_tree(single, ddp, rel=1e-4)
-    w2 = weights(project / "cache/phase2/model.pt")
+    w2 = weights(dvc_copy / "cache/phase2/model.pt")
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_torchrun_refuses_what_cannot_be_split(project):
-    if not (project / "cache/phase1/model.pt").exists():
-        stage(project, "phase1", *PHASE1)
-    cmd = [
-        str(BIN / "torchrun"),
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "tasks.phase1",
-        "-S",
-        "phase1.objective=reconstruction",
-    ]
-    import subprocess
+def test_two_ranks_refuse_what_cannot_be_split(tiny_params, monkeypatch):
+    """What a rank of `torchrun --nproc_per_node=2 -m tasks.phase1` sees (the tests above
+    show that torchrun gives it a world of 2), before it reads anything."""
+    from cvfp.distributed import World
+    from tasks import phase1 as p1_task
 
-    from test_pipeline import env
-
-    p = subprocess.run(cmd, cwd=project, env=env(), capture_output=True, text=True)
-    assert p.returncode != 0 and "phase1.objective='reconstruction' runs in one process" in p.stderr
+    monkeypatch.setattr(p1_task, "current_world", lambda: World(0, 2))
+    params = tiny_params.model_copy(deep=True)
+    params.phase1.objective = "reconstruction"
+    with pytest.raises(ValueError, match="phase1.objective='reconstruction' runs in one process"):
+        p1_task.run(params)
 
 
 def test_world_shares_cover_every_item_once():

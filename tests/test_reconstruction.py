@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, write_params
+from conftest import write_params
 
 from cvfp.corpus import Corpus, sequential_pass
 from cvfp.model import CVFPModel
@@ -234,14 +234,6 @@ def test_same_seed_same_numbers(tiny_params):
 def test_params_validation_names_the_key(tmp_path, mutate, expected):
     with pytest.raises(ParamsError, match=expected):
         load_params(write_params(tmp_path, mutate))
-
-
-def test_defaults():
-    p = load_params(ROOT / "params.yaml")
-    assert p.phase1.objective == "cvfp"
-    assert (
-        p.phase1.reconstruction.recon_weight == 1.0 and p.phase1.reconstruction.chunk_length == 32
-    )
 
 
 def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(

@@ -1,11 +1,12 @@
-"""A shared DVC remote: push the first stages' outputs to a local-directory remote, lose the
-cache and the outputs, pull them back, and `dvc repro` has nothing left to do."""
+"""A shared DVC remote: push the tiny project's outputs (the session's `dvc repro`) to a
+local-directory remote, lose the cache and the first stages' outputs, pull them back, and
+`dvc repro` has nothing left to do."""
 
 import re
 import shutil
 
 import pytest
-from test_pipeline import BIN, make_project, run
+from test_pipeline import BIN, run
 
 pytestmark = pytest.mark.pipeline
 DVC = str(BIN / "dvc")
@@ -26,9 +27,8 @@ def snapshot(proj) -> dict[str, bytes]:
     }
 
 
-def test_push_then_pull_into_an_empty_checkout_restores_everything(tmp_path):
-    proj = make_project(tmp_path / "proj")
-    assert repro(proj, "split") == ["download", "tokenize", "split"]
+def test_push_then_pull_into_an_empty_checkout_restores_everything(dvc_copy, tmp_path):
+    proj = dvc_copy
     before = snapshot(proj)
     assert any(k.startswith("data/split/train/") for k in before)
 
@@ -44,7 +44,7 @@ def test_push_then_pull_into_an_empty_checkout_restores_everything(tmp_path):
         shutil.rmtree(proj / out)
     assert "deleted" in run([DVC, "status", "split"], proj)
 
-    # Only the first stages ran, so pull those (after a full `dvc repro`, plain `dvc pull`).
+    # The first stages only (plain `dvc pull` fetches everything).
     pulled = run([DVC, "pull", "--with-deps", "split"], proj)
     assert re.search(r"\d+ files? (fetched|added)", pulled), pulled
     assert snapshot(proj) == before

@@ -33,16 +33,33 @@ def digest(root, rels) -> dict[str, str]:
     return out
 
 
-def test_forced_reruns_of_split_and_phase1_are_bitwise_identical(dvc_project, tmp_path):
-    proj = tmp_path / "proj"
-    shutil.copytree(dvc_project[0], proj, symlinks=True)
+def run_reruns(project, tmp_path_factory):
+    """`dvc repro -f -s <stage>` for split and phase1 in a copy of the session's tiny project
+    (`project()` waits for it): (copy, stage -> output digests before and after, whether
+    `dvc status` is clean after). A session job (conftest.py): it runs in the background."""
+    proj = tmp_path_factory.mktemp("reruns") / "proj"
+    shutil.copytree(project()[0], proj, symlinks=True)
+    digests = {}
     for stage, rels in OUTPUTS.items():
         before = digest(proj, rels)
+        run([str(BIN / "dvc"), "repro", "-f", "-s", stage], proj)
+        digests[stage] = before, digest(proj, rels)
+    return proj, digests, status_clean(proj)
+
+
+@pytest.fixture(scope="session")
+def reruns_run():
+    from conftest import job
+
+    return job("reruns_run")
+
+
+def test_forced_reruns_of_split_and_phase1_are_bitwise_identical(reruns_run):
+    proj, digests, clean = reruns_run
+    for stage, (before, after) in digests.items():
         assert len(before) >= (5 if stage == "phase1" else 10)
-        for _ in range(2):
-            run([str(BIN / "dvc"), "repro", "-f", "-s", stage], proj)
-            assert digest(proj, rels) == before, stage
-    assert status_clean(proj)  # dvc.lock unchanged: nothing downstream would rerun
+        assert after == before, stage
+    assert clean  # dvc.lock unchanged: nothing downstream would rerun
     # The GX run is stamped with a fixed time: one data docs folder, same name every run.
     runs = list((proj / "data/split/gx/data_docs/validations").rglob("*.html"))
     assert [p.parent.name for p in runs] == ["19700101T000000.000000Z"]

@@ -1,95 +1,24 @@
-"""Scheduled runs against a REAL local Prefect server (not the test harness): the server's
+"""Scheduled runs against a REAL local Prefect server (the session's, conftest.py): the server's
 scheduler must create runs for `python -m flows.pipeline --serve` and the served process must
 execute them; `prefect deployment run` and `prefect flow-run ls` must work; Ctrl-C stops
 serving cleanly. Catches server-dependency breakage (SQLAlchemy 2.1 stops the scheduler,
-FastAPI >= 0.151 rejects the CLI's null filters with a 422), which the harness hides."""
+FastAPI >= 0.151 rejects the CLI's null filters with a 422), which a test harness (no
+scheduler) would hide."""
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import time
 
 import httpx
 import pytest
-from test_pipeline import BIN, env, make_project
+from conftest import stop
+from test_pipeline import BIN, make_project
 
 pytestmark = pytest.mark.server
 
 DEPLOYMENT = "cvfp-pipeline/sched-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> str:
-    """Signal a process this test started in its own session (its group is ours alone)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
-
-
-@pytest.fixture
-def server(tmp_path):
-    """`prefect server start` on a free port, SQLite in a temporary PREFECT_HOME; yields the
-    environment that points clients (CLI, served flow) at it."""
-    port = free_port()
-    e = env()
-    e.update(
-        PREFECT_HOME=str(tmp_path / "prefect-home"),
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_UI_ENABLED="false",
-    )
-    e.pop("PREFECT_PROFILES_PATH", None)
-    log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "prefect"),
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-ui",
-            "--analytics-off",
-        ],
-        env=e,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120  # a busy machine (CI, parallel jobs) starts it slowly
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                f"server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
-            )
-            time.sleep(0.5)
-        yield e
-    finally:
-        stop(proc)
-        log.seek(0)
-        text = log.read()
-        log.close()
-    # the scheduler loop logged no error (SQLAlchemy 2.1: "Can't evaluate bulk DML statement").
-    # (A busy machine may log a retried "database is locked" from SQLite: not our concern.)
-    assert "InvalidRequestError" not in text and "bulk DML" not in text, text[-3000:]
 
 
 def api(e, path: str, body: dict | None = None):
@@ -106,7 +35,8 @@ def cli(e, *args, cwd) -> str:
     return p.stdout
 
 
-def test_scheduled_and_triggered_runs_complete_on_a_real_server(server, tmp_path):
+def test_scheduled_and_triggered_runs_complete_on_a_real_server(prefect_server, tmp_path):
+    server = prefect_server.env
     proj = make_project(tmp_path / "proj")
     # `--stages download`: the first run runs it (seconds, offline data), later ones skip it
     serve = subprocess.Popen(
@@ -188,3 +118,7 @@ def test_scheduled_and_triggered_runs_complete_on_a_real_server(server, tmp_path
     assert serve.returncode == 0, out[-3000:]
     assert "never awaited" not in out and "Traceback" not in out, out[-3000:]
     assert "stopped serving cvfp-pipeline/sched-test" in out
+    # the scheduler loop logged no error (SQLAlchemy 2.1: "Can't evaluate bulk DML statement").
+    # (A busy machine may log a retried "database is locked" from SQLite: not our concern.)
+    text = prefect_server.log.read_text()
+    assert "InvalidRequestError" not in text and "bulk DML" not in text, text[-3000:]
