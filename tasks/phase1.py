@@ -20,7 +20,7 @@ from cvfp.checks import run_checks
 from cvfp.corpus import Corpus
 from cvfp.embeddings import load_pretrained_embeddings
 from cvfp.formats import fmt_count
-from cvfp.metrics.phase1 import Phase1Checks, Phase1Metrics
+from cvfp.metrics.phase1 import Phase1Checks, Phase1Metrics, Trials
 from cvfp.model import CVFPModel
 from cvfp.params import Params
 from cvfp.phase1 import Phase1Result, run_phase1
@@ -87,19 +87,7 @@ def summary(result: Phase1Result, checks: dict) -> dict:
     }
     if "convergence" in checks:
         c = checks["convergence"]
-        out["trials"] = {
-            k: c[k]
-            for k in (
-                "verdict",
-                "final_diff",
-                "passed",
-                "initial_loss",
-                "final_loss",
-                "reduction_percent",
-                "std",
-                "slope",
-            )
-        }
+        out["trials"] = {k: c[k] for k in Trials.model_fields}  # the keys phase1.json keeps
     return out
 
 

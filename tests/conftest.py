@@ -42,22 +42,23 @@ def write_params(tmp_path, mutate):
     return path
 
 
+# The tiny model every test uses (2 blocks of 1 layer, dim 16).
+TINY_MODEL = {
+    "model.context_dim": 16,
+    "model.embed_dim": 16,
+    "model.hidden_dim": 32,
+    "model.layer_structure": [1, 1],
+    "phase2.block_weights": [0.5, 1.0],
+    "phase1.progress": False,
+}
+
+
 @pytest.fixture
 def tiny_params():
     """The project's params.yaml with a tiny model (2 blocks, dim 16)."""
     from cvfp.params import load_params
 
-    return load_params(
-        ROOT / "params.yaml",
-        {
-            "model.context_dim": 16,
-            "model.embed_dim": 16,
-            "model.hidden_dim": 32,
-            "model.layer_structure": [1, 1],
-            "phase2.block_weights": [0.5, 1.0],
-            "phase1.progress": False,
-        },
-    )
+    return load_params(ROOT / "params.yaml", TINY_MODEL)
 
 
 # ---------------------------------------------------------------- session jobs

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TINY_MODEL
 
 from tasks.layout import stage_names
 
@@ -22,14 +22,9 @@ TINY = {
     "tokenizer.vocab_size": 400,
     "tokenizer.max_seq_length": 48,
     "tokenizer.num_proc": 1,
-    "model.context_dim": 16,
-    "model.embed_dim": 16,
-    "model.hidden_dim": 32,
-    "model.layer_structure": [1, 1],
-    "phase2.block_weights": [0.5, 1.0],
+    **TINY_MODEL,
     "phase1.max_iterations": 3,
     "phase1.min_converged_ratio": 1.0,  # all 3 iterations run (test_distributed's reference)
-    "phase1.progress": False,
     "checks.convergence_trials": 3,
     "checks.probe_samples": 50,
     "phase2.epochs": 2,
@@ -80,6 +75,15 @@ def run(cmd, cwd) -> str:
     p = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True)
     assert p.returncode == 0, f"{cmd} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p.stdout + p.stderr
+
+
+def dvc_json(cwd, *args):
+    """`dvc <args>` (a --json command) in cwd, parsed; fails the test on a non-zero exit."""
+    p = subprocess.run(
+        [str(BIN / "dvc"), *args], cwd=cwd, env=env(), capture_output=True, text=True
+    )
+    assert p.returncode == 0, f"dvc {args} failed:\n{p.stderr[-3000:]}"
+    return json.loads(p.stdout)
 
 
 def repro(cwd) -> list[str]:
@@ -133,15 +137,7 @@ def test_dvc_repro_end_to_end_then_noop(dvc_project):
 def test_dvc_views_show_research_numbers_and_plots_offline(dvc_project, tmp_path):
     proj, _ = dvc_project
     # DVC metrics = metrics/summary.json only (timing aside): no stage file's 50 keys
-    shown = json.loads(
-        subprocess.run(
-            [str(BIN / "dvc"), "metrics", "show", "--json"],
-            cwd=proj,
-            env=env(),
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    shown = dvc_json(proj, "metrics", "show", "--json")
     (files,) = [v["data"] for v in shown.values()]
     research = {f for f in files if not f.startswith("metrics/timing/")}
     assert research == {"metrics/summary.json"}, files
@@ -160,15 +156,7 @@ def test_dvc_views_show_research_numbers_and_plots_offline(dvc_project, tmp_path
     assert p.returncode == 0, p.stderr
     page = (tmp_path / "plots" / "index.html").read_text()
     assert not re.search(r"<script[^>]+src=", page) and "cdn.jsdelivr" not in page
-    specs = json.loads(
-        subprocess.run(
-            [str(BIN / "dvc"), "plots", "show", "--json"],
-            cwd=proj,
-            env=env(),
-            capture_output=True,
-            text=True,
-        ).stdout
-    )["data"]
+    specs = dvc_json(proj, "plots", "show", "--json")["data"]
     drawn = {name for name, v in specs.items() if v}
     assert drawn == {
         "phase1_convergence",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cvfp.metrics.phase1 import Trials
 from cvfp.params import load_params
 from cvfp.report import TITLES, fmt_acc, fmt_count, fmt_er, fmt_int, fmt_ppl
 
@@ -97,19 +98,7 @@ def _split_metrics(hist: list[dict], er: float, trials: dict | None = None) -> t
     }
     checks = {"effective_rank": er_check, "degeneracy": deg, "identity": ident, "history": hist}
     if trials is not None:
-        m["trials"] = {
-            k: trials[k]
-            for k in (
-                "verdict",
-                "final_diff",
-                "passed",
-                "initial_loss",
-                "final_loss",
-                "reduction_percent",
-                "std",
-                "slope",
-            )
-        }
+        m["trials"] = {k: trials[k] for k in Trials.model_fields}  # the keys phase1.json keeps
         checks["convergence"] = trials
     return m, checks
 

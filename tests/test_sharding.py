@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, TINY_MODEL
 
 from cvfp.checkpoint import save_checkpoint
 from cvfp.corpus import Corpus
@@ -26,12 +26,7 @@ TINY = {
     "data.num_samples": 300,
     "tokenizer.vocab_size": 400,
     "tokenizer.max_seq_length": 48,
-    "model.context_dim": 16,
-    "model.embed_dim": 16,
-    "model.hidden_dim": 32,
-    "model.layer_structure": [1, 1],
-    "phase2.block_weights": [0.5, 1.0],
-    "phase1.progress": False,
+    **TINY_MODEL,
     "materialize.chunk_tokens": 400,
 }
 
