@@ -1,10 +1,18 @@
-"""Checkpoints that carry the params they were trained with, and shape-checked loading."""
+"""Checkpoints that carry the params they were trained with, and shape-checked loading.
+
+A checkpoint holds only tensors and plain values (dict, list, str, int, float, bool, None),
+and is always read with `torch.load(weights_only=True)`: a `.pt` from `--checkpoint` or a
+shared DVC remote cannot run code when loaded (a pickle that asks for anything else is
+refused, naming the file)."""
 
 from __future__ import annotations
 
+import io
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,24 +23,71 @@ class CheckpointError(ValueError):
     pass
 
 
+def plain(obj: Any, where: str = "checkpoint") -> Any:
+    """`obj` with numpy scalars/arrays turned into Python values/tensors; anything else that
+    is not a tensor or plain value raises TypeError (it would not load with weights_only)."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, OrderedDict):  # a state_dict
+        return OrderedDict((k, plain(v, f"{where}.{k}")) for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    raise TypeError(
+        f"{where}: a {type(obj).__name__} cannot go into a checkpoint (only tensors and "
+        f"plain values load with weights_only=True)"
+    )
+
+
 def save_checkpoint(
     path: str | Path, model: nn.Module, params: dict[str, Any], **extra: Any
 ) -> None:
-    state = {"state_dict": model.state_dict(), "params": params, **extra}
+    state = plain({"state_dict": model.state_dict(), "params": params, **extra})
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
+def load_torch(source: str | Path | bytes, name: str | Path | None = None) -> Any:
+    """`torch.load(weights_only=True)` of a path or bytes; any failure is a CheckpointError
+    naming the file (`name` for bytes) and what to do."""
+    name = name if name is not None else source if not isinstance(source, bytes) else "<bytes>"
+    if not isinstance(source, bytes) and not Path(source).exists():
         raise CheckpointError(
-            f"checkpoint not found: {path} (run the stage that writes it first, e.g. `dvc repro`)"
+            f"checkpoint not found: {name} (run the stage that writes it first, e.g. `dvc repro`)"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # corrupt or not a torch file
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+        f = io.BytesIO(source) if isinstance(source, bytes) else source
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if "weights only load failed" not in str(err).lower():
+            raise CheckpointError(
+                f"cannot read checkpoint {name} ({type(err).__name__}: {str(err)[:200]}); it is "
+                f"truncated or not a torch file: rerun the stage that writes it "
+                f"(`dvc repro -f -s <stage>`) or restore it (`dvc checkout --force <stage>`)"
+            ) from None
+        raise CheckpointError(
+            f"{name} is not a safe checkpoint: it asks to run code or build objects other than "
+            f"tensors and plain values, and was not loaded ({_reason(err)}). "
+            f"Use a checkpoint written by this project's stages (`dvc repro` or `dvc pull`)"
+        ) from None
+
+
+def read_checkpoint(path: str | Path | bytes, name: str | Path | None = None) -> dict[str, Any]:
+    """A checkpoint's dict (state_dict, params, ...), loaded without running code."""
+    name = name if name is not None else path if not isinstance(path, bytes) else "<bytes>"
+    state = load_torch(path, name)
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        got = type(state).__name__ if not isinstance(state, dict) else f"keys {sorted(state)[:10]}"
+        raise CheckpointError(
+            f"{name} is a torch file but not a checkpoint of this project (got {got}, expected "
+            f"a dict with 'state_dict' and 'params'); pass a model.pt written by phase1 or phase2"
+        )
+    return state
 
 
 def load_state(
@@ -46,6 +101,8 @@ def load_state(
     for key, tensor in expected.items():
         if key not in saved:
             problems.append(f"{key}: missing in checkpoint (params expect {tuple(tensor.shape)})")
+        elif not isinstance(saved[key], torch.Tensor):
+            problems.append(f"{key}: not a tensor in the checkpoint")
         elif tuple(saved[key].shape) != tuple(tensor.shape):
             problems.append(
                 f"{key}: checkpoint has shape {tuple(saved[key].shape)}, "
@@ -62,3 +119,10 @@ def load_state(
         )
     model.load_state_dict(saved)
     return state
+
+
+def _reason(err: BaseException) -> str:
+    """The line of torch's weights_only refusal that names what the pickle asked for."""
+    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+    named = [x for x in lines if "GLOBAL" in x or "Unsupported" in x or "not an allowed" in x]
+    return (named or lines or ["refused"])[0][:200]

@@ -10,7 +10,6 @@ shard size and engine. Format, chunks and shards: docs/phase2.md, docs/scaling.m
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import threading
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_state
+from .checkpoint import CheckpointError, load_state, read_checkpoint
 from .contexts import ContextFile, ContextTensor
 from .corpus import Corpus, chunk_groups, warn_if_large, zero_start_pass
 from .model import CVFPModel
@@ -115,13 +114,10 @@ def _shard_model(
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            name = checkpoint if not isinstance(checkpoint, bytes) else "<checkpoint bytes>"
+            state = read_checkpoint(data, name)  # weights_only: runs no code
             model = CVFPModel.from_params(model_params, vocab_size, momentum)
-            load_state(
-                checkpoint if not isinstance(checkpoint, bytes) else "<checkpoint bytes>",
-                model,
-                state,
-            )
+            load_state(name, model, state)
             model.eval()
             _MODELS.clear()  # a worker keeps only the latest model
             _MODELS[key] = model

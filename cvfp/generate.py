@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_state, read_checkpoint
+from .checkpoint import CheckpointError, load_state, read_checkpoint
 from .model import CVFPModel
 from .params import ModelParams
 
@@ -22,7 +22,14 @@ def load_model(checkpoint: str | Path, vocab_size: int) -> CVFPModel:
     not depend on params.yaml still matching; a tokenizer with a different vocabulary shows
     up as a shape mismatch naming the file and both shapes."""
     state = read_checkpoint(checkpoint)
-    model = CVFPModel.from_params(ModelParams.model_validate(state["params"]["model"]), vocab_size)
+    try:
+        model_params = ModelParams.model_validate(state["params"]["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{checkpoint}: no valid `params.model` in the checkpoint ({type(err).__name__}: "
+            f"{str(err)[:200]}); pass a model.pt written by the phase2 stage"
+        ) from None
+    model = CVFPModel.from_params(model_params, vocab_size)
     load_state(checkpoint, model, state)
     return model.eval()
 
@@ -50,7 +57,14 @@ def generate(
     for tok in prompt_ids:
         context, token = model(context, model.embed(torch.tensor([tok])))
     for _ in range(max_new_tokens):
-        logits = model.logits(context, token)[0] / temperature
+        # float64: a tiny temperature (1e-40) is still a number there; beyond that, say so
+        logits = model.logits(context, token)[0].double() / temperature
+        if not torch.isfinite(logits).all():
+            raise ValueError(
+                f"temperature={temperature} is too small: logits / temperature overflow to "
+                f"inf; use a temperature >= 1e-3 (--temperature / generate.temperature), or "
+                f"top_k=1 for greedy decoding"
+            )
         if 0 < top_k < logits.numel():
             kth = torch.topk(logits, top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
