@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -361,13 +362,19 @@ class _context_stores:
         made = None
         if self.world.is_main:
             Path(self.work_dir).mkdir(parents=True, exist_ok=True)
-            made = tempfile.mkdtemp(prefix=f"{self.name}-", dir=self.work_dir)
+            # the pid tells a later run whether the writer is gone (tasks.common.clean_leftovers)
+            made = tempfile.mkdtemp(prefix=f"{self.name}-{os.getpid()}-", dir=self.work_dir)
         self.dir = Path(self.world.broadcast_object(made))
         stores = [None, None]
         if self.world.is_main:
-            stores = [
-                ContextFile(self.dir / f"contexts_{k}.npy", self.shape, create=True) for k in "ab"
-            ]
+            try:
+                stores = [
+                    ContextFile(self.dir / f"contexts_{k}.npy", self.shape, create=True)
+                    for k in "ab"
+                ]
+            except BaseException:  # disk full (DiskSpaceError): no empty scratch left behind
+                shutil.rmtree(self.dir, ignore_errors=True)
+                raise
         self.world.barrier()
         if not self.world.is_main:
             stores = [ContextFile(self.dir / f"contexts_{k}.npy", self.shape) for k in "ab"]

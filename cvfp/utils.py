@@ -50,15 +50,24 @@ _OPEN_TEMPS: ContextVar[tuple[Path, ...]] = ContextVar(
 )  # checked at the outer one
 
 
+ASIDE = "old"  # inside a temporary sibling: the previous output, while the new one moves in
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success rename it onto `final` (file or directory).
+    """Yield a temporary sibling path; on success put it in place of `final` (file or directory).
 
     On any error the temporary path is removed and `final` is left as it was, so a failed
-    stage never leaves a half-written output behind.
+    stage never leaves a half-written output behind. The replacement never deletes before
+    the new output is in place (`replace_output`): a file is renamed over the old one; a
+    directory's old version is first renamed aside (into the temporary sibling), the new one
+    renamed in, then the old one deleted. A process killed between those renames leaves the
+    old version aside, and the next `atomic_path` or `clean_stale_temps` of `final` puts it
+    back: there is always the old or the new output, never neither.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(final)  # a dead writer's old version goes back first
     # The pid in the name tells a later run whether the writer is gone (clean_stale_temps).
     tmp = (
         Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent))
@@ -71,14 +80,47 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         check = BEFORE_REPLACE.get()
         if check is not None and not any(final.resolve().is_relative_to(t) for t in outer):
             check(final)
-        if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        elif final.exists() or final.is_symlink():
-            final.unlink()
-        os.replace(tmp, final)
+        replace_output(tmp, final)
     finally:
         _OPEN_TEMPS.reset(token)
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def replace_output(new: Path, final: Path) -> None:
+    """Put `new` (a path inside a temporary sibling directory of `final`) in place of `final`.
+    Steps: `move_aside` (an old directory -> <tmpdir>/old), `move_in` (new -> final); the
+    caller deletes the temporary directory, old version included."""
+    if final.is_dir() and not final.is_symlink():
+        move_aside(final, new.parent / ASIDE)
+    move_in(new, final)
+
+
+def move_aside(final: Path, aside: Path) -> None:
+    os.rename(final, aside)
+
+
+def move_in(new: Path, final: Path) -> None:
+    if new.is_dir() and (final.is_file() or final.is_symlink()):
+        final.unlink()  # a file replaced by a directory (never so for a stage's outputs)
+    os.replace(new, final)  # a file over a file: atomic
+
+
+def clean_stale_temps(final: str | Path) -> list[Path]:
+    """Remove the temporary siblings atomic_path left for `final` when its process was killed
+    (SIGKILL, SIGBUS on a full disk): those whose pid no longer runs, or has no pid. When
+    `final` is missing and a dead writer had moved the old version aside, it is put back."""
+    final = Path(final)
+    removed = []
+    for tmp in sorted(final.parent.glob(f".{final.name}.*")):
+        pid = tmp.name[len(final.name) + 2 :].split(".")[0]
+        if pid.isdigit() and pid_alive(int(pid)):
+            continue
+        aside = tmp / ASIDE
+        if tmp.is_dir() and not (final.exists() or final.is_symlink()) and aside.exists():
+            os.rename(aside, final)  # killed between move_aside and move_in: old comes back
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def dir_digest(path: str | Path) -> str:
@@ -90,20 +132,6 @@ def dir_digest(path: str | Path) -> str:
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
-
-
-def clean_stale_temps(final: str | Path) -> list[Path]:
-    """Remove the temporary siblings atomic_path left for `final` when its process was killed
-    (SIGKILL, SIGBUS on a full disk): those whose pid no longer runs, or has no pid."""
-    final = Path(final)
-    removed = []
-    for tmp in final.parent.glob(f".{final.name}.*"):
-        pid = tmp.name[len(final.name) + 2 :].split(".")[0]
-        if pid.isdigit() and pid_alive(int(pid)):
-            continue
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
 
 
 def pid_alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
@@ -15,7 +16,18 @@ import numpy as np
 from cvfp.params import Params, load_params
 
 from .env import set_env_defaults
-from .layout import PHASE1_WORK, STAGE_IO, TIMING, TOKENIZED, TOKENIZER
+from .layout import (
+    COMPARE_HTML,
+    COMPARE_JSON,
+    COMPARE_MD,
+    PHASE1_WORK,
+    REPORT_HTML,
+    REPORT_MD,
+    STAGE_IO,
+    TIMING,
+    TOKENIZED,
+    TOKENIZER,
+)
 
 set_env_defaults()
 
@@ -121,8 +133,12 @@ def run_stage(stage: str, run: Callable[[Params], object], params: Params):
     return result
 
 
-# Scratch space of a stage that a killed run may leave behind (besides atomic_path temps).
+# Scratch space of a stage that a killed run may leave behind (besides atomic_path temps):
+# each entry's name carries its writer's pid (`<split>-<pid>-*`, `.tokenize-<pid>-*`).
 SCRATCH = {"phase1": [PHASE1_WORK / "*"], "tokenize": [TOKENIZED.parent / ".tokenize-*"]}
+# Outputs written with atomic_path that are not a stage's DVC outs (their temporaries too
+# are cleaned at every stage start).
+OTHER_OUTPUTS = (REPORT_HTML, REPORT_MD, COMPARE_JSON, COMPARE_HTML, COMPARE_MD)
 
 
 def _dvc_stage(stage: str) -> dict:
@@ -134,21 +150,36 @@ def _dvc_stage(stage: str) -> dict:
         return {}
 
 
-def clean_leftovers(stage: str) -> None:
-    """Remove what a killed earlier run of this stage left: temporary siblings of its outputs
-    (whose writer is gone) and its scratch files (a run of one stage at a time: DVC's lock)."""
+def writer_pid(name: str) -> int | None:
+    """The pid in a scratch or temporary name (`train-1234-abc`, `.cstar.1234.xyz`)."""
+    for part in re.split(r"[.-]", name):
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def clean_leftovers(stage: str) -> list[Path]:
+    """Remove what killed earlier runs left behind, only where the writing process is gone:
+    temporary siblings of every output (of any stage: a stage DVC restores from its run cache
+    never runs to clean its own; a killed replacement's old output is put back first), and
+    this stage's scratch files."""
     import glob
     import shutil
 
-    from cvfp.utils import clean_stale_temps
+    from cvfp.utils import clean_stale_temps, pid_alive
 
-    removed = [t for out in STAGE_IO[stage].outs for t in clean_stale_temps(out)]
+    outs = [out for io in STAGE_IO.values() for out in io.outs] + list(OTHER_OUTPUTS)
+    removed = [t for out in outs for t in clean_stale_temps(out)]
     for pattern in SCRATCH.get(stage, []):
         for p in map(Path, glob.glob(str(pattern), include_hidden=True)):
+            pid = writer_pid(p.name)
+            if pid is not None and pid_alive(pid):
+                continue  # a running process's scratch (another runner would hold the lock)
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     for p in removed:
         log.warning("stage %s: removed %s, left by an interrupted run", stage, p)
+    return removed
 
 
 class ParamsChangedError(RuntimeError):

@@ -15,6 +15,7 @@ loop); under the Prefect flow the shards are mapped tasks on the configured task
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
     else:
         tokenizer = tk.load_pretrained(t.name, timeout=params.data.timeout_s)
     TOKENIZED.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tokenize-", dir=TOKENIZED.parent) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix=f".tokenize-{os.getpid()}-", dir=TOKENIZED.parent
+    ) as tmp:
         # Shards encode with the saved tokenizer (as file bytes: no shared disk needed), so
         # the ids are exactly what AutoTokenizer.from_pretrained(data/tokenizer) gives.
         tk.save_tokenizer(tokenizer, Path(tmp) / "tokenizer")
