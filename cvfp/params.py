@@ -1,14 +1,20 @@
 """params.yaml schema. Every hyperparameter lives here with its allowed range.
 
 `load_params(path)` returns a validated `Params`; any problem raises `ParamsError`
-whose message names the key path, the bad value and what is allowed.
+whose message names the key path, the bad value (cut to ~200 characters) and what is allowed.
+
+Every section derives from `_Section`, whose config makes every field, present or added
+later, strict: an int is an int (not `'3'`, not `true`), a bool is a bool (not `'yes'`), a
+float is a finite number (no `.inf` / `.nan`), a string is not empty, unknown keys fail.
+The YAML is read by `yaml_load`: duplicate keys fail (naming the line), and `1e-3` is a
+number (YAML 1.2), not text.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -19,8 +25,16 @@ Heads = Literal["single", "per_block"]  # Phase 2 token heads
 
 
 class _Section(BaseModel):
-    # forbid: a typo in params.yaml must fail, not be silently ignored
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=False)
+    # forbid: a typo in params.yaml must fail, not be silently ignored; strict: no coercion
+    # of '3' or true to 3, 'yes' to True; finite floats only; no empty strings (a path '' is
+    # the current directory). Every section (and any key added to one) follows these rules.
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, str_min_length=1, frozen=False
+    )
+
+
+# numpy's seeds are 32-bit: np.random.seed(2**32) fails far from params.yaml
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class DataParams(_Section):
@@ -150,7 +164,7 @@ class Phase2Params(_Section):
     patience: int = Field(ge=1)
     freeze_context: bool
     heads: Heads
-    block_weights: list[float] = Field(min_length=1)
+    block_weights: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
 
 
 class BaselineParams(_Section):
@@ -204,7 +218,7 @@ class CompareParams(_Section):
     arms: dict[str, dict[str, Any]] = Field(min_length=1)  # arm -> {dotted.key: value} overrides
     run: list[str] = Field(min_length=1)  # arms a default comparison runs, in report order
     control: str  # every other arm is paired with this one
-    seeds: list[int] = Field(min_length=1)  # seed values; `--seeds N` takes the first N
+    seeds: list[Seed] = Field(min_length=1)  # seed values; `--seeds N` takes the first N
     # The Transformer baseline depends on the arm only through its epoch budget (the arm's
     # Phase 2 epochs run): train it in the control arm only and pair every arm with that.
     transformer_in_control_only: bool = True
@@ -237,7 +251,7 @@ class CompareParams(_Section):
 
 
 class Params(_Section):
-    seed: int = Field(ge=0)
+    seed: Seed
     deterministic: bool
     data: DataParams
     tokenizer: TokenizerParams
@@ -288,6 +302,23 @@ class ParamsError(ValueError):
     """A params.yaml problem; the message names the key, the value and what is allowed."""
 
 
+MAX_VALUE_CHARS = 200
+
+
+def _cut(value: Any) -> str:
+    """repr(value), cut to MAX_VALUE_CHARS (a YAML anchor can expand to megabytes)."""
+    text = reprlib_repr(value)
+    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
+
+
+def reprlib_repr(value: Any) -> str:
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = MAX_VALUE_CHARS, 80, 10, 10, 3
+    return r.repr(value)
+
+
 def _format(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid parameters"]
     for e in err.errors():
@@ -296,12 +327,23 @@ def _format(err: ValidationError, source: str) -> str:
         if kind == "missing":
             lines.append(f"  {key}: missing (required key)")
         elif kind == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (typo?) with value {e.get('input')!r}")
+            lines.append(f"  {key}: unknown key (typo?) with value {_cut(e.get('input'))}")
         elif kind == "value_error":  # cross-field rule: the message names the fields
-            lines.append(f"  {key}: {msg.removeprefix('Value error, ')}")
+            lines.append(f"  {key}: {msg.removeprefix('Value error, ')[:1000]}")
         else:
-            lines.append(f"  {key} = {e.get('input')!r}: {msg}")
+            lines.append(f"  {key} = {_cut(e.get('input'))}: {msg}{_hint(kind, e.get('input'))}")
     return "\n".join(lines)
+
+
+def _hint(kind: str, value: Any) -> str:
+    """What to write instead, for the strict-type refusals."""
+    if isinstance(value, str) and kind in ("int_type", "float_type", "bool_type"):
+        return " (write it without quotes)"
+    if isinstance(value, bool) and kind in ("int_type", "float_type"):
+        return " (a number, not true/false)"
+    if kind == "finite_number":
+        return " (.inf/.nan are not allowed)"
+    return ""
 
 
 def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
@@ -321,9 +363,9 @@ def load_params(
     if not path.exists():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+        raise ParamsError(f"{path}: not valid YAML: {str(err)[:1000]}") from None
     if raw is None and overrides:  # an empty file: report its missing keys, not a crash
         raw = {}
     if overrides and not isinstance(raw, dict):
@@ -355,3 +397,41 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
                 f"with keys (set {where} itself, or check the key path)"
             )
     node[leaf] = value
+
+
+# ---------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and reads YAML 1.2 floats (1e-3)."""
+
+
+def _no_duplicates(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {_cut(key)} (first on line {seen[key] + 1}): YAML would keep "
+                f"only the last one; remove one of them",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """YAML as params.yaml and `-S key=value` are read: duplicate keys refused, 1e-3 a float."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: plain values only

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvfp.params import Params, load_params
+from cvfp.params import Params, load_params, yaml_load
 
 from .env import set_env_defaults
 from .layout import (
@@ -74,14 +74,12 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
     )
     args = parser.parse_args()
     setup_logging()
-    import yaml
-
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = yaml_load(value)
     params = load_params(args.params, overrides)
     run_stage(stage, run, params)
     from cvfp.distributed import close_world

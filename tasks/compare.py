@@ -23,11 +23,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
 from cvfp.compare import experiment_values, summarise
 from cvfp.compare_report import build_compare_report
-from cvfp.params import Params, ParamsError, arm_params, load_params
+from cvfp.params import Params, ParamsError, arm_params, load_params, yaml_load
 from cvfp.utils import atomic_path, write_json
 
 from .common import log, setup_logging
@@ -253,7 +251,7 @@ def parse_sets(items: list[str]):
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"-S expects KEY=VALUE, got {item!r}")
-        yield key, yaml.safe_load(value)
+        yield key, yaml_load(value)  # as params.yaml reads it (1e-3 a number)
 
 
 if __name__ == "__main__":
