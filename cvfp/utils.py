@@ -40,9 +40,10 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
 
 
-# Set by a stage runner (tasks.common.run_stage): called with the final path just before
-# atomic_path replaces an output, so a stage whose inputs changed under it can refuse.
-BEFORE_REPLACE: ContextVar[Callable[[Path], None] | None] = ContextVar(
+# Set by a stage runner (tasks.common.run_stage): called with the final path and the new
+# output just before atomic_path replaces an output, so a stage whose inputs changed under it
+# can refuse (and a stage can add the params it ran with).
+BEFORE_REPLACE: ContextVar[Callable[[Path, Path], None] | None] = ContextVar(
     "before_replace", default=None
 )
 _OPEN_TEMPS: ContextVar[tuple[Path, ...]] = ContextVar(
@@ -79,7 +80,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         yield tmp
         check = BEFORE_REPLACE.get()
         if check is not None and not any(final.resolve().is_relative_to(t) for t in outer):
-            check(final)
+            check(final, tmp)
         replace_output(tmp, final)
     finally:
         _OPEN_TEMPS.reset(token)

@@ -18,10 +18,18 @@ def _repo():
 
 def stage_status(stage: str) -> tuple[bool, str]:
     """(up_to_date, reason). The reason lists what DVC says changed, e.g.
-    'changed deps: data/split/train; changed params: phase1.lr'."""
+    'changed deps: data/split/train; changed params: phase1.lr'. A stage whose committed
+    outputs were made with other params than dvc.lock records is not up to date."""
+    from tasks.common import provenance_changes
+
     with _repo() as repo:
         status = repo.status(targets=[stage])
     if not status:
+        lies = provenance_changes(stage)
+        if lies:
+            return False, (
+                f"dvc.lock records params its outputs were not made with ({', '.join(lies)})"
+            )
         return True, "up to date in dvc.lock (deps, params and outs unchanged)"
     return False, describe(status)
 
@@ -43,6 +51,26 @@ def describe(status: dict) -> str:
 
 
 def commit_stage(stage: str) -> None:
-    """Record the stage's current deps/params/outs in dvc.lock and its outs in the cache."""
+    """Record the stage's current deps/params/outs in dvc.lock and its outs in the cache.
+    Then check what DVC recorded against the params the outputs were made with (params.yaml
+    may change between the stage's last check and DVC reading it): if they differ, dvc.lock
+    goes back to what it was and ParamsChangedError names the keys."""
+    from pathlib import Path
+
+    from tasks.common import ParamsChangedError, provenance_changes
+
+    lock = Path("dvc.lock")
+    before = lock.read_bytes() if lock.exists() else None
     with _repo() as repo:
         repo.commit(stage, force=True)
+    changed = provenance_changes(stage)
+    if changed:
+        if before is None:
+            lock.unlink()
+        else:
+            lock.write_bytes(before)
+        raise ParamsChangedError(
+            f"params.yaml changed while stage {stage} ran ({', '.join(changed)}): its outputs "
+            f"were made with the values shown as 'outputs', so dvc.lock was not updated. Run "
+            f"the stage again"
+        )

@@ -102,6 +102,18 @@ def _run_stage(stage: str, params_path: str, skip_reason: str | None = None):
     return result
 
 
+def require_tracked_params(params_path: str) -> None:
+    """The flow commits what it runs into dvc.lock, whose params DVC reads from the
+    workspace's params.yaml: another file would be recorded as params.yaml's values."""
+    if Path(params_path).resolve() != Path("params.yaml").resolve():
+        raise ValueError(
+            f"--params {params_path}: the flow records its runs in dvc.lock, and DVC reads "
+            f"params from params.yaml, so dvc.lock would record params.yaml's values for "
+            f"outputs made with {params_path}'s. Copy it to params.yaml, or run an experiment "
+            f"instead: `dvc exp run -S key=value`"
+        )
+
+
 def stage_task(stage: str):
     opts = dict(name=stage, task_run_name=stage, cache_policy=None, persist_result=False)
     if stage == "download":  # the only stage with a network: retry transient failures
@@ -115,6 +127,7 @@ def stage_task(stage: str):
 def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) -> dict:
     """Run the stages in DVC order; returns {stage: 'ran' | 'skipped'}. Whatever happens, the
     current metrics and report are published as artifacts at the end (flows/artifacts.py)."""
+    require_tracked_params(params_path)
     load_params(params_path)  # fail before any stage on a bad params file
     logger = get_run_logger()
     outcome = {}
@@ -181,6 +194,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # imports done: normal Ctrl-C
     if not Path("dvc.yaml").exists():
         ap.error("run from the project root (dvc.yaml not found)")
+    try:
+        require_tracked_params(args.params)
+    except ValueError as err:
+        ap.error(str(err))
     if args.serve:
         try:
             asyncio.run(

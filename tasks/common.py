@@ -4,6 +4,8 @@ The file layout is tasks/layout.py."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import re
@@ -20,9 +22,14 @@ from .layout import (
     COMPARE_HTML,
     COMPARE_JSON,
     COMPARE_MD,
+    CSTAR_DIR,
+    PHASE1_DIR,
     PHASE1_WORK,
+    PHASE2_DIR,
+    RAW,
     REPORT_HTML,
     REPORT_MD,
+    SPLIT,
     STAGE_IO,
     TIMING,
     TOKENIZED,
@@ -72,6 +79,12 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
         metavar="KEY=VALUE",
         help="override one param for this run, e.g. -S phase1.lr=0.001 (YAML value)",
     )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="with -S / --params values that differ from params.yaml for this stage: replace "
+        "the DVC-tracked outputs anyway (default: write them under scratch/<stage>/)",
+    )
     args = parser.parse_args()
     setup_logging()
     overrides = {}
@@ -81,7 +94,26 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
         overrides[key] = yaml_load(value)
     params = load_params(args.params, overrides)
-    run_stage(stage, run, params)
+    differs = differs_from_tracked(stage, params)
+    if differs and not args.replace and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error(
+            f"params differ from params.yaml ({'; '.join(differs)}): under torchrun add "
+            f"--replace to replace the tracked outputs (a scratch run is one process only)"
+        )
+    if differs and not args.replace:
+        where = SCRATCH_RUNS / stage
+        log.warning(
+            "stage %s runs with params that differ from params.yaml (%s): its DVC-tracked "
+            "outputs stay as dvc.lock records them; this run's outputs go to %s/ "
+            "(--replace to replace the tracked outputs)",
+            stage,
+            "; ".join(differs),
+            where,
+        )
+        with scratch_workspace(stage, where):
+            run_stage(stage, run, params)
+    else:
+        run_stage(stage, run, params)
     from cvfp.distributed import close_world
 
     close_world(current_world())  # on error the process exits and torchrun stops the rest
@@ -105,8 +137,18 @@ def run_stage(stage: str, run: Callable[[Params], object], params: Params):
     _DURATIONS.pop(stage, None)
     if os.environ.get("RANK", "0") == "0":
         clean_leftovers(stage)
+    check_provenance(upstream_stages(stage))  # inputs dvc.lock lies about: refuse
     guard = params_guard(stage, params)
-    token = BEFORE_REPLACE.set(guard)  # every output replacement checks params first
+    record = params_record(stage, params)
+
+    def before_replace(final: Path, new: Path) -> None:
+        if guard is not None:
+            guard(final)
+        target = RECORDS.get(stage)
+        if record is not None and target is not None and final == target and new.is_dir():
+            (new / RECORD_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    token = BEFORE_REPLACE.set(before_replace)  # every output replacement checks params first
     t0 = time.perf_counter()
     try:
         result = run(params)
@@ -252,6 +294,168 @@ def params_guard(stage: str, params: Params) -> Callable[..., None] | None:
             )
 
     return check
+
+
+# ---------------------------------------------------------------- provenance
+# Each stage writes the params it ran with (its dvc.yaml keys, as dvc.lock records them) into
+# its main directory output. dvc.lock can then be checked against the outputs it commits:
+# params.yaml edited while the stage ran (DVC reads it after the stage exits), or `dvc commit`
+# after a one-off `-S` run, would record params the outputs were not made with.
+
+RECORD_NAME = "params.json"
+RECORDS = {
+    "download": RAW,
+    "tokenize": TOKENIZED,
+    "split": SPLIT,
+    "phase1": PHASE1_DIR,
+    "materialize": CSTAR_DIR,
+    "phase2": PHASE2_DIR,
+}
+SCRATCH_RUNS = Path("scratch")  # where a one-off `-S` run of a tracked stage writes
+
+
+class ProvenanceError(RuntimeError):
+    """dvc.lock records params that a stage's committed outputs were not made with."""
+
+
+def params_record(stage: str, params: Params) -> dict | None:
+    """{dvc.yaml params key: value the stage runs with}; None for a stage with no key list."""
+    keys = stage_param_keys(stage)
+    if keys is None or stage not in RECORDS:
+        return None
+    used = params.model_dump(mode="json")
+    return {k: _dotted(used, k) for k in keys}
+
+
+def upstream_stages(stage: str) -> list[str]:
+    """The stages whose outputs this stage reads."""
+    deps = set(STAGE_IO[stage].deps) if stage in STAGE_IO else set()
+    return [s for s, io in STAGE_IO.items() if s != stage and deps & set(io.outs)]
+
+
+def _dvc_cache_dir() -> Path:
+    import configparser
+
+    cache = Path(".dvc/cache")
+    for name in (".dvc/config", ".dvc/config.local"):
+        cfg = configparser.ConfigParser()
+        try:
+            cfg.read(name)
+        except configparser.Error:
+            continue
+        if cfg.has_option("cache", "dir"):
+            cache = Path(".dvc") / cfg.get("cache", "dir")
+    return cache
+
+
+def _cached(md5: str) -> Path:
+    return _dvc_cache_dir() / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def committed_record(stage: str, lock: dict) -> dict | None:
+    """The params record inside the outputs dvc.lock commits for `stage` (read from the DVC
+    cache by the hashes dvc.lock records); None when not available (no record, not cached)."""
+    target = RECORDS.get(stage)
+    entry = (lock.get("stages") or {}).get(stage) or {}
+    out = next((o for o in entry.get("outs") or [] if o.get("path") == str(target)), None)
+    if out is None or not str(out.get("md5", "")).endswith(".dir"):
+        return None
+    try:
+        manifest = json.loads(_cached(out["md5"]).read_text())
+        md5 = next(f["md5"] for f in manifest if f.get("relpath") == RECORD_NAME)
+        return json.loads(_cached(md5).read_text())
+    except (OSError, ValueError, StopIteration, KeyError, TypeError):
+        return None
+
+
+def provenance_changes(stage: str, lock: dict | None = None) -> list[str]:
+    """Keys whose value dvc.lock records for `stage` differs from the one its committed
+    outputs were made with: ['phase1.lr: dvc.lock 0.002, outputs 0.01', ...]."""
+    import yaml
+
+    if lock is None:
+        try:
+            lock = yaml.safe_load(Path("dvc.lock").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return []
+    record = committed_record(stage, lock)
+    if record is None:
+        return []
+    recorded = (((lock.get("stages") or {}).get(stage) or {}).get("params") or {}).get(
+        "params.yaml"
+    ) or {}
+    return [
+        f"{k}: dvc.lock {b!r}, outputs {a!r}"
+        for key in sorted(set(record) | set(recorded))
+        for k, a, b in _leaf_changes(key, record.get(key), recorded.get(key))
+    ]
+
+
+def check_provenance(stages) -> None:
+    """Refuse (naming stage, keys and the fix) when dvc.lock records, for any of `stages`,
+    params its committed outputs were not made with."""
+    problems = {s: c for s in stages if (c := provenance_changes(s))}
+    if problems:
+        raise ProvenanceError(
+            "dvc.lock records params that these outputs were not made with: "
+            + "; ".join(
+                f"stage {s} ({RECORDS[s]}/{RECORD_NAME}): {', '.join(c)}"
+                for s, c in problems.items()
+            )
+            + ". params.yaml changed while the stage ran, or `dvc commit` recorded a one-off "
+            "-S/--params run. Rerun it: `dvc repro -f -s <stage>` (or `python -m flows.pipeline`, "
+            "which reruns it), or set params.yaml to the outputs' values and `dvc commit <stage>`"
+        )
+
+
+def differs_from_tracked(stage: str, params: Params) -> list[str]:
+    """The stage's dvc.yaml keys whose value differs from the workspace params.yaml (the file
+    DVC reads): a run with these would make outputs dvc.lock cannot describe."""
+    from cvfp.params import ParamsError
+
+    if not _dvc_stage(stage) or not Path("params.yaml").exists():
+        return []
+    try:
+        tracked = load_params("params.yaml").model_dump(mode="json")
+    except ParamsError:
+        return ["params.yaml does not load"]
+    used = params.model_dump(mode="json")
+    keys = stage_param_keys(stage) or [k for k in used if k != "orchestration"]
+    return [
+        f"{k}: params.yaml {b!r}, this run {a!r}"
+        for key in keys
+        for k, a, b in _leaf_changes(key, _dotted(used, key), _dotted(tracked, key))
+    ]
+
+
+@contextlib.contextmanager
+def scratch_workspace(stage: str, where: Path):
+    """Run in `where`: a mirror of this workspace (symlinks) in which the stage's outputs
+    (and its timing file) are real paths of their own, so the tracked ones stay untouched."""
+    root = Path.cwd()
+    own = [root / p for p in STAGE_IO[stage].outs] + [root / TIMING]
+    where = root / where
+    if where.exists():
+        import shutil
+
+        shutil.rmtree(where)
+
+    def mirror(src: Path, dst: Path) -> None:
+        dst.mkdir(parents=True, exist_ok=True)
+        for entry in src.iterdir():
+            if entry == root / SCRATCH_RUNS or entry in own:
+                continue
+            if any(o.is_relative_to(entry) for o in own) and entry.is_dir():
+                mirror(entry, dst / entry.name)
+            else:
+                (dst / entry.name).symlink_to(entry)
+
+    mirror(root, where)
+    os.chdir(where)
+    try:
+        yield where
+    finally:
+        os.chdir(root)
 
 
 def _is_duration(key) -> bool:

@@ -65,7 +65,8 @@ def test_phase1_two_ranks_equal_one_process(dvc_project, dvc_copy):
     single, w1 = reference(dvc_project, "phase1")
     (dvc_copy / "metrics/phase1.json").unlink()
     # Two ranks, and chunks of 2000 tokens inside each rank's share: still the full-batch step.
-    ddp, log = torchrun(dvc_copy, "phase1", "-S", "phase1.chunk_tokens=2000")
+    # --replace: a -S value that differs from params.yaml otherwise writes to scratch/
+    ddp, log = torchrun(dvc_copy, "phase1", "-S", "phase1.chunk_tokens=2000", "--replace")
     assert single["train"]["total"] > 2 * 2000 and single["train"]["iterations"] == 3
     assert_close_tree(single, ddp, rel=1e-4)
     w2 = weights(dvc_copy / "cache/phase1/model.pt")

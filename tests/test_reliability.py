@@ -355,3 +355,155 @@ def yaml_load(text):
     from cvfp.params import yaml_load as load
 
     return load(text)
+
+
+# ---------------------------------------------------------------- item 4: provenance
+
+_FAKE_STAGE = """
+import atexit
+from pathlib import Path
+from cvfp.utils import atomic_path
+from tasks.common import cli
+
+def run(params):
+    with atomic_path("cache/phase1") as tmp:
+        tmp.mkdir()
+        (tmp / "model.txt").write_text(f"lr={params.phase1.lr}\\n")
+
+@atexit.register
+def edit():  # the user edits params.yaml after the stage's last check, before DVC reads it
+    edit = Path("edit-after-stage")
+    if edit.exists():
+        p = Path("params.yaml")
+        p.write_text(p.read_text().replace(*edit.read_text().split("|")))
+
+cli("phase1", run)
+"""
+
+
+@pytest.fixture
+def tracked(tmp_path, monkeypatch):
+    """A real DVC project with one stage named phase1 (params phase1.lr, out cache/phase1)
+    whose command runs through tasks.common.cli like the real stages, after `dvc repro`."""
+    import shutil
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "stage.py").write_text(_FAKE_STAGE)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  phase1:\n    cmd: python stage.py\n    params:\n      - phase1.lr\n"
+        "    outs:\n      - cache/phase1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("PATH", env["PATH"])
+    dvc = shutil.which("dvc")
+    subprocess.run([dvc, "init", "--no-scm", "-q"], check=True)
+    subprocess.run([dvc, "repro", "-q"], check=True, capture_output=True)
+    return tmp_path, dvc
+
+
+def _lr_line():
+    return next(x for x in Path("params.yaml").read_text().splitlines() if x.startswith("  lr:"))
+
+
+def test_params_edited_after_the_stage_are_caught_by_the_next_stage(tracked):
+    """(b) via `dvc repro`: DVC reads params.yaml after the stage process exits; an edit in
+    that gap is recorded, but the outputs say what they were made with, and the next stage
+    (and the flow's up-to-date check) refuse to trust it."""
+    import json
+
+    from flows.dvc_state import stage_status
+    from tasks.common import ProvenanceError, check_provenance, params_record, run_stage
+
+    root, dvc = tracked
+    first = _lr_line()  # phase1.lr is the first `  lr:` line
+    assert json.loads((root / "cache/phase1/params.json").read_text()) == {"phase1.lr": 0.002}
+    check_provenance(["phase1"])  # consistent
+    (root / "edit-after-stage").write_text(f"{first}|  lr: 0.5")
+    subprocess.run([dvc, "repro", "-f", "-q"], check=True, capture_output=True)
+    assert "0.5" in Path("dvc.lock").read_text()  # DVC recorded the edited value
+    with pytest.raises(
+        ProvenanceError, match=r"stage phase1 .*phase1\.lr: dvc\.lock 0\.5, outputs 0\.002"
+    ):
+        check_provenance(["phase1"])
+    from cvfp.params import load_params
+
+    with pytest.raises(
+        ProvenanceError, match="dvc repro -f -s <stage>"
+    ):  # materialize reads phase1's outputs
+        run_stage("materialize", lambda p: None, load_params("params.yaml"))
+    up_to_date, reason = stage_status("phase1")
+    assert not up_to_date and "phase1.lr: dvc.lock 0.5, outputs 0.002" in reason
+    assert params_record("phase1", load_params("params.yaml")) == {"phase1.lr": 0.5}
+
+
+def test_the_flow_commit_refuses_params_edited_after_the_stage(tracked):
+    """(b) via the flow: the commit checks what DVC recorded and puts dvc.lock back."""
+    from cvfp.params import load_params
+    from flows.dvc_state import commit_stage
+    from tasks.common import ParamsChangedError, run_stage
+
+    root, _ = tracked
+    lock = Path("dvc.lock").read_bytes()
+
+    def run(params):
+        from cvfp.utils import atomic_path
+
+        with atomic_path("cache/phase1") as tmp:
+            tmp.mkdir()
+            (tmp / "model.txt").write_text("other bytes\n")
+
+    run_stage("phase1", run, load_params("params.yaml"))
+    Path("params.yaml").write_text(Path("params.yaml").read_text().replace(_lr_line(), "  lr: 0.5"))
+    with pytest.raises(ParamsChangedError, match=r"phase1\.lr: dvc\.lock 0\.5, outputs 0\.002"):
+        commit_stage("phase1")
+    assert Path("dvc.lock").read_bytes() == lock
+
+
+def test_a_one_off_override_writes_to_scratch_unless_replace(tracked, monkeypatch):
+    """(c) `python -m tasks.phase1 -S phase1.lr=0.01` leaves the tracked outputs alone; with
+    --replace it replaces them, and a `dvc commit` of that (recording params.yaml's 0.002)
+    is caught."""
+    from tasks.common import ProvenanceError, check_provenance
+
+    root, dvc = tracked
+    tracked_model = (root / "cache/phase1/model.txt").read_text()
+    run = [sys.executable, "stage.py", "-S", "phase1.lr=0.01"]
+    p = subprocess.run(run, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (
+        "go to scratch/phase1/" in p.stderr
+        and "phase1.lr: params.yaml 0.002, this run 0.01" in p.stderr
+    )
+    assert (root / "cache/phase1/model.txt").read_text() == tracked_model == "lr=0.002\n"
+    assert (root / "scratch/phase1/cache/phase1/model.txt").read_text() == "lr=0.01\n"
+    assert (root / "scratch/phase1/params.yaml").is_symlink()
+    status = subprocess.run([dvc, "status", "-q"], capture_output=True)
+    assert status.returncode == 0  # still up to date
+    subprocess.run(run + ["--replace"], check=True, capture_output=True)
+    assert (root / "cache/phase1/model.txt").read_text() == "lr=0.01\n"
+    subprocess.run([dvc, "commit", "-f", "-q", "phase1"], check=True, capture_output=True)
+    with pytest.raises(ProvenanceError, match=r"phase1\.lr: dvc\.lock 0\.002, outputs 0\.01"):
+        check_provenance(["phase1"])
+
+
+def test_the_flow_refuses_another_params_file(tmp_path, monkeypatch):
+    """(a) `flows.pipeline --params alt.yaml` would train with alt.yaml and record params.yaml."""
+    from flows import pipeline as flow
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "alt.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.setattr(sys, "argv", ["flows.pipeline", "--params", "alt.yaml"])
+    with pytest.raises(SystemExit) as err:
+        flow.main()
+    assert err.value.code == 2
+    with pytest.raises(ValueError, match=r"--params alt\.yaml: .*Copy it to params\.yaml"):
+        flow.require_tracked_params("alt.yaml")
+    flow.require_tracked_params(str(tmp_path / "params.yaml"))  # the same file: fine
