@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
+from tasks.common import holds_workspace  # noqa: E402
 from tasks.compare import (
     COMPARE_HTML,
     COMPARE_JSON,
@@ -59,6 +60,7 @@ def experiment(exp: dict) -> dict:
 
 
 @flow(name="cvfp-compare", log_prints=True)
+@holds_workspace("flows.compare")  # one runner per workspace (tasks.common.workspace_lock)
 def compare(
     params_path: str = "params.yaml",
     arms: list[str] | None = None,

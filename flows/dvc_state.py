@@ -7,13 +7,56 @@ following `dvc repro` runs nothing (and vice versa).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+_HELD: list = []  # the Repo whose DVC lock this process holds for a whole flow run
 
+
+@contextlib.contextmanager
 def _repo():
+    """The workspace's DVC repo: the one whose lock the flow holds (hold_dvc_lock), its
+    cached state reset as DVC itself does on taking the lock; else a fresh one."""
+    if _HELD:
+        repo = _HELD[-1]
+        repo._reset()
+        try:
+            yield repo
+        finally:
+            repo._reset()
+        return
     from dvc.repo import Repo
 
-    return Repo(os.getcwd())
+    with Repo(os.getcwd()) as repo:
+        yield repo
+
+
+@contextlib.contextmanager
+def hold_dvc_lock(what: str = "flows.pipeline"):
+    """Hold DVC's own repo lock (.dvc/tmp/lock) for the whole block, so `dvc repro` (or any
+    DVC command that writes) is refused by DVC before it deletes a stage's outputs. This
+    process's own status/commit calls go through the same Repo (re-entrant)."""
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
+
+    from tasks.common import WorkspaceBusyError
+
+    with Repo(os.getcwd()) as repo:
+        held = lock_repo(repo)
+        try:
+            held.__enter__()
+        except LockError as err:
+            raise WorkspaceBusyError(
+                f"{what} refused: DVC's lock ({repo.tmp_dir}/lock) is held by another DVC "
+                f"command (a `dvc repro`, `dvc exp run` or `dvc commit` in this workspace): "
+                f"wait for it to finish ({err})"
+            ) from None
+        _HELD.append(repo)
+        try:
+            yield repo
+        finally:
+            _HELD.remove(repo)
+            held.__exit__(None, None, None)
 
 
 def stage_status(stage: str) -> tuple[bool, str]:

@@ -35,11 +35,11 @@ from prefect.states import Completed  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
 from cvfp.utils import progress_listener  # noqa: E402
-from tasks.common import run_stage  # noqa: E402
+from tasks.common import run_stage, workspace_lock  # noqa: E402
 from tasks.layout import REPORT_HTML, stage_names  # noqa: E402
 
 from .artifacts import StageProgress, publish_results  # noqa: E402
-from .dvc_state import commit_stage, stage_status  # noqa: E402
+from .dvc_state import commit_stage, hold_dvc_lock, stage_status  # noqa: E402
 from .shards import SHARDED_STAGES, shard_mapper  # noqa: E402
 
 SKIPPED = "Skipped (DVC)"  # the state name of a stage DVC calls up to date
@@ -130,7 +130,18 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
     require_tracked_params(params_path)
     load_params(params_path)  # fail before any stage on a bad params file
     logger = get_run_logger()
-    outcome = {}
+    outcome: dict = {}
+    # One runner at a time: the workspace lock (names this run to a second runner) and
+    # DVC's own lock (a `dvc repro` meanwhile is refused before it deletes anything).
+    with workspace_lock("flows.pipeline"), hold_dvc_lock("flows.pipeline"):
+        _run_stages(stages, params_path, outcome, logger)
+    logger.info("pipeline: %s", outcome)
+    if REPORT_HTML.exists() and "report" in outcome:
+        print(f"Report: {REPORT_HTML.resolve()}")
+    return outcome
+
+
+def _run_stages(stages, params_path: str, outcome: dict, logger) -> None:
     try:
         for stage in stages or stage_names():
             up_to_date, reason = stage_status(stage)
@@ -149,10 +160,6 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
             publish_results()
         except Exception as err:  # never hide the stage's own error behind an artifact error
             logger.warning("could not publish the result artifacts: %s", err)
-    logger.info("pipeline: %s", outcome)
-    if REPORT_HTML.exists() and "report" in outcome:
-        print(f"Report: {REPORT_HTML.resolve()}")
-    return outcome
 
 
 async def serve(name: str, cron: str | None, interval: float | None, parameters: dict) -> None:

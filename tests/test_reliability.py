@@ -507,3 +507,102 @@ def test_the_flow_refuses_another_params_file(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"--params alt\.yaml: .*Copy it to params\.yaml"):
         flow.require_tracked_params("alt.yaml")
     flow.require_tracked_params(str(tmp_path / "params.yaml"))  # the same file: fine
+
+
+# ---------------------------------------------------------------- item 5: one runner
+
+
+def _hold_lock_in_subprocess(root: Path) -> subprocess.Popen:
+    script = (
+        "import sys, time\nfrom tasks.common import workspace_lock\n"
+        "with workspace_lock('flows.pipeline'):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, "--stages", "phase1"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_runner_is_refused_naming_the_first(tracked):
+    """The lock names the holder; the refused stage touches nothing (not even a live
+    scratch), and the lock frees itself when its holder dies."""
+    from cvfp.params import load_params
+    from tasks.common import WorkspaceBusyError, run_stage, workspace_lock
+
+    root, _ = tracked
+    work = root / "cache/phase1-work/train-999999-x"  # no such pid: a dead writer's scratch
+    work.mkdir(parents=True)
+    holder = _hold_lock_in_subprocess(root)
+    try:
+        with pytest.raises(WorkspaceBusyError) as err:
+            run_stage("phase1", lambda p: pytest.fail("ran"), load_params("params.yaml"))
+        msg = str(err.value)
+        assert f"in use by pid {holder.pid} (-c --stages phase1, since" in msg
+        assert "stage phase1 refused" in msg and f"kill {holder.pid}" in msg
+        assert work.exists()  # the refused runner cleaned nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    with workspace_lock("flows.pipeline"):  # the holder is gone: free again
+        with workspace_lock("stage phase1"):  # re-entrant: the flow runs its stages
+            pass
+
+
+def test_dvc_repro_during_a_flow_is_refused_before_deleting(tracked):
+    from flows.dvc_state import commit_stage, hold_dvc_lock, stage_status
+
+    root, dvc = tracked
+    before = (root / "cache/phase1/model.txt").read_bytes()
+    with hold_dvc_lock():
+        p = subprocess.run([dvc, "repro", "-f"], capture_output=True, text=True)
+        assert p.returncode != 0 and "lock" in (p.stdout + p.stderr).lower()
+        assert (root / "cache/phase1/model.txt").read_bytes() == before
+        assert stage_status("phase1")[0]  # the flow's own DVC calls still work
+        commit_stage("phase1")
+
+
+_SLEEPING_STAGE = """
+import os, time
+from pathlib import Path
+from tasks.common import cli
+
+def run(params):
+    Path("stage.pid").write_text(str(os.getpid()))
+    time.sleep(60)
+
+cli("phase1", run)
+"""
+
+
+def test_killing_dvc_repro_stops_its_stage(tracked):
+    import signal
+    import time
+
+    root, dvc = tracked
+    (root / "stage.py").write_text(_SLEEPING_STAGE)
+    repro = subprocess.Popen(
+        [dvc, "repro", "-f", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while not (root / "stage.pid").exists():
+        assert time.monotonic() < deadline and repro.poll() is None
+        time.sleep(0.2)
+    stage = int((root / "stage.pid").read_text())
+    repro.send_signal(signal.SIGKILL)
+    repro.wait()
+    deadline = time.monotonic() + 10
+    while _alive(stage) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(stage), "the stage outlived its dvc repro"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
