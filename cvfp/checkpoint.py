@@ -7,6 +7,7 @@ refused, naming the file)."""
 
 from __future__ import annotations
 
+import errno
 import io
 from collections import OrderedDict
 from pathlib import Path
@@ -44,10 +45,44 @@ def plain(obj: Any, where: str = "checkpoint") -> Any:
     )
 
 
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def require_space(path: str | Path, state_or_model: Any, copies: int = 1) -> None:
+    """DiskSpaceError naming `path`, the space needed and free, when `copies` checkpoints of
+    this size (a model or a state dict) do not fit: checked before training writes any, so a
+    full disk fails at once instead of after an epoch inside torch.save."""
+    import shutil
+
+    from .contexts import DiskSpaceError
+
+    state = state_or_model.state_dict() if isinstance(state_or_model, nn.Module) else state_or_model
+    need = copies * (_tensor_bytes(state) + 2**20)  # + pickled params and zip headers
+    where = Path(path).parent
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise DiskSpaceError(
+            errno.ENOSPC,
+            f"not enough disk space for {path}: needs {need / 2**20:.1f} MiB "
+            f"({copies} checkpoint(s)), {free / 2**20:.1f} MiB free; free some space "
+            f"(or move the cache)",
+        )
+
+
 def save_checkpoint(
     path: str | Path, model: nn.Module, params: dict[str, Any], **extra: Any
 ) -> None:
     state = plain({"state_dict": model.state_dict(), "params": params, **extra})
+    require_space(path, state)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

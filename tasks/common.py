@@ -650,28 +650,68 @@ def record_durations(stage: str, **parts) -> None:
     _DURATIONS.setdefault(stage, {}).update({k: v for k, v in parts.items() if v})
 
 
+class BrokenInputError(ValueError):
+    """An input file that is truncated or corrupt; names the file and how to get it back."""
+
+
+def producer(path: str | Path) -> str | None:
+    """The stage whose output holds `path`."""
+    p = Path(path)
+    for stage, io in STAGE_IO.items():
+        if any(p == o or o in p.parents for o in io.outs):
+            return stage
+    return None
+
+
+def broken(path: str | Path, err: BaseException, what: str = "") -> BrokenInputError:
+    stage = producer(path)
+    fix = (
+        f"restore it (`dvc checkout --force {stage}`) or rerun that stage "
+        f"(`dvc repro -f -s {stage}`)"
+        if stage
+        else "restore or recreate it"
+    )
+    detail = f"{type(err).__name__}: {str(err)[:300]}"
+    return BrokenInputError(f"{path}{what}: truncated or corrupt ({detail}); {fix}")
+
+
 def load_conversations(path: str | Path) -> list[np.ndarray]:
-    """Token ids per conversation (int64 arrays) from an Arrow dataset with `input_ids`."""
+    """Token ids per conversation (int64 arrays) from an Arrow dataset with `input_ids`; a
+    truncated or corrupt dataset (Arrow files, state.json) names the folder and the fix."""
     from datasets import load_from_disk
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"token data not found: {path} (run the earlier stages first)")
-    ds = load_from_disk(str(path)).with_format("numpy")
-    if "input_ids" not in ds.column_names:
-        raise ValueError(f"{path}: no input_ids column (columns: {ds.column_names})")
-    return [np.asarray(x, dtype=np.int64) for x in ds["input_ids"]]
+    try:
+        ds = load_from_disk(str(path)).with_format("numpy")
+        if "input_ids" not in ds.column_names:
+            raise ValueError(f"{path}: no input_ids column (columns: {ds.column_names})")
+        return [np.asarray(x, dtype=np.int64) for x in ds["input_ids"]]
+    except ValueError as err:
+        if "no input_ids column" in str(err):
+            raise
+        raise broken(path, err) from None
+    except Exception as err:  # OSError (short Arrow file), JSONDecodeError, ArrowInvalid...
+        raise broken(path, err) from None
 
 
-def read_vocab_size(tokenizer_dir: str | Path = TOKENIZER) -> int:
-    """Embedding rows needed for this tokenizer (len(tokenizer), includes added specials)."""
+def load_tokenizer(tokenizer_dir: str | Path = TOKENIZER):
+    """AutoTokenizer from a local folder; a missing one says to run the earlier stages, a
+    broken one (tokenizer.json, config) names the folder and the fix."""
     from transformers import AutoTokenizer
 
-    if not Path(
-        tokenizer_dir
-    ).is_dir():  # else transformers takes it for a hub name and goes online
+    if not Path(tokenizer_dir).is_dir():  # else transformers takes it for a hub name
         raise FileNotFoundError(
             f"{tokenizer_dir}: tokenizer not found (run the earlier stages first: "
             f"`dvc repro` or `dvc pull`)"
         )
-    return len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+    try:
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    except Exception as err:
+        raise broken(tokenizer_dir, err, " (tokenizer.json / tokenizer_config.json)") from None
+
+
+def read_vocab_size(tokenizer_dir: str | Path = TOKENIZER) -> int:
+    """Embedding rows needed for this tokenizer (len(tokenizer), includes added specials)."""
+    return len(load_tokenizer(tokenizer_dir))

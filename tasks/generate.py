@@ -66,11 +66,11 @@ def main(argv: list[str] | None = None) -> str:
                 for e in err.errors()
             )
         )
-    from transformers import AutoTokenizer
+    from .common import load_tokenizer
 
     if not Path(args.tokenizer).exists():
         parser.error(f"tokenizer not found: {args.tokenizer}")
-    tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer)
     model = load_model(args.checkpoint, len(tok))
     text = generate_text(model, tok, args.prompt, **opts, seed=pick(args.seed, lambda q: q.seed))
     print(text)

@@ -20,7 +20,7 @@ import contextlib
 import pandas as pd
 
 from cvfp.baselines import bigram_baseline, context_ablations, transformer_baseline
-from cvfp.checkpoint import read_checkpoint
+from cvfp.checkpoint import read_checkpoint, require_space
 from cvfp.corpus import Corpus
 from cvfp.cstar import SPLITS, load_phase1_model, open_cstar
 from cvfp.metrics.phase2 import Phase2Epoch, Phase2Metrics
@@ -86,6 +86,8 @@ def run(params: Params) -> dict | None:
     with atomic_path(PHASE2_DIR) if world.is_main else contextlib.nullcontext() as out:
         if out is not None:
             out.mkdir()
+            # the best-so-far checkpoint, and its replacement while it is written
+            require_space(out / PHASE2_MODEL.name, model, copies=2 + (p2.heads == "per_block"))
         result = train_phase2(
             model,
             data["train"],

@@ -13,7 +13,7 @@ from pathlib import Path
 from cvfp.metrics.data import DataMetrics
 from cvfp.params import Params
 from cvfp.utils import atomic_path, write_json
-from tasks.common import cli, log
+from tasks.common import broken, cli, load_tokenizer, log
 from tasks.layout import (
     DATA_METRICS,
     GX_DIR,
@@ -35,17 +35,17 @@ def load_tokenized(path: Path = TOKENIZED):
         raise FileNotFoundError(f"{path}: tokenized data not found (run the tokenize stage first)")
     try:
         ds = load_from_disk(str(path))
+        missing = {"conversation_id", "input_ids", "n_tokens"} - set(ds.column_names)
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+        stats_file = path / STATS
+        stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+        ids = [int(i) for i in ds["conversation_id"]]
+        convs = [np.asarray(x, dtype=np.int64) for x in ds.with_format("numpy")["input_ids"]]
     except Exception as err:  # corrupt Arrow/state files raise assorted types
-        raise ValueError(
-            f"{path}: cannot load tokenized dataset: {type(err).__name__}: {err}"
-        ) from None
-    missing = {"conversation_id", "input_ids", "n_tokens"} - set(ds.column_names)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-    stats_file = path / STATS
-    stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
-    ids = [int(i) for i in ds["conversation_id"]]
-    convs = [np.asarray(x, dtype=np.int64) for x in ds.with_format("numpy")["input_ids"]]
+        if "missing column" in str(err):
+            raise
+        raise broken(path, err) from None
     return ids, convs, stats
 
 
@@ -84,15 +84,13 @@ def to_dataset(ids, convs):
 
 
 def run(params: Params) -> dict:
-    from transformers import AutoTokenizer
-
     from cvfp import splitting
     from tasks.expectations import validate_val
 
     ids, convs, earlier = load_tokenized()
     if not TOKENIZER.exists():
         raise FileNotFoundError(f"{TOKENIZER}: tokenizer not found (run the tokenize stage first)")
-    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    tokenizer = load_tokenizer(TOKENIZER)
     check_ids_fit(convs, len(tokenizer), earlier.get("tokenizer_sha256"))
     s = splitting.split(ids, convs, params.split.strategy, params.split.val_fraction)
     stats = splitting.subset_stats(s)

@@ -71,6 +71,12 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
             {"tokenizer": files, "max_seq_length": t.max_seq_length},
         )
         ds, stats = tk.combine_shards(results, tokenizer)
+        if len(ds) == 0:  # would save a dataset that split cannot use
+            raise ValueError(
+                f"no non-empty conversations in data.path ({params.data.source}: "
+                f"{params.data.path}): all {stats['conversations_in']} conversations are empty "
+                f"after tokenization; check the data (empty turns?) or data.source / data.path"
+            )
         stats = {
             "kind": t.kind,
             "name": t.name if t.kind == "pretrained" else "bpe",

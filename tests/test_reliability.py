@@ -606,3 +606,114 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------- item 6: errors name file and fix
+
+
+@pytest.fixture
+def mat_project(tmp_path, tiny_params, monkeypatch):
+    from test_phase2 import _tiny_project, stage_params
+
+    _tiny_project(tmp_path, tiny_params)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, stage_params(tiny_params)
+
+
+def _cut(path: Path) -> bytes:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return data
+
+
+def test_broken_inputs_name_the_file_and_the_fix(mat_project):
+    """Used to be `ValueError: negative seek value`, `OSError: Expected to be able to read
+    82944 bytes`, a bare JSONDecodeError."""
+    from cvfp.checkpoint import CheckpointError
+    from tasks import materialize as mat_task
+    from tasks.common import BrokenInputError, load_conversations, load_tokenizer
+
+    root, params = mat_project
+    good = _cut(root / "cache/phase1/model.pt")
+    with pytest.raises(
+        CheckpointError, match=r"cannot read checkpoint cache/phase1/model\.pt .*dvc repro -f -s"
+    ):
+        mat_task.run(params)
+    (root / "cache/phase1/model.pt").write_bytes(good)
+    arrow = next((root / "data/split/train").glob("*.arrow"))
+    good = _cut(arrow)
+    with pytest.raises(
+        BrokenInputError,
+        match=r"data/split/train: truncated or corrupt .*dvc checkout --force split",
+    ):
+        load_conversations("data/split/train")
+    arrow.write_bytes(good)
+    state = root / "data/split/val/state.json"
+    state.write_text(state.read_text()[:20])
+    with pytest.raises(
+        BrokenInputError, match=r"data/split/val: truncated or corrupt \(JSONDecodeError"
+    ):
+        load_conversations("data/split/val")
+    tok = root / "data/tokenizer/tokenizer.json"
+    tok.write_text(tok.read_text()[:100])
+    with pytest.raises(
+        BrokenInputError, match=r"data/tokenizer \(tokenizer\.json.*dvc repro -f -s tokenize"
+    ):
+        load_tokenizer("data/tokenizer")
+
+
+def test_phase2_checks_free_space_before_training(tmp_path):
+    from cvfp.checkpoint import require_space
+    from cvfp.contexts import DiskSpaceError
+
+    huge = {"w": torch.zeros(1).expand(2**50)}  # 4 PiB of float32 that takes no memory
+    with pytest.raises(
+        DiskSpaceError,
+        match=r"not enough disk space for .*model\.pt: needs \d+\.\d MiB \(2 checkpoint",
+    ):
+        require_space(tmp_path / "cache/phase2/model.pt", huge, copies=2)
+    require_space(tmp_path / "model.pt", {"w": torch.zeros(10)}, copies=2)
+
+
+def test_phase2_stage_on_a_full_disk_fails_before_an_epoch(mat_project, monkeypatch):
+    import shutil
+
+    from cvfp.contexts import DiskSpaceError
+    from cvfp.phase2 import Trainer
+    from tasks import materialize as mat_task
+    from tasks import phase2 as p2_task
+
+    root, params = mat_project
+    mat_task.run(params)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=4096))  # nearly full
+    monkeypatch.setattr(Trainer, "train_epoch", lambda *a: pytest.fail("an epoch ran"))
+    with pytest.raises(
+        DiskSpaceError, match=r"cache/\.phase2\..*/model\.pt: needs .* 0\.0 MiB free"
+    ):
+        p2_task.run(params)
+    assert not (root / "cache/phase2").exists()
+
+
+def test_all_empty_data_is_refused_at_tokenize(tmp_path, monkeypatch):
+    import json
+
+    from test_data import rows, run_stages
+
+    f = tmp_path / "chats.jsonl"
+    f.write_text(
+        "".join(json.dumps(r) + "\n" for r in rows([[("user", " "), ("assistant", "")]] * 3))
+    )
+    with pytest.raises(
+        ValueError, match=r"no non-empty conversations in data\.path \(local: .*chats\.jsonl\)"
+    ):
+        run_stages(
+            tmp_path,
+            monkeypatch,
+            "download",
+            "tokenize",
+            data__source="local",
+            data__path=str(f),
+            tokenizer__num_proc=1,
+        )
+    assert not (tmp_path / "data/tokenized").exists()
