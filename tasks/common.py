@@ -675,6 +675,26 @@ def broken(path: str | Path, err: BaseException, what: str = "") -> BrokenInputE
     return BrokenInputError(f"{path}{what}: truncated or corrupt ({detail}); {fix}")
 
 
+def pin_fingerprint(path: str | Path) -> str:
+    """Set a saved dataset's `_fingerprint` (state.json) to a hash of its Arrow files.
+    `datasets` derives it from the in-memory objects, which differ with how the dataset was
+    built (in the flow or under `dvc repro`) though the rows are the same, so the same data
+    would give different output bytes and rerun every later stage."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.arrow")):
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    state_file = path / "state.json"
+    state = json.loads(state_file.read_text())
+    state["_fingerprint"] = h.hexdigest()[:16]
+    state_file.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    return state["_fingerprint"]
+
+
 def load_conversations(path: str | Path) -> list[np.ndarray]:
     """Token ids per conversation (int64 arrays) from an Arrow dataset with `input_ids`; a
     truncated or corrupt dataset (Arrow files, state.json) names the folder and the fix."""
