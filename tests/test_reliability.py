@@ -717,3 +717,45 @@ def test_all_empty_data_is_refused_at_tokenize(tmp_path, monkeypatch):
             tokenizer__num_proc=1,
         )
     assert not (tmp_path / "data/tokenized").exists()
+
+
+# ---------------------------------------------------------------- item 7: knobs and bytes
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def test_workers_and_shard_size_do_not_change_a_byte(mat_project):
+    """orchestration.workers (threads mapping the shards) and shard_conversations are
+    speed/memory knobs: C* is the same bytes for any of them."""
+    import shutil
+
+    from cvfp.sharding import threaded
+    from tasks import materialize as mat_task
+
+    root, params = mat_project
+    seen, shards = [], []
+    for workers, shard in ((1, 10**6), (3, 2), (2, 5)):
+        p = params.model_copy(
+            update={
+                "orchestration": params.orchestration.model_copy(
+                    update={"workers": workers, "shard_conversations": shard}
+                ),
+                # chunks of a few conversations, so that shards can differ
+                "materialize": params.materialize.model_copy(update={"chunk_tokens": 16}),
+            }
+        )
+        mapper = threaded(workers)
+
+        def counting(fn, items, consume, common, mapper=mapper):
+            shards.append(len(items))
+            return mapper(fn, items, consume, common)
+
+        mat_task.run(p, map_shards=counting)
+        seen.append(_tree(root / "cache/cstar"))
+        shutil.rmtree(root / "cache/cstar")
+    assert shards[0] == 2 and shards[1] > shards[2] > 2  # one per split; then many
+    assert seen[0] == seen[1] == seen[2] and "train.npy" in seen[0]
