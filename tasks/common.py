@@ -154,6 +154,10 @@ def _run_stage_locked(stage: str, run: Callable[[Params], object], params: Param
     def before_replace(final: Path, new: Path) -> None:
         if guard is not None:
             guard(final)
+        if new.is_dir():  # datasets saved in it: fingerprints from their bytes
+            for state in sorted(new.rglob("state.json")):
+                if any(state.parent.glob("*.arrow")):
+                    pin_fingerprint(state.parent)
         target = RECORDS.get(stage)
         if record is not None and target is not None and final == target and new.is_dir():
             (new / RECORD_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -261,11 +265,14 @@ def _dotted(d, key: str):
     return d
 
 
-def _leaf_changes(key: str, a, b):
-    """(dotted key, old, new) for every leaf that differs between a and b."""
+def _leaf_changes(key: str, a, b, both_only: bool = False):
+    """(dotted key, old, new) for every leaf that differs between a and b; `both_only`: only
+    leaves both have (dvc.lock lacks a key params.yaml leaves to its default)."""
     if isinstance(a, dict) and isinstance(b, dict):
         for k in list(a) + [k for k in b if k not in a]:
-            yield from _leaf_changes(f"{key}.{k}", a.get(k), b.get(k))
+            if both_only and (k not in a or k not in b):
+                continue
+            yield from _leaf_changes(f"{key}.{k}", a.get(k), b.get(k), both_only)
     elif a != b:
         yield key, a, b
 
@@ -396,8 +403,8 @@ def provenance_changes(stage: str, lock: dict | None = None) -> list[str]:
     ) or {}
     return [
         f"{k}: dvc.lock {b!r}, outputs {a!r}"
-        for key in sorted(set(record) | set(recorded))
-        for k, a, b in _leaf_changes(key, record.get(key), recorded.get(key))
+        for key in sorted(set(record) & set(recorded))
+        for k, a, b in _leaf_changes(key, record[key], recorded[key], both_only=True)
     ]
 
 
@@ -677,9 +684,10 @@ def broken(path: str | Path, err: BaseException, what: str = "") -> BrokenInputE
 
 def pin_fingerprint(path: str | Path) -> str:
     """Set a saved dataset's `_fingerprint` (state.json) to a hash of its Arrow files.
-    `datasets` derives it from the in-memory objects, which differ with how the dataset was
-    built (in the flow or under `dvc repro`) though the rows are the same, so the same data
-    would give different output bytes and rerun every later stage."""
+    `datasets` derives it from in-memory objects and the modification times of the files a
+    dataset was loaded from, which differ between the flow and `dvc repro` (or two clones)
+    though the rows are the same: the same data would give other output bytes and rerun
+    every later stage. run_stage pins every dataset a stage writes."""
     import hashlib
 
     path = Path(path)

@@ -22,7 +22,7 @@ from pathlib import Path
 from cvfp.params import Params
 from cvfp.sharding import MapShards, threaded
 from cvfp.utils import atomic_path, dir_digest
-from tasks.common import cli, log, pin_fingerprint
+from tasks.common import cli, log
 from tasks.layout import RAW, STATS, TOKENIZED, TOKENIZER
 
 
@@ -90,7 +90,6 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
             tk.save_tokenizer(tokenizer, tok_out)
             stats["tokenizer_sha256"] = dir_digest(tok_out)
             ds.save_to_disk(str(out))
-            pin_fingerprint(out)  # the same bytes from the flow and from `dvc repro`
             (out / STATS).write_text(json.dumps(stats, indent=2) + "\n")
     log.info(
         "tokenize: %d conversations, %d tokens (vocab %d, %d empty dropped, %d truncated) -> %s",

@@ -759,3 +759,44 @@ def test_workers_and_shard_size_do_not_change_a_byte(mat_project):
         shutil.rmtree(root / "cache/cstar")
     assert shards[0] == 2 and shards[1] > shards[2] > 2  # one per split; then many
     assert seen[0] == seen[1] == seen[2] and "train.npy" in seen[0]
+
+
+def test_a_stage_writes_the_same_dataset_bytes_however_the_rows_were_built(tmp_path, monkeypatch):
+    """The same rows, in memory or loaded from a file (whose mtime `datasets` hashes into
+    the fingerprint, as split's inputs): state.json differs unless the stage pins it."""
+    import shutil
+    import time
+
+    from datasets import Dataset, load_from_disk
+
+    from cvfp.params import load_params
+    from cvfp.utils import atomic_path
+    from tasks.common import run_stage
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    rows = {"conversation_id": [1, 2], "input_ids": [[1, 2, 3], [4, 5]], "n_tokens": [3, 2]}
+    Dataset.from_dict(rows).save_to_disk("src")
+    time.sleep(0.01)
+    (tmp_path / "src" / "touch").write_text("")
+    builders = {
+        "memory": lambda: Dataset.from_dict(rows),
+        "file": lambda: load_from_disk("src").map(lambda r: r),
+    }
+
+    def save(build, pin: bool):
+        def run(params):
+            with atomic_path("data/split") as tmp:
+                tmp.mkdir()
+                build().save_to_disk(str(tmp / "train"))
+
+        if pin:
+            run_stage("split", run, load_params(ROOT / "params.yaml"))
+        else:
+            run(None)
+        return _tree(tmp_path / "data/split/train")
+
+    raw = [save(b, pin=False) for b in builders.values()]
+    assert raw[0]["state.json"] != raw[1]["state.json"]  # what used to differ
+    pinned = [save(b, pin=True) for b in builders.values()]
+    assert pinned[0] == pinned[1]
