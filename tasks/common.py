@@ -104,7 +104,19 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
             f"params differ from params.yaml ({'; '.join(differs)}): under torchrun add "
             f"--replace to replace the tracked outputs (a scratch run is one process only)"
         )
-    if differs and not args.replace:
+    rank0 = os.environ.get("RANK", "0") == "0"
+    try:
+        with workspace_lock(f"stage {stage}") if rank0 else contextlib.nullcontext():
+            _run_cli(stage, run, params, differs, args.replace)
+    except WorkspaceBusyError as err:  # what to do is the whole message: no traceback
+        parser.exit(1, f"WorkspaceBusyError: {err}\n")
+    from cvfp.distributed import close_world
+
+    close_world(current_world())  # on error the process exits and torchrun stops the rest
+
+
+def _run_cli(stage: str, run: Callable[[Params], object], params: Params, differs, replace):
+    if differs and not replace:
         where = SCRATCH_RUNS / stage
         log.warning(
             "stage %s runs with params that differ from params.yaml (%s): its DVC-tracked "
@@ -118,9 +130,6 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
             run_stage(stage, run, params)
     else:
         run_stage(stage, run, params)
-    from cvfp.distributed import close_world
-
-    close_world(current_world())  # on error the process exits and torchrun stops the rest
 
 
 # Wall-clock durations of the stage running in each thread's flow task, keyed by stage (see

@@ -545,6 +545,9 @@ def test_a_second_runner_is_refused_naming_the_first(tracked):
         assert f"in use by pid {holder.pid} (-c --stages phase1, since" in msg
         assert "stage phase1 refused" in msg and f"kill {holder.pid}" in msg
         assert work.exists()  # the refused runner cleaned nothing
+        cli = subprocess.run([sys.executable, "stage.py"], capture_output=True, text=True)
+        assert cli.returncode == 1 and f"in use by pid {holder.pid}" in cli.stderr
+        assert "Traceback" not in cli.stderr
     finally:
         holder.kill()
         holder.wait()
