@@ -548,6 +548,12 @@ def test_a_second_runner_is_refused_naming_the_first(tracked):
         cli = subprocess.run([sys.executable, "stage.py"], capture_output=True, text=True)
         assert cli.returncode == 1 and f"in use by pid {holder.pid}" in cli.stderr
         assert "Traceback" not in cli.stderr
+        from flows.compare import compare  # two comparisons at once ran the same experiments
+
+        with pytest.raises(
+            WorkspaceBusyError, match=rf"flows\.compare refused: .* pid {holder.pid}"
+        ):
+            compare.fn("params.yaml")
     finally:
         holder.kill()
         holder.wait()
@@ -803,3 +809,23 @@ def test_a_stage_writes_the_same_dataset_bytes_however_the_rows_were_built(tmp_p
     assert raw[0]["state.json"] != raw[1]["state.json"]  # what used to differ
     pinned = [save(b, pin=True) for b in builders.values()]
     assert pinned[0] == pinned[1]
+
+
+def test_temporaries_scratch_and_compare_outputs_are_git_ignored():
+    paths = [
+        "cache/.cstar.1234.ab12cd/cstar/train.npy",
+        "reports/.report.html.1234.x/report.html",
+        "data/.tokenize-1234-abc/tokenizer/tokenizer.json",
+        "metrics/compare.json",
+        "reports/compare.html",
+        "scratch/phase1/cache/phase1/model.pt",
+    ]
+    p = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True
+    )
+    assert p.stdout.split() == paths
+    kept = ["metrics/phase1.json", "cache/cstar", "data/split"]  # DVC/git decide these
+    p = subprocess.run(
+        ["git", "check-ignore", "--no-index", *kept], cwd=ROOT, capture_output=True, text=True
+    )
+    assert not set(p.stdout.split()) & {"metrics/phase1.json"}
