@@ -106,6 +106,17 @@ def move_in(new: Path, final: Path) -> None:
     os.replace(new, final)  # a file over a file: atomic
 
 
+def dir_digest(path: str | Path) -> str:
+    """sha256 over a directory's file names and bytes (sorted): which tokenizer made the ids."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(path)
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def clean_stale_temps(final: str | Path) -> list[Path]:
     """Remove the temporary siblings atomic_path left for `final` when its process was killed
     (SIGKILL, SIGBUS on a full disk): those whose pid no longer runs, or has no pid. When
@@ -122,17 +133,6 @@ def clean_stale_temps(final: str | Path) -> list[Path]:
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
-
-
-def dir_digest(path: str | Path) -> str:
-    """sha256 over a directory's file names and bytes (sorted): which tokenizer made the ids."""
-    import hashlib
-
-    h = hashlib.sha256()
-    root = Path(path)
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 def pid_alive(pid: int) -> bool:
