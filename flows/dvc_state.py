@@ -117,3 +117,21 @@ def commit_stage(stage: str) -> None:
             f"were made with the values shown as 'outputs', so dvc.lock was not updated. Run "
             f"the stage again"
         )
+
+
+def main() -> int:
+    """`python -m flows.dvc_state`: check that dvc.lock records, for every stage, the params
+    its committed outputs were made with (e.g. after `dvc commit` of a one-off run)."""
+    from tasks.common import RECORDS, ProvenanceError, check_provenance
+
+    try:
+        check_provenance(list(RECORDS))
+    except ProvenanceError as err:
+        print(f"ProvenanceError: {err}")
+        return 1
+    print("dvc.lock: every stage's recorded params match its committed outputs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
