@@ -494,7 +494,6 @@ def test_a_one_off_override_writes_to_scratch_unless_replace(tracked, monkeypatc
     subprocess.run(run + ["--replace"], check=True, capture_output=True)
     assert (root / "cache/phase1/model.txt").read_text() == "lr=0.01\n"
     check = [sys.executable, "-m", "flows.dvc_state"]
-    assert subprocess.run(check, capture_output=True).returncode == 0
     subprocess.run([dvc, "commit", "-f", "-q", "phase1"], check=True, capture_output=True)
     with pytest.raises(ProvenanceError, match=r"phase1\.lr: dvc\.lock 0\.002, outputs 0\.01"):
         check_provenance(["phase1"])
