@@ -41,8 +41,21 @@ class TokenizerParams(_Section):
 
 
 class SplitParams(_Section):
+    """cvfp/splitting.py: test = the last test_fraction of the conversations; val = the
+    val_fraction before them (holdout) or the train token stream's tail (tail)."""
+
     strategy: Literal["holdout", "tail"]
     val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitParams:
+        if self.strategy == "holdout" and self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction} + {self.test_fraction} "
+                f"leaves nothing for train; their sum must be below 1"
+            )
+        return self
 
 
 class ModelParams(_Section):
@@ -151,15 +164,25 @@ class Phase2Params(_Section):
     freeze_context: bool
     heads: Heads
     block_weights: list[float] = Field(min_length=1)
+    # cstar: the fixed contexts; zero: the no-context control, trained and evaluated with C*
+    # replaced by zeros from a zero-initialised head (SPEC 9)
+    context: Literal["cstar", "zero"]
 
 
 class BaselineParams(_Section):
-    bigram_k: float = Field(gt=0)
+    # add-k smoothing: the k with the lowest val loss is chosen (val selects, test reports)
+    bigram_k_grid: list[float] = Field(min_length=1)
     transformer: bool = True  # false skips the GPT-2 baseline (metrics then lack its key)
     transformer_n_layer: int = Field(ge=1)
     transformer_n_head: int = Field(ge=1)
     transformer_n_positions: int = Field(ge=2)
     param_tolerance: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> BaselineParams:
+        if any(k <= 0 for k in self.bigram_k_grid):
+            raise ValueError(f"bigram_k_grid={self.bigram_k_grid}: every k must be > 0")
+        return self
 
 
 class GenerateParams(_Section):
