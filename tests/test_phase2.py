@@ -262,6 +262,26 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_params, mo
     )
 
 
+def test_per_conversation_sums_pieces_and_follows_the_segments():
+    from cvfp.phase2 import per_conversation
+
+    rows = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10]]  # rows 1 and 3 are pieces of "b"
+    ids = ["a", "b", "c", "b"]
+    offsets = np.array([0, 3, 5, 6, 10])
+    for reset, targets in (("conversation", [2, 1 + 3, 0]), ("stream", [3, 2 + 3, 1])):
+        data = PositionData.from_corpus(
+            Corpus.from_conversations(rows, reset), np.zeros((10, 16), np.float32)
+        )
+        nats = np.arange(len(data), dtype=np.float64) + 1.0
+        out = per_conversation(data.positions, offsets, ids, {"m": nats})
+        assert out["conversation_id"] == ["a", "b", "c"] and out["targets"] == targets
+        assert sum(out["m"]) == pytest.approx(nats.sum())
+    # stream: positions 0..8, targets cross rows; position 2 (token 3 -> 4) belongs to "a"
+    assert out["m"] == [1 + 2 + 3, 4 + 5 + 7 + 8 + 9, 6]
+    with pytest.raises(ValueError, match="m: 3 nats for 9 positions"):
+        per_conversation(data.positions, offsets, ids, {"m": nats[:3]})
+
+
 # ---------------------------------------------------------------- baselines and ablations
 
 
