@@ -68,6 +68,8 @@ from .layout import (
     TOKENIZER,
 )
 
+EPOCH_COLUMNS = list(Phase2Epoch.model_fields)  # plots/phase2_epochs.csv (+ seconds)
+# metrics/phase2_test_conversations.csv: one row per test conversation (docs/phase2.md)
 TEST_CSV_COLUMNS = ["conversation_id", "targets", "cvfp_nats", "bigram_nats", "transformer_nats"]
 
 
@@ -76,9 +78,6 @@ def conversation_ids(path) -> list:
     from datasets import load_from_disk
 
     return list(load_from_disk(str(path))["conversation_id"])
-
-
-EPOCH_COLUMNS = list(Phase2Epoch.model_fields)  # plots/phase2_epochs.csv (+ seconds)
 
 
 def run(params: Params) -> dict | None:
