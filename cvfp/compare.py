@@ -284,8 +284,10 @@ def bootstrap_diff(
 ) -> SeedInterval:
     """Paired bootstrap over conversations (BCa, scipy.stats.bootstrap) of the difference in
     test loss, (sum nats - sum ref_nats) / sum targets: the same conversations resampled for
-    both models. ci95 None when every resample gives the same value."""
+    both models. ci95 None for a single conversation or when the interval is undefined."""
     point = float(_statistic(targets, nats, ref_nats))
+    if len(targets) < 2:  # one conversation: nothing to resample
+        return SeedInterval(diff=point, ci95=None, conversations=len(targets))
     with warnings.catch_warnings():  # degenerate data: nan interval, kept as None
         warnings.simplefilter("ignore")
         res = stats.bootstrap(

@@ -172,6 +172,8 @@ def test_bootstrap_over_conversations_on_a_small_table():
     same = bootstrap_diff(ctrl.targets, ctrl.cvfp + 0.1 * ctrl.targets, ctrl.cvfp, 999, 0, 0.05)
     assert same.diff == pytest.approx(0.1)
     assert same.ci95 is None or same.ci95 == pytest.approx((0.1, 0.1), abs=1e-12)
+    one = bootstrap_diff(ctrl.targets[:1], arm_nats[:1], ctrl.cvfp[:1], 999, 0, 0.05)
+    assert one.diff == pytest.approx(-0.1) and one.ci95 is None and one.conversations == 1
     assert ctrl.loss("cvfp") == pytest.approx(114.0 / 38) and ctrl.transformer is not None
 
 
