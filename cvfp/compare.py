@@ -94,19 +94,29 @@ def rank_test_possible(n: int, alpha: float) -> bool:
 
 
 def seeds_needed(delta: float, std: float | None, alpha: float, power: float) -> int | None:
-    """Seeds for a two-sided paired t-test at level alpha to detect a true difference of delta
-    with the given power, at the observed std of the per-seed differences (TTestPower).
-    None when std is unknown or zero (no spread observed: any n >= 2 would do)."""
+    """The fewest seeds (>= 2) for a two-sided paired t-test at level alpha to detect a true
+    difference of delta with the given power, at the observed std of the per-seed differences
+    (statsmodels TTestPower; its continuous solution rounded to the first whole n whose power
+    reaches the target). None when std is unknown or zero (no spread observed)."""
     if std is None or not std > 0:
         return None
     effect = delta / std
     tp = TTestPower()
-    if tp.power(effect_size=effect, nobs=2, alpha=alpha, alternative="two-sided") >= power:
-        return 2  # a t-test needs 2 seeds; the solver cannot go below that
-    with warnings.catch_warnings():
+
+    def enough(n: int) -> bool:
+        return tp.power(effect_size=effect, nobs=n, alpha=alpha, alternative="two-sided") >= power
+
+    with warnings.catch_warnings():  # the solver fails (nan) when the answer is below 2
         warnings.simplefilter("ignore")
-        n = _num(tp.solve_power(effect_size=effect, alpha=alpha, power=power))
-    return None if n is None else math.ceil(n)
+        solved = _num(tp.solve_power(effect_size=effect, alpha=alpha, power=power))
+    n = 2 if solved is None else max(2, math.ceil(solved))
+    while n > 2 and enough(n - 1):
+        n -= 1
+    for _ in range(1000):  # the rounded solution is at most a step or two off
+        if enough(n):
+            return n
+        n += 1
+    return None
 
 
 def paired_stats(

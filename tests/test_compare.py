@@ -114,6 +114,9 @@ def test_seeds_needed_from_ttestpower():
     assert n == math.ceil(tp.solve_power(effect_size=DELTA / 0.02, alpha=0.05, power=0.8))
     assert tp.power(DELTA / 0.02, n, 0.05) >= 0.8 > tp.power(DELTA / 0.02, n - 1, 0.05)
     assert seeds_needed(DELTA, 1e-5, 0.05, 0.8) == 2  # huge effect: the minimum of a t-test
+    # effect 11: 2 seeds give power 0.78 (t quantile 12.7 at 1 df), so 3 are needed
+    assert tp.power(11, 2, 0.05) < 0.8 <= tp.power(11, 3, 0.05)
+    assert seeds_needed(DELTA, DELTA / 11, 0.05, 0.8) == 3
     assert (
         seeds_needed(DELTA, 0.0, 0.05, 0.8) is None and seeds_needed(DELTA, None, 0.05, 0.8) is None
     )
