@@ -269,11 +269,12 @@ def parse_conversations(text: str, where: str) -> ConversationLosses:
 
 
 def check_consistent(values: SeedValues, conv: ConversationLosses, where: str) -> None:
-    """The per-conversation table must add up to metrics/phase2.json's cvfp.test_loss."""
+    """The per-conversation table must add up to metrics/phase2.json's cvfp.test_loss (to 1e-4
+    relative: float32 sums; two runs differ by far more)."""
     if values.test_loss is None:
         return
     loss = conv.loss("cvfp")
-    if loss is None or not math.isclose(loss, values.test_loss, rel_tol=1e-5, abs_tol=1e-7):
+    if loss is None or not math.isclose(loss, values.test_loss, rel_tol=1e-4, abs_tol=1e-7):
         raise ValueError(
             f"{where}: sum(cvfp_nats) / sum(targets) = {loss} but metrics/phase2.json has "
             f"cvfp.test_loss = {values.test_loss}: the two files are from different runs"
