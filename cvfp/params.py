@@ -227,10 +227,20 @@ class CompareParams(_Section):
     arms: dict[str, dict[str, Any]] = Field(min_length=1)  # arm -> {dotted.key: value} overrides
     run: list[str] = Field(min_length=1)  # arms a default comparison runs, in report order
     control: str  # every other arm is paired with this one
+    # The Holm family: Phase 1 arms judged against the control, each with a verdict word; any
+    # other arm that runs is paired with the control but gets an interval only.
+    confirmatory: list[str]
     seeds: list[int] = Field(min_length=1)  # seed values; `--seeds N` takes the first N
     # The Transformer baseline depends on the arm only through its epoch budget (the arm's
     # Phase 2 epochs run): train it in the control arm only and pair every arm with that.
     transformer_in_control_only: bool = True
+    # Statistics (cvfp/compare.py). delta: smallest effect of interest as a relative change
+    # of test perplexity; the bound on test loss is +-ln(1 + delta) nats/token.
+    delta: float = Field(gt=0, lt=1)
+    alpha: float = Field(gt=0, lt=0.5)  # test level; intervals are (1 - alpha)
+    power: float = Field(gt=0, lt=1)  # seeds_needed: power to detect delta
+    bootstrap_resamples: int = Field(ge=100, le=1_000_000)
+    bootstrap_seed: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> CompareParams:
@@ -246,7 +256,11 @@ class CompareParams(_Section):
                         f"arms.{name}: {key!r} cannot be set by an arm "
                         f"(the comparison sets the seed; arms cannot nest compare)"
                     )
-        for key, names in (("run", self.run), ("control", [self.control])):
+        for key, names in (
+            ("run", self.run),
+            ("control", [self.control]),
+            ("confirmatory", self.confirmatory),
+        ):
             unknown = [a for a in names if a not in self.arms]
             if unknown:
                 raise ValueError(
@@ -254,6 +268,11 @@ class CompareParams(_Section):
                 )
         if len(set(self.run)) != len(self.run):
             raise ValueError(f"run lists an arm twice: {self.run}")
+        if self.control in self.confirmatory:
+            raise ValueError(
+                f"confirmatory lists the control {self.control!r}: list the arms compared "
+                f"with it (the control is not compared with itself)"
+            )
         if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds}: need distinct seeds >= 0")
         return self
