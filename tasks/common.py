@@ -355,8 +355,12 @@ def params_record(stage: str, params: Params) -> dict | None:
 
 def upstream_stages(stage: str) -> list[str]:
     """The stages whose outputs this stage reads."""
-    deps = set(STAGE_IO[stage].deps) if stage in STAGE_IO else set()
-    return [s for s, io in STAGE_IO.items() if s != stage and deps & set(io.outs)]
+    deps = STAGE_IO[stage].deps if stage in STAGE_IO else ()
+    return [
+        s
+        for s, io in STAGE_IO.items()
+        if s != stage and any(d == o or o in d.parents for d in deps for o in io.outs)
+    ]
 
 
 def _dvc_cache_dir() -> Path:

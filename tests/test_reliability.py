@@ -424,7 +424,15 @@ def test_params_edited_after_the_stage_are_caught_by_the_next_stage(tracked):
     import json
 
     from flows.dvc_state import stage_status
-    from tasks.common import ProvenanceError, check_provenance, params_record, run_stage
+    from tasks.common import (
+        ProvenanceError,
+        check_provenance,
+        params_record,
+        run_stage,
+        upstream_stages,
+    )
+
+    assert upstream_stages("materialize") == ["tokenize", "split", "phase1"]
 
     root, dvc = tracked
     first = _lr_line()  # phase1.lr is the first `  lr:` line
