@@ -47,12 +47,22 @@ def read_stats(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def empty_data_message(n: int, params: Params | None = None) -> str:
+    where = f" ({params.data.source}: {params.data.path})" if params is not None else ""
+    return (
+        f"no non-empty conversations in data.path{where}: all {n} conversations are empty "
+        f"(only empty turns); check the data, or data.source / data.path"
+    )
+
+
 def train_rows(raw, split_params) -> list[int]:
     """Raw row indices of the train conversations: `partition` over the non-empty ones (the
     conversations tokenize_shard keeps, in order), as the split stage will cut them."""
     from cvfp import tokenization as tk
 
     nonempty = [i for i, msgs in enumerate(tk.iter_messages(raw)) if tk.format_chat(msgs)]
+    if not nonempty:
+        raise ValueError(empty_data_message(len(raw)))
     parts = splitting.partition(len(nonempty), split_params)
     return [nonempty[i] for i in parts.train]
 
@@ -89,11 +99,7 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         )
         ds, stats = tk.combine_shards(results, tokenizer)
         if len(ds) == 0:  # would save a dataset that split cannot use
-            raise ValueError(
-                f"no non-empty conversations in data.path ({params.data.source}: "
-                f"{params.data.path}): all {stats['conversations_in']} conversations are empty "
-                f"after tokenization; check the data (empty turns?) or data.source / data.path"
-            )
+            raise ValueError(empty_data_message(stats["conversations_in"], params))
         stats = {
             "kind": t.kind,
             "name": t.name if t.kind == "pretrained" else "bpe",
