@@ -387,7 +387,7 @@ def test_compare_params_are_validated(tmp_path):
 
     p = load_params(ROOT / "params.yaml")
     assert (
-        p.compare.run == ["none", "cvfp", "cvfp_min10", "reconstruction"]
+        p.compare.run == ["none", "cvfp", "cvfp_min10", "reconstruction", "no_context"]
         and p.compare.control == "none"
     )
     assert len(p.compare.seeds) == 5 and p.phase1.min_iterations == 0
