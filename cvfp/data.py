@@ -536,12 +536,19 @@ class Collector:
         self.batch: list[dict] = []
         self.n = 0
         self.messages = 0
+        self.hash = hashlib.sha256()
 
     @property
     def full(self) -> bool:
         return self.num_samples is not None and self.n >= self.num_samples
 
     def add(self, record: dict) -> None:
+        # The dataset's fingerprint (saved in data/raw): the same records give the same bytes.
+        h = self.hash
+        h.update(f"{record['prompt_id']}\0{record['prompt']}\0".encode())
+        for m in record["messages"]:
+            h.update(f"{m['role']}\0{m['content']}\0".encode())
+        h.update(b"\1")
         self.batch.append(record)
         self.n += 1
         self.messages += len(record["messages"])
@@ -554,18 +561,17 @@ class Collector:
             self.batch = []
 
     def dataset(self) -> datasets.Dataset:
-        from datasets.fingerprint import generate_random_fingerprint
         from datasets.table import InMemoryTable
 
         self.flush()
         table = (
             pa.concat_tables(self.tables) if self.tables else FEATURES.arrow_schema.empty_table()
         )
-        # A given fingerprint: computing one would pickle (copy) the whole table.
+        # A given fingerprint: datasets computing one would pickle (copy) the whole table.
         return datasets.Dataset(
             InMemoryTable(table),
             info=datasets.DatasetInfo(features=FEATURES),
-            fingerprint=generate_random_fingerprint(),
+            fingerprint=self.hash.hexdigest()[:16],
         )
 
 
