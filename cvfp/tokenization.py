@@ -204,7 +204,7 @@ def encode_chats(
             if done[i] < len(conversations[i])
             and (max_seq_length is None or len(ids[i]) < max_seq_length)
         ]
-    out = []
+    out: list[tuple[list[int], int, bool]] = []
     for i, msgs in enumerate(conversations):
         if not ids[i]:
             out.append(([], 0, False))

@@ -726,3 +726,33 @@ def test_pipeline_split_passes_and_injected_unseen_id_leaves_nothing(
         run_stages(tmp_path, monkeypatch, "split", **common)
     assert "val_tok\n  Extra inputs are not permitted" in str(e.value)
     assert not Path("metrics/data.json").exists()
+
+
+# ---------------------------------------------------------------- compare and untracked data
+
+
+def test_compare_makes_untracked_data_absolute_and_refuses_a_missing_path(tmp_path, monkeypatch):
+    import subprocess
+
+    from tasks.compare import plan, resolve_data_path
+
+    repo = tmp_path / "repo"
+    (repo / "mydata").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    for name in ("chat.jsonl", "tracked.jsonl", "big.jsonl"):
+        write_records(repo / "mydata" / name, rows())
+    (repo / "mydata/big.jsonl.dvc").write_text("outs:\n- path: big.jsonl\n")  # as `dvc add` makes
+    subprocess.run(["git", "-C", str(repo), "add", "mydata/tracked.jsonl"], check=True)
+    monkeypatch.chdir(repo)
+    p = params()
+    local = {"data.source": "local"}
+    untracked = resolve_data_path(p, {**local, "data.path": "mydata/chat.jsonl"})
+    assert untracked == {**local, "data.path": str(repo.resolve() / "mydata/chat.jsonl")}
+    for kept in ("mydata/tracked.jsonl", "mydata/big.jsonl", str(repo / "mydata/chat.jsonl")):
+        assert resolve_data_path(p, {**local, "data.path": kept})["data.path"] == kept
+    assert resolve_data_path(p, {"data.path": "nowhere"}) == {"data.path": "nowhere"}  # chatterbot
+    with pytest.raises(ValueError, match=r"data\.path='mydata/gone\.jsonl': no such file"):
+        resolve_data_path(p, {**local, "data.path": "mydata/gone.jsonl"})
+    # through the comparison's plan: every experiment gets the absolute path
+    exps = plan(p, n_seeds=1, overrides={**local, "data.path": "mydata/chat.jsonl"})
+    assert {e["sets"]["data.path"] for e in exps} == {untracked["data.path"]}
