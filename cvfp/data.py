@@ -33,7 +33,6 @@ from typing import NoReturn
 
 import datasets
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 
 ROLES = ("user", "assistant")
@@ -842,10 +841,6 @@ def load_sharegpt(num_samples: int | None = None) -> Loaded:
     loaded.stats["files"] = [name]
     loaded.stats["truncated"] = [t.__dict__ for t in truncations]
     return loaded
-
-
-def count_messages(ds: datasets.Dataset) -> int:
-    return int(pc.sum(pc.list_value_length(ds.with_format("arrow")["messages"])).as_py() or 0)
 
 
 def chatterbot_origin() -> str:

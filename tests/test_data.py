@@ -271,6 +271,16 @@ def test_each_layout_is_detected_and_mapped(tmp_path, layout, suffix):
         data.load_local(f, fmt=other)
 
 
+def test_data_format_param_allows_exactly_the_layouts():
+    from typing import get_args
+
+    from cvfp.params import DataParams
+
+    assert get_args(DataParams.model_fields["format"].annotation) == data.FORMATS
+    with pytest.raises(ValueError, match=r"data\.format = 'alpaca'"):
+        params(data__format="alpaca")
+
+
 def test_directory_of_json_files_and_the_download_stage_records_the_layout(tmp_path, monkeypatch):
     d = tmp_path / "dump"
     d.mkdir()
