@@ -262,8 +262,9 @@ class Normalizer:
             return "\n".join(texts)
         return self._str(value, where, field)
 
-    def _id(self, record: dict, key: str, where: str, prompt: str) -> str:
-        if key in record and record[key] is not None:
+    def _id(self, record: dict, key: str | None, where: str, prompt: str) -> str:
+        """The record's `key` (a string), else sha256 of file:row and the prompt."""
+        if key is not None and record.get(key) is not None:
             return self._str(record[key], where, key)
         return prompt_id(prompt, where)
 
@@ -306,18 +307,19 @@ class Normalizer:
                 messages.append({"role": role, "content": self._str(t, where, f"data[{i}]")})
         else:
             raise DataError(f"data.format={layout!r}: not one of {list(FORMATS)}")
+        if layout == "ultrachat_200k":  # checked in empty conversations too
+            for key in ("prompt", "prompt_id"):
+                if key not in record:
+                    raise DataError(f"{where}: missing field '{key}' (layout {layout})")
+            prompt = self._str(record["prompt"], where, "prompt")
+            pid = self._str(record["prompt_id"], where, "prompt_id")
         if not any(m["content"].strip() for m in messages):
             self.empty += 1
             return None
-        first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
-        if layout == "ultrachat_200k":
-            prompt = self._str(record.get("prompt"), where, "prompt")
-            pid = self._str(record.get("prompt_id"), where, "prompt_id")
-        elif layout == "openai":
-            prompt, pid = first_user, prompt_id(first_user, where)
-        else:
-            prompt = first_user
-            pid = self._id(record, "id", where, prompt)
+        if layout != "ultrachat_200k":  # the prompt is the first user turn
+            prompt = next((m["content"] for m in messages if m["role"] == "user"), "")
+            id_key = None if layout == "openai" else "id"  # openai records carry no id
+            pid = self._id(record, id_key, where, prompt)
         return {"prompt": prompt, "prompt_id": pid, "messages": messages}
 
 
