@@ -6,7 +6,9 @@ Each conversation becomes one sequence ending with the end-of-text id:
 
 BPE has the markers and `<|endoftext|>` as special tokens (ids 0-3); a pretrained
 vocabulary is kept as shipped (markers are plain text). Both are saved with
-`save_pretrained` and load back with `AutoTokenizer.from_pretrained(dir)`. docs/data.md.
+`save_pretrained` and load back with `AutoTokenizer.from_pretrained(dir)`. Markers and
+end-of-text are inserted by id; conversation text is encoded with special-token splitting
+off, so it never produces them (`encode_chats`). docs/data.md.
 """
 
 from __future__ import annotations
