@@ -17,13 +17,17 @@ missing file or key shows as "n/a".
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+from cvfp.check_rules import TRIALS
 from cvfp.formats import fmt_acc, fmt_int, fmt_num, fmt_ppl, fmt_seconds
+from cvfp.params import load_params
+from cvfp.report.headline import headline_rows
 from cvfp.utils import eta_text
-from tasks.layout import METRICS, REPORT_MD, REPORTS
+from tasks.layout import COMPARE_JSON, METRICS, PARAMS, REPORT_MD, REPORTS, SUMMARY
 from tasks.summary import STAGE_FILES as METRIC_FILES
 from tasks.summary import get, read_stage_metrics, summary_metrics
 
@@ -34,48 +38,90 @@ def read_metrics(metrics_dir: Path = METRICS) -> dict[str, dict]:
     return read_stage_metrics(metrics_dir)
 
 
-def _pair(a: Any, b: Any, fmt) -> str:
-    return f"{fmt(a)} / {fmt(b)}" if a is not None or b is not None else NA
+def _pair(a: Any, b: Any, fmt, labels: tuple[str, str] = ("train", "val")) -> str:
+    """Two numbers, each labelled with its split: 'train 1,200, val 300'."""
+    if a is None and b is None:
+        return NA
+    return ", ".join(
+        f"{lab} {NA if x is None else fmt(x)}" for lab, x in zip(labels, (a, b), strict=True)
+    )
 
 
-def summary_rows(m: dict[str, dict]) -> list[dict[str, str]]:
-    """The headline table: metrics/summary.json's numbers (tasks/summary.py) as rounded
-    strings, one row per quantity, "n/a" when not measured."""
+def read_compare(metrics_dir: Path = METRICS) -> dict | None:
+    """metrics/compare.json (python -m flows.compare) or None when there is no comparison."""
+    try:
+        data = json.loads((Path(metrics_dir) / COMPARE_JSON.name).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("arms") else None
+
+
+def read_warnings(metrics_dir: Path = METRICS) -> int | None:
+    """The report's warnings count, as recorded in metrics/summary.json."""
+    try:
+        return json.loads((Path(metrics_dir) / SUMMARY.name).read_text()).get("warnings")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def pass_text(params_path: str | Path = PARAMS) -> str | None:
+    """The fixed-point check's pass rule with this workspace's threshold, e.g. '< 0.001'."""
+    try:
+        params = load_params(params_path)
+    except Exception:  # a summary never fails on a params file the flow will reject anyway
+        return None
+    (rule,) = TRIALS.when
+    return rule.pass_text(params)
+
+
+def summary_rows(
+    m: dict[str, dict],
+    compare: dict | None = None,
+    warnings: int | None = None,
+    pass_rule: str | None = None,
+) -> list[dict[str, str]]:
+    """The headline table: first what a researcher must read (cvfp/report/headline.py, the
+    same rows as report.html's Summary: comparison verdicts, CVFP vs Transformer vs bigram,
+    the fixed-point check, Phase 1 steps, warnings), then metrics/summary.json's numbers
+    (tasks/summary.py) as rounded strings, each labelled with its split; "n/a" when not
+    measured."""
     s = summary_metrics(m)
     ppl, p1 = s["ppl"], s["p1"]
     best = s["p2_best_epoch"]
 
-    def text(x):
-        return NA if x is None else str(x)
+    def val(x, fmt=fmt_ppl):
+        return NA if x is None else f"val {fmt(x)}"
 
-    rows = [
+    rows = headline_rows(m.get("phase1", {}), m.get("phase2", {}), compare, warnings, pass_rule)
+    rows += [
         (
             "Val perplexity: CVFP (Phase 2)",
             NA
             if ppl["cvfp"] is None
-            else fmt_ppl(ppl["cvfp"]) + (f" (best epoch {best})" if best else ""),
+            else val(ppl["cvfp"]) + (f" (best epoch {best})" if best else ""),
         ),
-        ("Val perplexity: bigram", fmt_ppl(ppl["bigram"])),
-        ("Val perplexity: Transformer (same params)", fmt_ppl(ppl["transformer"])),
-        ("Val perplexity: CVFP with zero C* (ablation)", fmt_ppl(ppl["zero_c"])),
-        ("Val perplexity: CVFP with shuffled C* (ablation)", fmt_ppl(ppl["shuffled_c"])),
+        ("Val perplexity: bigram", val(ppl["bigram"])),
+        ("Val perplexity: Transformer (same params)", val(ppl["transformer"])),
+        ("Val perplexity: CVFP with zero C* (ablation)", val(ppl["zero_c"])),
+        ("Val perplexity: CVFP with shuffled C* (ablation)", val(ppl["shuffled_c"])),
         (
             "Val accuracy: CVFP / Transformer",
-            _pair(s["acc"]["cvfp"], s["acc"]["transformer"], fmt_acc),
+            _pair(s["acc"]["cvfp"], s["acc"]["transformer"], fmt_acc, ("val CVFP", "Transformer")),
         ),
-        ("Phase 1 objective", text(p1["objective"])),
         ("Phase 1 steps (train / val)", _pair(p1["steps_train"], p1["steps_val"], fmt_int)),
-        ("Phase 1 iterations", text(get(m.get("phase1"), "iterations_text"))),
         ("Phase 1 convergence (train / val)", _pair(p1["conv_train"], p1["conv_val"], fmt_acc)),
         (
             "Effective rank (train / val)",
             _pair(
                 get(m.get("phase1"), "train.effective_rank_text"),
                 get(m.get("phase1"), "val.effective_rank_text"),
-                text,
+                str,
             ),
         ),
-        ("Convergence-trial verdict (val)", text(p1["verdict"])),
+        (
+            "Convergence-trial verdict (val)",
+            NA if p1["verdict"] is None else f"val {p1['verdict']}",
+        ),
     ]
     return [{"quantity": q, "value": v} for q, v in rows]
 
@@ -119,18 +165,56 @@ def sections_markdown(stage: str, metrics: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-def publish_results(metrics_dir: Path = METRICS, reports_dir: Path = REPORTS) -> list[str]:
-    """Create the result artifacts from what is on disk now; returns their keys."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+SUMMARY_DESCRIPTION = (
+    "What to read first (metrics/*.json on disk{when}; n/a = not produced yet). "
+    "Full report: reports/report.html"
+)
 
-    m = read_metrics(metrics_dir)
-    create_table_artifact(
-        summary_rows(m),
-        key="cvfp-summary",
-        description="Headline results (metrics/*.json after this run; n/a = not produced yet)",
+
+def _summary_payload(metrics_dir: Path, params_path: str | Path) -> list[dict[str, str]]:
+    return summary_rows(
+        read_metrics(metrics_dir),
+        read_compare(metrics_dir),
+        read_warnings(metrics_dir),
+        pass_text(params_path),
     )
-    keys = ["cvfp-summary"]
-    for stage, metrics in m.items():
+
+
+def publish_summary(
+    metrics_dir: Path = METRICS, params_path: str | Path = PARAMS, artifact_id=None
+):
+    """Create the `cvfp-summary` table artifact, or, given `artifact_id`, update it in place:
+    the flow creates it first (so it is the run's first and only flow-level artifact, listed
+    first in the UI) and updates it with the final numbers at the end. Returns its id."""
+    from prefect.artifacts import create_table_artifact
+
+    rows = _summary_payload(metrics_dir, params_path)
+    if artifact_id is None:
+        return create_table_artifact(
+            rows,
+            key="cvfp-summary",
+            description=SUMMARY_DESCRIPTION.format(when=" before this run"),
+        )
+    from prefect import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+
+    with get_client(sync_client=True) as client:
+        client.update_artifact(
+            artifact_id,
+            ArtifactUpdate(
+                data=json.dumps(rows),
+                description=SUMMARY_DESCRIPTION.format(when=" after this run"),
+            ),
+        )
+    return artifact_id
+
+
+def publish_details(metrics_dir: Path = METRICS, reports_dir: Path = REPORTS) -> list[str]:
+    """The stage metrics as Markdown tables and reports/report.md; returns their keys."""
+    from prefect.artifacts import create_markdown_artifact
+
+    keys = []
+    for stage, metrics in read_metrics(metrics_dir).items():
         create_markdown_artifact(
             sections_markdown(stage, metrics),
             key=f"{stage}-metrics",
@@ -142,6 +226,18 @@ def publish_results(metrics_dir: Path = METRICS, reports_dir: Path = REPORTS) ->
         create_markdown_artifact(report.read_text(), key="cvfp-report", description=str(report))
         keys.append("cvfp-report")
     return keys
+
+
+def publish_results(
+    metrics_dir: Path = METRICS,
+    reports_dir: Path = REPORTS,
+    params_path: str | Path = PARAMS,
+    summary_id=None,
+) -> list[str]:
+    """The summary (updated in place when the flow created it at its start), then the
+    details; returns the artifact keys."""
+    publish_summary(metrics_dir, params_path, summary_id)
+    return ["cvfp-summary", *publish_details(metrics_dir, reports_dir)]
 
 
 LONG_STAGES = ("phase1", "materialize", "phase2")  # always get a progress artifact

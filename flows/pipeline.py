@@ -38,7 +38,7 @@ from cvfp.utils import progress_listener  # noqa: E402
 from tasks.common import run_stage  # noqa: E402
 from tasks.layout import REPORT_HTML, stage_names  # noqa: E402
 
-from .artifacts import StageProgress, publish_results  # noqa: E402
+from .artifacts import StageProgress, publish_details, publish_summary  # noqa: E402
 from .dvc_state import commit_stage, stage_status  # noqa: E402
 from .shards import SHARDED_STAGES, shard_mapper  # noqa: E402
 
@@ -102,6 +102,13 @@ def _run_stage(stage: str, params_path: str, skip_reason: str | None = None):
     return result
 
 
+@task(name="publish-results", cache_policy=None, persist_result=False)
+def publish_details_task() -> list[str]:
+    """The stage metrics tables and report.md, as artifacts of this task run: the flow run's
+    own artifact list then holds cvfp-summary alone, first (flows/artifacts.py)."""
+    return publish_details()
+
+
 def stage_task(stage: str):
     opts = dict(name=stage, task_run_name=stage, cache_policy=None, persist_result=False)
     if stage == "download":  # the only stage with a network: retry transient failures
@@ -118,6 +125,11 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
     load_params(params_path)  # fail before any stage on a bad params file
     logger = get_run_logger()
     outcome = {}
+    summary_id = None
+    try:  # first, so that it is listed first: the numbers on disk, updated at the end
+        summary_id = publish_summary(params_path=params_path)
+    except Exception as err:
+        logger.warning("could not publish the summary artifact: %s", err)
     try:
         for stage in stages or stage_names():
             up_to_date, reason = stage_status(stage)
@@ -133,7 +145,8 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
             outcome[stage] = "skipped" if state.name == SKIPPED else "ran"
     finally:
         try:
-            publish_results()
+            publish_summary(params_path=params_path, artifact_id=summary_id)
+            publish_details_task()
         except Exception as err:  # never hide the stage's own error behind an artifact error
             logger.warning("could not publish the result artifacts: %s", err)
     logger.info("pipeline: %s", outcome)

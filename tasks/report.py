@@ -212,7 +212,8 @@ def run(params: Params) -> dict:
     for f in report.findings:
         log.warning("report: %s %s: %s", f.area, f.check, f.message)
     log.info("report: %s and %s (%d warning(s))", REPORT_HTML, REPORT_MD, len(report.findings))
-    write_summary()  # metrics/summary.json: the run's DVC metrics (tasks/summary.py)
+    # metrics/summary.json: the run's DVC metrics (tasks/summary.py)
+    write_summary(warnings=len(report.findings))
     return {
         "html": str(REPORT_HTML.resolve()),
         "md": str(REPORT_MD.resolve()),

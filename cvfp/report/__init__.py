@@ -9,6 +9,7 @@ No file I/O and no Prefect/DVC/GX here: `tasks/report.py` reads the files.
     render.py          HTML and Markdown renderers
     plots.py           matplotlib figures as PNG bytes
     findings.py        the Warnings: every failed or warning check
+    headline.py        the Summary's first rows (also the Prefect cvfp-summary artifact)
     sections_run.py    Summary, Warnings, Run metadata
     sections_data.py   Data
     sections_phase1.py Phase 1 (per objective); sections_checks.py its check tables and the

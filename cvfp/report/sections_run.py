@@ -9,10 +9,10 @@ import yaml
 
 from ..check_rules import TRIALS
 from ..formats import fmt_acc, fmt_bool, fmt_count, fmt_int, fmt_ppl, fmt_seconds
-from ..metrics.phase1 import IterationRow, SplitMetrics, Trials
-from ..params import Params
-from .document import Block, Code, Heading, Link, Para, Section, Table
+from ..metrics.phase1 import IterationRow, SplitMetrics
+from .document import Code, Heading, Link, Para, Section, Table
 from .findings import Finding
+from .headline import headline_rows
 from .inputs import TITLES, ReportInputs
 
 
@@ -33,69 +33,57 @@ def convergence_text(m: SplitMetrics, history: Sequence[IterationRow]) -> str:
     return text if stop == conv else f"{text}; the saved model, after its step: {conv}"
 
 
-def fixed_point_text(trials: Trials | None, params: Params) -> str:
-    """The val convergence trials (SPEC 4.4), the real fixed-point check, in one line."""
-    if trials is None:
-        return "no convergence trials recorded"
-    (rule,) = TRIALS.when
-    return (
-        f"{'PASSED' if trials.passed else 'NOT PASSED'}: final diff "
-        f"{rule.fmt(trials.final_diff)} (pass if {rule.pass_text(params)}), verdict "
-        f"{trials.verdict}"
-    )
-
-
 def section_summary(inp: ReportInputs, findings: list[Finding]) -> Section:
+    """The first screen: the headline rows (headline.py, the same as the Prefect summary
+    artifact), then the rest of the Phase 1 / Phase 2 numbers, each labelled with its split."""
     p1, cv, bl = inp.phase1, inp.phase2.cvfp, inp.phase2.baselines
     recon = inp.objective == "reconstruction"
     tr, va = p1.train, p1.val
+    (rule,) = TRIALS.when
     rows = [
-        ["Phase 1 objective", inp.objective],
-        ["Phase 1 training" if recon else "Phase 1 iterations", p1.iterations_text],
-        ["Phase 1 optimizer steps", fmt_int(tr.steps)],
-        ["Fixed-point check (val convergence trials)", fixed_point_text(va.trials, inp.params)],
+        list(r)
+        for r in headline_rows(
+            p1.model_dump(mode="json"),
+            inp.phase2.model_dump(mode="json"),
+            inp.compare,
+            len(findings),
+            rule.pass_text(inp.params),
+        )
+    ]
+    rows += [
         ["Phase 1 train convergence", convergence_text(tr, inp.checks.train.history)],
         ["Phase 1 val convergence", convergence_text(va, inp.checks.val.history)],
-        ["Effective rank train", tr.effective_rank_text],
-        ["Effective rank val", va.effective_rank_text],
+        ["Effective rank (train)", tr.effective_rank_text],
+        ["Effective rank (val)", va.effective_rank_text],
     ]
     if recon:
         rows.append(
             [
                 "Phase 1 (reconstruction) val perplexity / accuracy",
-                f"{fmt_ppl(va.ppl)} / {fmt_acc(va.acc)}",
+                f"val: {fmt_ppl(va.ppl)} / {fmt_acc(va.acc)}",
             ]
         )
     rows += [
-        ["Phase 2 CVFP val perplexity", f"{fmt_ppl(cv.val_ppl)} (best epoch {cv.best_epoch})"],
-        ["Bigram val perplexity", fmt_ppl(bl.bigram.val_ppl)],
-        ["Transformer val perplexity", fmt_ppl(bl.transformer.val_ppl if bl.transformer else None)],
-        ["Warnings", str(len(findings))],
+        ["Phase 2 CVFP val perplexity", f"val: {fmt_ppl(cv.val_ppl)} (best epoch {cv.best_epoch})"],
+        ["Bigram val perplexity", f"val: {fmt_ppl(bl.bigram.val_ppl)}"],
+        [
+            "Transformer val perplexity",
+            f"val: {fmt_ppl(bl.transformer.val_ppl)}" if bl.transformer else "not trained",
+        ],
     ]
     s = Section("summary", TITLES["summary"]).add(Table(["quantity", "value"], rows))
-    if inp.compare or inp.compare_href:
-        s.add(*_comparison(inp.compare or {}, inp.compare_href))
-    return s
-
-
-def _comparison(compare: Mapping[str, Any], href: str | None) -> list[Block]:
-    """The verdicts of `python -m flows.compare` (metrics/compare.json) and a link."""
-    out: list[Block] = [Heading("Comparison over seeds (controls)")]
-    verdicts = [a["verdict"] for a in compare.get("arms", {}).values() if a.get("verdict")]
-    if verdicts:
-        out.append(Table(["verdict (computed, cvfp/compare.py)"], [[v] for v in verdicts]))
-    if href:
-        out.append(
+    if inp.compare_href:
+        s.add(
             Para(
                 [
-                    "Details: ",
-                    Link("comparison report", href),
+                    "Comparison details: ",
+                    Link("comparison report", inp.compare_href),
                     " (written by `python -m flows.compare`, not by this run).",
                 ],
                 "note",
             )
         )
-    return out
+    return s
 
 
 def section_warnings(findings: list[Finding]) -> Section:
