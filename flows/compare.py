@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
+from flows.artifacts import CompareProgress  # noqa: E402
 from tasks.compare import (
     COMPARE_HTML,
     COMPARE_JSON,
@@ -77,6 +78,7 @@ def compare(
         arm_names,
         list(dict.fromkeys(e["seed"] for e in exps)),
     )
+    progress = CompareProgress(n)  # the `compare-progress` artifact (flows/artifacts.py)
     for k, exp in enumerate(exps, 1):
         logger.info(
             "experiment %d of %d: %s (arm %s, seed %d)", k, n, exp["name"], exp["arm"], exp["seed"]
@@ -95,6 +97,7 @@ def compare(
             records.append(failed(exp, msg, seconds))
             outcome = f"FAILED in {_clock(seconds)}: {msg}"
             logger.error("experiment %d of %d %s", k, n, outcome)
+        progress.finished(exp["name"], outcome.split(" in ")[0], seconds)
         elapsed = time.perf_counter() - t0
         eta = elapsed / k * (n - k)
         logger.info(

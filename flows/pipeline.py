@@ -93,7 +93,7 @@ def _run_stage(stage: str, params_path: str, skip_reason: str | None = None):
     run = module.run
     if stage in SHARDED_STAGES:  # shards as mapped tasks on orchestration.task_runner
         run = functools.partial(module.run, map_shards=shard_mapper(stage, params.orchestration))
-    progress = StageProgress(stage)
+    progress = StageProgress(stage, params)
     with _library_logs_to_prefect(), progress_listener(progress):
         result = run_stage(stage, run, params)
     progress.done()

@@ -235,3 +235,55 @@ def test_summary_artifact_through_the_prefect_server(prefect_harness, tmp_path):
     assert ", val " in table["Effective rank (train / val)"]
     assert table["Warnings (failed or warning checks)"] == "2"
     assert "after this run" in summary.description
+
+
+def test_stage_plan_covers_the_whole_stage(tiny_params):
+    """Phase 2 with 3 epochs and the Transformer: "epoch k of N", an integer percent and an
+    ETA that adds the Transformer's epochs still to run (at Phase 2's pace until measured)."""
+    from flows.artifacts import StagePlan, stage_loops
+
+    p = tiny_params.model_copy(deep=True)
+    p.phase2.epochs, p.baselines.transformer = 3, True
+    plan = StagePlan("phase2", stage_loops("phase2", p))
+    plan.see("phase2 epoch 1", 50, 100, 10.0)  # 10 s for half an epoch: 20 s per epoch
+    assert plan.eta() == pytest.approx(10 + 2 * 20 + 3 * 20)
+    pct, text = plan.status(elapsed=10.0)
+    assert pct == round(100 * 10 / (10 + 110)) and pct.is_integer()
+    assert text.startswith("phase2: epoch 1 of 3, then 3 transformer epochs; stage 8%, 0:10 ")
+    assert text.endswith("ETA 1:50 (phase2 epoch 1: 50/100 (50%))")
+    plan.see("cvfp eval", 3, 10, 1.0)  # another bar: the stage position stays
+    assert plan.status(12.0)[1].startswith("phase2: epoch 1 of 3, then")
+    # Phase 2 stops early after epoch 2: the Transformer then runs 2 epochs, at its own pace
+    plan.see("phase2 epoch 2", 100, 100, 20.0)
+    plan.see("transformer epoch 1", 25, 100, 5.0)
+    assert plan.eta() == pytest.approx(15 + 20)
+    assert plan.status(60.0)[1].startswith("phase2: transformer epoch 1 of 2; stage 63%")
+
+
+def test_stage_plan_of_phase1_counts_iterations(tiny_params):
+    from flows.artifacts import StagePlan, stage_loops
+
+    p = tiny_params.model_copy(deep=True)
+    p.phase1.max_iterations = 10
+    plan = StagePlan("phase1", stage_loops("phase1", p))
+    plan.see("phase1 iter 0", 5, 10, 1.0)  # the zero-start pass: no loop yet
+    assert plan.status(1.0) == (0.0, "phase1: stage 0%, 0:01 elapsed (phase1 iter 0: 5/10 (50%))")
+    plan.see("phase1 train", 2, 10, 8.0)  # 2 iterations in 8 s, the third running
+    assert plan.eta() == pytest.approx(8 * 4 + 10 * 4)
+    assert plan.status(9.0)[1].startswith(
+        "phase1: train iteration 3 of 10, then 10 val iterations;"
+    )
+    plan.see("phase1 val", 1, 10, 1.0)  # train stopped early: val's own pace
+    assert plan.eta() == pytest.approx(9.0)
+    assert "then" not in plan.status(30.0)[1]
+
+
+def test_compare_progress_text():
+    from flows.artifacts import CompareProgress
+
+    p = CompareProgress.__new__(CompareProgress)  # the text alone, without a Prefect run
+    p.n, p.workers, p.k, p.seconds = 5, 2, 2, [60.0, 80.0]
+    assert p.text("cmp-cvfp-s7", "done", 75.0) == (
+        40.0,
+        "compare: experiment 2 of 5 done (cmp-cvfp-s7 done); 40%, 1:15 elapsed, ETA 1:45",
+    )

@@ -120,6 +120,12 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
         ran = re.findall(rf"^{name}: Running stage '(\w+)'", logs, re.M)
         assert ran == ["phase1", "materialize", "phase2", "report"], logs
     assert ", ETA " in logs and "compare: 2 of 4 experiment(s) ok in " in logs
+    # ... and a progress artifact over the whole sweep
+    (progress,) = flow_run_artifacts("compare-progress")
+    assert progress.type == "progress" and progress.data == 100.0
+    assert progress.description.startswith(
+        "compare: experiment 4 of 4 done (cmp-invalid-s7 FAILED)"
+    )
 
 
 def flow_run_logs(proj: Path) -> list[str]:
@@ -138,6 +144,29 @@ def flow_run_logs(proj: Path) -> list[str]:
         )
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
     return [log.message for log in logs]
+
+
+def flow_run_artifacts(key: str) -> list:
+    """The artifacts `key` of the one cvfp-compare flow run on the session's server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        FlowFilter,
+        FlowFilterName,
+    )
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"]))
+        )
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+                key=ArtifactFilterKey(any_=[key]),
+            )
+        )
 
 
 def exp_metrics(proj, name: str, stage: str) -> dict:

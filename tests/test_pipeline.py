@@ -209,7 +209,22 @@ def test_flow_matches_dvc_and_leaves_status_clean(
     proj, _ = dvc_project
     other = make_project(tmp_path / "flowproj")
     monkeypatch.chdir(other)
-    state = pipeline("params.yaml", return_state=True)
+    seen = []  # phase2-progress as the server holds it while the stage runs
+
+    def read_progress(*_):
+        from prefect import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        with get_client(sync_client=True) as client:
+            arts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["phase2-progress"]))
+            )
+        seen.extend((a.data, a.description) for a in arts)
+
+    from cvfp.utils import progress_listener
+
+    with progress_listener(read_progress):  # called before the flow's own listener
+        state = pipeline("params.yaml", return_state=True)
     outcome = state.result()
     assert outcome == {s: "ran" for s in STAGES}
     assert status_clean(other)
@@ -227,11 +242,15 @@ def test_flow_matches_dvc_and_leaves_status_clean(
     for stage in ("phase1", "materialize", "phase2"):
         assert f"{stage}-progress" in arts, sorted(arts)
         final = arts[f"{stage}-progress"][0]
-        assert (
-            final.type == "progress"
-            and final.data == 100.0
-            and final.description == f"{stage}: done"
-        )
+        assert final.type == "progress" and final.data == 100.0
+        assert final.description.startswith(f"{stage}: done in ")
+    # during Phase 2 (2 epochs, then the Transformer's): the whole stage, "epoch k of N"
+    during = [d for _, d in seen if d.startswith("phase2: epoch ")]
+    assert any(
+        d.startswith("phase2: epoch 1 of 2, then 2 transformer epochs; stage ") for d in during
+    ), seen
+    assert all(float(pct).is_integer() for pct, _ in seen)
+    assert any(", ETA " in d for d in during), during
     assert {
         "cvfp-summary",
         "split-metrics",
