@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
-from flows.artifacts import CompareProgress  # noqa: E402
+from flows.artifacts import CompareProgress, refresh_report  # noqa: E402
 from tasks.compare import (
     COMPARE_HTML,
     COMPARE_JSON,
@@ -112,6 +112,7 @@ def compare(
     summary = write_outputs(params, records, arm_names, overrides)
     for e in summary["arms"].values():
         logger.info("verdict: %s", e["verdict"])
+    logger.info(refresh_report())  # report.html shows the verdicts (a dep of the report stage)
     create_markdown_artifact(
         COMPARE_MD.read_text(), key="cvfp-compare", description=str(COMPARE_MD)
     )

@@ -94,6 +94,11 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     assert data["arms"]["broken"]["seeds"] == [] and data["arms"]["broken"]["failed_seeds"] == [7]
     md = (proj / "reports/compare.md").read_text()
     assert rec["verdict"] in md and "cmp-broken-s7" in md
+    # the run report shows the verdicts: flows.compare reran the report stage (compare.json is
+    # its dep), and dvc.lock records it
+    report = (proj / "reports/report.md").read_text()
+    assert rec["verdict"] in report and "no comparison yet" not in report
+    assert "up to date" in run([str(BIN / "dvc"), "status", "report"], proj)
 
     # The experiments are DVC experiments with the arm's params and the seed; the workspace
     # keeps its params.

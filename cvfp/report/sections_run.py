@@ -111,29 +111,41 @@ def _stage_rows(stages: Sequence[str], timing: Mapping[str, Mapping[str, Any]]) 
 
 def section_metadata(inp: ReportInputs) -> Section:
     m, p = inp.meta, inp.params
-    rev = m.git_revision + (" (working tree has uncommitted changes)" if m.git_dirty else "")
     rows = [
-        ["git revision", rev],
-        ["report generated (UTC)", m.generated_utc],
         ["seed", str(p.seed)],
         ["deterministic", fmt_bool(p.deterministic)],
         ["phase1.objective", inp.objective],
         ["phase1.mode / context_reset", f"{p.phase1.mode} / {p.phase1.context_reset}"],
     ]
-    finished = sorted(t["finished_utc"] for t in inp.timing.values() if t.get("finished_utc"))
-    if finished:
-        rows.insert(2, ["last stage finished (UTC)", finished[-1]])
+    if m.generated_utc or m.git_revision != "unknown":
+        rev = m.git_revision + (" (working tree has uncommitted changes)" if m.git_dirty else "")
+        rows[:0] = [["git revision", rev], ["report generated (UTC)", m.generated_utc]]
     params_yaml = yaml.safe_dump(
         p.model_dump(mode="json"), sort_keys=False, default_flow_style=None
     )
-    return Section("metadata", TITLES["metadata"]).add(
-        Table(["item", "value"], rows),
-        Heading("Duration per stage"),
-        Table(
-            ["stage", "wall time", "finished (UTC)"],
-            _stage_rows(inp.stages, inp.timing),
-            "From metrics/timing/<stage>.json, written when a stage finishes.",
-        ),
+    s = Section("metadata", TITLES["metadata"]).add(Table(["item", "value"], rows))
+    s.add(Heading("Duration per stage"))
+    if inp.timing:
+        s.add(
+            Table(
+                ["stage", "wall time", "finished (UTC)"],
+                _stage_rows(inp.stages, inp.timing),
+                "From metrics/timing/<stage>.json, written when a stage finishes.",
+            )
+        )
+    else:
+        s.add(
+            Para(
+                [
+                    "Wall times are in metrics/timing/<stage>.json and the Prefect run, not "
+                    "here: this page is a DVC output, the same bytes for the same inputs, so "
+                    "`dvc exp apply` and the run-cache restore the page that goes with the "
+                    "numbers (docs/report.md)."
+                ],
+                "note",
+            )
+        )
+    return s.add(
         Heading("Library versions"),
         Table(["library", "version"], [[k, str(v)] for k, v in m.versions.items()]),
         Heading("Parameters (effective, full)"),
