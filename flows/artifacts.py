@@ -445,3 +445,21 @@ class CompareProgress:
             self.k += 1
             self.seconds.append(seconds)
             self.stage._show(*self.text(name, outcome, time.monotonic() - self.t0))
+
+
+def refresh_report() -> str:
+    """After `python -m flows.compare` wrote metrics/compare.json: `dvc repro --single-item
+    report` (the report stage depends on that file), so reports/report.{html,md} show the new
+    verdicts and dvc.lock records them. Returns what happened, for the log; never raises (the
+    comparison's own outputs are already written)."""
+    import logging
+
+    from dvc.repo import Repo
+
+    try:
+        with Repo(".") as repo:
+            ran = repo.reproduce(targets=["report"], single_item=True)
+    except Exception as err:
+        logging.getLogger("cvfp").warning("report not refreshed: %s (run `dvc repro`)", err)
+        return f"report not refreshed: {err} (run `dvc repro`)"
+    return "report refreshed with the comparison" if ran else "report already up to date"

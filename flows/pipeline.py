@@ -37,6 +37,7 @@ from cvfp.params import load_params  # noqa: E402
 from cvfp.utils import progress_listener  # noqa: E402
 from tasks.common import run_stage  # noqa: E402
 from tasks.layout import REPORT_HTML, stage_names  # noqa: E402
+from tasks.report import write_compare_placeholder  # noqa: E402
 
 from .artifacts import StageProgress, publish_details, publish_summary  # noqa: E402
 from .dvc_state import commit_stage, stage_status  # noqa: E402
@@ -124,6 +125,8 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
     current metrics and report are published as artifacts at the end (flows/artifacts.py)."""
     load_params(params_path)  # fail before any stage on a bad params file
     logger = get_run_logger()
+    if write_compare_placeholder():  # the report stage's dep, git-tracked: recreate if deleted
+        logger.info("wrote the no-comparison placeholder metrics/compare.json")
     outcome = {}
     summary_id = None
     try:  # first, so that it is listed first: the numbers on disk, updated at the end
@@ -163,6 +166,10 @@ async def serve(name: str, cron: str | None, interval: float | None, parameters:
     share this workspace's dvc.lock."""
     from prefect import aserve
 
+    from .server_lifetime import crash_stale_pending
+
+    for run_id in await crash_stale_pending(f"{pipeline.name}/{name}"):
+        print(f"marked Crashed: run {run_id} left PENDING by an interrupted --serve")
     deployment = await pipeline.ato_deployment(
         name=name, cron=cron, interval=interval, parameters=parameters
     )

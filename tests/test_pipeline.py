@@ -46,6 +46,9 @@ def make_project(dest: Path) -> Path:
     for k, v in TINY.items():
         set_dotted(raw, k, v)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    from tasks.report import write_compare_placeholder
+
+    write_compare_placeholder(dest / "metrics" / "compare.json")  # git-tracked, a report dep
     run(["git", "init", "-q"], dest)
     run([str(BIN / "dvc"), "init", "-q"], dest)
     shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")  # analytics off, plots page
@@ -159,16 +162,25 @@ def test_dvc_views_show_research_numbers_and_plots_offline(dvc_project, tmp_path
     specs = dvc_json(proj, "plots", "show", "--json")["data"]
     drawn = {name for name, v in specs.items() if v}
     assert drawn == {
+        "phase1_fixed_point",
         "phase1_convergence",
-        "phase1_cvfp_losses",
         "phase1_spectrum",
         "phase2_loss",
         "phase2_accuracy",
     }  # phase1_reconstruction: other objective
     assert "could not find provided field ('epoch')" in p.stderr  # ... and DVC says so
-    for name in ("phase1_convergence", "phase1_cvfp_losses"):  # iteration 0 filtered out
-        spec = specs[name][0]["content"]
-        assert "toNumber(datum['iteration']) >= 1" in json.dumps(spec["transform"])
+    # no single-point chart: the fixed-point check has one point per trial, the convergence
+    # chart train and val from iteration 0; iteration 0 and 1 are marked, not drawn as learning
+    trials = specs["phase1_fixed_point"][0]["content"]["data"]["values"]
+    assert len(trials) == TINY["checks.convergence_trials"]
+    conv = specs["phase1_convergence"][0]["content"]
+    rows = conv["data"]["values"]
+    assert {r["filename"] for r in rows} == {"phase1_train.csv", "phase1_val.csv"}
+    kinds = {(r["iteration"], r["kind"]) for r in rows}
+    assert {("0", "zero start"), ("1", "by construction")} <= kinds, kinds
+    line, marks, label = conv["layer"]
+    assert line["mark"]["type"] == "line" and "datum.kind === 'iteration'" in json.dumps(line)
+    assert marks["encoding"]["shape"]["field"] == "kind" and "by construction" in json.dumps(label)
 
 
 def flow_run_record(state):
@@ -236,7 +248,9 @@ def test_flow_matches_dvc_and_leaves_status_clean(
     epochs = [m for m in logs if m.startswith("phase2 epoch ")]
     p2 = json.loads((other / "metrics/phase2.json").read_text())["cvfp"]
     assert len(epochs) == p2["epochs_run"] and "phase2: val ppl cvfp" in "\n".join(logs)
-    assert any(m.startswith("iter 1: converged") for m in logs)  # cvfp/phase1.py per iteration
+    # cvfp/phase1.py per iteration, naming the split
+    assert any(m.startswith("phase1 train iter 1: converged") for m in logs)
+    assert any(m.startswith("phase1 val iter 1: converged") for m in logs)
     assert any(m.startswith("transformer epoch ") for m in logs)
     # progress artifacts of the long stages, finished at 100%
     for stage in ("phase1", "materialize", "phase2"):
@@ -299,7 +313,7 @@ def set_params(proj: Path, **changes) -> None:
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def test_a_param_puts_only_the_stages_that_read_it_out_of_date(dvc_copy):
+def test_a_param_puts_only_the_stages_that_read_it_out_of_date(dvc_copy, monkeypatch):
     """`dvc status` after editing params: out of date are the stages that list the key (and the
     report, which reads all of params.yaml); materialize reads only phase1.context_reset.
     That a rerun phase1 makes DVC rerun what follows it, and nothing before it, is checked on
@@ -311,6 +325,13 @@ def test_a_param_puts_only_the_stages_that_read_it_out_of_date(dvc_copy):
         "phase2": [{"changed deps": {"params.yaml": {"phase2": "modified"}}}],
         "report": [{"changed deps": {"params.yaml": "modified"}}],
     }
+    # the flow's rerun reason names the key, old -> new (flows/dvc_state.py)
+    from flows.dvc_state import stage_status
+
+    monkeypatch.chdir(proj)
+    lr = yaml.safe_load((ROOT / "params.yaml").read_text())["phase2"]["lr"]
+    assert stage_status("phase2") == (False, f"changed params: phase2.lr {lr} -> 0.001")
+    assert stage_status("report") == (False, f"changed params: phase2.lr {lr} -> 0.001")
     set_params(proj, **{"phase1.objective": "reconstruction"})
     assert dvc_status() == {
         "phase1": [{"changed deps": {"params.yaml": {"phase1": "modified"}}}],
