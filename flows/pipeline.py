@@ -103,7 +103,9 @@ def _run_stage(stage: str, params_path: str, skip_reason: str | None = None):
     return result
 
 
-@task(name="publish-results", cache_policy=None, persist_result=False)
+@task(
+    name="publish-results", task_run_name="publish-results", cache_policy=None, persist_result=False
+)
 def publish_details_task() -> list[str]:
     """The stage metrics tables and report.md, as artifacts of this task run: the flow run's
     own artifact list then holds cvfp-summary alone, first (flows/artifacts.py)."""
