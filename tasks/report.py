@@ -11,12 +11,10 @@ Also reads metrics/compare.json (a placeholder until `python -m flows.compare` r
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
 from importlib import metadata
-from itertools import zip_longest
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +28,7 @@ from cvfp.params import Params
 from cvfp.report import ReportInputs, RunMeta, build_report
 from cvfp.utils import atomic_path, write_json
 
-from .common import cli, log, merge_durations
+from .common import cli, log
 from .layout import (
     COMPARE_HTML,
     COMPARE_JSON,
@@ -95,33 +93,18 @@ def _read_json(key: str) -> Any:
         raise ValueError(f"report input {path} is not valid JSON: {err}") from None
 
 
-def _with_durations(model: type[M], obj: Any, durations: Any, where: str) -> M:
-    """`obj` as `model`, with the wall times recorded in metrics/timing/ put back
-    (tasks.common.split_durations took them out). Durations of another run that do not fit
-    this file's shape are left out, with a warning."""
-    if durations:
-        try:
-            return parse(model, merge_durations(copy.deepcopy(obj), durations), where)
-        except ValueError:
-            log.warning("report: ignoring recorded durations that do not fit %s", where)
-    return parse(model, obj, where)
-
-
-def _read_epochs(durations: list) -> list[Phase2Epoch]:
+def _read_epochs() -> list[Phase2Epoch]:
     path = _require("phase2_epochs")
     frame = pd.read_csv(path)
     # NaN (empty cells) -> None, so the formatters print "n/a".
     rows = [
         {k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")
     ]
-    return [
-        _with_durations(Phase2Epoch, r, d, f"{path} row {i + 1}")
-        for i, (r, d) in enumerate(zip_longest(rows, durations[: len(rows)]))
-    ]
+    return [parse(Phase2Epoch, r, f"{path} row {i + 1}") for i, r in enumerate(rows)]
 
 
-def _read(key: str, model: type[M], durations: Any = None) -> M:
-    return _with_durations(model, _read_json(key), durations, str(REQUIRED[key][0]))
+def _read(key: str, model: type[M]) -> M:
+    return parse(model, _read_json(key), str(REQUIRED[key][0]))
 
 
 def library_versions() -> dict[str, str]:
@@ -156,7 +139,7 @@ def load_inputs(params: Params) -> ReportInputs:
         phase1=_read("phase1", Phase1Metrics),
         checks=_read("checks", Phase1Checks),
         phase2=_read("phase2", Phase2Metrics),
-        phase2_epochs=_read_epochs([]),
+        phase2_epochs=_read_epochs(),
         compare=compare,
         compare_href=os.path.relpath(COMPARE_HTML, REPORTS) if compare else None,
     )
