@@ -169,7 +169,7 @@ def test_headline_leads_with_verdicts_models_check_and_phase1():
     table = summary_rows(m, COMPARE, 3, "< 0.001")
     first = [(r["quantity"], r["value"]) for r in table[:6]]
     assert first[0] == (
-        "Comparison: cvfp vs none (5 seeds, test split)",
+        "Comparison: cvfp vs none (5 seeds)",
         "inconclusive: test loss cvfp - none: -0.0123, 95% CI [-0.0310, +0.0061], p (Holm) 0.21",
     )
     assert (
@@ -218,6 +218,9 @@ def test_summary_artifact_through_the_prefect_server(prefect_harness, tmp_path):
         publish_details(tmp_path, tmp_path)
 
     state = publish(return_state=True)
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the run's logs now, while the session's server is up
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
@@ -227,7 +230,7 @@ def test_summary_artifact_through_the_prefect_server(prefect_harness, tmp_path):
     (summary,) = [a for a in arts if a.key == "cvfp-summary"]  # updated, not a second one
     assert min(arts, key=lambda a: a.created).key == "cvfp-summary"
     table = {r["quantity"]: r["value"] for r in json.loads(summary.data)}
-    assert table["Comparison: cvfp vs none (5 seeds, test split)"].startswith("inconclusive: ")
+    assert table["Comparison: cvfp vs none (5 seeds)"].startswith("inconclusive: ")
     p1 = json.loads((ROOT / "metrics/phase1.json").read_text())
     check = table["Fixed-point check (val convergence trials)"]
     assert check.startswith("PASSED: val " if p1["val"]["trials"]["passed"] else "NOT PASSED: val ")

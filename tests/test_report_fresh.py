@@ -107,7 +107,7 @@ def test_a_new_comparison_refreshes_the_report(dvc_copy, monkeypatch):
     assert refresh_report() == "report refreshed with the comparison"
     md = (proj / "reports/report.md").read_text()
     assert (
-        "| Comparison: cvfp vs none (2 seeds, test split) | worse: test loss cvfp - none: +0.0500, 95% CI [+0.0100, +0.0900] |"
+        "| Comparison: cvfp vs none (2 seeds) | worse: test loss cvfp - none: +0.0500, 95% CI [+0.0100, +0.0900] |"
         in md
     )
     assert "up to date" in dvc(proj, "status")

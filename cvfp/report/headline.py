@@ -61,7 +61,7 @@ def comparison_rows(compare: Mapping[str, Any] | None) -> list[tuple[str, str]]:
             parts.append(f"p (Holm) {_num(a['p_holm'], '.3g')}")
         word = verdict if verdict else "interval only (no verdict)"
         text = f"{word}: " + ", ".join(parts) if parts else str(word)
-        rows.append((f"Comparison: {arm} vs {control} ({n} seeds, test split)", text))
+        rows.append((f"Comparison: {arm} vs {control} ({n} seeds)", text))
     return rows or [("Comparison (over seeds)", NO_COMPARISON)]
 
 
