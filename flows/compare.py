@@ -26,6 +26,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
 from flows.artifacts import CompareProgress, refresh_report  # noqa: E402
@@ -84,8 +85,10 @@ def compare(
             "experiment %d of %d: %s (arm %s, seed %d)", k, n, exp["name"], exp["arm"], exp["seed"]
         )
         start = time.perf_counter()
+        # quote: Prefect would otherwise link the arm / seed values to earlier results by
+        # identity and draw dependency arrows between independent experiments
         state = experiment.with_options(task_run_name=f"{k}of{n}-{exp['arm']}-seed{exp['seed']}")(
-            exp, return_state=True
+            quote(exp), return_state=True
         )
         seconds = time.perf_counter() - start
         if state.is_completed():

@@ -125,6 +125,9 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
         ran = re.findall(rf"^{name}: Running stage '(\w+)'", logs, re.M)
         assert ran == ["phase1", "materialize", "phase2", "report"], logs
     assert ", ETA " in logs and "compare: 2 of 4 experiment(s) ok in " in logs
+    # the experiments are independent task runs: no inputs linking one to another
+    inputs = {t.name: t.task_inputs for t in flow_run_task_runs()}
+    assert len(inputs) == 4 and all(not any(v.values()) for v in inputs.values()), inputs
     # ... and a progress artifact over the whole sweep
     (progress,) = flow_run_artifacts("compare-progress")
     assert progress.type == "progress" and progress.data == 100.0
@@ -149,6 +152,17 @@ def flow_run_logs(proj: Path) -> list[str]:
         )
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
     return [log.message for log in logs]
+
+
+def flow_run_task_runs() -> list:
+    """The task runs of the one cvfp-compare flow run on the session's server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"]))
+        )
 
 
 def flow_run_artifacts(key: str) -> list:
