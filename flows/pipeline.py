@@ -37,8 +37,9 @@ from cvfp.params import load_params  # noqa: E402
 from cvfp.utils import progress_listener  # noqa: E402
 from tasks.common import run_stage  # noqa: E402
 from tasks.layout import REPORT_HTML, stage_names  # noqa: E402
+from tasks.report import write_compare_placeholder  # noqa: E402
 
-from .artifacts import StageProgress, publish_results  # noqa: E402
+from .artifacts import StageProgress, publish_details, publish_summary  # noqa: E402
 from .dvc_state import commit_stage, stage_status  # noqa: E402
 from .shards import SHARDED_STAGES, shard_mapper  # noqa: E402
 
@@ -93,13 +94,22 @@ def _run_stage(stage: str, params_path: str, skip_reason: str | None = None):
     run = module.run
     if stage in SHARDED_STAGES:  # shards as mapped tasks on orchestration.task_runner
         run = functools.partial(module.run, map_shards=shard_mapper(stage, params.orchestration))
-    progress = StageProgress(stage)
+    progress = StageProgress(stage, params)
     with _library_logs_to_prefect(), progress_listener(progress):
         result = run_stage(stage, run, params)
     progress.done()
     commit_stage(stage)
     logger.info("stage %s done and committed to dvc.lock", stage)
     return result
+
+
+@task(
+    name="publish-results", task_run_name="publish-results", cache_policy=None, persist_result=False
+)
+def publish_details_task() -> list[str]:
+    """The stage metrics tables and report.md, as artifacts of this task run: the flow run's
+    own artifact list then holds cvfp-summary alone, first (flows/artifacts.py)."""
+    return publish_details()
 
 
 def stage_task(stage: str):
@@ -117,7 +127,14 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
     current metrics and report are published as artifacts at the end (flows/artifacts.py)."""
     load_params(params_path)  # fail before any stage on a bad params file
     logger = get_run_logger()
+    if write_compare_placeholder():  # the report stage's dep, git-tracked: recreate if deleted
+        logger.info("wrote the no-comparison placeholder metrics/compare.json")
     outcome = {}
+    summary_id = None
+    try:  # first, so that it is listed first: the numbers on disk, updated at the end
+        summary_id = publish_summary(params_path=params_path)
+    except Exception as err:
+        logger.warning("could not publish the summary artifact: %s", err)
     try:
         for stage in stages or stage_names():
             up_to_date, reason = stage_status(stage)
@@ -133,7 +150,8 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
             outcome[stage] = "skipped" if state.name == SKIPPED else "ran"
     finally:
         try:
-            publish_results()
+            publish_summary(params_path=params_path, artifact_id=summary_id)
+            publish_details_task()
         except Exception as err:  # never hide the stage's own error behind an artifact error
             logger.warning("could not publish the result artifacts: %s", err)
     logger.info("pipeline: %s", outcome)
@@ -150,6 +168,10 @@ async def serve(name: str, cron: str | None, interval: float | None, parameters:
     share this workspace's dvc.lock."""
     from prefect import aserve
 
+    from .server_lifetime import crash_stale_pending
+
+    for run_id in await crash_stale_pending(f"{pipeline.name}/{name}"):
+        print(f"marked Crashed: run {run_id} left PENDING by an interrupted --serve")
     deployment = await pipeline.ato_deployment(
         name=name, cron=cron, interval=interval, parameters=parameters
     )
