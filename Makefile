@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # No telemetry/tokenizer variables here: every Python entry point (stages, flows, tests,
 # benchmarks) sets them in tasks/env.py, and DVC's own analytics are off in .dvc/config.
 
-.PHONY: setup setup-dev repro test lint bench clean vega-template
+.PHONY: setup setup-dev repro test lint bench clean vega-template ui
 
 setup: $(STAMP)
 setup-dev: $(DEV)
@@ -32,9 +32,20 @@ $(DEV): $(STAMP)
 	touch $(DEV)
 
 repro: setup
+	@$(BIN)/python -c "from tasks.report import write_compare_placeholder as w; w()"  # a report dep
 	$(BIN)/dvc repro
-	@test -f reports/report.html || $(BIN)/python -m tasks.report   # not a DVC output (dvc.yaml)
 	@echo "Report: $(CURDIR)/reports/report.html"
+
+# A local Prefect server with its UI on PORT (make ui PORT=4271): the UI calls this port's API
+# (PREFECT_SERVER_API_PORT / PREFECT_UI_API_URL; `--port` alone leaves it calling 4200),
+# telemetry off. No `setup` prerequisite: it never reinstalls anything (run `make setup` once).
+PORT ?= 4200
+ui:
+	@echo "Prefect UI: http://127.0.0.1:$(PORT)   (flows: export PREFECT_API_URL=http://127.0.0.1:$(PORT)/api)"
+	@PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT=$(PORT) \
+	  PREFECT_API_URL=http://127.0.0.1:$(PORT)/api PREFECT_UI_API_URL=http://127.0.0.1:$(PORT)/api \
+	  PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
+	  exec $(BIN)/prefect server start --host 127.0.0.1 --port $(PORT) --analytics-off
 
 test: setup-dev
 	$(BIN)/python -m pytest

@@ -86,8 +86,10 @@ def generate_text(
     seed: int = 0,
 ) -> str:
     """The prompt and its continuation as text. `tokenizer` is a transformers tokenizer of
-    the model's vocabulary; an empty prompt starts from eos (as after a conversation)."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    the model's vocabulary; an empty prompt starts from eos (as after a conversation). The
+    prompt is plain text: `<|endoftext|>` or `<|user|>` in it are encoded as that text, never
+    as the special ids (as in training, cvfp.tokenization.encode_text)."""
+    ids = tokenizer(prompt, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     if not ids and tokenizer.eos_token_id is not None:
         ids = [tokenizer.eos_token_id]
     new = generate(model, ids, max_new_tokens, temperature, top_k, seed, tokenizer.eos_token_id)

@@ -38,9 +38,12 @@ Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class DataParams(_Section):
-    source: Literal["chatterbot", "ultrachat", "local"]
+    source: Literal["chatterbot", "ultrachat", "local", "sharegpt"]
     path: str
     split: str
+    # layout of local/hub records (cvfp.data.LAYOUTS); auto: detected from their fields
+    format: Literal["auto", "ultrachat_200k", "ultrachat_original", "sharegpt", "openai"]
+    on_truncated: Literal["error", "keep_complete"]  # a JSON file that ends mid-record
     num_samples: int | None = Field(gt=0)
     streaming: bool
     timeout_s: float = Field(gt=0)

@@ -262,8 +262,11 @@ def run_phase1(
     log_fn=log.info,
     world: World = SINGLE,
     work_dir: str | Path | None = None,
+    split: str | None = None,
 ) -> Phase1Result:
     """Phase 1 on `corpus` with phase1 params `p`. train=False measures convergence only.
+    `split` ("train" / "val") names the corpus in the log lines and the progress bar (default:
+    "train" when training, else "val").
 
     work_dir: where the two context files (previous, current) go; None keeps them in
     memory (one process only). Under torchrun all ranks call this with the same arguments
@@ -280,6 +283,7 @@ def run_phase1(
     optimizer = torch.optim.Adam(_trainable(model), lr=p.lr) if train else None
     n, shape = corpus.n_tokens, (corpus.n_tokens, model.context_dim)
     name = "train" if train else "val"
+    label = split or name  # which split the log lines and the bar are about
     with _context_stores(shape, work_dir, world, name) as (previous, current):
         t0 = time.perf_counter()
         zero_start_pass(
@@ -291,12 +295,12 @@ def run_phase1(
         result.history.append(
             IterationStats(0, 0, n, 0.0, None, None, None, 0, 0, time.perf_counter() - t0)
         )
-        log_fn(result.final.line())
+        log_fn(f"phase1 {label} {result.final.line()}")
 
         prev_index = corpus.prev_index()
         bar = progress(
             range(1, p.max_iterations + 1),
-            desc=f"phase1 {name}",
+            desc=f"phase1 {label}",
             enabled=show_progress and p.mode == "parallel",
             unit="iter",
         )
@@ -326,7 +330,7 @@ def run_phase1(
                 it, conv, n, conv / n, *losses, steps, skipped, time.perf_counter() - t0
             )
             result.history.append(stats)
-            log_fn(stats.line())
+            log_fn(f"phase1 {label} {stats.line()}")
             check_iteration(
                 stats, model, p, name, train
             )  # phase1.divergence: fail with the numbers

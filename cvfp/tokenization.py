@@ -6,7 +6,9 @@ Each conversation becomes one sequence ending with the end-of-text id:
 
 BPE has the markers and `<|endoftext|>` as special tokens (ids 0-3); a pretrained
 vocabulary is kept as shipped (markers are plain text). Both are saved with
-`save_pretrained` and load back with `AutoTokenizer.from_pretrained(dir)`. docs/data.md.
+`save_pretrained` and load back with `AutoTokenizer.from_pretrained(dir)`. Markers and
+end-of-text are inserted by id; conversation text is encoded with special-token splitting
+off, so it never produces them (`encode_chats`). docs/data.md.
 """
 
 from __future__ import annotations
@@ -149,6 +151,84 @@ def _tokenizer_from(tokenizer: str | Path | TokenizerFiles):
     return tok
 
 
+def marker_ids(tok) -> dict[str, list[int]]:
+    """Role marker ids: the marker's own special-token id (BPE), else the marker encoded as
+    plain text (a pretrained vocabulary)."""
+    special = set(tok.all_special_tokens)
+    out = {}
+    for role, marker in MARKERS.items():
+        if marker in special:
+            out[role] = [tok.convert_tokens_to_ids(marker)]
+        else:
+            out[role] = encode_text(tok, [marker])[0]
+    return out
+
+
+def encode_text(tok, texts: list[str]) -> list[list[int]]:
+    """Token ids of plain text: special-token strings in it (`<|endoftext|>`, `<|user|>`...)
+    are encoded as the text they are, never as the special ids."""
+    if not texts:
+        return []
+    return tok(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)[
+        "input_ids"
+    ]
+
+
+def encode_chats(
+    tok, conversations: list[list[dict]], max_seq_length: int | None = None
+) -> list[tuple[list[int], int, bool]]:
+    """Each conversation as (ids, tokens before truncation, estimated).
+
+    ids: per turn the role marker (by id) and the turn text (`turn_text`, encoded with
+    `encode_text`), then the end-of-text id, cut to `max_seq_length`. Turns are encoded one
+    round at a time (turn k of every conversation still under the limit), so turns wholly
+    past the limit are never encoded: their tokens are estimated from their characters at
+    the conversation's encoded tokens per character (`estimated` True). An empty
+    conversation (format_chat gives "") is ([], 0, False)."""
+    markers = marker_ids(tok)
+    ids: list[list[int]] = [[] for _ in conversations]
+    done = [0] * len(conversations)  # turns encoded
+    chars = [0] * len(conversations)
+    text_tokens = [0] * len(conversations)
+    active = [i for i, m in enumerate(conversations) if format_chat(m)]
+    while active:
+        texts = [turn_text(conversations[i][done[i]].get("content")) for i in active]
+        for i, text, enc in zip(active, texts, encode_text(tok, texts), strict=True):
+            role = conversations[i][done[i]]["role"]
+            ids[i] += markers.get(role) or encode_text(tok, [role])[0]
+            ids[i] += enc
+            chars[i] += len(text)
+            text_tokens[i] += len(enc)
+            done[i] += 1
+        active = [
+            i
+            for i in active
+            if done[i] < len(conversations[i])
+            and (max_seq_length is None or len(ids[i]) < max_seq_length)
+        ]
+    out: list[tuple[list[int], int, bool]] = []
+    for i, msgs in enumerate(conversations):
+        if not ids[i]:
+            out.append(([], 0, False))
+            continue
+        full = len(ids[i]) + 1  # + end-of-text
+        rest = msgs[done[i] :]
+        if rest:
+            per_char = text_tokens[i] / max(chars[i], 1)
+            full += sum(
+                len(markers.get(m["role"], [0]))
+                + round(len(turn_text(m.get("content"))) * per_char)
+                for m in rest
+            )
+        kept = (
+            (ids[i] + [tok.eos_token_id])[:max_seq_length]
+            if max_seq_length
+            else ids[i] + [tok.eos_token_id]
+        )
+        out.append((kept, full, bool(rest)))
+    return out
+
+
 def tokenize_shard(
     shard: tuple[int, list[list[dict]]],
     tokenizer: str | Path | TokenizerFiles,
@@ -159,24 +239,20 @@ def tokenize_shard(
     `tokenizer` is a saved tokenizer directory or its files (`tokenizer_files`). Returns
     flat arrays for the non-empty conversations: `conversation_id` (int64, row index in
     the raw data), `n_tokens` and `n_full` (int32, after/before truncation to
-    `max_seq_length`), all their `ids` (int32) concatenated, and `n_in` (rows read)."""
+    `max_seq_length`; n_full estimated for turns past the limit, see `encode_chats`), all
+    their `ids` (int32) concatenated, `n_in` (rows read) and `n_estimated` (conversations
+    whose n_full is partly estimated)."""
     start, conversations = shard
     tok = _tokenizer_from(tokenizer)
-    texts = [format_chat(m) for m in conversations]
-    keep = [i for i, t in enumerate(texts) if t]
-    enc = (
-        tok([texts[i] for i in keep], add_special_tokens=False, verbose=False)["input_ids"]
-        if keep
-        else []
-    )
-    full = [e + [tok.eos_token_id] for e in enc]
-    ids = [f[:max_seq_length] for f in full] if max_seq_length else full
+    enc = encode_chats(tok, conversations, max_seq_length)
+    keep = [i for i, (ids, _, _) in enumerate(enc) if ids]
     return {
         "conversation_id": np.asarray([start + i for i in keep], dtype=np.int64),
-        "n_tokens": np.asarray([len(x) for x in ids], dtype=np.int32),
-        "n_full": np.asarray([len(f) for f in full], dtype=np.int32),
-        "ids": np.asarray([t for x in ids for t in x], dtype=np.int32),
+        "n_tokens": np.asarray([len(enc[i][0]) for i in keep], dtype=np.int32),
+        "n_full": np.asarray([enc[i][1] for i in keep], dtype=np.int32),
+        "ids": np.asarray([t for i in keep for t in enc[i][0]], dtype=np.int32),
         "n_in": np.asarray(len(conversations), dtype=np.int64),
+        "n_estimated": np.asarray(sum(enc[i][2] for i in keep), dtype=np.int64),
     }
 
 
@@ -215,7 +291,16 @@ def combine_shards(
         ],
         schema=OUT_FEATURES.arrow_schema,
     )
-    ds = datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=OUT_FEATURES))
+    # The fingerprint (saved in state.json) from the arrays themselves: datasets would compute
+    # one by pickling the table, a copy of every token id (+0.3 GB at 41 M tokens).
+    h = hashlib.sha256()
+    for part in (conv_id, offsets.astype(np.int64), ids):
+        h.update(np.ascontiguousarray(part).tobytes())
+    ds = datasets.Dataset(
+        InMemoryTable(table),
+        info=datasets.DatasetInfo(features=OUT_FEATURES),
+        fingerprint=h.hexdigest()[:16],
+    )
     n_in = int(sum(int(r["n_in"]) for r in results))
     stats = {
         "conversations_in": n_in,
@@ -223,7 +308,14 @@ def combine_shards(
         "dropped": {"empty": n_in - len(ds)},
         "truncated": int((n_full > n_tokens).sum()),
         "tokens_before_truncation": int(n_full.sum()),
+        # conversations whose tokens past max_seq_length were estimated, not encoded
+        "tokens_before_truncation_estimated": int(
+            sum(int(r.get("n_estimated", 0)) for r in results)
+        ),
         "tokens": int(n_tokens.sum()),
+        "truncated_token_share": (
+            float(1 - n_tokens.sum() / n_full.sum()) if n_full.sum() else 0.0
+        ),
         "vocab_size": len(tokenizer),
         "eos_token_id": tokenizer.eos_token_id,
     }

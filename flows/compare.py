@@ -26,8 +26,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.utilities.annotations import quote  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
+from flows.artifacts import CompareProgress, refresh_report  # noqa: E402
 from tasks.common import holds_workspace  # noqa: E402
 from tasks.compare import (
     COMPARE_HTML,
@@ -79,13 +81,16 @@ def compare(
         arm_names,
         list(dict.fromkeys(e["seed"] for e in exps)),
     )
+    progress = CompareProgress(n)  # the `compare-progress` artifact (flows/artifacts.py)
     for k, exp in enumerate(exps, 1):
         logger.info(
             "experiment %d of %d: %s (arm %s, seed %d)", k, n, exp["name"], exp["arm"], exp["seed"]
         )
         start = time.perf_counter()
+        # quote: Prefect would otherwise link the arm / seed values to earlier results by
+        # identity and draw dependency arrows between independent experiments
         state = experiment.with_options(task_run_name=f"{k}of{n}-{exp['arm']}-seed{exp['seed']}")(
-            exp, return_state=True
+            quote(exp), return_state=True
         )
         seconds = time.perf_counter() - start
         if state.is_completed():
@@ -97,6 +102,7 @@ def compare(
             records.append(failed(exp, msg, seconds))
             outcome = f"FAILED in {_clock(seconds)}: {msg}"
             logger.error("experiment %d of %d %s", k, n, outcome)
+        progress.finished(exp["name"], outcome.split(" in ")[0], seconds)
         elapsed = time.perf_counter() - t0
         eta = elapsed / k * (n - k)
         logger.info(
@@ -109,6 +115,7 @@ def compare(
             _clock(eta) if k < n else "0m00s",
         )
     summary = write_outputs(params, records, arm_names, overrides)  # logs the verdicts
+    logger.info(refresh_report())  # report.html shows the verdicts (a dep of the report stage)
     create_markdown_artifact(
         COMPARE_MD.read_text(), key="cvfp-compare", description=str(COMPARE_MD)
     )

@@ -8,7 +8,11 @@ following `dvc repro` runs nothing (and vice versa).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+from typing import Any
+
+import yaml
 
 _HELD: list = []  # the Repo whose DVC lock this process holds for a whole flow run
 
@@ -60,9 +64,10 @@ def hold_dvc_lock(what: str = "flows.pipeline"):
 
 
 def stage_status(stage: str) -> tuple[bool, str]:
-    """(up_to_date, reason). The reason lists what DVC says changed, e.g.
-    'changed deps: data/split/train; changed params: phase1.lr'. A stage whose committed
-    outputs were made with other params than dvc.lock records is not up to date."""
+    """(up_to_date, reason). The reason says what changed, params by key with their old and
+    new values, e.g. 'changed params: phase2.epochs 10 -> 2; changed deps: data/split/train
+    (modified)'. A stage whose committed outputs were made with other params than dvc.lock
+    records is not up to date."""
     from tasks.common import provenance_changes
 
     with _repo() as repo:
@@ -74,10 +79,76 @@ def stage_status(stage: str) -> tuple[bool, str]:
                 f"dvc.lock records params its outputs were not made with ({', '.join(lies)})"
             )
         return True, "up to date in dvc.lock (deps, params and outs unchanged)"
-    return False, describe(status)
+    recorded, everything = _recorded_params(stage)
+    return False, describe(status, recorded, everything, _current_params())
 
 
-def describe(status: dict) -> str:
+def _current_params(path: str = "params.yaml") -> dict | None:
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _recorded_params(stage: str, lock: str = "dvc.lock") -> tuple[dict, dict]:
+    """(the params.yaml values dvc.lock records for `stage`, those of all stages merged)."""
+    try:
+        with open(lock) as f:
+            stages = (yaml.safe_load(f) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError):
+        return {}, {}
+    every: dict = {}
+    for entry in stages.values():
+        every.update(flatten((entry.get("params") or {}).get("params.yaml") or {}))
+    own = flatten(((stages.get(stage) or {}).get("params") or {}).get("params.yaml") or {})
+    return own, every
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}, "c.d": 2} -> {"a.b": 1, "c.d": 2} (dvc.lock mixes both forms)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _value(x: Any) -> str:
+    return "(unset)" if x is _UNSET else json.dumps(x) if isinstance(x, str) else str(x)
+
+
+_UNSET = object()
+
+
+def param_changes(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose value differs, as 'key old -> new', sorted."""
+    return [
+        f"{k} {_value(old.get(k, _UNSET))} -> {_value(new.get(k, _UNSET))}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k, _UNSET) != new.get(k, _UNSET)
+    ]
+
+
+def _under(flat: dict, key: str) -> dict:
+    """The entries of `flat` at `key` or below it."""
+    return {k: v for k, v in flat.items() if k == key or k.startswith(key + ".")}
+
+
+def describe(
+    status: dict,
+    recorded: dict | None = None,
+    everything: dict | None = None,
+    current: dict | None = None,
+) -> str:
+    """DVC's status of a stage as one line. With the params dvc.lock recorded (`recorded` for
+    the stage, `everything` for all stages) and the current params.yaml, a changed params
+    section names its keys with old -> new values instead of DVC's "{'phase2': 'modified'}";
+    a stage that depends on the whole file (the report) gets the keys any stage records."""
+    now = flatten(current) if current is not None else None
     parts = []
     for entries in status.values():
         for entry in entries:
@@ -85,11 +156,28 @@ def describe(status: dict) -> str:
                 parts.append(entry)
                 continue
             for kind, changes in entry.items():
-                if isinstance(changes, dict):
-                    items = ", ".join(f"{k} ({v})" for k, v in changes.items())
-                else:
-                    items = str(changes)
-                parts.append(f"{kind}: {items}")
+                if not isinstance(changes, dict):
+                    parts.append(f"{kind}: {changes}")
+                    continue
+                items = []
+                for path, what in changes.items():
+                    if path != "params.yaml" or now is None:
+                        items.append(f"{path} ({what})")
+                        continue
+                    if isinstance(what, dict):  # the stage's own keys
+                        diffs = [
+                            d
+                            for key in what
+                            for d in param_changes(_under(recorded or {}, key), _under(now, key))
+                        ]
+                    else:  # the whole file: the keys some stage records, and the rest
+                        old = everything or {}
+                        diffs = param_changes(old, {k: v for k, v in now.items() if k in old})
+                        if not diffs:
+                            diffs = ["keys no stage lists (e.g. orchestration, compare)"]
+                    parts.append("changed params: " + ", ".join(diffs or [str(what)]))
+                if items:
+                    parts.append(f"{kind}: {', '.join(items)}")
     return "; ".join(parts) or "not in dvc.lock yet"
 
 

@@ -37,8 +37,9 @@ from cvfp.params import load_params  # noqa: E402
 from cvfp.utils import progress_listener  # noqa: E402
 from tasks.common import run_stage, workspace_lock  # noqa: E402
 from tasks.layout import REPORT_HTML, stage_names  # noqa: E402
+from tasks.report import write_compare_placeholder  # noqa: E402
 
-from .artifacts import StageProgress, publish_results  # noqa: E402
+from .artifacts import StageProgress, publish_details, publish_summary  # noqa: E402
 from .dvc_state import commit_stage, hold_dvc_lock, stage_status  # noqa: E402
 from .shards import SHARDED_STAGES, shard_mapper  # noqa: E402
 
@@ -93,7 +94,7 @@ def _run_stage(stage: str, params_path: str, skip_reason: str | None = None):
     run = module.run
     if stage in SHARDED_STAGES:  # shards as mapped tasks on orchestration.task_runner
         run = functools.partial(module.run, map_shards=shard_mapper(stage, params.orchestration))
-    progress = StageProgress(stage)
+    progress = StageProgress(stage, params)
     with _library_logs_to_prefect(), progress_listener(progress):
         result = run_stage(stage, run, params)
     progress.done()
@@ -112,6 +113,15 @@ def require_tracked_params(params_path: str) -> None:
             f"outputs made with {params_path}'s. Copy it to params.yaml, or run an experiment "
             f"instead: `dvc exp run -S key=value`"
         )
+
+
+@task(
+    name="publish-results", task_run_name="publish-results", cache_policy=None, persist_result=False
+)
+def publish_details_task() -> list[str]:
+    """The stage metrics tables and report.md, as artifacts of this task run: the flow run's
+    own artifact list then holds cvfp-summary alone, first (flows/artifacts.py)."""
+    return publish_details()
 
 
 def stage_task(stage: str):
@@ -142,6 +152,13 @@ def pipeline(params_path: str = "params.yaml", stages: list[str] | None = None) 
 
 
 def _run_stages(stages, params_path: str, outcome: dict, logger) -> None:
+    if write_compare_placeholder():  # the report stage's dep, git-tracked: recreate if deleted
+        logger.info("wrote the no-comparison placeholder metrics/compare.json")
+    summary_id = None
+    try:  # first, so that it is listed first: the numbers on disk, updated at the end
+        summary_id = publish_summary(params_path=params_path)
+    except Exception as err:
+        logger.warning("could not publish the summary artifact: %s", err)
     try:
         for stage in stages or stage_names():
             up_to_date, reason = stage_status(stage)
@@ -157,7 +174,8 @@ def _run_stages(stages, params_path: str, outcome: dict, logger) -> None:
             outcome[stage] = "skipped" if state.name == SKIPPED else "ran"
     finally:
         try:
-            publish_results()
+            publish_summary(params_path=params_path, artifact_id=summary_id)
+            publish_details_task()
         except Exception as err:  # never hide the stage's own error behind an artifact error
             logger.warning("could not publish the result artifacts: %s", err)
 
@@ -170,6 +188,10 @@ async def serve(name: str, cron: str | None, interval: float | None, parameters:
     share this workspace's dvc.lock."""
     from prefect import aserve
 
+    from .server_lifetime import crash_stale_pending
+
+    for run_id in await crash_stale_pending(f"{pipeline.name}/{name}"):
+        print(f"marked Crashed: run {run_id} left PENDING by an interrupted --serve")
     deployment = await pipeline.ato_deployment(
         name=name, cron=cron, interval=interval, parameters=parameters
     )

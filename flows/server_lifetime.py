@@ -51,3 +51,40 @@ def install() -> None:
 
 
 install()
+
+
+async def crash_stale_pending(deployment: str) -> list[str]:
+    """Mark Crashed the runs of `deployment` ("flow/name") left PENDING: `--serve` executes one
+    run at a time in this process, so at its start any PENDING run is one a previous, interrupted
+    `--serve` took but never started (SIGINT just as the run was handed off left it in
+    `PENDING "Submitting"` for good). Returns their ids; no deployment yet: none."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    async with get_client() as client:
+        try:
+            dep = await client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            return []
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING]))
+            ),
+        )
+        for run in runs:
+            await client.set_flow_run_state(
+                run.id,
+                Crashed(message="left PENDING by an interrupted --serve; marked at the next start"),
+                force=True,
+            )
+    return [str(r.id) for r in runs]

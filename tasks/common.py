@@ -495,6 +495,9 @@ def scratch_workspace(stage: str, where: Path):
 # it deletes anything. Workspaces without .dvc (tests, library use) are not locked.
 
 WORKSPACE_LOCK = Path(".dvc/tmp/cvfp-workspace.lock")
+# The holder's pid, in its environment: a process it starts (flows.compare's `dvc repro` of
+# the report stage) runs under its lock instead of being refused.
+LOCK_HOLDER_ENV = "CVFP_WORKSPACE_LOCK_HOLDER"
 _LOCK_STATE = {"depth": 0, "fd": -1}
 _LOCK_MUTEX = threading.Lock()
 
@@ -546,16 +549,22 @@ def workspace_lock(what: str):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise WorkspaceBusyError(busy_message(what, lock_holder())) from None
+                holder = lock_holder()
+                if str(holder.get("pid")) == os.environ.get(LOCK_HOLDER_ENV):
+                    mode = "none"  # started by the holder (flows.compare's report refresh)
+                else:
+                    raise WorkspaceBusyError(busy_message(what, holder)) from None
+        if mode == "owner":
             os.ftruncate(fd, 0)
-            holder = {
+            me = {
                 "pid": os.getpid(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
                 "what": what,
                 "started": datetime.now(UTC).isoformat(timespec="seconds"),
             }
-            os.write(fd, json.dumps(holder).encode())
+            os.write(fd, json.dumps(me).encode())
             _LOCK_STATE.update(depth=1, fd=fd)
+            os.environ[LOCK_HOLDER_ENV] = str(os.getpid())  # inherited by its children only
     try:
         yield
     finally:
@@ -565,6 +574,7 @@ def workspace_lock(what: str):
             elif mode == "owner":
                 fd = _LOCK_STATE["fd"]
                 _LOCK_STATE.update(depth=0, fd=-1)
+                os.environ.pop(LOCK_HOLDER_ENV, None)
                 os.ftruncate(fd, 0)
                 os.close(fd)  # releases the flock
 

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cvfp.compare import check_consistent, experiment_values, parse_conversations, summarise
@@ -83,6 +84,7 @@ def plan(
         raise ValueError(
             f"-S {bad}: the comparison sets the seed itself; pick seeds in compare.seeds"
         )
+    overrides = resolve_data_path(params, overrides)  # untracked data: made absolute
     arm_params(
         params, dict(overrides or {}), "-S"
     )  # shared overrides: wrong for every arm, stop now
@@ -108,6 +110,44 @@ def plan(
                 }
             )
     return out
+
+
+def resolve_data_path(
+    params: Params, overrides: dict[str, Any] | None, root: Path | None = None
+) -> dict[str, Any]:
+    """The overrides with a relative local `data.path` that git and DVC do not track made
+    absolute: each experiment runs in a temporary copy holding only tracked files, where
+    the path would not exist. The absolute path lands in every experiment's params (and
+    is logged). A path that does not exist is refused here, before any experiment runs."""
+    sets = dict(overrides or {})
+    if sets.get("data.source", params.data.source) != "local":
+        return sets
+    raw = str(sets.get("data.path", params.data.path))
+    root = (root or Path.cwd()).resolve()
+    path = Path(raw).expanduser()
+    full = path if path.is_absolute() else root / path
+    if not full.exists():
+        raise ValueError(
+            f"data.path={raw!r}: no such file or directory (in {root}); every experiment would "
+            f"fail. Give an existing path"
+        )
+    if path.is_absolute():
+        return sets
+    listed = subprocess.run(
+        ["git", "ls-files", "--", raw], cwd=root, capture_output=True, text=True
+    ).stdout
+    if listed.strip() or Path(f"{full}.dvc").exists():
+        return sets  # in the experiments' copy (DVC-tracked data is checked out there)
+    sets["data.path"] = str(full.resolve())
+    log.warning(
+        "data.path=%r is tracked by neither git nor DVC, so the experiments (run in a temporary "
+        "copy of the tracked files) read it as %s; `dvc add %s` (and commit the .dvc file) to "
+        "version the data with the comparison",
+        raw,
+        sets["data.path"],
+        raw,
+    )
+    return sets
 
 
 def control_of(params: Params, arms: list[str]) -> str:

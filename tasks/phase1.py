@@ -6,6 +6,7 @@ optimizer step, the checks run on the initialised stack; `reconstruction` (SPEC 
 cvfp/reconstruction.py, checks on its C*. metrics/phase1.json has the same keys for all
 three. Under `torchrun -m tasks.phase1` (objective cvfp) the ranks split each iteration.
 Outputs: cache/phase1/{model.pt,checks.json}, metrics/phase1.json, plots/phase1_*.csv
+(train / val per iteration with each iteration's `kind`, the val convergence trials, spectrum)
 (docs/reconstruction.md "What the stage writes", docs/scaling.md for torchrun).
 """
 
@@ -44,6 +45,7 @@ from .layout import (
     PHASE1_MODEL,
     PHASE1_SPECTRUM_CSV,
     PHASE1_TRAIN_CSV,
+    PHASE1_TRIALS_CSV,
     PHASE1_VAL_CSV,
     PHASE1_WORK,
     SPLIT,
@@ -123,10 +125,12 @@ def run(params: Params) -> dict | None:
     t0 = time.perf_counter()
     if p1.objective == "cvfp":
         kw = dict(show_progress=show, world=world, work_dir=PHASE1_WORK)
-        results = {"train": run_phase1(model, corpora["train"], p1, train=True, **kw)}
+        results = {
+            "train": run_phase1(model, corpora["train"], p1, train=True, split="train", **kw)
+        }
         measure_saved_model(model, corpora["train"], results["train"], p1, world, PHASE1_WORK)
         train_seconds = time.perf_counter() - t0
-        results["val"] = run_phase1(model, corpora["val"], p1, train=False, **kw)
+        results["val"] = run_phase1(model, corpora["val"], p1, train=False, split="val", **kw)
         if not world.is_main:
             return None
         model.cpu()  # the checks run on rank 0's CPU
@@ -138,7 +142,13 @@ def run(params: Params) -> dict | None:
         train_seconds = 0.0
         results = {
             s: run_phase1(
-                model, corpora[s], p1, train=False, show_progress=show, work_dir=PHASE1_WORK
+                model,
+                corpora[s],
+                p1,
+                train=False,
+                show_progress=show,
+                work_dir=PHASE1_WORK,
+                split=s,
             )
             for s in ("train", "val")
         }
@@ -153,7 +163,13 @@ def run(params: Params) -> dict | None:
         # Fixed-point convergence of the trained update, measured as for cvfp's val split.
         results = {
             s: run_phase1(
-                model, corpora[s], p1, train=False, show_progress=show, work_dir=PHASE1_WORK
+                model,
+                corpora[s],
+                p1,
+                train=False,
+                show_progress=show,
+                work_dir=PHASE1_WORK,
+                split=s,
             )
             for s in ("train", "val")
         }
@@ -208,10 +224,13 @@ def run(params: Params) -> dict | None:
         write_json(tmp / PHASE1_CHECKS.name, checks_out)
     write_json(PHASE1_METRICS, metrics)
     if recon is None:
-        _write_csv(PHASE1_TRAIN_CSV, pd.DataFrame(results["train"].history_dicts()))
+        _write_csv(PHASE1_TRAIN_CSV, _history_frame(results["train"], params.phase1.mode))
     else:
         _write_csv(PHASE1_TRAIN_CSV, pd.DataFrame(recon.history, columns=HISTORY_COLUMNS))
-    _write_csv(PHASE1_VAL_CSV, pd.DataFrame(results["val"].history_dicts()))
+    _write_csv(PHASE1_VAL_CSV, _history_frame(results["val"], params.phase1.mode))
+    losses = checks["val"].get("convergence", {}).get("losses", [])
+    trials = pd.DataFrame({"pass": range(1, len(losses) + 1), "val_diff": losses})
+    _write_csv(PHASE1_TRIALS_CSV, trials)
     spectrum = pd.DataFrame({"index": range(params.model.context_dim)})
     for s in results:
         sv = checks[s]["effective_rank"]["singular_values"]
@@ -242,6 +261,20 @@ def reconstruction_summary(st: SplitStats) -> dict:
         "ppl": st.ppl,
         "acc": st.acc,
     }
+
+
+def _history_frame(result, mode: str) -> pd.DataFrame:
+    """Per-iteration rows for the plots, with `kind`: what each iteration is (dvc plots and
+    the report draw only `iteration` rows as a curve): 0 is the zero-start pass (nothing to
+    converge to), and in parallel mode 1 reproduces iteration 0 except at the segment
+    starts, for any model (converged by construction, SPEC 3)."""
+    frame = pd.DataFrame(result.history_dicts())
+    by_construction = 1 if mode == "parallel" else None
+    frame["kind"] = [
+        "zero start" if it == 0 else "by construction" if it == by_construction else "iteration"
+        for it in frame["iteration"]
+    ]
+    return frame
 
 
 def _write_csv(path, frame: pd.DataFrame) -> None:

@@ -3,21 +3,18 @@
 Inputs: params (full), git revision, library versions, metrics/timing/<stage>.json,
 metrics/data.json, data/split/gx/validation.json (+ data docs link), metrics/phase1.json,
 cache/phase1/checks.json, metrics/phase2.json, plots/phase2_epochs.csv.
-Outputs: reports/report.html (plots embedded as base64 PNG, inline CSS, no network needed),
-reports/report.md (same tables, no images), metrics/summary.json (tasks/summary.py).
+Outputs (DVC outputs: the same deps give the same bytes, so no time, git revision or wall
+time on the page): reports/report.html (plots embedded as base64 PNG, inline CSS, no network
+needed), reports/report.md (same tables, no images), metrics/summary.json (tasks/summary.py).
+Also reads metrics/compare.json (a placeholder until `python -m flows.compare` runs).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
-import subprocess
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from importlib import metadata
-from itertools import zip_longest
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,9 +26,9 @@ from cvfp.metrics.phase1 import Phase1Checks, Phase1Metrics
 from cvfp.metrics.phase2 import Phase2Epoch, Phase2Metrics
 from cvfp.params import Params
 from cvfp.report import ReportInputs, RunMeta, build_report
-from cvfp.utils import atomic_path
+from cvfp.utils import atomic_path, write_json
 
-from .common import cli, log, merge_durations
+from .common import cli, log
 from .layout import (
     COMPARE_HTML,
     COMPARE_JSON,
@@ -45,7 +42,6 @@ from .layout import (
     REPORT_HTML,
     REPORT_MD,
     REPORTS,
-    TIMING,
     stage_names,
 )
 from .summary import write_summary
@@ -97,51 +93,18 @@ def _read_json(key: str) -> Any:
         raise ValueError(f"report input {path} is not valid JSON: {err}") from None
 
 
-def _with_durations(model: type[M], obj: Any, durations: Any, where: str) -> M:
-    """`obj` as `model`, with the wall times recorded in metrics/timing/ put back
-    (tasks.common.split_durations took them out). Durations of another run that do not fit
-    this file's shape are left out, with a warning."""
-    if durations:
-        try:
-            return parse(model, merge_durations(copy.deepcopy(obj), durations), where)
-        except ValueError:
-            log.warning("report: ignoring recorded durations that do not fit %s", where)
-    return parse(model, obj, where)
-
-
-def _read_epochs(durations: list) -> list[Phase2Epoch]:
+def _read_epochs() -> list[Phase2Epoch]:
     path = _require("phase2_epochs")
     frame = pd.read_csv(path)
     # NaN (empty cells) -> None, so the formatters print "n/a".
     rows = [
         {k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")
     ]
-    return [
-        _with_durations(Phase2Epoch, r, d, f"{path} row {i + 1}")
-        for i, (r, d) in enumerate(zip_longest(rows, durations[: len(rows)]))
-    ]
+    return [parse(Phase2Epoch, r, f"{path} row {i + 1}") for i, r in enumerate(rows)]
 
 
-def _read(key: str, model: type[M], durations: Any = None) -> M:
-    return _with_durations(model, _read_json(key), durations, str(REQUIRED[key][0]))
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def git_state() -> tuple[str, bool | None]:
-    """(revision or "unknown", dirty or None). Read-only: --no-optional-locks keeps
-    `git status` from refreshing the index while other processes use the tree."""
-    rev = _git("rev-parse", "HEAD")
-    if rev is None:
-        return "unknown", None
-    status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
-    return rev, (None if status is None else bool(status))
+def _read(key: str, model: type[M]) -> M:
+    return parse(model, _read_json(key), str(REQUIRED[key][0]))
 
 
 def library_versions() -> dict[str, str]:
@@ -155,53 +118,59 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def read_timing(stages: Sequence[str]) -> dict[str, dict]:
-    """metrics/timing/<stage>.json of the stages that recorded one (this machine's last run;
-    not a DVC dependency, so the report never reruns for a timing change)."""
-    out = {}
-    for stage in stages:
-        path = TIMING / f"{stage}.json"
-        if path.exists():
-            try:
-                out[stage] = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                log.warning("report: ignoring unreadable %s", path)
-    return out
-
-
 def load_inputs(params: Params) -> ReportInputs:
-    rev, dirty = git_state()
-    meta = RunMeta(
-        git_revision=rev,
-        git_dirty=dirty,
-        generated_utc=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        versions=library_versions(),
-    )
+    """The report's inputs: its DVC deps only, so the page is the same bytes for the same
+    deps and can be a DVC output (restored from the run-cache, checked out by `dvc exp
+    apply`). The volatile facts, the time, the git revision and the wall times
+    (metrics/timing/), are not on the page."""
+    meta = RunMeta(versions=library_versions())
     docs = os.path.relpath(GX_DOCS, REPORTS) if GX_DOCS.exists() else None
-    # A comparison (python -m flows.compare) is optional and not a DVC dep of this stage:
-    # linked, and its computed verdicts shown, when present.
-    compare = json.loads(COMPARE_JSON.read_text()) if COMPARE_JSON.exists() else None
+    compare = read_compare()
     names = stage_names()
     stages = tuple(names[: names.index("report")])  # the stages before this one, in order
-    timing = read_timing(stages)
-    # Durations were kept out of the outputs (tasks.common.split_durations); put back the
-    # recorded ones, which show when the timing files are there.
-    d1, d2 = (timing.get(s, {}).get("durations", {}) for s in ("phase1", "phase2"))
     return ReportInputs(
         params=params,
         meta=meta,
         stages=stages,
-        timing=timing,
+        timing={},
         data=_read("data", DataMetrics),
         gx=_read_json("gx"),
         gx_docs_href=Path(docs).as_posix() if docs else None,
-        phase1=_read("phase1", Phase1Metrics, d1.get("metrics")),
-        checks=_read("checks", Phase1Checks, d1.get("checks")),
-        phase2=_read("phase2", Phase2Metrics, d2.get("metrics")),
-        phase2_epochs=_read_epochs(d2.get("epochs", [])),
+        phase1=_read("phase1", Phase1Metrics),
+        checks=_read("checks", Phase1Checks),
+        phase2=_read("phase2", Phase2Metrics),
+        phase2_epochs=_read_epochs(),
         compare=compare,
-        compare_href=os.path.relpath(COMPARE_HTML, REPORTS) if COMPARE_HTML.exists() else None,
+        compare_href=os.path.relpath(COMPARE_HTML, REPORTS) if compare else None,
     )
+
+
+# metrics/compare.json before any comparison: the report stage depends on the file (its
+# verdicts are on the page), so it always exists; `python -m flows.compare` replaces it.
+COMPARE_PLACEHOLDER = {"arms": {}, "note": "no comparison yet: python -m flows.compare"}
+
+
+def write_compare_placeholder(path: Path = COMPARE_JSON) -> bool:
+    """Write the placeholder when there is no metrics/compare.json; True if written."""
+    if path.exists():
+        return False
+    write_json(path, COMPARE_PLACEHOLDER)
+    return True
+
+
+def read_compare(path: Path = COMPARE_JSON) -> dict | None:
+    """metrics/compare.json's comparison, None for the placeholder. A missing file is the
+    DVC dependency error's job; an unreadable one fails here, naming the file."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"report input {path} is not valid JSON: {err} (rerun `python -m flows.compare`, "
+            "or delete it and run `make repro` for the no-comparison placeholder)"
+        ) from None
+    return data if isinstance(data, dict) and data.get("arms") else None
 
 
 def run(params: Params) -> dict:
@@ -212,7 +181,8 @@ def run(params: Params) -> dict:
     for f in report.findings:
         log.warning("report: %s %s: %s", f.area, f.check, f.message)
     log.info("report: %s and %s (%d warning(s))", REPORT_HTML, REPORT_MD, len(report.findings))
-    write_summary()  # metrics/summary.json: the run's DVC metrics (tasks/summary.py)
+    # metrics/summary.json: the run's DVC metrics (tasks/summary.py)
+    write_summary(warnings=len(report.findings))
     return {
         "html": str(REPORT_HTML.resolve()),
         "md": str(REPORT_MD.resolve()),

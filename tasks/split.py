@@ -130,6 +130,8 @@ def run(params: Params) -> dict:
         "vocab_size": len(tokenizer),
         "max_seq_length": params.tokenizer.max_seq_length,
         "truncated_conversations": earlier.get("truncated"),
+        "layout": raw.get("layout"),
+        "truncated_token_share": earlier.get("truncated_token_share"),
         "split_strategy": params.split.strategy,
         "val_fraction": params.split.val_fraction,
         "test_fraction": params.split.test_fraction,

@@ -49,7 +49,7 @@ def _round(x: Any, digits: int) -> Any:
     return round(float(x), digits) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
 
 
-def summary_metrics(m: dict[str, dict]) -> dict:
+def summary_metrics(m: dict[str, dict], warnings: int | None = None) -> dict:
     """The headline numbers from the stage metrics `m` ({stage: metrics}), rounded (perplexity
     to 0.01, rates to 0.0001); every key is always present, None when not measured."""
     p1, p2 = m.get("phase1", {}), m.get("phase2", {})
@@ -65,9 +65,15 @@ def summary_metrics(m: dict[str, dict]) -> dict:
         "bigram": "baselines.bigram.val_acc",
         "transformer": "baselines.transformer.val_acc",
     }
-    # Short names: they are `dvc exp show` column headers. ppl/acc are on val; zero_c and
+    # Short names: they are `dvc exp show` column headers. test_ppl is on test, ppl/acc on val; zero_c and
     # shuffled_c are CVFP's Phase 2 head with zero / shuffled C* (the ablations).
+    test = {
+        "cvfp": "cvfp.test_ppl",
+        "transformer": "baselines.transformer.test_ppl",
+        "bigram": "baselines.bigram.test_ppl",
+    }
     summary = {
+        "test_ppl": {k: _round(get(p2, v), 2) for k, v in test.items()},
         "ppl": {k: _round(get(p2, v), 2) for k, v in ppl.items()},
         "acc": {k: _round(get(p2, v), 4) for k, v in acc.items()},
         "p2_best_epoch": get(p2, "cvfp.best_epoch"),
@@ -82,13 +88,14 @@ def summary_metrics(m: dict[str, dict]) -> dict:
             "er_val": _round(get(p1, "val.effective_rank_ratio"), 4),
             "verdict": get(p1, "val.trials.verdict"),
         },
+        "warnings": warnings,
     }
     return SummaryMetrics.model_validate(summary).to_dict()  # the keys of metrics/summary.json
 
 
-def write_summary(metrics_dir: str | Path = METRICS) -> dict:
+def write_summary(metrics_dir: str | Path = METRICS, warnings: int | None = None) -> dict:
     from cvfp.utils import write_json
 
-    summary = summary_metrics(read_stage_metrics(metrics_dir))
+    summary = summary_metrics(read_stage_metrics(metrics_dir), warnings)
     write_json(Path(metrics_dir) / SUMMARY.name, summary)
     return summary

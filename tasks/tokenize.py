@@ -6,8 +6,11 @@ says which non-empty conversations are train, so val and test text never shapes 
 vocabulary (SPEC 9). tokenizer.kind=pretrained loads AutoTokenizer tokenizer.name (hub
 name or local path).
 Each conversation becomes one token sequence in the chat format of cvfp/tokenization.py
-(`<|user|> ...\\n<|assistant|> ...\\n<|endoftext|>`), cut to tokenizer.max_seq_length.
-Empty conversations are dropped and counted in data/tokenized/stats.json.
+(`<|user|> ...\\n<|assistant|> ...\\n<|endoftext|>`; markers and end-of-text inserted by
+id, so text never becomes a special token), cut to tokenizer.max_seq_length (turns past the
+limit are not encoded). A warning names the share of tokens dropped when above 10%
+(`truncated_token_share` in data/tokenized/stats.json). Empty conversations are dropped
+and counted.
 
 Encoding runs in shards of orchestration.shard_conversations raw rows
 (`cvfp.tokenization.tokenize_shard`), here on tokenizer.num_proc threads (1: a plain
@@ -116,6 +119,7 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
             stats["tokenizer_sha256"] = dir_digest(tok_out)
             ds.save_to_disk(str(out))
             (out / STATS).write_text(json.dumps(stats, indent=2) + "\n")
+    warn_truncation(stats, t.max_seq_length)
     log.info(
         "tokenize: %d conversations, %d tokens (vocab %d, %d empty dropped, %d truncated) -> %s",
         stats["conversations_out"],
@@ -126,6 +130,24 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         TOKENIZED,
     )
     return {**stats, "tokenizer": str(TOKENIZER), "out": str(TOKENIZED)}
+
+
+TRUNCATION_WARN_SHARE = 0.10  # warn when max_seq_length drops more of the tokens than this
+
+
+def warn_truncation(stats: dict, max_seq_length: int | None) -> str | None:
+    """A warning (logged and returned) when tokenizer.max_seq_length drops more than 10% of
+    the tokens: multi-turn data would otherwise be mostly discarded without a word."""
+    share = stats["truncated_token_share"]
+    if share <= TRUNCATION_WARN_SHARE:
+        return None
+    msg = (
+        f"{stats['truncated']}/{stats['conversations_out']} conversations truncated, "
+        f"{share:.0%} of tokens dropped by tokenizer.max_seq_length={max_seq_length}: "
+        f"raise tokenizer.max_seq_length or set null"
+    )
+    log.warning("tokenize: %s", msg)
+    return msg
 
 
 def main() -> None:

@@ -387,7 +387,7 @@ def test_compare_params_are_validated(tmp_path):
 
     p = load_params(ROOT / "params.yaml")
     assert (
-        p.compare.run == ["none", "cvfp", "cvfp_min10", "reconstruction"]
+        p.compare.run == ["none", "cvfp", "cvfp_min10", "reconstruction", "no_context"]
         and p.compare.control == "none"
     )
     assert len(p.compare.seeds) == 5 and p.phase1.min_iterations == 0
@@ -470,7 +470,7 @@ def test_run_report_summary_tells_the_truth_and_links_the_comparison(tmp_path, m
     monkeypatch.chdir(tmp_path)
     _, html, md = build(tmp_path)
     summary = section(html, "summary")
-    assert "Phase 1 optimizer steps</td><td>1<" in summary
+    assert "objective cvfp: train 1 optimizer step(s)" in summary
     assert f"iteration 1 converged by construction: {stop}" in summary
     assert "not a result); the saved model, after its step: 93.7% (600/640)" in summary
     assert (

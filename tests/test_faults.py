@@ -290,7 +290,11 @@ def _jsonl(rows_) -> bytes:
             lambda good: good.replace(b"Thanks!", b"Thanks\xff!"),
             r"bad\.jsonl:2: invalid UTF-8 \(byte 0xff",
         ),
-        (lambda good: good + b'{"prompt": "x", \n', r"bad\.jsonl:5: not valid JSON"),
+        (
+            lambda good: good + b'{"prompt": "x", \n',
+            r"bad\.jsonl:5: JSON document ends early at line 5 \(file truncated\?\): 4 complete",
+        ),
+        (lambda good: good + b'{"prompt": x}\n{}\n', r"bad\.jsonl:5: not valid JSON"),
         (lambda good: b"", r"bad\.jsonl: empty file"),
         (lambda good: b"\n \n", r"bad\.jsonl: empty file"),
     ],
@@ -327,7 +331,7 @@ def test_download_refuses_a_directory_with_several_formats(tmp_path):
     ):
         data.load_local(d, split="train")
     (d / "more.jsonl").unlink()
-    assert len(data.load_local(d, split="train")) == len(rows())
+    assert len(data.load_local(d, split="train").dataset) == len(rows())
     with pytest.raises(data.DataError, match=r"Unknown split.*set data\.split"):
         data.load_local(d, split="train_sft")
 

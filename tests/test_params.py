@@ -43,7 +43,7 @@ def test_the_file_loads_as_written():
         ),
         (
             lambda r: r["data"].update(source="web"),
-            r"data\.source = 'web': Input should be 'chatterbot', 'ultrachat' or 'local'",
+            r"data\.source = 'web': Input should be 'chatterbot', 'ultrachat', 'local' or 'sharegpt'",
         ),
         (
             lambda r: (

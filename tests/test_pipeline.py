@@ -46,6 +46,9 @@ def make_project(dest: Path) -> Path:
     for k, v in TINY.items():
         set_dotted(raw, k, v)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    from tasks.report import write_compare_placeholder
+
+    write_compare_placeholder(dest / "metrics" / "compare.json")  # git-tracked, a report dep
     run(["git", "init", "-q"], dest)
     run([str(BIN / "dvc"), "init", "-q"], dest)
     shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")  # analytics off, plots page
@@ -169,16 +172,25 @@ def test_dvc_views_show_research_numbers_and_plots_offline(dvc_project, tmp_path
     specs = dvc_json(proj, "plots", "show", "--json")["data"]
     drawn = {name for name, v in specs.items() if v}
     assert drawn == {
+        "phase1_fixed_point",
         "phase1_convergence",
-        "phase1_cvfp_losses",
         "phase1_spectrum",
         "phase2_loss",
         "phase2_accuracy",
     }  # phase1_reconstruction: other objective
     assert "could not find provided field ('epoch')" in p.stderr  # ... and DVC says so
-    for name in ("phase1_convergence", "phase1_cvfp_losses"):  # iteration 0 filtered out
-        spec = specs[name][0]["content"]
-        assert "toNumber(datum['iteration']) >= 1" in json.dumps(spec["transform"])
+    # no single-point chart: the fixed-point check has one point per trial, the convergence
+    # chart train and val from iteration 0; iteration 0 and 1 are marked, not drawn as learning
+    trials = specs["phase1_fixed_point"][0]["content"]["data"]["values"]
+    assert len(trials) == TINY["checks.convergence_trials"]
+    conv = specs["phase1_convergence"][0]["content"]
+    rows = conv["data"]["values"]
+    assert {r["filename"] for r in rows} == {"phase1_train.csv", "phase1_val.csv"}
+    kinds = {(r["iteration"], r["kind"]) for r in rows}
+    assert {("0", "zero start"), ("1", "by construction")} <= kinds, kinds
+    line, marks, label = conv["layer"]
+    assert line["mark"]["type"] == "line" and "datum.kind === 'iteration'" in json.dumps(line)
+    assert marks["encoding"]["shape"]["field"] == "kind" and "by construction" in json.dumps(label)
 
 
 def flow_run_record(state):
@@ -219,10 +231,25 @@ def test_flow_matches_dvc_and_leaves_status_clean(
     proj, _ = dvc_project
     other = make_project(tmp_path / "flowproj")
     monkeypatch.chdir(other)
-    state = pipeline("params.yaml", return_state=True)
+    seen = []  # phase2-progress as the server holds it while the stage runs
+
+    def read_progress(*_):
+        from prefect import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        with get_client(sync_client=True) as client:
+            arts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["phase2-progress"]))
+            )
+        seen.extend((a.data, a.description) for a in arts)
+
+    from cvfp.utils import progress_listener
+
+    with progress_listener(read_progress):  # called before the flow's own listener
+        state = pipeline("params.yaml", return_state=True)
     outcome = state.result()
     assert outcome == {s: "ran" for s in STAGES}
-    assert status_clean(other)
+    assert status_clean(other), run([str(BIN / "dvc"), "status"], other)
     assert repro(other) == []  # DVC accepts what the flow produced
     assert metrics(other) == metrics(proj)  # same numbers from both front doors
     # the same bytes for every output (issue 23: tokenize's state.json fingerprint differed,
@@ -234,17 +261,23 @@ def test_flow_matches_dvc_and_leaves_status_clean(
     epochs = [m for m in logs if m.startswith("phase2 epoch ")]
     p2 = json.loads((other / "metrics/phase2.json").read_text())["cvfp"]
     assert len(epochs) == p2["epochs_run"] and "phase2: val ppl cvfp" in "\n".join(logs)
-    assert any(m.startswith("iter 1: converged") for m in logs)  # cvfp/phase1.py per iteration
+    # cvfp/phase1.py per iteration, naming the split
+    assert any(m.startswith("phase1 train iter 1: converged") for m in logs)
+    assert any(m.startswith("phase1 val iter 1: converged") for m in logs)
     assert any(m.startswith("transformer epoch ") for m in logs)
     # progress artifacts of the long stages, finished at 100%
     for stage in ("phase1", "materialize", "phase2"):
         assert f"{stage}-progress" in arts, sorted(arts)
         final = arts[f"{stage}-progress"][0]
-        assert (
-            final.type == "progress"
-            and final.data == 100.0
-            and final.description == f"{stage}: done"
-        )
+        assert final.type == "progress" and final.data == 100.0
+        assert final.description.startswith(f"{stage}: done in ")
+    # during Phase 2 (2 epochs, then the Transformer's): the whole stage, "epoch k of N"
+    during = [d for _, d in seen if d.startswith("phase2: epoch ")]
+    assert any(
+        d.startswith("phase2: epoch 1 of 2, then 2 transformer epochs; stage ") for d in during
+    ), seen
+    assert all(float(pct).is_integer() for pct, _ in seen)
+    assert any(", ETA " in d for d in during), during
     assert {
         "cvfp-summary",
         "split-metrics",
@@ -253,7 +286,7 @@ def test_flow_matches_dvc_and_leaves_status_clean(
         "cvfp-report",
     } <= set(arts)
     summary = {r["quantity"]: r["value"] for r in json.loads(arts["cvfp-summary"][0].data)}
-    assert summary["Val perplexity: CVFP (Phase 2)"].startswith(f"{p2['val_ppl']:.2f}")
+    assert summary["Val perplexity: CVFP (Phase 2)"].startswith(f"val {p2['val_ppl']:.2f}")
     assert [
         t.name for t in sorted(tasks, key=lambda t: t.expected_start_time) if t.name in STAGES
     ] == STAGES
@@ -268,14 +301,17 @@ def test_flow_skips_everything_after_dvc_repro(dvc_project, monkeypatch, prefect
     assert state.result() == {s: "skipped" for s in STAGES}
     _, tasks, arts = flow_run_record(state)
     # each skipped stage says so in the task-run list: name, state name and DVC's reason
-    assert sorted(t.name for t in tasks) == sorted(f"{s} (skipped: up to date)" for s in STAGES)
-    for t in tasks:
+    stage_runs = [t for t in tasks if t.name != "publish-results"]
+    assert sorted(t.name for t in stage_runs) == sorted(
+        f"{s} (skipped: up to date)" for s in STAGES
+    )
+    for t in stage_runs:
         assert t.state.type.value == "COMPLETED" and t.state.name == "Skipped (DVC)"
         assert t.state.message.startswith("skipped, up to date in dvc.lock"), t.state.message
     # the results are published even though nothing ran
     summary = {r["quantity"]: r["value"] for r in json.loads(arts["cvfp-summary"][0].data)}
     p2 = json.loads((proj / "metrics/phase2.json").read_text())
-    assert summary["Val perplexity: bigram"] == f"{p2['baselines']['bigram']['val_ppl']:.2f}"
+    assert summary["Val perplexity: bigram"] == f"val {p2['baselines']['bigram']['val_ppl']:.2f}"
     assert "### baselines.bigram" in arts["phase2-metrics"][0].data
     assert "cvfp-report" in arts
 
@@ -290,7 +326,7 @@ def set_params(proj: Path, **changes) -> None:
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def test_a_param_puts_only_the_stages_that_read_it_out_of_date(dvc_copy):
+def test_a_param_puts_only_the_stages_that_read_it_out_of_date(dvc_copy, monkeypatch):
     """`dvc status` after editing params: out of date are the stages that list the key (and the
     report, which reads all of params.yaml); materialize reads only phase1.context_reset.
     That a rerun phase1 makes DVC rerun what follows it, and nothing before it, is checked on
@@ -302,6 +338,13 @@ def test_a_param_puts_only_the_stages_that_read_it_out_of_date(dvc_copy):
         "phase2": [{"changed deps": {"params.yaml": {"phase2": "modified"}}}],
         "report": [{"changed deps": {"params.yaml": "modified"}}],
     }
+    # the flow's rerun reason names the key, old -> new (flows/dvc_state.py)
+    from flows.dvc_state import stage_status
+
+    monkeypatch.chdir(proj)
+    lr = yaml.safe_load((ROOT / "params.yaml").read_text())["phase2"]["lr"]
+    assert stage_status("phase2") == (False, f"changed params: phase2.lr {lr} -> 0.001")
+    assert stage_status("report") == (False, f"changed params: phase2.lr {lr} -> 0.001")
     set_params(proj, **{"phase1.objective": "reconstruction"})
     assert dvc_status() == {
         "phase1": [{"changed deps": {"params.yaml": {"phase1": "modified"}}}],

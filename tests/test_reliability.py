@@ -574,9 +574,13 @@ def test_a_second_runner_is_refused_naming_the_first(tracked):
     finally:
         holder.kill()
         holder.wait()
-    with workspace_lock("flows.pipeline"):  # the holder is gone: free again
+    with workspace_lock("flows.compare"):  # the holder is gone: free again
         with workspace_lock("stage phase1"):  # re-entrant: the flow runs its stages
             pass
+        # a process the holder starts (flows.compare's `dvc repro` of the report) runs
+        child = subprocess.run([sys.executable, "stage.py"], capture_output=True, text=True)
+        assert child.returncode == 0, child.stderr[-2000:]
+    assert "CVFP_WORKSPACE_LOCK_HOLDER" not in os.environ
 
 
 def test_dvc_repro_during_a_flow_is_refused_before_deleting(tracked):

@@ -421,7 +421,6 @@ def test_report_has_every_section_and_the_metrics_numbers(run_dir):
         "2/2 expectations successful",
         "CONVERGING",
         "seed: 42",
-        "1.75 s",
     ]
     expected += [
         fmt_ppl(b[f"{sp}_ppl"]) for b in p2["baselines"].values() for sp in ("val", "test")
@@ -435,7 +434,7 @@ def test_report_has_every_section_and_the_metrics_numbers(run_dir):
     assert (
         "<h2>Reference figures from the seeds</h2>" in html_text and "not as a target" in html_text
     )
-    assert "not recorded" in html_text  # stages without a timing file
+    assert "Wall times are in metrics/timing/<stage>.json" in md  # not on the page
     assert "phase1.objective" in md and "cvfp" in md
 
 
@@ -528,38 +527,32 @@ def test_clean_run_has_no_warnings_and_cli_prints_the_html_path(run_dir, monkeyp
     assert json.loads((root / "metrics/timing/report.json").read_text())["stage"] == "report"
 
 
-def test_git_state_outside_a_repository(tmp_path, monkeypatch):
+def test_the_page_is_the_same_bytes_for_the_same_inputs(run_dir):
+    """A DVC output: no time, git revision or wall time on the page, so a rerun, the
+    run-cache and `dvc exp apply` all give the page that goes with the numbers."""
+    root, _ = run_dir
+    _, html1, md1 = build(root)
+    (root / "metrics/timing/phase2.json").write_text(
+        json.dumps({"stage": "phase2", "seconds": 9.0, "durations": {"epochs": [{"seconds": 0.3}]}})
+    )
+    _, html2, md2 = build(root)
+    assert (html1, md1) == (html2, md2)
+    assert "report generated" not in md1 and "9.00 s" not in html2  # the timing file's
+    assert "made by the report stage from its DVC dependencies" in md1
+
+
+def test_a_comparison_is_read_and_the_placeholder_is_none(run_dir):
     import tasks.report as report
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-    assert report.git_state() == ("unknown", None)
-
-
-def test_durations_come_from_the_timing_files_only(run_dir):
-    """Stages keep wall times out of their outputs (tasks.common.split_durations) and record
-    them in metrics/timing/; the report shows them when that file exists, "n/a" otherwise."""
-    from tasks.common import split_durations
-
-    root, files = run_dir
-    p2, t_metrics = split_durations(files["metrics/phase2.json"])
-    lines = files["plots/phase2_epochs.csv"].splitlines()
-    csv = "\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n"  # no seconds column
-    files.update({"metrics/phase2.json": p2, "plots/phase2_epochs.csv": csv})
-    write_run(root, files)
-    _, html_text, _ = build(root)
-    assert "2.50 s" not in section(html_text, "phase2")  # transformer train_seconds
-    (root / "metrics/timing/phase2.json").write_text(
-        json.dumps(
-            {
-                "stage": "phase2",
-                "seconds": 9.0,
-                "durations": {"metrics": t_metrics, "epochs": [{"seconds": 0.3}] * 3},
-            }
-        )
-    )
-    _, html_text, _ = build(root)
-    assert "2.50 s" in section(html_text, "phase2") and "0.3 s" in section(html_text, "phase2")
+    root, _ = run_dir
+    path = root / "metrics" / "compare.json"
+    assert report.write_compare_placeholder(path) and not report.write_compare_placeholder(path)
+    assert report.read_compare(path) is None
+    _, _, md = build(root)
+    assert "no comparison yet: python -m flows.compare" in md
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match=r"compare\.json is not valid JSON.*flows\.compare"):
+        report.read_compare(path)
 
 
 def test_thresholds_are_printed_from_the_params(run_dir):
@@ -585,23 +578,3 @@ def test_a_metrics_file_without_a_key_fails_naming_the_file_and_key(run_dir):
     ):
         build(root)
     assert not (root / "reports" / "report.html").exists()
-
-
-def test_recorded_durations_of_another_run_are_left_out(run_dir, caplog):
-    """metrics/timing/ is not a DVC output: durations recorded for a Transformer the current
-    metrics do not have (baselines.transformer: false since) must not fail the report."""
-    root, files = run_dir
-    del files["metrics/phase2.json"]["baselines"]["transformer"]
-    write_run(root, files)
-    (root / "metrics/timing/phase2.json").write_text(
-        json.dumps(
-            {
-                "stage": "phase2",
-                "seconds": 9.0,
-                "durations": {"metrics": {"baselines": {"transformer": {"train_seconds": 7.5}}}},
-            }
-        )
-    )
-    out, html_text, _ = build(root)
-    assert "Transformer (GPT-2)" not in section(html_text, "phase2")
-    assert "ignoring recorded durations that do not fit metrics/phase2.json" in caplog.text

@@ -20,6 +20,10 @@ class DataMetrics(Metrics):
     vocab_size: int
     max_seq_length: int | None
     truncated_conversations: int | None
+    # corpora (issue 21): the layout download read (cvfp.data.LAYOUTS, chatterbot, text) and
+    # the tokens tokenizer.max_seq_length removed / tokens before truncation
+    layout: str | None = None  # absent in files written before it
+    truncated_token_share: float | None = None
     split_strategy: str
     val_fraction: float
     test_fraction: float

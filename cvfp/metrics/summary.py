@@ -14,6 +14,12 @@ class SummaryPpl(Metrics):  # val perplexity
     shuffled_c: float | None
 
 
+class SummaryTestPpl(Metrics):  # test perplexity (null until Phase 2 records the test split)
+    cvfp: float | None
+    transformer: float | None
+    bigram: float | None
+
+
 class SummaryAcc(Metrics):  # val accuracy
     cvfp: float | None
     bigram: float | None
@@ -33,7 +39,9 @@ class SummaryPhase1(Metrics):
 
 
 class SummaryMetrics(Metrics):
+    test_ppl: SummaryTestPpl  # first: the research view's columns (README)
     ppl: SummaryPpl
     acc: SummaryAcc
     p2_best_epoch: int | None
     p1: SummaryPhase1
+    warnings: int | None  # the report's failed or warning checks

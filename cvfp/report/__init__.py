@@ -9,6 +9,7 @@ No file I/O and no Prefect/DVC/GX here: `tasks/report.py` reads the files.
     render.py          HTML and Markdown renderers
     plots.py           matplotlib figures as PNG bytes
     findings.py        the Warnings: every failed or warning check
+    headline.py        the Summary's first rows (also the Prefect cvfp-summary artifact)
     sections_run.py    Summary, Warnings, Run metadata
     sections_data.py   Data
     sections_phase1.py Phase 1 (per objective); sections_checks.py its check tables and the
@@ -64,12 +65,42 @@ def build_report(inp: ReportInputs) -> Report:
         section_reference(inp),
         section_phase2(inp),
     ]
+    sections = [_without_unrecorded_times(s) for s in sections]
     return Report(
         render_html(TITLE, sections, inp.meta),
         render_md(TITLE, sections, inp.meta),
         findings,
         sections,
     )
+
+
+TIME_COLUMNS = ("seconds", "training time")  # wall times: "n/a" unless recorded
+TIME_ROWS = ("wall time",)
+
+
+def _without_unrecorded_times(section: Section) -> Section:
+    """Drop wall-time columns and rows that hold nothing but "n/a": the pipeline's report
+    keeps wall times out of the page (tasks/report.py), and empty columns only add noise."""
+    blocks = []
+    for b in section.blocks:
+        if isinstance(b, Table) and b.rows:
+            drop = [
+                i
+                for i, h in enumerate(b.headers)
+                if h in TIME_COLUMNS and all(r[i] == "n/a" for r in b.rows)
+            ]
+            rows = [
+                r
+                for r in b.rows
+                if not (len(r) == 2 and any(t in r[0] for t in TIME_ROWS) and r[1] == "n/a")
+            ]
+            b = Table(
+                [h for i, h in enumerate(b.headers) if i not in drop],
+                [[c for i, c in enumerate(r) if i not in drop] for r in rows],
+                b.caption,
+            )
+        blocks.append(b)
+    return Section(section.key, section.title, blocks)
 
 
 __all__ = [

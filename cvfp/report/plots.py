@@ -39,11 +39,51 @@ def _series(rows: Rows, key: str) -> tuple[list, list]:
     return xs, ys
 
 
-def plot_phase1_history(train: Rows, val: Rows, min_ratio: float | None) -> bytes:
-    fig, (ax_c, ax_l) = figure_axes(2)
-    for name, rows, style in (("train", train, "-o"), ("val", val, "--s")):
-        xs, ys = _series(rows, "convergence_rate")
-        ax_c.plot(xs, [100 * y for y in ys], style, label=name)
+def plot_phase1_history(
+    train: Rows,
+    val: Rows,
+    min_ratio: float | None,
+    by_construction: int | None = 1,
+    trials: Sequence[float] = (),
+    trials_limit: float | None = None,
+) -> bytes:
+    """Left: convergence per iteration, a curve only through real iterations: iteration 0
+    (the zero-start pass) and `by_construction` (1 in parallel mode: it reproduces iteration 0
+    except at the segment starts, for any model) are marked points, not drawn as learning.
+    Middle: the fixed-point check, the val diff between repeated passes (the real test, for
+    every objective). Right, when at least two iterations have losses: the raw losses."""
+    learned = [r for r in train if r.get("iteration") not in (0, by_construction)]
+    with_losses = len(_series(learned, "total_loss")[0]) >= 2
+    fig, axes = figure_axes(3 if with_losses else 2, width=13.0 if with_losses else 11.0)
+    ax_c, ax_t = axes[0], axes[1]
+    last = max([r.get("iteration", 0) for r in [*train, *val]] or [1])
+    for (name, rows, style), color in zip(
+        (("train", train, "-o"), ("val", val, "--s")), ("C0", "C1"), strict=True
+    ):
+        real = [r for r in rows if r.get("iteration") not in (0, by_construction)]
+        xs, ys = _series(real, "convergence_rate")
+        if xs:
+            ax_c.plot(xs, [100 * y for y in ys], style, color=color, label=f"{name} (iterations)")
+        for it, marker, what in ((0, "s", "zero start"), (by_construction, "D", "by construction")):
+            xs, ys = _series([r for r in rows if r.get("iteration") == it], "convergence_rate")
+            if xs:
+                ax_c.plot(
+                    xs,
+                    [100 * y for y in ys],
+                    marker,
+                    color=color,
+                    mfc="none",
+                    ms=8,
+                    label=f"{name} iteration {it}: {what}",
+                )
+    if by_construction is not None and last >= by_construction:
+        ax_c.annotate(
+            "iteration 1: converged by construction\n(not learning)",
+            (by_construction, 72),
+            ha="center",
+            fontsize=8,
+            color="grey",
+        )
     if min_ratio is not None:
         ax_c.axhline(
             100 * min_ratio,
@@ -57,21 +97,39 @@ def plot_phase1_history(train: Rows, val: Rows, min_ratio: float | None) -> byte
         xlabel="iteration",
         ylabel="converged tokens (%)",
         ylim=(-2, 102),
+        xlim=(-0.3, max(last, 1) + 0.3),
     )
-    ax_c.legend(fontsize=8)
-    for key, color in (("cvfp_loss", "C0"), ("diversity_loss", "C1"), ("total_loss", "C2")):
-        xs, ys = _series(train, key)
-        ax_l.plot(xs, ys, "-o", color=color, label=f"train {key}")
-        xs, ys = _series(val, key)
-        ax_l.plot(xs, ys, "--s", color=color, alpha=0.6, label=f"val {key}")
-    ax_l.axhline(0, color="grey", lw=0.6)
-    # Same iteration axis on both panels (a single loss point would otherwise get a 0.96..1.04 axis).
-    last = max([r.get("iteration", 0) for r in [*train, *val]] or [1])
-    for ax in (ax_c, ax_l):
-        ax.set_xlim(-0.3, max(last, 1) + 0.3)
-    ax_l.set(title="Phase 1 losses per iteration (raw)", xlabel="iteration", ylabel="loss")
-    ax_l.legend(fontsize=7, ncol=2)
-    for ax in (ax_c, ax_l):
+    ax_c.legend(fontsize=7)
+    if trials:
+        ax_t.plot(
+            range(1, len(trials) + 1),
+            [max(float(t), 1e-12) for t in trials],
+            "-o",
+            color="C2",
+            label="val diff",
+        )
+        ax_t.set_yscale("log")
+        if trials_limit is not None:
+            ax_t.axhline(
+                trials_limit, color="grey", lw=0.8, ls=":", label=f"pass if < {trials_limit:g}"
+            )
+        ax_t.legend(fontsize=8)
+    else:
+        ax_t.text(0.5, 0.5, "no convergence trials recorded", ha="center", transform=ax_t.transAxes)
+    ax_t.set(
+        title="Fixed-point check (val): diff between repeated passes",
+        xlabel="pass",
+        ylabel="MSE to the previous pass (log)",
+    )
+    if with_losses:
+        ax_l = axes[2]
+        for key, color in (("cvfp_loss", "C0"), ("diversity_loss", "C1"), ("total_loss", "C2")):
+            xs, ys = _series(learned, key)
+            ax_l.plot(xs, ys, "-o", color=color, label=f"train {key}")
+        ax_l.axhline(0, color="grey", lw=0.6)
+        ax_l.set(title="Train losses per iteration (raw)", xlabel="iteration", ylabel="loss")
+        ax_l.legend(fontsize=7)
+    for ax in axes:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     return png_bytes(fig)

@@ -66,7 +66,14 @@ def _block_html(b: Block) -> str:
 
 
 def _git_line(meta: RunMeta) -> str:
-    return f"git {meta.git_revision}{' (dirty)' if meta.git_dirty else ''}"
+    """The page's origin. The pipeline's report leaves the time and revision out (the same
+    inputs give the same bytes: a DVC output); a caller that passes them sees them."""
+    if not meta.generated_utc and meta.git_revision == "unknown":
+        return "made by the report stage from its DVC dependencies"
+    return (
+        f"git {meta.git_revision}{' (dirty)' if meta.git_dirty else ''}, "
+        f"generated {meta.generated_utc} UTC"
+    )
 
 
 def render_html(title: str, sections: list[Section], meta: RunMeta) -> str:
@@ -77,7 +84,7 @@ def render_html(title: str, sections: list[Section], meta: RunMeta) -> str:
         + "\n</section>"
         for s in sections
     )
-    sub = f"{_git_line(meta)} &middot; generated {html.escape(meta.generated_utc)} UTC"
+    sub = html.escape(_git_line(meta))
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>\n{CSS}\n</style>\n</head>\n<body>\n"
@@ -121,8 +128,7 @@ def render_md(
     out = [
         f"# {title}",
         "",
-        f"{_git_line(meta)}, generated {meta.generated_utc} UTC. Plots are in {html_name}; "
-        "every plotted number is in the tables here.",
+        f"{_git_line(meta)}. Plots are in {html_name}; every plotted number is in the tables here.",
         "",
     ]
     for s in sections:

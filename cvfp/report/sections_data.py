@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..formats import fmt_bool, fmt_int, fmt_text
+from ..formats import fmt_bool, fmt_int, fmt_pct, fmt_text
 from .document import Heading, Link, Para, Section, Table
 from .inputs import TITLES, ReportInputs
 
@@ -13,10 +13,12 @@ def section_data(inp: ReportInputs) -> Section:
     s.add(
         Para(
             [
-                f"Source {fmt_text(d.source)}, {fmt_int(d.raw_conversations)} raw conversations, "
+                f"Source {fmt_text(d.source)} (layout {fmt_text(d.layout)}), "
+                f"{fmt_int(d.raw_conversations)} raw conversations, "
                 f"tokenizer {fmt_text(d.tokenizer_kind)}, max_seq_length "
                 f"{fmt_text(d.max_seq_length)} ({fmt_int(d.truncated_conversations)} conversations "
-                f"truncated), split strategy {d.split_strategy} with val_fraction {d.val_fraction} "
+                f"truncated, {fmt_pct(d.truncated_token_share)} of their tokens dropped), "
+                f"split strategy {d.split_strategy} with val_fraction {d.val_fraction} "
                 f"and test_fraction {d.test_fraction}."
             ]
         ),
