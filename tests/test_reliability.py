@@ -725,28 +725,23 @@ def test_phase2_stage_on_a_full_disk_fails_before_an_epoch(mat_project, monkeypa
     assert not (root / "cache/phase2").exists()
 
 
-def test_all_empty_data_is_refused_at_tokenize(tmp_path, monkeypatch):
+def test_all_empty_data_is_refused_naming_it(tmp_path, monkeypatch):
+    """Used to pass tokenize (rc 0, an unloadable dataset) and fail in split (IndexError)."""
     import json
 
-    from test_data import rows, run_stages
+    from datasets import Dataset
+    from test_data import params, rows, run_stages
 
+    from tasks.tokenize import train_rows
+
+    empty = rows([[("user", " "), ("assistant", "")]] * 3)
     f = tmp_path / "chats.jsonl"
-    f.write_text(
-        "".join(json.dumps(r) + "\n" for r in rows([[("user", " "), ("assistant", "")]] * 3))
-    )
-    with pytest.raises(
-        ValueError,
-        match=r"no non-empty conversations in data\.path.*: all 3 conversations are empty",
-    ):
-        run_stages(
-            tmp_path,
-            monkeypatch,
-            "download",
-            "tokenize",
-            data__source="local",
-            data__path=str(f),
-            tokenizer__num_proc=1,
-        )
+    f.write_text("".join(json.dumps(r) + "\n" for r in empty))
+    with pytest.raises(ValueError, match=r"chats\.jsonl has no conversations \(3 empty"):
+        run_stages(tmp_path, monkeypatch, "download", data__source="local", data__path=str(f))
+    # data/raw from elsewhere (an older download, a hub dataset): tokenize says the same
+    with pytest.raises(ValueError, match=r"no non-empty conversations in data\.path.*all 3"):
+        train_rows(Dataset.from_list(empty), params().split)
     assert not (tmp_path / "data/tokenized").exists()
 
 
@@ -840,7 +835,6 @@ def test_temporaries_scratch_and_compare_outputs_are_git_ignored():
         "cache/.cstar.1234.ab12cd/cstar/train.npy",
         "reports/.report.html.1234.x/report.html",
         "data/.tokenize-1234-abc/tokenizer/tokenizer.json",
-        "metrics/compare.json",
         "reports/compare.html",
         "scratch/phase1/cache/phase1/model.pt",
     ]
@@ -848,8 +842,8 @@ def test_temporaries_scratch_and_compare_outputs_are_git_ignored():
         ["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True
     )
     assert p.stdout.split() == paths
-    kept = ["metrics/phase1.json", "cache/cstar", "data/split"]  # DVC/git decide these
+    kept = ["metrics/phase1.json", "metrics/compare.json"]  # tracked (compare: a report dep)
     p = subprocess.run(
         ["git", "check-ignore", "--no-index", *kept], cwd=ROOT, capture_output=True, text=True
     )
-    assert not set(p.stdout.split()) & {"metrics/phase1.json"}
+    assert p.stdout.split() == []
