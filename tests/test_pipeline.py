@@ -260,7 +260,7 @@ def test_flow_matches_dvc_and_leaves_status_clean(
     # the library's INFO lines reach the run's logs: every Phase 2 epoch and the summary line
     epochs = [m for m in logs if m.startswith("phase2 epoch ")]
     p2 = json.loads((other / "metrics/phase2.json").read_text())["cvfp"]
-    assert len(epochs) == p2["epochs_run"] and "phase2: val ppl cvfp" in "\n".join(logs)
+    assert len(epochs) == p2["epochs_run"] and "phase2: test ppl cvfp" in "\n".join(logs)
     # cvfp/phase1.py per iteration, naming the split
     assert any(m.startswith("phase1 train iter 1: converged") for m in logs)
     assert any(m.startswith("phase1 val iter 1: converged") for m in logs)
