@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
@@ -72,9 +73,10 @@ def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> 
         overrides[key] = yaml.safe_load(value)
     params = load_params(args.params, overrides)
     run_stage(stage, run, params)
-    from cvfp.distributed import close_world
+    if "cvfp.distributed" in sys.modules:  # a stage that joined a world (else: no torch)
+        from cvfp.distributed import close_world
 
-    close_world(current_world())  # on error the process exits and torchrun stops the rest
+        close_world(current_world())  # on error the process exits and torchrun stops the rest
 
 
 # Wall-clock durations of the stage running in each thread's flow task, keyed by stage (see
@@ -106,7 +108,7 @@ def run_stage(stage: str, run: Callable[[Params], object], params: Params):
         guard()  # once more right before dvc.lock / the flow commits
     seconds = time.perf_counter() - t0
     details = _DURATIONS.pop(stage, {})
-    if not current_world().is_main:  # torchrun: rank 0 writes every output
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 writes every output
         return result
     write_json(
         TIMING / f"{stage}.json",
