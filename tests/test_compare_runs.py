@@ -134,3 +134,47 @@ def test_stage_processes_skip_unused_imports():
         "'inductor': 'torch._inductor' in sys.modules}))"
     )
     assert out == {"threads": [1, 1], "det": [True, False], "inductor": False}
+
+
+def test_vocab_size_without_transformers_equals_len_of_the_tokenizer(dvc_project):
+    from transformers import AutoTokenizer
+
+    from tasks.common import read_vocab_size
+
+    tok = dvc_project[0] / "data" / "tokenizer"
+    assert read_vocab_size(tok) == len(AutoTokenizer.from_pretrained(str(tok))) > 300
+    out = _fresh_python(
+        "import json, sys; from tasks.common import read_vocab_size; "
+        f"n = read_vocab_size({str(tok)!r}); "
+        "print(json.dumps({'n': n, 'transformers': 'transformers' in sys.modules}))"
+    )
+    assert out == {"n": read_vocab_size(tok), "transformers": False}
+
+
+def test_conversations_read_without_datasets_equal_datasets_reading(dvc_project, tmp_path):
+    import numpy as np
+    from datasets import load_from_disk
+
+    from tasks.common import load_conversations
+
+    for rel in ("data/split/train", "data/split/val", "data/tokenized"):
+        path = dvc_project[0] / rel
+        ds = load_from_disk(str(path)).with_format("numpy")
+        want = [np.asarray(x, dtype=np.int64) for x in ds["input_ids"]]
+        got = load_conversations(path)
+        assert len(got) == len(want) > 10, rel
+        assert all(
+            g.dtype == np.int64 and np.array_equal(g, w) for g, w in zip(got, want, strict=True)
+        ), rel
+        # Any other layout (here: no state.json) goes through datasets and still reads.
+        if rel == "data/split/val":
+            other = tmp_path / "val"
+            ds.select(range(3)).save_to_disk(str(other))
+            (other / "state.json").unlink()
+            assert [list(x) for x in load_conversations(other)] == [list(x) for x in want[:3]]
+    out = _fresh_python(
+        "import json, sys; from tasks.common import load_conversations; "
+        f"n = len(load_conversations({str(dvc_project[0] / 'data/split/train')!r})); "
+        "print(json.dumps({'n': n, 'datasets': 'datasets' in sys.modules}))"
+    )
+    assert out["datasets"] is False and out["n"] > 10
