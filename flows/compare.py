@@ -3,9 +3,15 @@
     python -m flows.compare                                  # compare.run arms x compare.seeds
     python -m flows.compare --arms none cvfp --seeds 2 -S phase2.epochs=1
 
+    python -m flows.compare --workers 2 --threads 1          # 2 at once, 1 torch thread each
+    python -m flows.compare --task-runner dask --dask-address tcp://host:8786
+
 A Prefect flow (temporary API if no server, like flows.pipeline) with one task run per arm
-x seed. Each task is `dvc exp run --temp -n cmp-<arm>-s<seed> -S ...` (tasks/compare.py):
-the workspace keeps its params and outputs, and `dvc exp show` lists every experiment.
+x seed, `compare.workers` at once on orchestration.task_runner (threads, or Dask workers).
+Each task is `dvc exp run -n cmp-<arm>-s<seed> -S ...` in a private clone sharing the DVC
+cache, its ref pushed back (tasks/compare.py): the workspace keeps its params and outputs,
+and `dvc exp show` lists every experiment. An experiment already finished with the same
+code and params (its fingerprint) is restored, not rerun (`--force` reruns).
 A failed experiment is logged with its error and the sweep goes on; the report lists it.
 Outputs: reports/compare.html, reports/compare.md, metrics/compare.json (docs/compare.md).
 Exit status 1 when any experiment failed (the outputs are written all the same).

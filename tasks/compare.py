@@ -2,10 +2,11 @@
 write reports/compare.{html,md} + metrics/compare.json (docs/compare.md).
 
 `flows/compare.py` composes these into the Prefect flow. Each experiment is
-`dvc exp run --temp -n <name> -S key=value ...`: it runs in a temporary copy of the
-workspace (the workspace's params.yaml and outputs stay as they were), shares the DVC
-cache and run-cache, and is committed under refs/exps/, so `dvc exp show` lists it and its
-metrics are read from that commit (`git show <ref>:metrics/...`).
+`dvc exp run -n <name> -S key=value ...` in a private clone of the project (the
+workspace's params.yaml and outputs stay as they were) that shares the DVC cache and
+run-cache; its commit is pushed back under refs/exps/, so `dvc exp show` lists it and its
+metrics are read from that commit (`git show <ref>:metrics/...`). A finished experiment
+with the same fingerprint (baseline, code, params) is reused instead of rerun.
 
     python -m tasks.compare      # rebuild the report from the experiments already run
 """
