@@ -78,7 +78,12 @@ def experiment(exp: dict, source: Source, threads: int, reuse: str | None) -> di
         )
         return {"name": exp["name"], "seconds": 0.0, "stages": [], "reused": reuse}
     logger.info("%s: running on %d torch thread(s)", exp["name"], threads)
-    return {**run_experiment(exp, source, threads, on_line=logger.info), "reused": None}
+    t0 = time.perf_counter()
+    try:
+        return {**run_experiment(exp, source, threads, on_line=logger.info), "reused": None}
+    except ExperimentFailed as err:
+        err.seconds = time.perf_counter() - t0
+        raise
 
 
 def experiment_runner(orch: OrchestrationParams, workers: int):
@@ -145,14 +150,14 @@ def compare(
                     else f"done in {_clock(result['seconds'])}"
                 )
             except ExperimentFailed as err:
-                rec, outcome = failed(exp, str(err), result["seconds"]), f"FAILED: {err}"
+                rec = failed(exp, str(err), result["seconds"])
+                outcome = f"FAILED in {_clock(result['seconds'])}: {err}"
         else:
-            msg = (
-                str(result)
-                if isinstance(result, ExperimentFailed)
-                else f"{type(result).__name__}: {result}"
-            )
-            rec, outcome = failed(exp, msg), f"FAILED: {msg}"
+            known = isinstance(result, ExperimentFailed)
+            msg = str(result) if known else f"{type(result).__name__}: {result}"
+            seconds = getattr(result, "seconds", None) if known else None
+            rec = failed(exp, msg, seconds)
+            outcome = f"FAILED in {_clock(seconds or 0.0)}: {msg}"
         records[k] = rec
         if rec["status"] != "ok":
             logger.error("experiment %d of %d %s %s", k, n, exp["name"], outcome)

@@ -50,7 +50,14 @@ PROGRESS_LINE = re.compile(
 
 
 class ExperimentFailed(RuntimeError):
-    pass
+    """An experiment that could not finish; `seconds`: how long it ran (set by the task)."""
+
+    def __init__(self, message: str, seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+    def __reduce__(self):  # keeps `seconds` when a Dask worker sends it back
+        return (type(self), (str(self), self.seconds))
 
 
 class ExperimentMissing(ExperimentFailed):
