@@ -95,7 +95,7 @@ def summary(result: Phase1Result, checks: dict) -> dict:
 
 def run(params: Params) -> dict | None:
     """Returns the metrics (None on torchrun ranks other than 0, which write nothing)."""
-    seed_everything(params.seed, params.deterministic)
+    seed_everything(params.seed, params.deterministic, params.runtime.threads)
     world = current_world()
     p1, show = params.phase1, params.phase1.progress and world.is_main
     if world.distributed and p1.objective != "cvfp":
