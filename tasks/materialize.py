@@ -4,8 +4,8 @@ Inputs: cache/phase1/model.pt, data/split/{train,val}, data/tokenizer (vocab siz
 Output: cache/cstar/ with train.npy, train_offsets.npy, val.npy, val_offsets.npy, meta.json
 (float32 [N, context_dim] .npy files, memory-mappable; written shard by shard, atomically).
 
-The conversations run in shards of whole chunks (orchestration.shard_conversations;
-`cvfp.cstar.materialize_shard`), one after another here; under the Prefect flow the shards
+The conversations run in batches of similar length (materialize.batch_tokens), whole
+batches in shards (orchestration.shard_conversations; `cvfp.cstar.materialize_shard`), one after another here; under the Prefect flow the shards
 are mapped tasks on the configured task runner (threads or Dask). C* is bitwise the same
 either way; phase1.context_reset=stream has a single sequence and so a single shard.
 """
@@ -44,6 +44,7 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         map_shards=map_shards,
         show_progress=p1.progress,
         warn_tokens=p1.warn_tokens,
+        batch_tokens=params.materialize.batch_tokens,
     )
     for s, m in meta["splits"].items():
         log.info(
