@@ -23,7 +23,7 @@ from .check_rules import (
     ZERO_SOLUTION,
 )
 from .contexts import row_store
-from .corpus import Corpus, chunks, sequential_pass
+from .corpus import Corpus, chunk_chains, sequential_pass
 from .formats import fmt_er
 from .utils import progress
 
@@ -257,18 +257,6 @@ def verdict(losses, slope_tol: float = 1e-3, std_tol: float = 1e-2) -> dict:
     }
 
 
-def chains(corpus: Corpus, chunk_tokens: int) -> list[list[tuple]]:
-    """`corpus.chunks` grouped into chains: a chunk of whole conversations alone, or the
-    slices of one conversation longer than a chunk (each slice carries on from the last)."""
-    out: list[list[tuple]] = []
-    for part in chunks(corpus, chunk_tokens):
-        if part[3]:
-            out[-1].append(part)
-        else:
-            out.append([part])
-    return out
-
-
 @torch.no_grad()
 def convergence_trials(
     model,
@@ -284,20 +272,21 @@ def convergence_trials(
     """Repeat sequential passes over the same tokens with carryover; MSE between successive
     passes per trial. Passes if the last MSE is below `final_diff`.
 
-    Conversations never share state, so the trials run chunk by chunk (`chains`): all
+    Conversations never share state, so the trials run chunk by chunk (`chunk_chains`): all
     trials + 1 passes of a chunk's conversations, then the next chunk, summing each trial's
     squared differences in float64; memory holds one chunk. A conversation longer than
     `chunk_tokens` runs in slices, its previous pass's rows in a row store (a file under
     `work_dir` when given, removed at the end and on SIGTERM)."""
     model.eval()
     n, dc = corpus.n_tokens, model.context_dim
-    parts = chains(corpus, chunk_tokens)
+    parts = chunk_chains(corpus, chunk_tokens)
     sq = np.zeros(trials, dtype=np.float64)
     bar = progress(
         total=(trials + 1) * n,
         desc=f"convergence trials ({trials} + 1 passes)",
         enabled=show_progress,
         unit="tok",
+        smoothing=0,  # the rate over the whole run: an ETA that holds
     )
     for k, chain in enumerate(parts):
         bar.set_postfix_str(f"chunk {k + 1}/{len(parts)}", refresh=False)

@@ -160,7 +160,7 @@ def windowed_pass(
     state = torch.zeros(n_conv, dc, device=dev) if start is None else start[sched.order.to(dev)]
     final = torch.empty(n_conv, dc, device=dev)
     ends = sched.active[1:] + [0]  # conversations [ends[t], active[t]) end at position t
-    bar = progress(total=corpus.n_tokens, desc=desc, enabled=show_progress, unit="tok")
+    bar = progress(total=corpus.n_tokens, desc=desc, enabled=show_progress, unit="tok", smoothing=0)
     t, n_pos = 0, len(sched)
     while t < n_pos:
         u = max(int(torch.searchsorted(at, at[t] + window_tokens, right=True)) - 1, t + 1)
@@ -213,6 +213,18 @@ def chunks(corpus: Corpus, chunk_tokens: int):
             yield a, b, Corpus(corpus.ids[a:b], corpus.offsets[c : d + 1] - a), False
 
 
+def chunk_chains(corpus: Corpus, chunk_tokens: int) -> list[list[tuple]]:
+    """`chunks` grouped into chains: a chunk of whole conversations alone, or the slices of
+    one conversation longer than a chunk (each slice carries on from the one before)."""
+    out: list[list[tuple]] = []
+    for part in chunks(corpus, chunk_tokens):
+        if part[3]:
+            out[-1].append(part)
+        else:
+            out.append([part])
+    return out
+
+
 @torch.no_grad()
 def zero_start_pass(
     model,
@@ -223,24 +235,20 @@ def zero_start_pass(
     show_progress: bool = False,
     desc: str = "sequential pass",
 ) -> None:
-    """The sequential pass from zero contexts (Phase 1 iteration 0, and C*), chunk by chunk
+    """The sequential pass from zero contexts (Phase 1 iteration 0), chunk by chunk
     (`chunks`), each chunk's rows written to `out[a:b]` (a tensor, or a `ContextFile`), so
     memory holds one chunk. With a torch.distributed `world`, the chunks are dealt out to
     the ranks; a chunk that carries on a long conversation stays with the rank of its start."""
-    chains: list[list] = []
-    for part in chunks(corpus, chunk_tokens):
-        if part[3]:
-            chains[-1].append(part)
-        else:
-            chains.append([part])
-    chains = chains[world.rank :: world.size]
+    chains = chunk_chains(corpus, chunk_tokens)[world.rank :: world.size]
     bar = progress(
         total=sum(p[1] - p[0] for chain in chains for p in chain),
         desc=desc,
         enabled=show_progress,
         unit="tok",
+        smoothing=0,  # the rate over the whole pass: chunks differ in speed, the ETA holds
     )
-    for chain in chains:
+    for k, chain in enumerate(chains):
+        bar.set_postfix_str(f"chunk {k + 1}/{len(chains)}", refresh=False)
         final = None
         for a, b, sub, carry in chain:
             ctx, final = sequential_pass(model, sub, start=final if carry else None)

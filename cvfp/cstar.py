@@ -258,6 +258,8 @@ def materialize_sharded(
             smoothing=0,  # the rate over the whole pass: an ETA that holds
         )
 
+        done: list[int] = []
+
         def consume(i: int, result: tuple[np.ndarray, np.ndarray]) -> None:
             contexts, shard_offsets = result
             name, convs = where[i]
@@ -272,6 +274,8 @@ def materialize_sharded(
             # row r of the shard -> its row in the split: conversation start + r - its offset
             rows = np.repeat(starts - want[:-1], lengths) + np.arange(int(want[-1]))
             outs[name][rows] = contexts
+            done.append(i)
+            bar.set_postfix_str(f"shard {len(done)}/{len(shards)}", refresh=False)
             bar.update(int(want[-1]))
 
         (map_shards or run_shards)(materialize_shard, shards, consume, common)

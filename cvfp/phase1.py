@@ -300,6 +300,7 @@ def run_phase1(
             desc=f"phase1 {name}",
             enabled=show_progress and p.mode == "parallel",
             unit="iter",
+            smoothing=0,  # the mean time per iteration so far
         )
         for it in bar:
             t0 = time.perf_counter()
