@@ -12,6 +12,8 @@ either way; phase1.context_reset=stream has a single sequence and so a single sh
 
 from __future__ import annotations
 
+import time
+
 from cvfp.corpus import Corpus
 from cvfp.cstar import SPLITS, materialize_sharded
 from cvfp.params import Params
@@ -30,6 +32,7 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         s: Corpus.from_conversations(load_conversations(SPLIT / s), p1.context_reset)
         for s in SPLITS
     }
+    t0 = time.perf_counter()
     meta = materialize_sharded(
         PHASE1_MODEL,
         corpora,
@@ -45,6 +48,11 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         show_progress=p1.progress,
         warn_tokens=p1.warn_tokens,
         batch_tokens=params.materialize.batch_tokens,
+    )
+    seconds = time.perf_counter() - t0
+    tokens = sum(c.n_tokens for c in corpora.values())
+    log.info(
+        "materialize: C* of %d tokens in %.2fs (%.0f tokens/s)", tokens, seconds, tokens / seconds
     )
     for s, m in meta["splits"].items():
         log.info(
