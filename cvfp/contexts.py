@@ -101,9 +101,26 @@ class ContextFile:
         return torch.from_numpy(rows)
 
     def __setitem__(self, index, value: torch.Tensor | np.ndarray) -> None:
+        if isinstance(index, slice) and index.step in (None, 1):  # rows a:b: one pwrite
+            a, b, _ = index.indices(self.shape[0])
+            data = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+            data = np.ascontiguousarray(data, dtype=np.float32)
+            if data.shape != (b - a, self.shape[1]):
+                raise ValueError(f"{self.path}: rows {a}:{b} given {data.shape}")
+            self.write_rows(a, data)
+            return
         m = self._map("r+")
         m[index] = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
         del m
+
+    def write_rows(self, start: int, rows: np.ndarray) -> None:
+        """Rows start:start+len(rows) with pwrite: through the page cache, never mapped into
+        this process (a mapped write counts every page it touches in the RSS)."""
+        view = memoryview(np.ascontiguousarray(rows, dtype=np.float32)).cast("B")
+        at = self._offset + start * self.shape[1] * 4
+        while view.nbytes:
+            done = os.pwrite(self._file.fileno(), view, at)
+            view, at = view[done:], at + done
 
     def tensor(self) -> torch.Tensor:
         """All rows as a tensor backed by a copy-on-write map (pages read when used; every

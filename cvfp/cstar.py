@@ -71,23 +71,26 @@ def shard_plan(
     corpus: Corpus, batch_tokens: int, shard_conversations: int
 ) -> list[list[np.ndarray]]:
     """The shards: whole batches (`batch_plan`), at most `shard_conversations` conversations
-    each unless a single batch holds more. The batches are dealt out in a fixed shuffled
+    and `batch_tokens` tokens each unless a single batch holds more (a shard's contexts are
+    held in memory until written: this bounds them for any corpus). The batches are dealt out in a fixed shuffled
     order (seed 0), so long and short conversations alternate and the rate, hence the ETA,
     holds over the whole pass (the order changes no byte: batches are independent)."""
     if shard_conversations < 1:
         raise ValueError(f"shard_conversations must be >= 1, got {shard_conversations}")
     batches = batch_plan(corpus, batch_tokens)
     order = np.random.default_rng(0).permutation(len(batches))
+    lengths = corpus.lengths.numpy()
     plan: list[list[np.ndarray]] = []
-    size = 0
+    size = tokens = 0
     for k in order:
         b = batches[k]
-        if plan and size + len(b) <= shard_conversations:
+        n = int(lengths[b].sum())
+        if plan and size + len(b) <= shard_conversations and tokens + n <= batch_tokens:
             plan[-1].append(b)
-            size += len(b)
+            size, tokens = size + len(b), tokens + n
         else:
             plan.append([b])
-            size = len(b)
+            size, tokens = len(b), n
     return plan
 
 
@@ -271,9 +274,9 @@ def materialize_sharded(
                     f"C* {name} shard {i}: got {contexts.shape} rows for {len(convs)} "
                     f"conversations, expected {(int(want[-1]), dc)}"
                 )
-            # row r of the shard -> its row in the split: conversation start + r - its offset
-            rows = np.repeat(starts - want[:-1], lengths) + np.arange(int(want[-1]))
-            outs[name][rows] = contexts
+            bounds = want.tolist()
+            for j, start in enumerate(starts.tolist()):  # each conversation's rows
+                outs[name].write_rows(start, contexts[bounds[j] : bounds[j + 1]])
             done.append(i)
             bar.set_postfix_str(f"shard {len(done)}/{len(shards)}", refresh=False)
             bar.update(int(want[-1]))
