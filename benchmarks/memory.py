@@ -18,6 +18,7 @@ baseline; torch on `--threads` threads per stage (default 1: on a shared machine
 OpenMP threads spin-wait each other 4-20x slower; memory does not depend on it).
 
     python -m benchmarks.memory [--tokens 1000000] [--factor 4] [--conv-tokens 2000]
+    python -m benchmarks.memory --speed [--tokens 1000000]   # C* vs iteration 0, in process
 """
 
 from __future__ import annotations
@@ -134,6 +135,65 @@ def iteration0_seconds(log: str) -> float:
     return float(m.group(1))
 
 
+def speed(tokens: int, conv_tokens: int, rounds: int = 2) -> None:
+    """C* (`materialize_sharded`, batches by length) against Phase 1 iteration 0
+    (`zero_start_pass`, chunks of phase1.chunk_tokens) on the same conversations, in this
+    process, one torch thread each, interleaved, best of `rounds`: load slows both alike."""
+    import numpy as np
+    import torch
+
+    from cvfp.checkpoint import save_checkpoint
+    from cvfp.contexts import ContextTensor
+    from cvfp.corpus import Corpus, zero_start_pass
+    from cvfp.cstar import materialize_sharded
+    from cvfp.model import CVFPModel
+    from cvfp.params import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    rng = np.random.default_rng(0)
+    convs, total = [], 0
+    while total < tokens:
+        n = int(np.clip(rng.lognormal(np.log(conv_tokens) - 0.32, 0.8), 50, 5 * conv_tokens))
+        convs.append(rng.integers(0, 2000, size=n))
+        total += n
+    corpus = Corpus.from_conversations(convs)
+    torch.manual_seed(0)
+    model = CVFPModel.from_params(params.model, 2000).eval()
+    torch.set_num_threads(1)
+    best = {"phase1 iteration 0": np.inf, "materialize": np.inf}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(Path(tmp) / "m.pt", model, params.model_dump(), vocab_size=2000)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            out = ContextTensor((corpus.n_tokens, model.context_dim))
+            zero_start_pass(model, corpus, out, params.phase1.chunk_tokens)
+            best["phase1 iteration 0"] = min(best["phase1 iteration 0"], time.perf_counter() - t0)
+            del out
+            t0 = time.perf_counter()
+            materialize_sharded(
+                Path(tmp) / "m.pt",
+                {"train": corpus},
+                Path(tmp) / "cstar",
+                params.model,
+                2000,
+                params.materialize.chunk_tokens,
+                "conversation",
+                params.orchestration.shard_conversations,
+                batch_tokens=params.materialize.batch_tokens,
+            )
+            best["materialize"] = min(best["materialize"], time.perf_counter() - t0)
+    print(
+        f"{corpus.n_tokens:,} tokens in {corpus.n_conversations} conversations, default model "
+        f"({params.model.context_dim}-d, {len(params.model.layer_structure)} blocks), 1 thread, "
+        f"best of {rounds}:"
+    )
+    for k, v in best.items():
+        print(f"  {k:20s} {v:7.1f} s  {corpus.n_tokens / v:9,.0f} tokens/s")
+    ratio = best["materialize"] / best["phase1 iteration 0"]
+    verdict = "met" if ratio <= TARGET_SPEED else "MISSED"
+    print(f"  materialize time / iteration 0 time: {ratio:.2f}x  {verdict} (<= {TARGET_SPEED}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -142,8 +202,16 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=4)
     ap.add_argument("--conv-tokens", type=int, default=2000, help="mean conversation length")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per stage")
+    ap.add_argument(
+        "--speed", action="store_true", help="only the in-process C* vs iteration 0 timing"
+    )
     ap.add_argument("--keep", type=Path, help="keep the projects under this directory")
     args = ap.parse_args()
+    if args.speed:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        speed(args.tokens, args.conv_tokens)
+        print(f"load average after: {os.getloadavg()}")
+        return
 
     print(f"load average before: {os.getloadavg()}", flush=True)
     sizes = [args.tokens, args.factor * args.tokens]
