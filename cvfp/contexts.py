@@ -116,7 +116,7 @@ class ContextFile:
     def write_rows(self, start: int, rows: np.ndarray) -> None:
         """Rows start:start+len(rows) with pwrite: through the page cache, never mapped into
         this process (a mapped write counts every page it touches in the RSS)."""
-        view = memoryview(np.ascontiguousarray(rows, dtype=np.float32)).cast("B")
+        view = memoryview(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
         at = self._offset + start * self.shape[1] * 4
         while view.nbytes:
             done = os.pwrite(self._file.fileno(), view, at)
