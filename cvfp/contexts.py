@@ -93,6 +93,9 @@ class ContextFile:
         return self.shape[0]
 
     def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice) and index.step in (None, 1):  # rows a:b: one pread
+            a, b, _ = index.indices(self.shape[0])
+            return torch.from_numpy(self.read_rows(a, max(b - a, 0)))
         if isinstance(index, torch.Tensor):
             index = index.numpy()
         m = self._map("r")
@@ -112,6 +115,19 @@ class ContextFile:
         m = self._map("r+")
         m[index] = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
         del m
+
+    def read_rows(self, start: int, count: int) -> np.ndarray:
+        """Rows start:start+count with pread. A map, even closed right after, raises the
+        peak RSS by every page (or large page-cache folio, up to 2 MB) it touched."""
+        out = np.empty((count, self.shape[1]), dtype=np.float32)
+        view = out.data.cast("B")
+        at = self._offset + start * self.shape[1] * 4
+        while view.nbytes:
+            done = os.preadv(self._file.fileno(), [view], at)
+            if done == 0:
+                raise EOFError(f"{self.path}: rows {start}:{start + count} past the end")
+            view, at = view[done:], at + done
+        return out
 
     def write_rows(self, start: int, rows: np.ndarray) -> None:
         """Rows start:start+len(rows) with pwrite: through the page cache, never mapped into
