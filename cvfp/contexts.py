@@ -67,11 +67,18 @@ class ContextFile:
     """Rows of a float32 [N, Dc] `.npy`, read and written through an open file descriptor:
     every access maps the file, copies the rows and unmaps again."""
 
-    def __init__(self, path: str | Path, shape: tuple[int, int], create: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        shape: tuple[int, int],
+        create: bool = False,
+        readonly: bool = False,
+    ):
         self.path, self.shape = Path(path), (int(shape[0]), int(shape[1]))
         if create:
             reserve_npy(self.path, self.shape)
-        self._file = open(self.path, "r+b")  # noqa: SIM115 (closed with the object)
+        # readonly: a file DVC may have linked read-only from its cache (C*)
+        self._file = open(self.path, "rb" if readonly else "r+b")  # noqa: SIM115
         fmt = np.lib.format
         read = (
             fmt.read_array_header_1_0

@@ -297,8 +297,42 @@ def materialize_sharded(
         )
 
 
-def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: int) -> np.ndarray:
-    """Memory-map C* of `split`, checked against the token data and params it must match."""
+class CstarRows(ContextFile):
+    """C* of one split, read-only; `rows[index]` gives float32 NumPy rows read with pread,
+    one call per run of consecutive rows. A memory map (even one closed after each read)
+    raised the peak RSS by every page-cache folio an epoch touched: 256 bytes per token at
+    64-d (docs/scaling.md). `np.asarray(rows)` reads everything."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __init__(self, path: str | Path, shape: tuple[int, int]):
+        super().__init__(path, shape, readonly=True)
+
+    def __getitem__(self, index) -> np.ndarray:  # type: ignore[override]
+        if isinstance(index, slice) and index.step in (None, 1):
+            a, b, _ = index.indices(self.shape[0])
+            return self.read_rows(a, max(b - a, 0))
+        idx = np.asarray(index.numpy() if isinstance(index, torch.Tensor) else index)
+        flat = idx.reshape(-1).astype(np.int64)
+        if flat.size and (flat.min() < -self.shape[0] or flat.max() >= self.shape[0]):
+            raise IndexError(f"{self.path}: row index out of range for {self.shape[0]} rows")
+        flat = np.where(flat < 0, flat + self.shape[0], flat)
+        order = np.argsort(flat, kind="stable")
+        rows = flat[order]
+        cut = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows
+        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
+        for a, b in zip(np.r_[0, cut].tolist(), np.r_[cut, rows.size].tolist(), strict=True):
+            out[order[a:b]] = self.read_rows(int(rows[a]), b - a)
+        return out.reshape(*idx.shape, self.shape[1])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype)
+
+
+def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: int) -> CstarRows:
+    """C* of `split` (`CstarRows`), checked against the token data and params it must match."""
     cstar_dir = Path(cstar_dir)
     path, opath = cstar_dir / f"{split}.npy", cstar_dir / f"{split}_offsets.npy"
     for p in (path, opath):
@@ -320,7 +354,9 @@ def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: i
             f"(phase1.context_reset) expect {tuple(want.shape)} with the same values; "
             f"re-run the materialize stage"
         )
-    return cstar
+    shape = (int(cstar.shape[0]), int(cstar.shape[1]))
+    del cstar  # the header check's map: rows are read with pread
+    return CstarRows(path, shape)
 
 
 def _load(path: Path, **kw) -> np.ndarray:
