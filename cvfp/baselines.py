@@ -3,15 +3,22 @@
 Targets everywhere are token[i+1] for every position i that has a next token in its
 segment (conversation, or the whole stream), exactly the Phase 2 positions.
 
-- bigram: add-k smoothed P(b | a) = (c(a,b) + k) / (c(a) + k V), counted on train.
+- bigram: add-k smoothed P(b | a) = (c(a,b) + k) / (c(a) + k V), counted on train; k is
+  the value of baselines.bigram_k_grid with the lowest val loss.
 - transformer: a GPT-2 (Hugging Face `transformers`) trained from scratch, its width chosen
   so its trainable parameters are within a tolerance of CVFP's Phase 2 trainable count.
-- ablations: the trained CVFP model on val with C* zeroed or shuffled across positions;
-  if the context carries information, both must hurt.
+- ablations (sanity checks): the trained CVFP model on val and test with C* zeroed or
+  shuffled across positions at evaluation only; if the context carries information, both
+  must hurt. The control trained without any context is `phase2.context: zero`.
+
+Val chooses (the bigram's k, the Transformer's epoch), test reports: each baseline scores
+test once, with what val chose, and returns its per-target test nats (Phase 2 position
+order) for the per-conversation file.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -22,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .corpus import Corpus
-from .phase2 import PositionData, Stats, evaluate
+from .phase2 import PositionData, Stats, evaluate, position_nats
 from .utils import progress
 
 log = logging.getLogger("cvfp")
@@ -30,6 +37,16 @@ log = logging.getLogger("cvfp")
 
 def _metrics(loss: float, acc: float, **extra) -> dict:
     return {"val_loss": loss, "val_ppl": _ppl(loss), "val_acc": acc, **extra}
+
+
+def _test(nats: np.ndarray, correct: np.ndarray) -> dict:
+    """test_loss / test_ppl / test_acc from per-target nats and top-1 hits."""
+    loss = float(nats.sum() / max(nats.size, 1))
+    return {
+        "test_loss": loss,
+        "test_ppl": _ppl(loss),
+        "test_acc": float(correct.sum() / max(correct.size, 1)),
+    }
 
 
 def _ppl(loss: float) -> float:
@@ -48,35 +65,57 @@ def bigram_pairs(corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
     return ids[pos], ids[pos + 1]
 
 
-def bigram_baseline(train: Corpus, val: Corpus, vocab_size: int, k: float) -> dict:
-    """Add-k bigram. Counts are kept sparse (distinct pairs only), so V = 50k is fine."""
-    t0 = time.perf_counter()
-    a, b = bigram_pairs(train)
-    codes, counts = np.unique(a * vocab_size + b, return_counts=True)  # sorted pair codes
-    row_total = np.bincount(a, minlength=vocab_size)
-    # Most frequent successor per row (ties -> smallest id); unseen rows predict id 0.
-    order = np.lexsort((codes, -counts, codes // vocab_size))
-    rows = codes[order] // vocab_size
-    first = np.r_[True, rows[1:] != rows[:-1]]
-    argmax = np.zeros(vocab_size, dtype=np.int64)
-    argmax[rows[first]] = codes[order][first] % vocab_size
-    seconds = time.perf_counter() - t0
+class Bigram:
+    """Add-k bigram counted on train. Counts are kept sparse (distinct pairs only), so
+    V = 50k is fine."""
 
-    va, vb = bigram_pairs(val)
-    q = va * vocab_size + vb
-    at = np.clip(np.searchsorted(codes, q), 0, max(codes.size - 1, 0))
-    c_ab = np.where(codes[at] == q, counts[at], 0) if codes.size else np.zeros(q.size)
-    prob = (c_ab + k) / (row_total[va] + k * vocab_size)
-    loss = float(-np.log(prob).mean())
-    acc = float((argmax[va] == vb).mean())
+    def __init__(self, train: Corpus, vocab_size: int):
+        a, b = bigram_pairs(train)
+        self.vocab_size = vocab_size
+        self.codes, self.counts = np.unique(a * vocab_size + b, return_counts=True)  # sorted
+        self.row_total = np.bincount(a, minlength=vocab_size)
+        # Most frequent successor per row (ties -> smallest id); unseen rows predict id 0.
+        codes, counts = self.codes, self.counts
+        order = np.lexsort((codes, -counts, codes // vocab_size))
+        rows = codes[order] // vocab_size
+        first = np.r_[True, rows[1:] != rows[:-1]]
+        self.argmax = np.zeros(vocab_size, dtype=np.int64)
+        self.argmax[rows[first]] = codes[order][first] % vocab_size
+
+    def score(self, corpus: Corpus, k: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per target position (Phase 2 order): nats of -log P(b | a) and top-1 correct."""
+        va, vb = bigram_pairs(corpus)
+        codes, v = self.codes, self.vocab_size
+        q = va * v + vb
+        at = np.clip(np.searchsorted(codes, q), 0, max(codes.size - 1, 0))
+        c_ab = np.where(codes[at] == q, self.counts[at], 0) if codes.size else np.zeros(q.size)
+        prob = (c_ab + k) / (self.row_total[va] + k * v)
+        return -np.log(prob), self.argmax[va] == vb
+
+
+def bigram_baseline(
+    train: Corpus, val: Corpus, test: Corpus, vocab_size: int, k_grid: list[float]
+) -> tuple[dict, np.ndarray]:
+    """Add-k bigram whose k is the one of `k_grid` with the lowest val loss (val chooses);
+    test is scored once, with that k. Returns (metrics, test nats per target position)."""
+    t0 = time.perf_counter()
+    model = Bigram(train, vocab_size)
+    seconds = time.perf_counter() - t0
+    val_loss = {k: float(model.score(val, k)[0].mean()) for k in k_grid}
+    k = min(k_grid, key=lambda x: (val_loss[x], x))  # ties: the smaller k
+    _, val_correct = model.score(val, k)
+    test_nats, test_correct = model.score(test, k)
     return _metrics(
-        loss,
-        acc,
+        val_loss[k],
+        float(val_correct.mean()),
+        **_test(test_nats, test_correct),
         trainable_params=vocab_size * vocab_size,
         train_seconds=seconds,
         k=k,
-        distinct_pairs=int(codes.size),
-    )
+        k_grid=list(k_grid),
+        val_loss_by_k=[val_loss[x] for x in k_grid],
+        distinct_pairs=int(model.codes.size),
+    ), test_nats
 
 
 # ---------------------------------------------------------------- GPT-2 baseline
@@ -171,24 +210,38 @@ def collate(wins: list[np.ndarray]):
 
 
 @torch.no_grad()
-def evaluate_transformer(model, wins: list[np.ndarray], batch_tokens: int) -> Stats:
+def transformer_nats(
+    model, wins: list[np.ndarray], batch_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per target, in window order (= Phase 2 position order): nats (float64), top-1 hit."""
     model.eval()
     n_targets = np.array([len(w) - 1 for w in wins])
-    loss_sum = correct = 0.0
+    nats, hits = [], []
     for batch in pack(np.arange(len(wins)), n_targets, batch_tokens):
         inputs, mask, targets = collate([wins[i] for i in batch])
         logits = model(input_ids=inputs, attention_mask=mask).logits
-        loss_sum += F.cross_entropy(
-            logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
-        ).item()
-        correct += ((logits.argmax(-1) == targets) & (targets >= 0)).sum().item()
-    n = int(n_targets.sum())
-    return Stats(loss_sum / n, correct / n, n)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
+        ).view(targets.shape)
+        right = logits.argmax(-1) == targets
+        for r, i in enumerate(batch):
+            nats.append(loss[r, : n_targets[i]].double().numpy())
+            hits.append(right[r, : n_targets[i]].numpy())
+    if not nats:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    return np.concatenate(nats), np.concatenate(hits)
+
+
+def evaluate_transformer(model, wins: list[np.ndarray], batch_tokens: int) -> Stats:
+    nats, hits = transformer_nats(model, wins, batch_tokens)
+    n = int(nats.size)
+    return Stats(float(nats.sum() / n), float(hits.sum() / n), n)
 
 
 def transformer_baseline(
     train: Corpus,
     val: Corpus,
+    test: Corpus,
     vocab_size: int,
     bp,
     cfg,
@@ -196,9 +249,10 @@ def transformer_baseline(
     epochs: int,
     seed: int = 0,
     show_progress: bool = False,
-) -> dict:
+) -> tuple[dict, np.ndarray]:
     """Train GPT-2 for `epochs` with Phase 2's batch size (in target tokens), lr and clip;
-    report the epoch with the best val loss, as for CVFP."""
+    keep the epoch with the best val loss, as for CVFP, and score test once with it.
+    Returns (metrics, test nats per target position)."""
     n_embd = choose_n_embd(
         target_params,
         vocab_size,
@@ -225,6 +279,7 @@ def transformer_baseline(
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True)  # as Phase 2
     gen = torch.Generator().manual_seed(seed)
     best: dict[str, Any] = {}  # the epoch with the lowest val loss so far
+    best_state: dict[str, torch.Tensor] = {}
     history: list[dict[str, Any]] = []
     seconds = 0.0
     for epoch in range(1, epochs + 1):
@@ -265,9 +320,15 @@ def transformer_baseline(
         )
         if not best or scores.loss < best["val_loss"]:
             best = row
+            best_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    test_nats, test_hits = transformer_nats(
+        model, windows(test, bp.transformer_n_positions), cfg.batch_size
+    )
     return _metrics(
         best["val_loss"],
         best["val_acc"],
+        **_test(test_nats, test_hits),
         best_epoch=best["epoch"],
         train_loss=best["train_loss"],
         train_ppl=_ppl(best["train_loss"]),
@@ -281,16 +342,23 @@ def transformer_baseline(
         n_head=bp.transformer_n_head,
         n_positions=bp.transformer_n_positions,
         train_targets=int(n_targets.sum()),
-    )
+    ), test_nats
 
 
 # ---------------------------------------------------------------- context ablations
 
 
-def context_ablations(model, val: PositionData, batch_size: int, seed: int = 0) -> dict:
-    """Val metrics of the trained model with C* replaced by zeros / shuffled rows."""
+def context_ablations(
+    model, val: PositionData, test: PositionData, batch_size: int, seed: int = 0
+) -> dict:
+    """Sanity checks, not controls: the trained model on val and test with C* replaced by
+    zeros / shuffled rows at evaluation only (a head trained with C* loses its input, so
+    these measure a train/eval mismatch as much as the context; the control trained
+    without context is `phase2.context: zero`)."""
     out = {}
     for name, kind in (("zero_context", "zero"), ("shuffled_context", "shuffled")):
         s = evaluate(model, val.ablated(kind, seed), batch_size)[-1]
-        out[name] = _metrics(s.loss, s.acc)
+        out[name] = _metrics(
+            s.loss, s.acc, **_test(*position_nats(model, test.ablated(kind, seed), batch_size))
+        )
     return out

@@ -1,4 +1,5 @@
-"""The comparison report (reports/compare.html + .md) from a `cvfp.compare.summarise` dict.
+"""The comparison report (reports/compare.html + .md) from `cvfp.compare.summarise`'s numbers:
+the words (verdict sentences, intervals in words) and the number formats live here.
 
 Reuses the run report's document model, plot helpers and renderers (cvfp/report/) and the
 number formats (cvfp/formats.py), so both reports look and read alike. No Prefect/DVC imports.
@@ -9,206 +10,330 @@ from __future__ import annotations
 import math
 
 from .check_rules import TRIALS
-from .compare import RULE, pm
-from .formats import fmt_acc, fmt_loss, fmt_ppl
+from .formats import NA, fmt_acc, fmt_loss, fmt_ppl
+from .metrics.compare import Arm, CompareMetrics, PairedStats, SeedInterval
 from .report.document import Figure, Heading, Para, RunMeta, Section, Table
 from .report.plots import figure_axes, png_bytes
 from .report.render import render_html, render_md
 
-TITLE = "CVFP comparison: control arms over seeds"
+TITLE = "CVFP comparison: control arms over seeds, on the test split"
 # The trials' pass rule by its params key: the arms may set different thresholds.
 _TRIAL_PASS = TRIALS.when[0].pass_rule()
 
 
-def _ppl_pm(m, sd) -> str:
-    return pm(m, sd, 2)
+# ---------------------------------------------------------------- number formats
 
 
-def _acc_pm(m, sd) -> str:
-    if m is None:
-        return "n/a"
-    return f"{100 * m:.2f}%" + ("" if sd is None else f" ± {100 * sd:.2f}%")
+def fmt_diff(x: float | None) -> str:
+    """A difference in test loss, nats/token."""
+    return NA if x is None else f"{x:+.4f}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return NA
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_rel(x: float | None) -> str:
+    return NA if x is None else f"{100 * x:+.2f}%"
+
+
+def _with_ci(x: str, ci: tuple[str, str] | None) -> str:
+    return x if ci is None else f"{x} [{ci[0]}, {ci[1]}]"
+
+
+def _ci(pair: tuple[float, float] | None, fmt) -> tuple[str, str] | None:
+    return None if pair is None else (fmt(pair[0]), fmt(pair[1]))
+
+
+def interval_words(ci: tuple[float, float] | None, digits: int = 2) -> str:
+    """A perplexity-difference interval (row minus reference; < 0 is better) in words, e.g.
+    "between 0.62 better and 0.96 worse"."""
+    if ci is None:
+        return "no interval (fewer than 2 seeds)"
+    lo, hi = ci
+    f = f"{{:.{digits}f}}"
+    if lo < 0 < hi:
+        return f"between {f.format(-lo)} better and {f.format(hi)} worse"
+    if hi <= 0:
+        return f"between {f.format(-hi)} and {f.format(-lo)} better"
+    return f"between {f.format(lo)} and {f.format(hi)} worse"
+
+
+def _level(alpha: float) -> str:
+    return f"{100 * (1 - alpha):g}%"
+
+
+def verdict_sentence(name: str, e: PairedStats, c: CompareMetrics) -> str:
+    """One line per compared row: the verdict word (confirmatory arms) or "interval only",
+    then the interval in words."""
+    n = e.n_seeds or 0
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
+    level = _level(c.alpha)
+    words = f"{interval_words(e.ppl_ci95)} test perplexity ({level} CI, {seeds})"
+    if e.verdict is None:
+        return f"{name} vs {e.reference}: interval only: {words}"
+    if e.verdict == "not enough seeds":
+        return (
+            f"{name} vs {e.reference}: not enough seeds: {seeds} paired (a paired test needs "
+            f"at least 2; difference so far {fmt_diff(e.diff_mean)} nats/token)"
+        )
+    head = f"{name} vs {e.reference}: {e.verdict}"
+    if e.verdict in ("better", "worse"):
+        return f"{head} (Holm p {fmt_p(e.p_holm)}): {words}"
+    if e.verdict == "equivalent":
+        return (
+            f"{head} within ±{100 * c.delta_relative:g}% perplexity (equivalence p "
+            f"{fmt_p(e.p_equiv)}): {words}"
+        )
+    need = "n/a" if e.seeds_needed is None else str(e.seeds_needed)
+    return (
+        f"{head}: {words}; about {need} seeds would detect ±{100 * c.delta_relative:g}% "
+        f"with {100 * c.power:g}% power"
+    )
+
+
+def verdict_lines(c: CompareMetrics) -> list[str]:
+    """The verdicts as sentences, arms then baselines (logged by the flow)."""
+    lines = []
+    for a, e in c.arms.items():
+        if e.role == "control":
+            lines.append(
+                f"{a}: the control (test perplexity {fmt_ppl(e.test_ppl)} over "
+                f"{len(e.seeds)} seed{'s' if len(e.seeds) != 1 else ''})"
+            )
+        else:
+            lines.append(verdict_sentence(a, e, c))
+    lines += [verdict_sentence(b, e, c) for b, e in c.baselines.items() if e.n_seeds]
+    return lines
+
+
+# ---------------------------------------------------------------- the forest plot
+
+
+def plot_forest(c: CompareMetrics) -> bytes | None:
+    """Per compared arm: the paired difference in test loss with its t interval over seeds
+    (black) and each seed's bootstrap interval over test conversations (colour); the
+    ±delta band shaded, zero marked. None when no arm has a paired difference."""
+    rows = [(a, e) for a, e in c.arms.items() if e.role != "control" and e.diff_mean is not None]
+    if not rows:
+        return None
+    fig, (ax,) = figure_axes(1, width=10.0, height=1.6 + 0.75 * len(rows))
+    ax.axvspan(-c.delta, c.delta, color="tab:green", alpha=0.15, lw=0, label="±delta")
+    ax.axvline(0, color="grey", lw=1)
+    seeds = c.seeds
+    labelled: set[str] = set()
+    for k, (_a, e) in enumerate(rows):
+        y = len(rows) - 1 - k
+        if e.ci95 is not None:
+            ax.plot(e.ci95, [y, y], color="black", lw=2.5, solid_capstyle="butt")
+        ax.plot([e.diff_mean], [y], "D", color="black", ms=7, label=None if k else "mean, t CI")
+        boot = e.bootstrap or {}
+        for j, (s, b) in enumerate(boot.items()):
+            i = seeds.index(int(s)) if int(s) in seeds else j
+            yy = y - 0.12 - 0.08 * i
+            label = f"seed {s}" if s not in labelled else None
+            labelled.add(s)
+            if b.ci95 is not None:
+                ax.plot(b.ci95, [yy, yy], color=f"C{i % 10}", lw=1)
+            ax.plot([b.diff], [yy], "o", color=f"C{i % 10}", ms=3, label=label)
+    ax.set_yticks(range(len(rows)), [a for a, _ in reversed(rows)])
+    ax.set(
+        title=f"Test loss difference vs {c.control} ({_level(c.alpha)} intervals)",
+        xlabel="arm - control, test loss (nats/token); left of 0 is better",
+        ylim=(-0.5 - 0.08 * len(seeds), len(rows) - 0.5),
+    )
+    top = ax.secondary_xaxis("top", functions=(lambda x: 100 * (math.e**x - 1), _log1p_pct))
+    top.set_xlabel("relative change of test perplexity (%)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3, axis="x")
+    return png_bytes(fig)
+
+
+def _log1p_pct(y):
+    import numpy as np
+
+    return np.log1p(np.asarray(y) / 100)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _row(name: str, role: str, e: PairedStats, ppl: float | None, c: CompareMetrics) -> list[str]:
+    return [
+        name,
+        role,
+        str(e.n_seeds or 0),
+        fmt_ppl(ppl),
+        _with_ci(fmt_diff(e.diff_mean), _ci(e.ci95, fmt_diff)),
+        _with_ci(NA if e.ppl_diff is None else _ppl_d(e.ppl_diff), _ci(e.ppl_ci95, _ppl_d)),
+        _with_ci(fmt_rel(e.rel_change), _ci(e.rel_ci95, fmt_rel)),
+        fmt_p(e.p),
+        fmt_p(e.p_holm),
+        fmt_p(e.p_equiv),
+        fmt_p(e.rank_p),
+        NA if e.seeds_needed is None else str(e.seeds_needed),
+        e.verdict or f"({interval_words(e.ppl_ci95)})",
+    ]
+
+
+def _ppl_d(x: float) -> str:
+    return f"{x:+.2f}"
+
+
+def _boot(b: SeedInterval | None) -> str:
+    if b is None:
+        return NA
+    ci = "n/a" if b.ci95 is None else f"[{fmt_diff(b.ci95[0])}, {fmt_diff(b.ci95[1])}]"
+    return f"{fmt_diff(b.diff)} {ci} ({b.conversations} conv.)"
 
 
 def _steps(xs: list) -> str:
     xs = [x for x in xs if x is not None]
     if not xs:
-        return "n/a"
+        return NA
     return str(xs[0]) if len(set(xs)) == 1 else ", ".join(str(x) for x in xs)
 
 
-def plot_arms(summary: dict) -> bytes:
-    """Val perplexity per arm (and the Transformer): seeds as points, mean ± std as a bar."""
-    cols = [(a, e["per_seed"], "val_ppl") for a, e in summary["arms"].items()]
-    tr = summary["baselines"].get("transformer")
-    if tr and tr["per_seed"]:
-        src = summary["arms"][tr["source_arm"]]["per_seed"]
-        cols.append(("transformer", src, "transformer_val_ppl"))
-    seeds = summary["seeds"]
-    fig, (ax,) = figure_axes(1, width=1.6 * len(cols) + 3.5, height=3.8)
-    for x, (_name, per_seed, key) in enumerate(cols):
-        pts = [(int(s), v[key]) for s, v in per_seed.items() if v.get(key) is not None]
-        for s, y in pts:
-            k = seeds.index(s) if s in seeds else 0
-            ax.plot(
-                x + 0.08 * (k - (len(seeds) - 1) / 2),
-                y,
-                "o",
-                color=f"C{k % 10}",
-                label=f"seed {s}"
-                if x == 0 or not ax.get_legend_handles_labels()[1].count(f"seed {s}")
-                else None,
-            )
-        ys = [y for _, y in pts]
-        if ys:
-            m = sum(ys) / len(ys)
-            sd = math.sqrt(sum((y - m) ** 2 for y in ys) / (len(ys) - 1)) if len(ys) > 1 else 0.0
-            ax.errorbar(x + 0.3, m, yerr=sd, fmt="_", color="black", capsize=4, ms=14)
-    ax.set_xticks(range(len(cols)), [c[0] for c in cols])
-    ax.set(
-        title="Phase 2 val perplexity per arm (points: seeds; black: mean ± std)",
-        ylabel="val perplexity",
-    )
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles, strict=True))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    return png_bytes(fig)
+def _pm(m: float | None, sd: float | None, digits: int = 4) -> str:
+    if m is None:
+        return NA
+    return f"{m:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
-def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str]:
-    """(html, md) of the comparison. params_text: the shared params/overrides, shown verbatim."""
-    arms, control = summary["arms"], summary["control"]
-    seeds = summary["seeds"]
-
+def _verdict_section(c: CompareMetrics) -> Section:
+    arms, control = c.arms, c.control
+    ctrl: Arm | None = arms.get(control)
     s = Section("verdict", "Verdict")
     s.add(
         Para(
             [
-                f"{len(arms)} arm(s) x {len(seeds)} seed(s) {seeds}; control arm: {control}. "
-                "Computed from the numbers below by cvfp/compare.py, never typed by hand."
+                f"{len(arms)} arm(s) x {len(c.seeds)} seed(s) {c.seeds}; control: {control} "
+                f"(test perplexity {fmt_ppl(ctrl.test_ppl if ctrl else None)}). Metric: test "
+                "loss in nats/token, paired seed by seed (arm minus control; negative = better). "
+                "Computed by cvfp/compare.py (scipy.stats, statsmodels), never typed by hand."
             ]
         )
     )
+    rows = [_row(a, e.role, e, e.test_ppl, c) for a, e in arms.items() if e.role != "control"] + [
+        _row(b, "baseline", e, e.test_ppl, c) for b, e in c.baselines.items() if e.n_seeds
+    ]
+    level = _level(c.alpha)
     s.add(
         Table(
-            ["comparison", "verdict"],
-            [[a, e["verdict"]] for a, e in arms.items()]
-            + [[b, e["verdict"]] for b, e in summary["baselines"].items()],
+            [
+                "arm",
+                "role",
+                "seeds",
+                "test ppl",
+                f"Δ loss, nats/token [{level} CI]",
+                f"Δ ppl [{level} CI]",
+                f"relative change of ppl [{level} CI]",
+                "p (paired t)",
+                "p Holm",
+                f"p equivalence (±{100 * c.delta_relative:g}%)",
+                "p Wilcoxon",
+                f"seeds for {100 * c.power:g}% power",
+                "verdict",
+            ],
+            rows,
+            f"Confirmatory arms (the Holm family: {', '.join(c.confirmatory) or 'none run'}) get "
+            "a verdict word; other arms and the baselines get intervals only (in brackets, "
+            "in perplexity). Baselines are paired with the CVFP model of the "
+            f"{c.baselines['bigram'].source_arm if c.baselines else control} arm's experiments.",
         )
     )
+    png = plot_forest(c)
+    if png is not None:
+        s.add(
+            Figure(
+                png,
+                f"Per arm: mean paired difference of test loss vs {control} with its {level} "
+                f"t interval over seeds (black), and each seed's {level} bootstrap interval "
+                "over test conversations (colour: data noise at a fixed seed). Shaded: "
+                f"±delta = ±{c.delta:.5f} nats/token (±{100 * c.delta_relative:g}% perplexity).",
+            )
+        )
+    s.add(Table(["verdict (computed)"], [[line] for line in verdict_lines(c)]))
     s.add(
         Para(
             [
-                f"Rule: {RULE}. With 3 seeds |mean| > std means t > 1.73, a lenient bar: a "
-                "'better' or 'worse' says 'run more seeds', not 'proven' (t is in the table below)."
+                f"Rule: better / worse: Holm-adjusted paired t-test p < {c.alpha:g} (by the sign "
+                f"of the difference); equivalent: two one-sided tests p < {c.alpha:g} against "
+                f"±delta, delta = ln(1 + {c.delta_relative:g}) = {c.delta:.5f} nats/token "
+                f"(a {100 * c.delta_relative:g}% change of perplexity); otherwise inconclusive; "
+                "fewer than 2 paired seeds: not enough seeds. 'Inconclusive' says the data "
+                "allow anything in the interval, not that there is no effect. The Wilcoxon "
+                "signed-rank p is shown only when the seed count lets it go below "
+                f"{c.alpha:g}. docs/compare.md explains each number."
             ],
             "note",
         )
     )
-    if summary.get("missing"):
-        s.add(
-            Para(
-                [f"Not run (yet), so not in the numbers: {', '.join(summary['missing'])}."], "note"
-            )
-        )
-    if summary["failed"]:
+    if c.missing:
+        s.add(Para([f"Not run (yet), so not in the numbers: {', '.join(c.missing)}."], "note"))
+    if c.failed:
         s.add(Heading("Failed experiments"))
         s.add(
             Table(
                 ["experiment", "arm", "seed", "error"],
-                [
-                    [f["name"], f["arm"], str(f["seed"]), f.get("error") or ""]
-                    for f in summary["failed"]
-                ],
+                [[f.name, f.arm, str(f.seed), f.error or ""] for f in c.failed],
             )
         )
+    return s
 
-    t = Section("arms", "Arms: Phase 2 val perplexity and accuracy over seeds")
+
+def _per_seed_section(c: CompareMetrics) -> Section:
+    t = Section("seeds", "Per seed: test numbers and bootstrap intervals over test conversations")
     rows = []
-    for a, e in arms.items():
-        p = e.get("paired") or {}
-        vt = e.get("vs_transformer") or {}
-        rows.append(
-            [
-                a,
-                ", ".join(f"{k}={v}" for k, v in e["overrides"].items()) or "(defaults)",
-                str(len(e["seeds"])),
-                _ppl_pm(e["val_ppl_mean"], e["val_ppl_std"]),
-                _acc_pm(e["val_acc_mean"], e["val_acc_std"]),
-                "control" if not p else _ppl_pm(p.get("mean"), p.get("std")),
-                "n/a" if not p or p.get("t") is None else f"{p['t']:.2f}",
-                _ppl_pm(vt.get("mean"), vt.get("std")),
-                _steps(e["phase1_steps"]),
-            ]
-        )
-    t.add(
-        Table(
-            [
-                "arm",
-                "overrides",
-                "seeds",
-                "val ppl (mean ± std)",
-                "val acc",
-                f"paired diff vs {control}",
-                "t",
-                "paired diff vs Transformer",
-                "Phase 1 steps",
-            ],
-            rows,
-            "Differences are arm minus reference, per seed, then mean ± std over seeds "
-            "(negative = lower perplexity = better).",
-        )
-    )
-    t.add(
-        Figure(
-            plot_arms(summary),
-            "Val perplexity per arm; each point one seed, black bar mean ± std. "
-            "The bigram baseline is in the table below (off this scale).",
-        )
-    )
-    t.add(Heading("Per seed"))
-    per = []
-    for a, e in arms.items():
-        for sd, v in e["per_seed"].items():
-            per.append(
+    for a, e in c.arms.items():
+        boot = e.bootstrap or {}
+        diffs = dict(zip([str(s) for s in e.paired_seeds or []], e.diffs or [], strict=True))
+        for sd, v in e.per_seed.items():
+            rows.append(
                 [
                     a,
                     sd,
-                    fmt_ppl(v.get("val_ppl")),
-                    fmt_acc(v.get("val_acc")),
-                    str(v.get("phase1_steps")),
-                    "yes" if v.get("converged_by_construction") else "no",
-                    fmt_loss(v.get("trial_final_diff")),
-                    str(v.get("trial_verdict")),
-                    "n/a"
-                    if v.get("effective_rank_val") is None
-                    else f"{100 * v['effective_rank_val']:.1f}%",
-                    fmt_ppl(v.get("transformer_val_ppl")),
-                    fmt_ppl(v.get("bigram_val_ppl")),
+                    fmt_loss(v.test_loss),
+                    fmt_ppl(v.test_ppl),
+                    fmt_acc(v.test_acc),
+                    "control" if e.role == "control" else fmt_diff(diffs.get(sd)),
+                    "control" if e.role == "control" else _boot(boot.get(sd)),
+                    fmt_loss(v.val_loss),
+                    NA if v.best_epoch is None else str(v.best_epoch),
+                    fmt_ppl(v.transformer_test_ppl),
+                    fmt_ppl(v.bigram_test_ppl),
                 ]
             )
+    level = _level(c.alpha)
     t.add(
         Table(
             [
                 "arm",
                 "seed",
-                "val ppl",
-                "val acc",
-                "Phase 1 steps",
-                "converged by construction",
-                "trial final diff (val)",
-                "trial verdict",
-                "effective rank (val)",
-                "Transformer val ppl",
-                "bigram val ppl",
+                "test loss",
+                "test ppl",
+                "test acc",
+                f"Δ loss vs {c.control}",
+                f"bootstrap {level} CI of Δ (conversations)",
+                "val loss (selection)",
+                "best epoch (on val)",
+                "Transformer test ppl",
+                "bigram test ppl",
             ],
-            per,
+            rows,
+            "Val chooses the epoch; every compared number is on test. The bootstrap resamples "
+            "test conversations (the same ones for both models) at a fixed seed: its width is "
+            "the data noise; the spread of Δ over seeds is the seed noise.",
         )
     )
+    return t
 
-    c = Section("checks", "Phase 1 checks per arm")
-    c.add(
+
+def _checks_section(c: CompareMetrics) -> Section:
+    s = Section("checks", "Phase 1 checks per arm")
+    s.add(
         Table(
             [
                 "arm",
@@ -220,98 +345,131 @@ def build_compare_report(summary: dict, params_text: str = "") -> tuple[str, str
             [
                 [
                     a,
-                    _steps(e["phase1_steps"]),
-                    _steps(["yes" if x else "no" for x in e["converged_by_construction"]]),
-                    pm(e["trial_final_diff_mean"], e["trial_final_diff_std"], 4),
-                    "n/a"
-                    if e["effective_rank_val_mean"] is None
-                    else f"{100 * e['effective_rank_val_mean']:.1f}%"
+                    _steps(e.phase1_steps),
+                    _steps(
+                        [
+                            None if x is None else ("yes" if x else "no")
+                            for x in e.converged_by_construction
+                        ]
+                    ),
+                    _pm(e.trial_final_diff_mean, e.trial_final_diff_std),
+                    NA
+                    if e.effective_rank_val_mean is None
+                    else f"{100 * e.effective_rank_val_mean:.1f}%"
                     + (
                         ""
-                        if e["effective_rank_val_std"] is None
-                        else f" ± {100 * e['effective_rank_val_std']:.1f}%"
+                        if e.effective_rank_val_std is None
+                        else f" ± {100 * e.effective_rank_val_std:.1f}%"
                     ),
                 ]
-                for a, e in arms.items()
+                for a, e in c.arms.items()
             ],
             f"The convergence trials are the fixed-point check (pass if {_TRIAL_PASS}); a first "
             "parallel pass that converges by construction is not a result (SPEC 3).",
         )
     )
+    return s
 
-    b = Section("baselines", "Baselines and ablations")
+
+def _baselines_section(c: CompareMetrics) -> Section:
+    b = Section("baselines", "Baselines and sanity checks")
+    level = _level(c.alpha)
     b.add(
         Table(
             [
                 "model",
                 "from arm",
-                "val ppl (mean ± std)",
-                "val acc",
-                "paired diff vs that arm's CVFP",
-                "verdict",
+                "test ppl",
+                "test acc",
+                f"Δ loss vs that arm's CVFP [{level} CI]",
+                f"Δ ppl [{level} CI]",
+                "per seed: Δ loss, bootstrap CI",
             ],
             [
                 [
                     name,
-                    e["source_arm"],
-                    _ppl_pm(e["val_ppl_mean"], e["val_ppl_std"]),
-                    _acc_pm(e["val_acc_mean"], None),
-                    _ppl_pm(e["paired"]["mean"], e["paired"]["std"]),
-                    e["paired"]["verdict"],
+                    e.source_arm,
+                    fmt_ppl(e.test_ppl),
+                    fmt_acc(e.test_acc_mean),
+                    _with_ci(fmt_diff(e.diff_mean), _ci(e.ci95, fmt_diff)),
+                    _with_ci(
+                        NA if e.ppl_diff is None else _ppl_d(e.ppl_diff), _ci(e.ppl_ci95, _ppl_d)
+                    ),
+                    "; ".join(f"{s}: {_boot(v)}" for s, v in (e.bootstrap or {}).items()) or NA,
                 ]
-                for name, e in summary["baselines"].items()
+                for name, e in c.baselines.items()
             ],
             "Bigram and Transformer on the same split and seeds (the Transformer trains as many "
-            "epochs as that arm's Phase 2 ran).",
+            "epochs as that arm's Phase 2 ran). Intervals only, no verdict words.",
         )
     )
     b.add(
         Table(
-            ["arm", "zero C* val ppl", "shuffled C* val ppl", "zero vs C*", "shuffled vs C*"],
+            [
+                "arm",
+                "zero C* test ppl",
+                "shuffled C* test ppl",
+                f"Δ loss zero vs C* [{level} CI]",
+                f"Δ loss shuffled vs C* [{level} CI]",
+            ],
             [
                 [
                     a,
-                    _ppl_pm(ab["zero_context"]["val_ppl_mean"], ab["zero_context"]["val_ppl_std"]),
-                    _ppl_pm(
-                        ab["shuffled_context"]["val_ppl_mean"],
-                        ab["shuffled_context"]["val_ppl_std"],
+                    fmt_ppl(ab["zero_context"].test_ppl),
+                    fmt_ppl(ab["shuffled_context"].test_ppl),
+                    _with_ci(
+                        fmt_diff(ab["zero_context"].diff_mean),
+                        _ci(ab["zero_context"].ci95, fmt_diff),
                     ),
-                    ab["zero_context"]["paired"]["verdict"].split(": ", 1)[-1],
-                    ab["shuffled_context"]["paired"]["verdict"].split(": ", 1)[-1],
+                    _with_ci(
+                        fmt_diff(ab["shuffled_context"].diff_mean),
+                        _ci(ab["shuffled_context"].ci95, fmt_diff),
+                    ),
                 ]
-                for a, ab in summary["ablations"].items()
+                for a, ab in c.ablations.items()
             ],
-            "Ablations: the trained Phase 2 model with C* zeroed or shuffled; 'worse' means the "
-            "model uses the contexts.",
+            "Sanity checks, not controls: the head trained with C* evaluated with C* zeroed or "
+            "shuffled. A large loss rise shows the head reads C*, but also a train/eval "
+            "mismatch; the context control is an arm trained without C* (no_context).",
         )
     )
+    return b
 
-    sections = [s, t, c, b]
-    if summary.get("experiments"):
-        x = Section("experiments", "Experiments")
-        x.add(
-            Table(
-                ["DVC experiment", "arm", "seed", "status", "wall time"],
+
+def _experiments_section(c: CompareMetrics, params_text: str) -> Section:
+    x = Section("experiments", "Experiments")
+    x.add(
+        Table(
+            ["DVC experiment", "arm", "seed", "status", "wall time"],
+            [
                 [
-                    [
-                        e["name"],
-                        e["arm"],
-                        str(e["seed"]),
-                        e["status"],
-                        "n/a" if e.get("seconds") is None else f"{e['seconds']:.0f} s",
-                    ]
-                    for e in summary["experiments"]
-                ],
-                "Each row is a DVC experiment: `dvc exp show` lists them; `dvc exp apply <name>` "
-                "restores one into the workspace.",
-            )
+                    e.name,
+                    e.arm,
+                    str(e.seed),
+                    e.status,
+                    NA if e.seconds is None else f"{e.seconds:.0f} s",
+                ]
+                for e in c.experiments
+            ],
+            "Each row is a DVC experiment: `dvc exp show` lists them; `dvc exp apply <name>` "
+            "restores one into the workspace.",
         )
-        if params_text:
-            x.add(Heading("Shared overrides"))
-            x.add(Para([params_text]))
-        sections.append(x)
-    meta = RunMeta(
-        git_revision=summary.get("git_revision", "unknown"),
-        generated_utc=summary.get("generated_utc", ""),
     )
+    if params_text:
+        x.add(Heading("Shared overrides"))
+        x.add(Para([params_text]))
+    return x
+
+
+def build_compare_report(c: CompareMetrics, params_text: str = "") -> tuple[str, str]:
+    """(html, md) of the comparison. params_text: the shared params/overrides, shown verbatim."""
+    sections = [
+        _verdict_section(c),
+        _per_seed_section(c),
+        _checks_section(c),
+        _baselines_section(c),
+    ]
+    if c.experiments:
+        sections.append(_experiments_section(c, params_text))
+    meta = RunMeta(git_revision=c.git_revision or "unknown", generated_utc=c.generated_utc or "")
     return render_html(TITLE, sections, meta), render_md(TITLE, sections, meta, "compare.html")

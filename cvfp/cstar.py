@@ -29,7 +29,7 @@ from .utils import atomic_path, one_intraop_thread, progress
 if TYPE_CHECKING:  # imported where used: phase2 reads C* without the sharding code
     from .sharding import MapShards
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # test: read once, for the reported numbers (phase2)
 
 
 class CstarError(ValueError):

@@ -41,8 +41,21 @@ class TokenizerParams(_Section):
 
 
 class SplitParams(_Section):
+    """cvfp/splitting.py: test = the last test_fraction of the conversations; val = the
+    val_fraction before them (holdout) or the train token stream's tail (tail)."""
+
     strategy: Literal["holdout", "tail"]
     val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitParams:
+        if self.strategy == "holdout" and self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction} + {self.test_fraction} "
+                f"leaves nothing for train; their sum must be below 1"
+            )
+        return self
 
 
 class ModelParams(_Section):
@@ -152,15 +165,25 @@ class Phase2Params(_Section):
     freeze_context: bool
     heads: Heads
     block_weights: list[float] = Field(min_length=1)
+    # cstar: the fixed contexts; zero: the no-context control, trained and evaluated with C*
+    # replaced by zeros from a zero-initialised head (SPEC 9)
+    context: Literal["cstar", "zero"]
 
 
 class BaselineParams(_Section):
-    bigram_k: float = Field(gt=0)
+    # add-k smoothing: the k with the lowest val loss is chosen (val selects, test reports)
+    bigram_k_grid: list[float] = Field(min_length=1)
     transformer: bool = True  # false skips the GPT-2 baseline (metrics then lack its key)
     transformer_n_layer: int = Field(ge=1)
     transformer_n_head: int = Field(ge=1)
     transformer_n_positions: int = Field(ge=2)
     param_tolerance: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> BaselineParams:
+        if any(k <= 0 for k in self.bigram_k_grid):
+            raise ValueError(f"bigram_k_grid={self.bigram_k_grid}: every k must be > 0")
+        return self
 
 
 class GenerateParams(_Section):
@@ -205,10 +228,20 @@ class CompareParams(_Section):
     arms: dict[str, dict[str, Any]] = Field(min_length=1)  # arm -> {dotted.key: value} overrides
     run: list[str] = Field(min_length=1)  # arms a default comparison runs, in report order
     control: str  # every other arm is paired with this one
+    # The Holm family: Phase 1 arms judged against the control, each with a verdict word; any
+    # other arm that runs is paired with the control but gets an interval only.
+    confirmatory: list[str]
     seeds: list[int] = Field(min_length=1)  # seed values; `--seeds N` takes the first N
     # The Transformer baseline depends on the arm only through its epoch budget (the arm's
     # Phase 2 epochs run): train it in the control arm only and pair every arm with that.
     transformer_in_control_only: bool = True
+    # Statistics (cvfp/compare.py). delta: smallest effect of interest as a relative change
+    # of test perplexity; the bound on test loss is +-ln(1 + delta) nats/token.
+    delta: float = Field(gt=0, lt=1)
+    alpha: float = Field(gt=0, lt=0.5)  # test level; intervals are (1 - alpha)
+    power: float = Field(gt=0, lt=1)  # seeds_needed: power to detect delta
+    bootstrap_resamples: int = Field(ge=100, le=1_000_000)
+    bootstrap_seed: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> CompareParams:
@@ -224,7 +257,11 @@ class CompareParams(_Section):
                         f"arms.{name}: {key!r} cannot be set by an arm "
                         f"(the comparison sets the seed; arms cannot nest compare)"
                     )
-        for key, names in (("run", self.run), ("control", [self.control])):
+        for key, names in (
+            ("run", self.run),
+            ("control", [self.control]),
+            ("confirmatory", self.confirmatory),
+        ):
             unknown = [a for a in names if a not in self.arms]
             if unknown:
                 raise ValueError(
@@ -232,6 +269,11 @@ class CompareParams(_Section):
                 )
         if len(set(self.run)) != len(self.run):
             raise ValueError(f"run lists an arm twice: {self.run}")
+        if self.control in self.confirmatory:
+            raise ValueError(
+                f"confirmatory lists the control {self.control!r}: list the arms compared "
+                f"with it (the control is not compared with itself)"
+            )
         if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds}: need distinct seeds >= 0")
         return self

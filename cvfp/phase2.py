@@ -69,7 +69,9 @@ class PositionData:
         """The same examples with C* replaced by zeros or permuted across positions."""
         out = copy.copy(self)
         out.context = context
-        if context == "shuffled":
+        if self.context == "zero" and context in ("zero", "shuffled"):
+            out.context = "zero"  # zeros shuffled are zeros (phase2.context: zero)
+        elif context == "shuffled":
             out.row_map = np.random.default_rng(seed).permutation(self.ids.size)
         elif context != "zero":
             raise ValueError(f"context={context!r}: allowed zero, shuffled")
@@ -178,6 +180,54 @@ def evaluate(
     world.all_reduce(sums)
     n = max(len(data), 1)
     return [Stats(float(sums[0, k] / n), float(sums[1, k] / n), len(data)) for k in range(n_heads)]
+
+
+@torch.no_grad()
+def position_nats(model, data: PositionData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per position, in `data.positions` order: the model's nats on the next token (float64)
+    and whether its top-1 guess is right. The model's own head (`token_output`; with
+    per-block heads, the last block's). One process: the held-out test pass runs once."""
+    model.eval()
+    batch_size = max(batch_size, EVAL_LOGITS // model.vocab_size)
+    nats = np.zeros(len(data), dtype=np.float64)
+    correct = np.zeros(len(data), dtype=bool)
+    for s in range(0, len(data), batch_size):
+        e = min(s + batch_size, len(data))
+        batch = to_model_device(model, data.batch(data.positions[s:e]))
+        logits = forward_logits(model, None, batch)[0]
+        nats[s:e] = F.cross_entropy(logits, batch[3], reduction="none").double().cpu().numpy()
+        correct[s:e] = (logits.argmax(-1) == batch[3]).cpu().numpy()
+    return nats, correct
+
+
+def nats_stats(nats: np.ndarray, correct: np.ndarray) -> Stats:
+    n = int(nats.size)
+    return Stats(float(nats.sum() / max(n, 1)), float(correct.sum() / max(n, 1)), n)
+
+
+def per_conversation(
+    positions: np.ndarray, row_offsets: np.ndarray, row_ids: list, nats: dict[str, np.ndarray]
+) -> dict[str, list]:
+    """Targets and summed nats per conversation, for the paired bootstrap over test
+    conversations. `positions`: token indices of the scored targets (the same for every
+    model); `row_offsets`: token offsets [R+1] of the rows (conversations or their pieces,
+    whatever the corpus segments are); `row_ids`: each row's conversation id (pieces of one
+    conversation share it). Rows of one id are summed; ids keep their first-seen order; an
+    id with no target has targets 0. Returns columns conversation_id, targets, <name> per
+    entry of `nats` (each aligned with `positions`)."""
+    row = np.searchsorted(np.asarray(row_offsets), positions, side="right") - 1
+    order = list(dict.fromkeys(row_ids))
+    index = {cid: k for k, cid in enumerate(order)}
+    conv = np.array([index[row_ids[r]] for r in range(len(row_ids))], dtype=np.int64)[row]
+    out: dict[str, list] = {
+        "conversation_id": order,
+        "targets": np.bincount(conv, minlength=len(order)).tolist(),
+    }
+    for name, v in nats.items():
+        if v.shape != positions.shape:
+            raise ValueError(f"{name}: {v.shape[0]} nats for {positions.shape[0]} positions")
+        out[name] = np.bincount(conv, weights=v, minlength=len(order)).tolist()
+    return out
 
 
 @dataclass

@@ -106,9 +106,7 @@ def compare(
             _clock(elapsed),
             _clock(eta) if k < n else "0m00s",
         )
-    summary = write_outputs(params, records, arm_names, overrides)
-    for e in summary["arms"].values():
-        logger.info("verdict: %s", e["verdict"])
+    summary = write_outputs(params, records, arm_names, overrides)  # logs the verdicts
     create_markdown_artifact(
         COMPARE_MD.read_text(), key="cvfp-compare", description=str(COMPARE_MD)
     )

@@ -25,13 +25,16 @@ from typing import Any
 
 import yaml
 
-from cvfp.compare import experiment_values, summarise
-from cvfp.compare_report import build_compare_report
+from cvfp.compare import check_consistent, experiment_values, parse_conversations, summarise
+from cvfp.compare_report import build_compare_report, verdict_lines
 from cvfp.params import Params, ParamsError, arm_params, load_params
 from cvfp.utils import atomic_path, write_json
 
 from .common import log, setup_logging
-from .layout import COMPARE_HTML, COMPARE_JSON, COMPARE_MD
+from .layout import COMPARE_HTML, COMPARE_JSON, COMPARE_MD, PHASE1_METRICS, PHASE2_METRICS
+
+# Per test conversation: summed nats of each model (the phase2 stage writes it).
+TEST_CONVERSATIONS = "metrics/phase2_test_conversations.csv"
 
 PREFIX = "cmp"  # experiment names: cmp-<arm>-s<seed>
 ERROR_LINE = re.compile(r"^(ERROR|[\w.]*(Error|Exception)\b:?)")
@@ -170,21 +173,29 @@ def collect(exp: dict) -> dict:
         raise ExperimentMissing(
             f"{exp['name']}: no such experiment on this commit (not run, or it failed)"
         )
+    where = f"{exp['name']} ({ref})"
     try:
-        metrics = {
-            n: json.loads(_git("show", f"{ref}:metrics/{n}.json")) for n in ("phase1", "phase2")
-        }
+        phase1, phase2 = (
+            json.loads(_git("show", f"{ref}:{path.as_posix()}"))
+            for path in (PHASE1_METRICS, PHASE2_METRICS)
+        )
+        table = _git("show", f"{ref}:{TEST_CONVERSATIONS}")
     except subprocess.CalledProcessError as err:
-        raise ExperimentFailed(
-            f"{exp['name']}: no metrics in {ref}: {err.stderr.strip()}"
-        ) from None
+        raise ExperimentFailed(f"{where}: missing metrics: {err.stderr.strip()}") from None
+    try:
+        conversations = parse_conversations(table, f"{where}:{TEST_CONVERSATIONS}")
+        values = experiment_values(phase1, phase2, conversations)
+        check_consistent(values, conversations, where)
+    except ValueError as err:
+        raise ExperimentFailed(str(err)) from None
     return {
         "arm": exp["arm"],
         "seed": exp["seed"],
         "name": exp["name"],
         "status": "ok",
         "error": None,
-        "values": experiment_values(metrics["phase1"], metrics["phase2"]),
+        "values": values,
+        "conversations": conversations,
     }
 
 
@@ -205,23 +216,25 @@ def write_outputs(
     arms: list[str],
     overrides: dict[str, Any] | None = None,
 ) -> dict:
-    """summarise -> metrics/compare.json, reports/compare.{html,md} (each written atomically)."""
-    summary = summarise(
-        experiments, {a: params.compare.arms[a] for a in arms}, control_of(params, arms)
-    )
-    summary["overrides"] = dict(overrides or {})
-    summary["generated_utc"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")  # not a DVC output
+    """summarise -> metrics/compare.json, reports/compare.{html,md} (each written atomically).
+    Returns the content of metrics/compare.json."""
+    summary = summarise(experiments, params.compare, arms, control_of(params, arms))
+    summary.overrides = dict(overrides or {})
+    summary.generated_utc = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")  # not a DVC output
     try:
-        summary["git_revision"] = _git("rev-parse", "HEAD").strip()
+        summary.git_revision = _git("rev-parse", "HEAD").strip()
     except (OSError, subprocess.CalledProcessError):
-        summary["git_revision"] = "unknown"
+        summary.git_revision = "unknown"
     shared = ", ".join(f"-S {_set_arg(k, v)}" for k, v in (overrides or {}).items()) or "none"
     html, md = build_compare_report(summary, f"Applied to every experiment: {shared}.")
-    write_json(COMPARE_JSON, summary)
+    data = summary.to_dict()
+    write_json(COMPARE_JSON, data)
     for path, text in ((COMPARE_HTML, html), (COMPARE_MD, md)):
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
-    return summary
+    for line in verdict_lines(summary):
+        log.info("verdict: %s", line)
+    return data
 
 
 def main() -> None:

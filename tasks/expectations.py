@@ -1,14 +1,15 @@
-"""Great Expectations suite on the validation tokens, run before anything trains.
+"""Great Expectations suite on the held-out (val and test) tokens, run before anything trains.
 
-The val token stream is exploded to one row per token (conversation_id, position,
-token_id) and must satisfy:
+The val and test token streams are exploded to one row per token (split, conversation_id,
+position, token_id) and must satisfy:
   * at least one row;
+  * both held-out splits present (`split` holds val and test);
   * token_id never null;
   * token_id within [0, vocab_size);
-  * token_id in the set of train token ids (val comes from train, SPEC section 8).
+  * token_id in the set of train token ids (held-out data come from train, SPEC 8 and 9).
 The result is written to <out>/validation.json and rendered as GX data docs under
 <out>/data_docs/index.html. A failure raises `ExpectationFailed` with the number of
-offending tokens and the first ids with their decoded text.
+offending tokens per split and the first ids with their decoded text.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 # GX logs hundreds of INFO lines at import; keep its warnings only.
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
-SUITE = "val_tokens_from_train"
+SUITE = "heldout_tokens_from_train"
 SITE = "split"
 # GX stamps every run with the time and fresh UUIDs; data/split is a DVC output that must be
 # the same bytes on a rerun, so the run gets this fixed time and normalize_run_metadata
@@ -36,13 +37,16 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 class ExpectationFailed(RuntimeError):
-    """The validation data broke the suite; the split stage writes nothing."""
+    """The held-out data broke the suite; the split stage writes nothing."""
 
 
-def build_suite(gx, train_vocab: np.ndarray, vocab_size: int):
+def build_suite(gx, train_vocab: np.ndarray, vocab_size: int, splits: list[str]):
     E = gx.expectations
     suite = gx.ExpectationSuite(name=SUITE)
     suite.add_expectation(E.ExpectTableRowCountToBeBetween(min_value=1))
+    suite.add_expectation(
+        E.ExpectColumnDistinctValuesToContainSet(column="split", value_set=splits)
+    )
     suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="token_id"))
     suite.add_expectation(
         E.ExpectColumnValuesToBeBetween(column="token_id", min_value=0, max_value=vocab_size - 1)
@@ -53,30 +57,38 @@ def build_suite(gx, train_vocab: np.ndarray, vocab_size: int):
     return suite
 
 
-def token_frame(val_ids: list[int], val: list[np.ndarray]):
+Parts = dict[str, tuple[list[int], list[np.ndarray]]]  # split -> (conversation ids, tokens)
+
+
+def token_frame(parts: Parts):
     import pandas as pd
 
-    lengths = [len(c) for c in val]
-    return pd.DataFrame(
-        {
-            "conversation_id": np.repeat(np.asarray(val_ids, dtype=np.int64), lengths),
-            "position": np.concatenate([np.arange(n) for n in lengths])
-            if val
-            else np.array([], np.int64),
-            "token_id": np.concatenate(val).astype(np.int64) if val else np.array([], np.int64),
-        }
-    )
+    frames = []
+    for name, (ids, convs) in parts.items():
+        lengths = [len(c) for c in convs]
+        empty = np.array([], np.int64)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "split": name,
+                    "conversation_id": np.repeat(np.asarray(ids, dtype=np.int64), lengths),
+                    "position": np.concatenate([np.arange(n) for n in lengths]) if convs else empty,
+                    "token_id": np.concatenate(convs).astype(np.int64) if convs else empty,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
-def validate_val(
-    val_ids: list[int],
-    val: list[np.ndarray],
+def validate_heldout(
+    parts: Parts,
     train_vocab: np.ndarray,
     vocab_size: int,
     out_dir: str | Path,
     decode: Callable[[int], str] | None = None,
 ) -> dict:
-    """Run the suite, write validation.json + data docs into out_dir, raise on failure."""
+    """Run the suite on the held-out `parts` ({"val": (ids, token arrays), "test": ...}),
+    write validation.json + data docs into out_dir, raise on failure."""
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -100,12 +112,12 @@ def validate_val(
     )
     batch_def = (
         ctx.data_sources.add_pandas("split")
-        .add_dataframe_asset("val_tokens")
+        .add_dataframe_asset("heldout_tokens")
         .add_batch_definition_whole_dataframe("all")
     )
-    suite = ctx.suites.add(build_suite(gx, train_vocab, vocab_size))
+    suite = ctx.suites.add(build_suite(gx, train_vocab, vocab_size, list(parts)))
     vdef = ctx.validation_definitions.add(
-        gx.ValidationDefinition(name="val", data=batch_def, suite=suite)
+        gx.ValidationDefinition(name="heldout", data=batch_def, suite=suite)
     )
     checkpoint = ctx.checkpoints.add(
         gx.Checkpoint(
@@ -115,8 +127,9 @@ def validate_val(
             actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
         )
     )
+    frame = token_frame(parts)
     result = checkpoint.run(
-        batch_parameters={"dataframe": token_frame(val_ids, val)},
+        batch_parameters={"dataframe": frame},
         run_id=RunIdentifier(run_name="split", run_time=RUN_TIME),
     )
     vr = next(iter(result.run_results.values()))
@@ -124,7 +137,11 @@ def validate_val(
     normalize_run_metadata(out_dir)
     summary = summarize(vr)
     if not summary["success"]:
-        raise ExpectationFailed(failure_message(vr, decode))
+        unseen = frame.loc[~frame["token_id"].isin(train_vocab), "split"].value_counts()
+        per_split = ", ".join(f"{n} {int(unseen.get(n, 0))}" for n in parts)
+        raise ExpectationFailed(
+            failure_message(vr, decode) + f"\n  tokens not in train per split: {per_split}"
+        )
     return summary
 
 
@@ -152,7 +169,7 @@ def summarize(vr) -> dict:
         "success": bool(vr.success),
         "expectations_evaluated": int(vr.statistics["evaluated_expectations"]),
         "expectations_successful": int(vr.statistics["successful_expectations"]),
-        "unexpected_val_tokens": int(in_set.result.get("unexpected_count") or 0)
+        "unexpected_heldout_tokens": int(in_set.result.get("unexpected_count") or 0)
         if in_set
         else None,
     }
@@ -164,7 +181,7 @@ def _result(vr, kind: str):
 
 def failure_message(vr, decode: Callable[[int], str] | None) -> str:
     lines = [
-        f"validation data failed {vr.statistics['unsuccessful_expectations']} of "
+        f"held-out data failed {vr.statistics['unsuccessful_expectations']} of "
         f"{vr.statistics['evaluated_expectations']} expectations (suite {SUITE}):"
     ]
     for r in vr.results:
@@ -175,7 +192,7 @@ def failure_message(vr, decode: Callable[[int], str] | None) -> str:
             ids = list(dict.fromkeys(int(x) for x in res.get("partial_unexpected_list") or []))[:5]
             shown = ", ".join(f"{i} ({decode(i)!r})" if decode else str(i) for i in ids)
             lines.append(
-                f"  {kind}: {res['unexpected_count']} offending val tokens; first ids: {shown}"
+                f"  {kind}: {res['unexpected_count']} offending held-out tokens; first ids: {shown}"
             )
         else:
             lines.append(f"  {kind}: observed {res.get('observed_value')!r}")

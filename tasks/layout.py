@@ -17,6 +17,7 @@ TOKENIZER = Path("data/tokenizer")  # AutoTokenizer.from_pretrained(TOKENIZER)
 TOKENIZED = Path("data/tokenized")  # conversation_id, input_ids, n_tokens
 SPLIT = Path("data/split")
 SPLIT_TRAIN, SPLIT_VAL, GX_DIR = SPLIT / "train", SPLIT / "val", SPLIT / "gx"
+SPLIT_TEST = SPLIT / "test"  # read once, for the reported numbers (materialize, phase2)
 GX_VALIDATION, GX_DOCS = GX_DIR / "validation.json", GX_DIR / "data_docs" / "index.html"
 PHASE1_DIR = Path("cache/phase1")
 PHASE1_MODEL, PHASE1_CHECKS = PHASE1_DIR / "model.pt", PHASE1_DIR / "checks.json"
@@ -29,6 +30,8 @@ METRICS = Path("metrics")
 DATA_METRICS = METRICS / "data.json"
 PHASE1_METRICS = METRICS / "phase1.json"
 PHASE2_METRICS = METRICS / "phase2.json"
+# one row per test conversation: targets and summed nats per model (the paired bootstrap)
+PHASE2_TEST_CSV = METRICS / "phase2_test_conversations.csv"
 SUMMARY = METRICS / "summary.json"  # the only DVC `metrics:` file
 TIMING = METRICS / "timing"  # <stage>.json: not a DVC output and not in git (differs every run)
 
@@ -61,10 +64,12 @@ STAGE_IO = {
         (SPLIT_TRAIN, SPLIT_VAL, TOKENIZER),
         (PHASE1_DIR, PHASE1_METRICS, PHASE1_TRAIN_CSV, PHASE1_VAL_CSV, PHASE1_SPECTRUM_CSV),
     ),
-    "materialize": StageIO((PHASE1_DIR, SPLIT_TRAIN, SPLIT_VAL, TOKENIZER), (CSTAR_DIR,)),
+    "materialize": StageIO(
+        (PHASE1_DIR, SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST, TOKENIZER), (CSTAR_DIR,)
+    ),
     "phase2": StageIO(
-        (PHASE1_DIR, CSTAR_DIR, SPLIT_TRAIN, SPLIT_VAL, TOKENIZER),
-        (PHASE2_DIR, PHASE2_METRICS, PHASE2_EPOCHS_CSV),
+        (PHASE1_DIR, CSTAR_DIR, SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST, TOKENIZER),
+        (PHASE2_DIR, PHASE2_METRICS, PHASE2_TEST_CSV, PHASE2_EPOCHS_CSV),
     ),
     "report": StageIO(
         (

@@ -1,7 +1,7 @@
 """Materialize stage: C* = contexts of a zero-start sequential pass of the Phase 1 model.
 
-Inputs: cache/phase1/model.pt, data/split/{train,val}, data/tokenizer (vocab size).
-Output: cache/cstar/ with train.npy, train_offsets.npy, val.npy, val_offsets.npy, meta.json
+Inputs: cache/phase1/model.pt, data/split/{train,val,test}, data/tokenizer (vocab size).
+Output: cache/cstar/ with <split>.npy and <split>_offsets.npy for train, val and test, meta.json
 (float32 [N, context_dim] .npy files, memory-mappable; written shard by shard, atomically).
 
 The conversations run in batches of similar length (materialize.batch_tokens), whole

@@ -1,11 +1,22 @@
 """Phase 2 stage: context-fixed token prediction on C*, baselines and context ablations.
 
-Inputs: cache/phase1/model.pt, cache/cstar/, data/split/{train,val}, data/tokenizer.
+Inputs: cache/phase1/model.pt, cache/cstar/, data/split/{train,val,test}, data/tokenizer.
 Under `torchrun --nproc_per_node=N -m tasks.phase2` the ranks split every batch
-(cvfp/phase2.py Trainer); rank 0 then runs the ablations and baselines and writes outputs.
+(cvfp/phase2.py Trainer); rank 0 then runs the test pass, ablations and baselines and
+writes outputs.
+
+Val chooses, test reports (SPEC 9): the best epoch (CVFP, Transformer) and the bigram's k
+are chosen on val; training never sees test. Test is scored once, after training, with
+the chosen model, and its per-target nats are summed per test conversation.
 
 Outputs: cache/phase2/model.pt (best val checkpoint; per-block heads under `block_heads`),
-metrics/phase2.json (cvfp, baselines.{bigram,transformer}, ablations), plots/phase2_epochs.csv.
+metrics/phase2.json (cvfp, baselines.{bigram,transformer}, ablations: val_* = selection
+records, test_* = the reported numbers), metrics/phase2_test_conversations.csv (one row
+per test conversation: targets and summed nats per model), plots/phase2_epochs.csv.
+
+phase2.context: zero is the no-context control (SPEC 9): C* is replaced by zeros in
+training and evaluation, and the head starts from zero even after objective
+reconstruction.
 
 The Phase 1 checkpoint says which objective trained it. After `reconstruction` the token
 head is already trained together with these contexts, so Phase 2 starts from it (warm
@@ -17,7 +28,9 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pandas as pd
+import torch
 
 from cvfp.baselines import bigram_baseline, context_ablations, transformer_baseline
 from cvfp.checkpoint import read_checkpoint
@@ -25,7 +38,13 @@ from cvfp.corpus import Corpus
 from cvfp.cstar import SPLITS, load_phase1_model, open_cstar
 from cvfp.metrics.phase2 import Phase2Epoch, Phase2Metrics
 from cvfp.params import Params
-from cvfp.phase2 import PositionData, train_phase2
+from cvfp.phase2 import (
+    PositionData,
+    nats_stats,
+    per_conversation,
+    position_nats,
+    train_phase2,
+)
 from cvfp.utils import atomic_path, seed_everything, write_json
 
 from .common import (
@@ -44,11 +63,21 @@ from .layout import (
     PHASE2_EPOCHS_CSV,
     PHASE2_METRICS,
     PHASE2_MODEL,
+    PHASE2_TEST_CSV,
     SPLIT,
     TOKENIZER,
 )
 
 EPOCH_COLUMNS = list(Phase2Epoch.model_fields)  # plots/phase2_epochs.csv (+ seconds)
+# metrics/phase2_test_conversations.csv: one row per test conversation (docs/phase2.md)
+TEST_CSV_COLUMNS = ["conversation_id", "targets", "cvfp_nats", "bigram_nats", "transformer_nats"]
+
+
+def conversation_ids(path) -> list:
+    """The conversation_id column of a split (pieces of a cut conversation repeat it)."""
+    from datasets import load_from_disk
+
+    return list(load_from_disk(str(path))["conversation_id"])
 
 
 def run(params: Params) -> dict | None:
@@ -61,20 +90,29 @@ def run(params: Params) -> dict | None:
         PHASE1_MODEL, params.model, vocab_size, params.phase1.diversity.momentum
     ).to(world.device)
     objective = read_checkpoint(PHASE1_MODEL).get("objective", "cvfp")
-    warm_start = objective == "reconstruction"  # its head was trained with these contexts
+    # After reconstruction the head was trained with these contexts: reuse it, unless this is
+    # the no-context control, which starts from a zero head like any model trained from scratch.
+    warm_start = objective == "reconstruction" and p2.context == "cstar"
+    if p2.context == "zero":
+        torch.nn.init.zeros_(model.token_output.weight)
+        torch.nn.init.zeros_(model.token_output.bias)
+    convs = {s: load_conversations(SPLIT / s) for s in SPLITS}
     corpora = {
-        s: Corpus.from_conversations(load_conversations(SPLIT / s), params.phase1.context_reset)
-        for s in SPLITS
+        s: Corpus.from_conversations(c, params.phase1.context_reset) for s, c in convs.items()
     }
     data = {
         s: PositionData.from_corpus(c, open_cstar(CSTAR_DIR, s, c, params.model.context_dim))
         for s, c in corpora.items()
     }
+    if p2.context == "zero":
+        data = {s: d.ablated("zero") for s, d in data.items()}
     log.info(
-        "phase2: %d train / %d val positions, heads=%s, freeze_context=%s, phase1 objective=%s "
-        "(head: %s)",
+        "phase2: %d train / %d val / %d test positions, context=%s, heads=%s, "
+        "freeze_context=%s, phase1 objective=%s (head: %s)",
         len(data["train"]),
         len(data["val"]),
+        len(data["test"]),
+        p2.context,
         p2.heads,
         p2.freeze_context,
         objective,
@@ -102,6 +140,9 @@ def run(params: Params) -> dict | None:
         if out is None:  # torchrun rank > 0: rank 0 writes
             return None
         model.cpu()
+        # Test, once, with the model of the epoch chosen on val.
+        test_nats, test_hits = position_nats(model, data["test"], p2.batch_size)
+        test = nats_stats(test_nats, test_hits)
         best = result.best
         epochs_run = sum(
             1 for r in result.history if r["epoch"] > 0
@@ -114,25 +155,33 @@ def run(params: Params) -> dict | None:
             "freeze_context": p2.freeze_context,
             "phase1_objective": objective,
             "head_init": "phase1" if warm_start else "zero",
+            "context": p2.context,
             **{k: best[k] for k in EPOCH_COLUMNS[1:-1]},
+            "test_loss": test.loss,
+            "test_ppl": test.ppl,
+            "test_acc": test.acc,
             "trainable_params": result.trainable_params,
             "train_seconds": result.train_seconds,
             "train_positions": len(data["train"]),
             "val_positions": len(data["val"]),
+            "test_positions": len(data["test"]),
             "stages": result.stages,
         }
         if "val_loss_per_block" in best:
             cvfp["val_loss_per_block"] = best["val_loss_per_block"]
 
-        ablations = context_ablations(model, data["val"], p2.batch_size, params.seed)
+        ablations = context_ablations(model, data["val"], data["test"], p2.batch_size, params.seed)
         bp = params.baselines
-        baselines = {
-            "bigram": bigram_baseline(corpora["train"], corpora["val"], vocab_size, bp.bigram_k)
-        }
+        nats = {"cvfp_nats": test_nats}
+        baselines = {}
+        baselines["bigram"], nats["bigram_nats"] = bigram_baseline(
+            corpora["train"], corpora["val"], corpora["test"], vocab_size, bp.bigram_k_grid
+        )
         if bp.transformer:  # false: flows.compare's non-control arms (the control's is reused)
-            baselines["transformer"] = transformer_baseline(
+            baselines["transformer"], nats["transformer_nats"] = transformer_baseline(
                 corpora["train"],
                 corpora["val"],
+                corpora["test"],
                 vocab_size,
                 bp,
                 p2,
@@ -152,22 +201,45 @@ def run(params: Params) -> dict | None:
             [Phase2Epoch.model_validate(r).to_dict() for r in result.history]
         )
         record_durations("phase2", metrics=t_metrics, epochs=t_epochs)
+        lengths = [len(c) for c in convs["test"] if len(c)]  # Corpus keeps the non-empty rows
+        per_conv = per_conversation(
+            data["test"].positions,
+            np.concatenate([[0], np.cumsum(lengths)]),
+            [
+                i
+                for i, c in zip(conversation_ids(SPLIT / "test"), convs["test"], strict=True)
+                if len(c)
+            ],
+            nats,
+        )
     write_json(PHASE2_METRICS, metrics)
+    write_test_conversations(per_conv)
     with atomic_path(PHASE2_EPOCHS_CSV) as tmp:
         pd.DataFrame(epochs, columns=[c for c in EPOCH_COLUMNS if c != "seconds"]).to_csv(
             tmp, index=False
         )
     log.info(
-        "phase2: val ppl cvfp %.2f (epoch %d) | bigram %.2f | transformer %s | "
-        "zero C* %.2f | shuffled C* %.2f",
-        cvfp["val_ppl"],
+        "phase2: test ppl cvfp %.2f (epoch %d chosen on val, val ppl %.2f) | bigram %.2f (k %g) "
+        "| transformer %s | sanity checks: zero C* %.2f, shuffled C* %.2f",
+        cvfp["test_ppl"],
         cvfp["best_epoch"],
-        baselines["bigram"]["val_ppl"],
-        f"{baselines['transformer']['val_ppl']:.2f}" if "transformer" in baselines else "skipped",
-        ablations["zero_context"]["val_ppl"],
-        ablations["shuffled_context"]["val_ppl"],
+        cvfp["val_ppl"],
+        baselines["bigram"]["test_ppl"],
+        baselines["bigram"]["k"],
+        f"{baselines['transformer']['test_ppl']:.2f}" if "transformer" in baselines else "skipped",
+        ablations["zero_context"]["test_ppl"],
+        ablations["shuffled_context"]["test_ppl"],
     )
     return metrics
+
+
+def write_test_conversations(columns: dict[str, list]) -> None:
+    """metrics/phase2_test_conversations.csv: one row per test conversation; a model that did
+    not run (transformer with baselines.transformer: false) has an empty column."""
+    n = len(columns["conversation_id"])
+    frame = pd.DataFrame({c: columns.get(c, [None] * n) for c in TEST_CSV_COLUMNS})
+    with atomic_path(PHASE2_TEST_CSV) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def main() -> None:

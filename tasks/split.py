@@ -1,8 +1,10 @@
-"""Stage split: data/tokenized -> data/split/{train,val,gx} + metrics/data.json.
+"""Stage split: data/tokenized -> data/split/{train,val,test,gx} + metrics/data.json.
 
-Validation comes from the training data (split.strategy: holdout | tail, split.val_fraction;
-see cvfp/splitting.py). A Great Expectations suite (tasks/expectations.py) checks val before
-anything trains; on failure the stage raises and leaves no data/split behind.
+Val and test come from the training data (split.strategy: holdout | tail,
+split.val_fraction, split.test_fraction; the rule is `cvfp.splitting.partition`, which the
+tokenize stage also used to train the BPE on the train conversations only). A Great
+Expectations suite (tasks/expectations.py) checks val and test before anything trains; on
+failure, or when a held-out part is empty, the stage raises and leaves no data/split behind.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tasks.layout import (
     DATA_METRICS,
     GX_DIR,
     SPLIT,
+    SPLIT_TEST,
     SPLIT_TRAIN,
     SPLIT_VAL,
     STATS,
@@ -68,6 +71,20 @@ def check_ids_fit(convs, vocab_size: int, made_by: str | None) -> None:
         )
 
 
+def check_tokenizer_train(trained_on: dict | None, train_ids: list[int]) -> None:
+    """The BPE in data/tokenizer learned from exactly this split's train conversations."""
+    from cvfp.splitting import ids_digest
+
+    if trained_on is None:  # a pretrained tokenizer (or stats from before this check)
+        return
+    if trained_on.get("ids_sha256") != ids_digest(train_ids):
+        raise ValueError(
+            f"{TOKENIZER} was trained on {trained_on.get('conversations')} conversations that "
+            f"are not this split's {len(train_ids)} train conversations (the split params "
+            f"changed since the tokenize stage ran); rerun it (`dvc repro -s tokenize`)"
+        )
+
+
 def to_dataset(ids, convs):
     from datasets import Dataset
 
@@ -87,26 +104,26 @@ def run(params: Params) -> dict:
     from transformers import AutoTokenizer
 
     from cvfp import splitting
-    from tasks.expectations import validate_val
+    from tasks.expectations import validate_heldout
 
     ids, convs, earlier = load_tokenized()
     if not TOKENIZER.exists():
         raise FileNotFoundError(f"{TOKENIZER}: tokenizer not found (run the tokenize stage first)")
     tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
     check_ids_fit(convs, len(tokenizer), earlier.get("tokenizer_sha256"))
-    s = splitting.split(ids, convs, params.split.strategy, params.split.val_fraction)
+    s = splitting.split(ids, convs, params.split)
+    check_tokenizer_train(earlier.get("tokenizer_trained_on"), s.train_ids)
     stats = splitting.subset_stats(s)
     with atomic_path(SPLIT) as tmp:
-        gx = validate_val(
-            s.val_ids,
-            s.val,
+        gx = validate_heldout(
+            {name: s.part(name) for name in splitting.HELDOUT},
             splitting.train_vocab(s.train),
             len(tokenizer),
             tmp / GX_DIR.name,
             decode=lambda i: tokenizer.decode([i]),
         )
-        to_dataset(s.train_ids, s.train).save_to_disk(str(tmp / SPLIT_TRAIN.name))
-        to_dataset(s.val_ids, s.val).save_to_disk(str(tmp / SPLIT_VAL.name))
+        for path, name in ((SPLIT_TRAIN, "train"), (SPLIT_VAL, "val"), (SPLIT_TEST, "test")):
+            to_dataset(*s.part(name)).save_to_disk(str(tmp / path.name))
     raw = earlier.get("raw", {})
     data = {
         "source": raw.get("source"),
@@ -117,12 +134,17 @@ def run(params: Params) -> dict:
         "truncated_conversations": earlier.get("truncated"),
         "split_strategy": params.split.strategy,
         "val_fraction": params.split.val_fraction,
+        "test_fraction": params.split.test_fraction,
         **stats,
         "dropped_conversations": {
             "empty": earlier.get("dropped", {}).get("empty"),
-            "val_unseen_token": s.stats["val_dropped_unseen_token"],
+            "val_unseen_token": s.stats["val"]["dropped_conversations"],
+            "test_unseen_token": s.stats["test"]["dropped_conversations"],
         },
-        "val_dropped_tokens": s.stats["val_dropped_tokens"],
+        "val_dropped_tokens": s.stats["val"]["dropped_tokens"],
+        "test_dropped_tokens": s.stats["test"]["dropped_tokens"],
+        "val_cut_conversations": s.stats["val"]["cut_conversations"],
+        "test_cut_conversations": s.stats["test"]["cut_conversations"],
         "gx_success": gx["success"],
         "gx_expectations_evaluated": gx["expectations_evaluated"],
         "gx_expectations_successful": gx["expectations_successful"],
@@ -130,14 +152,16 @@ def run(params: Params) -> dict:
     metrics = DataMetrics.model_validate(data).to_dict()  # a missing/unknown key fails here
     write_json(DATA_METRICS, metrics)
     log.info(
-        "split (%s): train %d conv / %d tokens, val %d conv / %d tokens, val_subset_ok=%s, "
-        "GX %d/%d expectations -> %s",
+        "split (%s): train %d conv / %d tokens, val %d conv / %d tokens, test %d conv / %d "
+        "tokens, held-out tokens dropped for unseen ids %.2f%%, GX %d/%d expectations -> %s",
         params.split.strategy,
         stats["train_conversations"],
         stats["train_tokens"],
         stats["val_conversations"],
         stats["val_tokens"],
-        stats["val_subset_ok"],
+        stats["test_conversations"],
+        stats["test_tokens"],
+        100 * stats["heldout_dropped_share"],
         gx["expectations_successful"],
         gx["expectations_evaluated"],
         SPLIT,

@@ -1,7 +1,10 @@
 """Stage tokenize: data/raw -> data/tokenizer + data/tokenized.
 
-tokenizer.kind=bpe trains a byte-level BPE (tokenizer.vocab_size) on the conversations;
-tokenizer.kind=pretrained loads AutoTokenizer tokenizer.name (hub name or local path).
+tokenizer.kind=bpe trains a byte-level BPE (tokenizer.vocab_size) on the train conversations
+only: `cvfp.splitting.partition` (the rule the split stage cuts by, from the `split` params)
+says which non-empty conversations are train, so val and test text never shapes the
+vocabulary (SPEC 9). tokenizer.kind=pretrained loads AutoTokenizer tokenizer.name (hub
+name or local path).
 Each conversation becomes one token sequence in the chat format of cvfp/tokenization.py
 (`<|user|> ...\\n<|assistant|> ...\\n<|endoftext|>`), cut to tokenizer.max_seq_length.
 Empty conversations are dropped and counted in data/tokenized/stats.json.
@@ -18,6 +21,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from cvfp import splitting
 from cvfp.params import Params
 from cvfp.sharding import MapShards, threaded
 from cvfp.utils import atomic_path, dir_digest
@@ -42,6 +46,16 @@ def read_stats(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def train_rows(raw, split_params) -> list[int]:
+    """Raw row indices of the train conversations: `partition` over the non-empty ones (the
+    conversations tokenize_shard keeps, in order), as the split stage will cut them."""
+    from cvfp import tokenization as tk
+
+    nonempty = [i for i, msgs in enumerate(tk.iter_messages(raw)) if tk.format_chat(msgs)]
+    parts = splitting.partition(len(nonempty), split_params)
+    return [nonempty[i] for i in parts.train]
+
+
 def run(params: Params, map_shards: MapShards | None = None) -> dict:
     """`map_shards` runs the encoding shards (default: in this process, on
     tokenizer.num_proc threads; 1 = a plain loop)."""
@@ -49,8 +63,11 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
 
     t = params.tokenizer
     raw = load_raw()
+    trained_on = None
     if t.kind == "bpe":
-        tokenizer = tk.train_bpe(tk.iter_messages(raw), t.vocab_size)
+        rows = train_rows(raw, params.split)
+        tokenizer = tk.train_bpe(tk.iter_messages(raw.select(rows)), t.vocab_size)
+        trained_on = {"conversations": len(rows), "ids_sha256": splitting.ids_digest(rows)}
     else:
         tokenizer = tk.load_pretrained(t.name, timeout=params.data.timeout_s)
     TOKENIZED.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +90,8 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
             "name": t.name if t.kind == "pretrained" else "bpe",
             **stats,
             "raw": read_stats(RAW / STATS),
+            # the train conversations the BPE learned from (split checks it cuts the same)
+            "tokenizer_trained_on": trained_on,
         }  # carried on so split needs only this stage
         # Tokenizer and token ids must match: both are written in full before either
         # replaces the old one (a failed write, e.g. disk full, replaces neither), and the ids

@@ -65,18 +65,25 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     none, rec = data["arms"]["none"], data["arms"]["reconstruction"]
     assert none["seeds"] == [7] and rec["seeds"] == [7]
     assert none["phase1_steps"] == [0] and rec["phase1_steps"][0] > 0
-    ppl = {arm: data["arms"][arm]["per_seed"]["7"]["val_ppl"] for arm in ("none", "reconstruction")}
+    loss = {
+        arm: data["arms"][arm]["per_seed"]["7"]["test_loss"] for arm in ("none", "reconstruction")
+    }
     assert (
-        none["val_ppl_mean"] == ppl["none"] > 1 and rec["val_ppl_mean"] == ppl["reconstruction"] > 1
+        none["test_loss_mean"] == loss["none"] > 0
+        and rec["test_loss_mean"] == loss["reconstruction"] > 0
     )
-    assert rec["paired"]["diffs"] == [pytest.approx(ppl["reconstruction"] - ppl["none"])]
-    assert rec["verdict"].startswith("reconstruction vs none: ") and rec["verdict"].endswith(
-        "(paired over 1 seed): not enough seeds"
-    )
+    assert none["role"] == "control" and "diff_mean" not in none
+    assert rec["diffs"] == [pytest.approx(loss["reconstruction"] - loss["none"])]
+    # One seed: no test can be made; every key is there, the undefined ones null.
+    assert rec["role"] == "confirmatory" and rec["n_seeds"] == 1
+    assert rec["verdict"] == "not enough seeds" and rec["ci95"] is None and rec["p"] is None
+    assert rec["delta"] == pytest.approx(0.00995033) and rec["seeds_needed"] is None
+    # The per-seed bootstrap over the test conversations of metrics/phase2_test_conversations.csv
+    assert rec["bootstrap"]["7"]["conversations"] == rec["per_seed"]["7"]["test_conversations"] >= 1
+    assert rec["bootstrap"]["7"]["diff"] == pytest.approx(rec["diffs"][0], abs=1e-5)
     tr = data["baselines"]["transformer"]
     assert tr["source_arm"] == "none" and tr["seeds"] == [7]  # only the control trains it
-    assert rec["per_seed"]["7"]["transformer_val_ppl"] is None
-    assert rec["vs_transformer"]["seeds"] == ["7"]
+    assert rec["per_seed"]["7"]["transformer_test_ppl"] is None
     # The reconstruction objective through DVC: its checkpoint feeds materialize and Phase 2,
     # which starts from its trained head (epoch 0 is a candidate: never worse than Phase 1).
     p1, p2 = (exp_metrics(proj, "cmp-reconstruction-s7", n) for n in ("phase1", "phase2"))
@@ -85,7 +92,8 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     assert (
         p2["cvfp"]["head_init"] == "phase1" and p2["cvfp"]["phase1_objective"] == "reconstruction"
     )
-    assert p2["cvfp"]["val_ppl"] == ppl["reconstruction"] <= p1["val"]["ppl"] * (1 + 1e-4)
+    assert p2["cvfp"]["test_loss"] == loss["reconstruction"]
+    assert p2["cvfp"]["val_ppl"] <= p1["val"]["ppl"] * (1 + 1e-4)
     # The failing arms: reported with their errors; the broken arm ran first, the rest ran.
     failed = {(f["arm"], f["seed"]): f["error"] for f in data["failed"]}
     assert set(failed) == {("broken", 7), ("invalid", 7)}
@@ -93,7 +101,8 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     assert "phase1.lr = -1.0" in failed[("invalid", 7)]
     assert data["arms"]["broken"]["seeds"] == [] and data["arms"]["broken"]["failed_seeds"] == [7]
     md = (proj / "reports/compare.md").read_text()
-    assert rec["verdict"] in md and "cmp-broken-s7" in md
+    assert "reconstruction vs none: not enough seeds: 1 seed paired" in md
+    assert "cmp-broken-s7" in md
 
     # The experiments are DVC experiments with the arm's params and the seed; the workspace
     # keeps its params.

@@ -28,7 +28,12 @@ def leftovers(root: Path) -> list[str]:
     )
 
 
-PHASE2_OUT = ["cache/phase2", "metrics/phase2.json", "plots/phase2_epochs.csv"]
+PHASE2_OUT = [
+    "cache/phase2",
+    "metrics/phase2.json",
+    "metrics/phase2_test_conversations.csv",
+    "plots/phase2_epochs.csv",
+]
 
 
 @pytest.fixture

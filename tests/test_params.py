@@ -52,6 +52,19 @@ def test_the_file_loads_as_written():
             ),
             r"block_weights has 1 weights but .* 3 blocks",
         ),
+        (
+            lambda r: r["split"].update(val_fraction=0.5, test_fraction=0.5),
+            r"split: val_fraction \+ test_fraction = 0\.5 \+ 0\.5 leaves nothing for train",
+        ),
+        (lambda r: r["split"].pop("test_fraction"), r"split\.test_fraction: missing"),
+        (
+            lambda r: r["phase2"].update(context="none"),
+            r"phase2\.context = 'none': Input should be 'cstar' or 'zero'",
+        ),
+        (
+            lambda r: r["baselines"].update(bigram_k_grid=[0.1, 0.0]),
+            r"baselines: bigram_k_grid=\[0\.1, 0\.0\]: every k must be > 0",
+        ),
     ],
 )
 def test_bad_params_name_key_value_and_allowed(tmp_path, mutate, expected):

@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -263,21 +264,63 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_params, mo
     )
 
 
+def test_per_conversation_sums_pieces_and_follows_the_segments():
+    from cvfp.phase2 import per_conversation
+
+    rows = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10]]  # rows 1 and 3 are pieces of "b"
+    ids = ["a", "b", "c", "b"]
+    offsets = np.array([0, 3, 5, 6, 10])
+    for reset, targets in (("conversation", [2, 1 + 3, 0]), ("stream", [3, 2 + 3, 1])):
+        data = PositionData.from_corpus(
+            Corpus.from_conversations(rows, reset), np.zeros((10, 16), np.float32)
+        )
+        nats = np.arange(len(data), dtype=np.float64) + 1.0
+        out = per_conversation(data.positions, offsets, ids, {"m": nats})
+        assert out["conversation_id"] == ["a", "b", "c"] and out["targets"] == targets
+        assert sum(out["m"]) == pytest.approx(nats.sum())
+    # stream: positions 0..8, targets cross rows; position 2 (token 3 -> 4) belongs to "a"
+    assert out["m"] == [1 + 2 + 3, 4 + 5 + 7 + 8 + 9, 6]
+    with pytest.raises(ValueError, match="m: 3 nats for 9 positions"):
+        per_conversation(data.positions, offsets, ids, {"m": nats[:3]})
+
+
 # ---------------------------------------------------------------- baselines and ablations
 
 
-def test_bigram_perplexity_hand_computed():
+def test_bigram_perplexity_hand_computed_and_k_chosen_on_val():
     train = Corpus.from_conversations([[0, 1, 0, 1], [1, 2]])
     val = Corpus.from_conversations([[0, 1, 2]])
-    # counts: (0,1)=2 (1,0)=1 (1,2)=1; c(0)=2 c(1)=2; V=3, k=1
-    # P(1|0) = 3/5, P(2|1) = 2/5 -> ppl = (0.6 * 0.4) ** -0.5
-    m = bigram_baseline(train, val, vocab_size=3, k=1.0)
+    test = Corpus.from_conversations([[1, 0], [2, 2]])
+    # counts: (0,1)=2 (1,0)=1 (1,2)=1; c(0)=2 c(1)=2 c(2)=0; V=3
+    # k=1: val P(1|0) = 3/5, P(2|1) = 2/5 -> ppl = (0.6 * 0.4) ** -0.5
+    m, test_nats = bigram_baseline(train, val, test, vocab_size=3, k_grid=[1.0])
     assert m["val_ppl"] == pytest.approx(0.24**-0.5, rel=1e-12)
     assert m["val_acc"] == 0.5  # row 1 ties 0 and 2 -> predicts 0
     assert m["trainable_params"] == 9
+    # test, k=1: P(0|1) = 2/5, P(2|2) = 1/3 (an unseen row: uniform)
+    assert test_nats.tolist() == pytest.approx([-math.log(2 / 5), -math.log(1 / 3)], rel=1e-12)
+    assert m["test_loss"] == pytest.approx(test_nats.mean()) and m["test_acc"] == 0.5
+    # k on val: a val with an unseen pair (0,2) penalises small k; the grid's best is 1.0
+    val2 = Corpus.from_conversations([[0, 1, 2], [0, 2]])
+    grid = [0.01, 0.3, 1.0, 3.0]
+    m, test_nats = bigram_baseline(train, val2, test, 3, grid)
+    by_k = [
+        -(
+            math.log((2 + k) / (2 + 3 * k))
+            + math.log((1 + k) / (2 + 3 * k))
+            + math.log(k / (2 + 3 * k))
+        )
+        / 3
+        for k in grid
+    ]
+    assert m["val_loss_by_k"] == pytest.approx(by_k, rel=1e-12) and m["k_grid"] == grid
+    assert m["k"] == 1.0 == grid[int(np.argmin(by_k))] and m["val_loss"] == pytest.approx(by_k[2])
+    # the grid without 1.0: 3.0 wins, and test is scored with it
+    m, test_nats = bigram_baseline(train, val2, test, 3, [0.01, 0.3, 3.0])
+    assert m["k"] == 3.0 and test_nats[0] == pytest.approx(-math.log(4 / 11), rel=1e-12)
     # stream mode adds the cross-conversation pair (1,1)
-    stream = bigram_baseline(
-        Corpus.from_conversations([[0, 1, 0, 1], [1, 2]], "stream"), val, 3, 1.0
+    stream, _ = bigram_baseline(
+        Corpus.from_conversations([[0, 1, 0, 1], [1, 2]], "stream"), val, test, 3, [1.0]
     )
     assert stream["val_ppl"] == pytest.approx((3 / 5 * 2 / 6) ** -0.5, rel=1e-12)
 
@@ -309,14 +352,19 @@ def test_transformer_baseline_and_ablations_run(tmp_path, tiny_params):
     data = make_cstar(model, corpus, tmp_path)
     res = train_phase2(model, data, data, cfg(tiny_params, epochs=2))
     bp = tiny_params.baselines.model_copy(update={"transformer_n_positions": 8})
-    m = transformer_baseline(
-        corpus, corpus, V, bp, cfg(tiny_params), res.trainable_params, 2, seed=0
+    m, test_nats = transformer_baseline(
+        corpus, corpus, corpus, V, bp, cfg(tiny_params), res.trainable_params, 2, seed=0
     )
     assert abs(m["trainable_params"] - res.trainable_params) / res.trainable_params <= 0.1
     assert m["epochs"] == 2 and m["train_targets"] == len(data) and math.isfinite(m["val_ppl"])
-    abl = context_ablations(model, data, 8, seed=0)
+    # test = val here, scored with the best epoch's weights: the same loss, per target
+    assert test_nats.shape == (len(data),) and m["test_loss"] == pytest.approx(m["val_loss"])
+    assert m["test_acc"] == pytest.approx(m["val_acc"])
+    abl = context_ablations(model, data, data, 8, seed=0)
     assert set(abl) == {"zero_context", "shuffled_context"}
     assert abl["zero_context"]["val_loss"] != pytest.approx(res.best["val_loss"])
+    for a in abl.values():  # test = val: the per-position pass agrees with evaluate()
+        assert a["test_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
 
 
 # ---------------------------------------------------------------- generation
@@ -341,8 +389,13 @@ def test_generation_deterministic_in_vocab_and_stops_at_eos(tmp_path, tiny_param
 # ---------------------------------------------------------------- stages end to end
 
 
-def _tiny_project(root, tiny_params):
+TEST_IDS = ["t0", "t1", "t1", "t2"]  # t1 was cut in two pieces (an unseen id, cvfp.splitting)
+
+
+def _tiny_project(root, tiny_params, test=None, test_ids=None):
     """data/split, data/tokenizer and a Phase 1 checkpoint as the earlier stages write them."""
+    test = [[2, 3, 4, 5, 1], [6, 7, 8], [9, 10, 11], [4]] if test is None else test
+    test_ids = TEST_IDS if test_ids is None else test_ids
     from datasets import Dataset
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -353,10 +406,12 @@ def _tiny_project(root, tiny_params):
     PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>").save_pretrained(
         root / "data/tokenizer"
     )
-    for name, convs in (("train", CONVS * 3), ("val", CONVS[:3])):
+    for name, convs in (("train", CONVS * 3), ("val", CONVS[:3]), ("test", test)):
         Dataset.from_dict(
             {
-                "conversation_id": [str(i) for i in range(len(convs))],
+                "conversation_id": test_ids
+                if name == "test"
+                else [str(i) for i in range(len(convs))],
                 "input_ids": convs,
                 "n_tokens": [len(c) for c in convs],
             }
@@ -389,18 +444,45 @@ def test_stages_materialize_phase2_and_generate_cli(tmp_path, tiny_params, monke
     assert meta["splits"]["train"]["shape"] == [72, 16]
     assert sorted(p.name for p in (tmp_path / "cache/cstar").iterdir()) == [
         "meta.json",
+        "test.npy",
+        "test_offsets.npy",
         "train.npy",
         "train_offsets.npy",
         "val.npy",
         "val_offsets.npy",
     ]
+    assert meta["splits"]["test"]["shape"] == [12, 16]
     metrics = p2_task.run(params)
     saved = json.loads((tmp_path / "metrics/phase2.json").read_text())
     assert saved["cvfp"]["val_ppl"] == pytest.approx(metrics["cvfp"]["val_ppl"])
+    assert saved["cvfp"]["test_ppl"] == pytest.approx(math.exp(saved["cvfp"]["test_loss"]))
     assert set(saved["baselines"]) == {"bigram", "transformer"}
     assert set(saved["ablations"]) == {"zero_context", "shuffled_context"}
     for m in (saved["cvfp"], saved["baselines"]["bigram"], saved["baselines"]["transformer"]):
         assert {"val_ppl", "val_acc", "trainable_params"} <= set(m) and "train_seconds" not in m
+        assert {"test_loss", "test_ppl", "test_acc"} <= set(m)
+
+    # One row per test conversation (the pieces of t1 summed); the sums give test_loss.
+    per_conv = pd.read_csv(tmp_path / "metrics/phase2_test_conversations.csv")
+    assert list(per_conv.columns) == [
+        "conversation_id",
+        "targets",
+        "cvfp_nats",
+        "bigram_nats",
+        "transformer_nats",
+    ]
+    assert per_conv["conversation_id"].tolist() == ["t0", "t1", "t2"]
+    assert per_conv["targets"].tolist() == [4, 2 + 2, 0]  # t2 is one token: no target
+    assert per_conv["targets"].sum() == saved["cvfp"]["test_positions"] == 8
+    for col, m in (
+        ("cvfp_nats", saved["cvfp"]),
+        ("bigram_nats", saved["baselines"]["bigram"]),
+        ("transformer_nats", saved["baselines"]["transformer"]),
+    ):
+        assert per_conv[col].iloc[2] == 0.0 and (per_conv[col].iloc[:2] > 0).all()
+        assert per_conv[col].sum() / per_conv["targets"].sum() == pytest.approx(
+            m["test_loss"], rel=1e-9
+        )
     csv = (tmp_path / "plots/phase2_epochs.csv").read_text().splitlines()
     assert csv[0] == "epoch,train_loss,val_loss,train_ppl,val_ppl,train_acc,val_acc"  # no seconds
     assert len(csv) == 1 + saved["cvfp"]["epochs_run"]
@@ -421,3 +503,77 @@ def test_stages_materialize_phase2_and_generate_cli(tmp_path, tiny_params, monke
     first, second = gen_cli.main(argv), gen_cli.main(argv)
     assert first == second and first.startswith("w1 w2 w3")
     assert all(w in {f"w{i}" for i in range(1, V)} for w in first.split())
+
+
+def _without_test(obj):
+    """A metrics dict without its test numbers (test_loss/_ppl/_acc, test_positions)."""
+    if isinstance(obj, dict):
+        return {k: _without_test(v) for k, v in obj.items() if not k.startswith("test_")}
+    return obj
+
+
+def test_test_split_never_feeds_selection(tmp_path, tiny_params, monkeypatch):
+    """Val chooses, test reports: two runs that differ only in the test split choose the
+    same epochs and the same bigram k, and every val number is the same; test numbers move."""
+    from tasks import materialize as mat_task
+    from tasks import phase2 as p2_task
+
+    params = stage_params(tiny_params)
+    params.phase2.epochs, params.phase2.patience = 3, 1  # so early stopping can choose
+    runs = {}
+    for name, test, ids in (
+        ("a", None, None),
+        ("b", [[5, 4, 3, 2, 1, 9], [7, 7, 8], [11, 10]], ["u0", "u1", "u2"]),
+    ):
+        root = tmp_path / name
+        _tiny_project(root, tiny_params, test=test, test_ids=ids)
+        monkeypatch.chdir(root)
+        mat_task.run(params)
+        runs[name] = (p2_task.run(params), (root / "plots/phase2_epochs.csv").read_text())
+    (a, epochs_a), (b, epochs_b) = runs["a"], runs["b"]
+    assert _without_test(a) == _without_test(b) and epochs_a == epochs_b
+    assert a["cvfp"]["best_epoch"] == b["cvfp"]["best_epoch"]
+    assert (
+        a["baselines"]["transformer"]["best_epoch"] == b["baselines"]["transformer"]["best_epoch"]
+    )
+    assert a["baselines"]["bigram"]["k"] == b["baselines"]["bigram"]["k"]
+    assert (a["cvfp"]["test_positions"], b["cvfp"]["test_positions"]) == (8, 8)
+    for part in (("cvfp",), ("baselines", "bigram"), ("baselines", "transformer")):
+        ma, mb = a, b
+        for key in part:
+            ma, mb = ma[key], mb[key]
+        assert ma["test_loss"] != pytest.approx(mb["test_loss"]), part
+
+
+def test_no_context_control_never_reads_cstar(tmp_path, tiny_params, monkeypatch):
+    """phase2.context: zero trains and evaluates with C* zeroed: C* files full of noise give
+    the same bytes; the eval-time ablations then equal the model; the head starts at zero."""
+    from tasks import materialize as mat_task
+    from tasks import phase2 as p2_task
+
+    _tiny_project(tmp_path, tiny_params)
+    monkeypatch.chdir(tmp_path)
+    params = stage_params(tiny_params)
+    params.phase2.context = "zero"
+    params.baselines.transformer = False
+    mat_task.run(params)
+    zero = p2_task.run(params)
+    first = (tmp_path / "metrics/phase2.json").read_bytes()
+    for split in ("train", "val", "test"):  # overwrite C* with noise, same shapes
+        path = tmp_path / f"cache/cstar/{split}.npy"
+        cstar = np.load(path)
+        np.save(path, np.random.default_rng(0).normal(0, 5, cstar.shape).astype(np.float32))
+    p2_task.run(params)
+    assert (tmp_path / "metrics/phase2.json").read_bytes() == first
+    cv, ab = zero["cvfp"], zero["ablations"]
+    assert cv["context"] == "zero" and cv["head_init"] == "zero"
+    for a in ab.values():
+        assert a["val_loss"] == pytest.approx(cv["val_loss"], rel=1e-6)
+        assert a["test_loss"] == pytest.approx(cv["test_loss"], rel=1e-9)
+    per_conv = pd.read_csv(tmp_path / "metrics/phase2_test_conversations.csv")
+    assert per_conv["transformer_nats"].isna().all()  # not trained: an empty column
+    # with C* the same run gives other numbers
+    params.phase2.context = "cstar"
+    with_cstar = p2_task.run(params)
+    assert with_cstar["cvfp"]["context"] == "cstar"
+    assert with_cstar["cvfp"]["test_loss"] != pytest.approx(cv["test_loss"])

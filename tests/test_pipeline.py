@@ -116,6 +116,7 @@ def test_dvc_repro_end_to_end_then_noop(dvc_project):
         "data/tokenized",
         "data/split/train",
         "data/split/val",
+        "data/split/test",
         "data/split/gx/validation.json",
         "cache/phase1/model.pt",
         "cache/cstar",
@@ -123,13 +124,16 @@ def test_dvc_repro_end_to_end_then_noop(dvc_project):
         "metrics/data.json",
         "metrics/phase1.json",
         "metrics/phase2.json",
+        "metrics/phase2_test_conversations.csv",
         "plots/phase1_train.csv",
         "plots/phase2_epochs.csv",
         "reports/report.html",
         "reports/report.md",
     ):
         assert (proj / out).exists(), out
-    assert json.loads((proj / "metrics/data.json").read_text())["val_subset_ok"] is True
+    data = json.loads((proj / "metrics/data.json").read_text())
+    assert data["val_subset_ok"] is True and data["test_subset_ok"] is True
+    assert data["test_conversations"] == 30 and data["heldout_dropped_share"] < 0.01
     assert repro(proj) == []
     assert status_clean(proj)
 

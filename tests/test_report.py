@@ -139,17 +139,27 @@ def fake_run() -> dict[str, object]:
         "max_seq_length": 32,
         "truncated_conversations": 3,
         "split_strategy": "holdout",
-        "val_fraction": 0.2,
+        "val_fraction": 0.1,
+        "test_fraction": 0.1,
         "train_conversations": 40,
         "train_tokens": 640,
+        "train_unique_tokens": 200,
         "val_conversations": 8,
         "val_tokens": 128,
-        "train_unique_tokens": 200,
         "val_unique_tokens": 90,
         "unexpected_val_tokens": 0,
         "val_subset_ok": True,
-        "dropped_conversations": {"empty": 1, "val_unseen_token": 11},
-        "val_dropped_tokens": 77,
+        "test_conversations": 9,
+        "test_tokens": 131,
+        "test_unique_tokens": 93,
+        "unexpected_test_tokens": 0,
+        "test_subset_ok": True,
+        "heldout_dropped_share": 0.0123,
+        "dropped_conversations": {"empty": 1, "val_unseen_token": 0, "test_unseen_token": 0},
+        "val_dropped_tokens": 1,
+        "test_dropped_tokens": 2,
+        "val_cut_conversations": 1,
+        "test_cut_conversations": 2,
         "gx_success": True,
         "gx_expectations_evaluated": 2,
         "gx_expectations_successful": 2,
@@ -209,11 +219,16 @@ def fake_run() -> dict[str, object]:
             "freeze_context": False,
             "phase1_objective": "cvfp",
             "head_init": "zero",
+            "context": "cstar",
             **{k: best[k] for k in best if k not in ("epoch", "seconds")},
+            "test_loss": 4.05,
+            "test_ppl": math.exp(4.05),
+            "test_acc": 0.115,
             "trainable_params": 12345,
             "train_seconds": 0.9,
             "train_positions": 600,
             "val_positions": 120,
+            "test_positions": 122,
             "stages": {
                 "single": {
                     "first_epoch": 1,
@@ -228,15 +243,23 @@ def fake_run() -> dict[str, object]:
                 "val_loss": 4.5,
                 "val_ppl": math.exp(4.5),
                 "val_acc": 0.11,
+                "test_loss": 4.6,
+                "test_ppl": math.exp(4.6),
+                "test_acc": 0.105,
                 "trainable_params": 90000,
                 "train_seconds": 0.01,
-                "k": 1.0,
+                "k": 0.03,
+                "k_grid": [0.01, 0.03, 0.1],
+                "val_loss_by_k": [4.6, 4.5, 4.55],
                 "distinct_pairs": 640,
             },
             "transformer": {
                 "val_loss": 3.2,
                 "val_ppl": math.exp(3.2),
                 "val_acc": 0.21,
+                "test_loss": 3.3,
+                "test_ppl": math.exp(3.3),
+                "test_acc": 0.205,
                 "best_epoch": 3,
                 "train_loss": 3.0,
                 "train_ppl": math.exp(3.0),
@@ -253,8 +276,22 @@ def fake_run() -> dict[str, object]:
             },
         },
         "ablations": {
-            "zero_context": {"val_loss": 4.9, "val_ppl": math.exp(4.9), "val_acc": 0.03},
-            "shuffled_context": {"val_loss": 4.7, "val_ppl": math.exp(4.7), "val_acc": 0.05},
+            "zero_context": {
+                "val_loss": 4.9,
+                "val_ppl": math.exp(4.9),
+                "val_acc": 0.03,
+                "test_loss": 4.95,
+                "test_ppl": math.exp(4.95),
+                "test_acc": 0.025,
+            },
+            "shuffled_context": {
+                "val_loss": 4.7,
+                "val_ppl": math.exp(4.7),
+                "val_acc": 0.05,
+                "test_loss": 4.75,
+                "test_ppl": math.exp(4.75),
+                "test_acc": 0.045,
+            },
         },
     }
     csv = "epoch,train_loss,val_loss,train_ppl,val_ppl,train_acc,val_acc,seconds\n" + "".join(
@@ -369,17 +406,26 @@ def test_report_has_every_section_and_the_metrics_numbers(run_dir):
         fmt_ppl(p2["cvfp"]["val_ppl"]),
         fmt_acc(p2["cvfp"]["val_acc"]),
         fmt_int(p2["cvfp"]["trainable_params"]),
-        fmt_ppl(p2["ablations"]["zero_context"]["val_ppl"]),
-        fmt_ppl(p2["ablations"]["shuffled_context"]["val_ppl"]),
+        fmt_ppl(p2["cvfp"]["test_ppl"]),
+        fmt_acc(p2["cvfp"]["test_acc"]),
+        fmt_ppl(p2["ablations"]["zero_context"]["test_ppl"]),
+        fmt_ppl(p2["ablations"]["shuffled_context"]["test_ppl"]),
+        "Sanity checks",
+        "val perplexity (selection)",
+        "chosen on val from 0.01, 0.03, 0.1",
         fmt_int(data["train_tokens"]),
         fmt_int(data["val_conversations"]),
+        fmt_int(data["test_tokens"]),
+        "1.23%",  # heldout_dropped_share
         "val_unseen_token",
         "2/2 expectations successful",
         "CONVERGING",
         "seed: 42",
         "1.75 s",
     ]
-    expected += [fmt_ppl(b["val_ppl"]) for b in p2["baselines"].values()]
+    expected += [
+        fmt_ppl(b[f"{sp}_ppl"]) for b in p2["baselines"].values() for sp in ("val", "test")
+    ]
     for text in expected:
         assert text in html_text, text
         assert text in md, text
@@ -442,6 +488,7 @@ def test_warnings_section_lists_failed_checks_with_numbers(run_dir):
     p1["val"]["trials"].update(verdict="DIVERGING", passed=False, final_diff=0.0421, slope=0.0123)
     p1["val"]["convergence_rate"], p1["val"]["convergence"] = 0.5, "50.0% (64/128)"
     files["metrics/data.json"].update(val_subset_ok=False, unexpected_val_tokens=7)
+    files["metrics/data.json"].update(test_subset_ok=False, unexpected_test_tokens=3)
     p2 = files["metrics/phase2.json"]
     p2["cvfp"]["val_ppl"] = 500.0  # worse than the bigram
     write_run(root, files)
@@ -454,6 +501,8 @@ def test_warnings_section_lists_failed_checks_with_numbers(run_dir):
         "0.0421",
         "val_subset_ok",
         "7 val token",
+        "test_subset_ok",
+        "3 test token",
         "min_converged_ratio",
         "50.0% (64/128)",
         "worse_than_bigram",

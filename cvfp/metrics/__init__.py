@@ -7,4 +7,5 @@ reruns only the stage that writes it (and the report):
 * phase1.py   metrics/phase1.json and cache/phase1/checks.json  (phase1)
 * phase2.py   metrics/phase2.json and plots/phase2_epochs.csv rows  (phase2)
 * summary.py  metrics/summary.json     (report)
+* compare.py  metrics/compare.json     (flows.compare / tasks.compare; not a stage)
 """

@@ -7,7 +7,9 @@ from .base import Metrics
 
 class DroppedConversations(Metrics):
     empty: int | None  # by the tokenize stage (None when its stats are missing)
-    val_unseen_token: int  # val conversations with a token train never has
+    # held-out conversations whose every token has an id train never has (cvfp.splitting)
+    val_unseen_token: int
+    test_unseen_token: int
 
 
 class DataMetrics(Metrics):
@@ -20,18 +22,30 @@ class DataMetrics(Metrics):
     truncated_conversations: int | None
     split_strategy: str
     val_fraction: float
+    test_fraction: float
     # cvfp.splitting.subset_stats
     train_conversations: int
     train_tokens: int
+    train_unique_tokens: int
     val_conversations: int
     val_tokens: int
-    train_unique_tokens: int
     val_unique_tokens: int
     unexpected_val_tokens: int
     val_subset_ok: bool
+    test_conversations: int
+    test_tokens: int
+    test_unique_tokens: int
+    unexpected_test_tokens: int
+    test_subset_ok: bool
+    # held-out (val + test) tokens dropped for ids unseen in train / all held-out tokens
+    heldout_dropped_share: float
     dropped_conversations: DroppedConversations
+    # tokens with ids train never has, dropped (their conversations cut into pieces there)
     val_dropped_tokens: int
-    # The Great Expectations suite on val (tasks/expectations.py)
+    test_dropped_tokens: int
+    val_cut_conversations: int
+    test_cut_conversations: int
+    # The Great Expectations suite on val and test (tasks/expectations.py)
     gx_success: bool
     gx_expectations_evaluated: int
     gx_expectations_successful: int

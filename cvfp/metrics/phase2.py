@@ -1,10 +1,15 @@
 """metrics/phase2.json and the rows of plots/phase2_epochs.csv, written by the phase2 stage
 (tasks/phase2.py) from cvfp.phase2.train_phase2 and cvfp.baselines.
 
+val_* are selection records (val chose the epoch, the bigram's k); test_* are the reported
+numbers, scored once with what val chose (SPEC 9).
+
 Wall-clock seconds are kept out of the files (tasks.common.split_durations); the report puts
 the recorded ones back, so they are Optional here."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from ..params import Heads
 from .base import Metrics
@@ -30,35 +35,46 @@ class CvfpPhase2(Metrics):
     freeze_context: bool
     phase1_objective: str
     head_init: str  # "phase1" (reused, objective reconstruction) | "zero"
-    # at the best epoch
+    context: Literal["cstar", "zero"]  # phase2.context (zero: the no-context control)
+    # at the best epoch (chosen on val)
     train_loss: float
     val_loss: float
     train_ppl: float
     val_ppl: float
     train_acc: float
     val_acc: float
+    # the reported numbers: test, once, at the best epoch
+    test_loss: float
+    test_ppl: float
+    test_acc: float
     trainable_params: int
     train_seconds: float | None = None
     train_positions: int
     val_positions: int
+    test_positions: int
     stages: Stages
     val_loss_per_block: list[float] | None = None  # heads: per_block
 
 
-class ValScores(Metrics):  # cvfp.baselines._metrics; also the ablations
-    val_loss: float
+class Scores(Metrics):  # cvfp.baselines._metrics + _test; also the ablations
+    val_loss: float  # selection record
     val_ppl: float
     val_acc: float
+    test_loss: float  # reported
+    test_ppl: float
+    test_acc: float
 
 
-class Bigram(ValScores):
+class Bigram(Scores):
     trainable_params: int
     train_seconds: float | None = None
-    k: float
+    k: float  # chosen on val from k_grid
+    k_grid: list[float]
+    val_loss_by_k: list[float]
     distinct_pairs: int
 
 
-class Transformer(ValScores):
+class Transformer(Scores):
     best_epoch: int
     train_loss: float
     train_ppl: float
@@ -79,9 +95,9 @@ class Baselines(Metrics):
     transformer: Transformer | None = None  # left out with baselines.transformer: false
 
 
-class Ablations(Metrics):  # the trained model on val with C* replaced
-    zero_context: ValScores
-    shuffled_context: ValScores
+class Ablations(Metrics):  # sanity checks: the trained model with C* replaced at evaluation
+    zero_context: Scores
+    shuffled_context: Scores
 
 
 class Phase2Metrics(Metrics):

@@ -39,16 +39,18 @@ def collect_findings(inp: ReportInputs) -> list[Finding]:
 
 def _data(inp: ReportInputs) -> Iterator[Finding]:
     d = inp.data
-    if not d.val_subset_ok:
-        yield Finding(
-            "data",
-            "val_subset_ok",
-            f"val_subset_ok is false: {d.unexpected_val_tokens} val token(s) do not occur in train",
-        )
-    elif d.unexpected_val_tokens:
-        yield Finding(
-            "data", "unexpected_val_tokens", f"{d.unexpected_val_tokens} val token(s) not in train"
-        )
+    for sp in ("val", "test"):  # the held-out splits
+        ok, unexpected = getattr(d, f"{sp}_subset_ok"), getattr(d, f"unexpected_{sp}_tokens")
+        if not ok:
+            yield Finding(
+                "data",
+                f"{sp}_subset_ok",
+                f"{sp}_subset_ok is false: {unexpected} {sp} token(s) do not occur in train",
+            )
+        elif unexpected:
+            yield Finding(
+                "data", f"unexpected_{sp}_tokens", f"{unexpected} {sp} token(s) not in train"
+            )
     gx_stats = inp.gx.get("statistics", {})
     if inp.gx.get("success") is False or not d.gx_success:
         failed = [

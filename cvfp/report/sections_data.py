@@ -1,4 +1,4 @@
-"""The Data section: split sizes, the val subset check and the Great Expectations suite."""
+"""The Data section: split sizes, the held-out subset checks and the Great Expectations suite."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def section_data(inp: ReportInputs) -> Section:
                 f"Source {fmt_text(d.source)}, {fmt_int(d.raw_conversations)} raw conversations, "
                 f"tokenizer {fmt_text(d.tokenizer_kind)}, max_seq_length "
                 f"{fmt_text(d.max_seq_length)} ({fmt_int(d.truncated_conversations)} conversations "
-                f"truncated), split strategy {d.split_strategy} with val_fraction {d.val_fraction}."
+                f"truncated), split strategy {d.split_strategy} with val_fraction {d.val_fraction} "
+                f"and test_fraction {d.test_fraction}."
             ]
         ),
         Table(
@@ -26,6 +27,7 @@ def section_data(inp: ReportInputs) -> Section:
                 for sp, conversations, tokens, unique in (
                     ("train", d.train_conversations, d.train_tokens, d.train_unique_tokens),
                     ("val", d.val_conversations, d.val_tokens, d.val_unique_tokens),
+                    ("test", d.test_conversations, d.test_tokens, d.test_unique_tokens),
                 )
             ],
         ),
@@ -38,7 +40,24 @@ def section_data(inp: ReportInputs) -> Section:
                     fmt_int(d.unexpected_val_tokens),
                 ],
                 ["val token set is a subset of train (val_subset_ok)", fmt_bool(d.val_subset_ok)],
-                ["val tokens dropped with their conversations", fmt_int(d.val_dropped_tokens)],
+                [
+                    "test tokens not in train (unexpected_test_tokens)",
+                    fmt_int(d.unexpected_test_tokens),
+                ],
+                [
+                    "test token set is a subset of train (test_subset_ok)",
+                    fmt_bool(d.test_subset_ok),
+                ],
+                [
+                    "held-out tokens dropped for ids unseen in train: val / test "
+                    "(conversations cut there)",
+                    f"{fmt_int(d.val_dropped_tokens)} / {fmt_int(d.test_dropped_tokens)} "
+                    f"({fmt_int(d.val_cut_conversations)} / {fmt_int(d.test_cut_conversations)})",
+                ],
+                [
+                    "share of held-out tokens dropped (heldout_dropped_share)",
+                    f"{100 * d.heldout_dropped_share:.2f}%",
+                ],
             ],
         ),
     )

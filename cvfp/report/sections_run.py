@@ -81,9 +81,23 @@ def section_summary(inp: ReportInputs, findings: list[Finding]) -> Section:
 def _comparison(compare: Mapping[str, Any], href: str | None) -> list[Block]:
     """The verdicts of `python -m flows.compare` (metrics/compare.json) and a link."""
     out: list[Block] = [Heading("Comparison over seeds (controls)")]
-    verdicts = [a["verdict"] for a in compare.get("arms", {}).values() if a.get("verdict")]
-    if verdicts:
-        out.append(Table(["verdict (computed, cvfp/compare.py)"], [[v] for v in verdicts]))
+    rows = []  # metrics/compare.json: cvfp/metrics/compare.py
+    level = f"{100 * (1 - compare.get('alpha', 0.05)):g}%"
+    for arm, e in compare.get("arms", {}).items():
+        d, ci = e.get("diff_mean"), e.get("ci95")
+        diff = "" if d is None else f"{d:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+        rows.append([arm, e.get("verdict") or e.get("role", ""), diff])
+    if rows:
+        out.append(
+            Table(
+                [
+                    "arm",
+                    "verdict (computed, cvfp/compare.py)",
+                    f"test loss vs control [{level} CI]",
+                ],
+                rows,
+            )
+        )
     if href:
         out.append(
             Para(
