@@ -120,7 +120,8 @@ def run_pipeline(tokens: int, conv_tokens: int, threads: int, keep: Path | None)
                 flush=True,
             )
         split = json.loads((project / "metrics" / "data.json").read_text())
-        out["train_tokens"], out["val_tokens"] = split["train_tokens"], split["val_tokens"]
+        out["train_tokens"] = split["train_tokens"]
+        out["tokens"] = sum(split.get(f"{s}_tokens", 0) for s in ("train", "val", "test"))
         return out
     finally:
         if keep is None:
@@ -219,8 +220,8 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()}")
     a, b = runs
     print(
-        f"\nconversations: {a['conversations']} / {b['conversations']}; train + val tokens "
-        f"{a['train_tokens'] + a['val_tokens']:,} / {b['train_tokens'] + b['val_tokens']:,}"
+        f"\nconversations: {a['conversations']} / {b['conversations']}; tokens in the splits "
+        f"{a['tokens']:,} / {b['tokens']:,}"
     )
     print(
         f"{'stage':12s} {'peak MB at N':>13s} {'at ' + str(args.factor) + 'N':>10s} "

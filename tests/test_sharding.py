@@ -89,8 +89,7 @@ def project(tmp_path_factory, cluster):
         tokenize.run(p)
         plain = {d: files(proj / "data" / d) for d in ("tokenizer", "tokenized")}
         convs = load_conversations("data/tokenized")
-        n_val = len(convs) // 5
-        for name, part in (("train", convs[:-n_val]), ("val", convs[-n_val:])):
+        for name, part in corpora(convs, None).items():
             to_dataset(list(range(len(part))), part).save_to_disk(f"data/split/{name}")
         vocab = read_vocab_size("data/tokenizer")
         torch.manual_seed(0)
@@ -100,11 +99,12 @@ def project(tmp_path_factory, cluster):
 
 
 def corpora(convs, reset):
-    n_val = len(convs) // 5
-    return {
-        "train": Corpus.from_conversations(convs[:-n_val], reset),
-        "val": Corpus.from_conversations(convs[-n_val:], reset),
-    }
+    """Train, then val and test (a tenth each), as Corpus (or the lists when reset is None)."""
+    n = len(convs) // 10
+    parts = {"train": convs[: -2 * n], "val": convs[-2 * n : -n], "test": convs[-n:]}
+    if reset is None:
+        return parts
+    return {k: Corpus.from_conversations(v, reset) for k, v in parts.items()}
 
 
 def cstar_files(convs, vocab, reset, out, chunk_tokens=400, shard_conversations=10**9):
@@ -262,7 +262,7 @@ def test_mapped_materialize_equals_plain_loop(
         over["orchestration.dask_address"] = cluster.scheduler_address
     meta = run_stage_mapped(stage, tiny(**over), proj, monkeypatch)
     assert files(proj / "cache/cstar") == ref
-    assert meta["splits"]["train"]["n_conversations"] == len(convs) - len(convs) // 5
+    assert meta["splits"]["train"]["n_conversations"] == len(convs) - 2 * (len(convs) // 10)
 
 
 def test_pinned_shards_leave_no_pool_thread_on_one_thread(monkeypatch):
