@@ -155,7 +155,8 @@ class ChecksParams(_Section):
 
 
 class MaterializeParams(_Section):
-    chunk_tokens: int = Field(gt=0)
+    chunk_tokens: int = Field(gt=0)  # rows held per step of the pass: memory only, same bytes
+    batch_tokens: int = Field(gt=0)  # conversations of similar length run side by side
 
 
 class Phase2Params(_Section):
