@@ -291,6 +291,18 @@ def load_conversations(path: str | Path) -> list[np.ndarray]:
     return np.split(values[offsets[0] : offsets[-1]], offsets[1:-1] - offsets[0])
 
 
+def load_conversation_ids(path: str | Path) -> list:
+    """The conversation_id column, one value per row of `load_conversations(path)` (the
+    pieces of a held-out conversation cut at an unseen id repeat it); read the same way."""
+    path = Path(path)
+    table = _saved_arrow_table(path)
+    if table is None:
+        from datasets import load_from_disk
+
+        return list(load_from_disk(str(path))["conversation_id"])
+    return table.column("conversation_id").to_pylist()
+
+
 def _saved_arrow_table(path: Path):
     """The pyarrow Table of a `save_to_disk` directory, or None for any other layout."""
     import json

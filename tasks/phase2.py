@@ -50,6 +50,7 @@ from cvfp.utils import atomic_path, seed_everything, write_json
 from .common import (
     cli,
     current_world,
+    load_conversation_ids,
     load_conversations,
     log,
     read_vocab_size,
@@ -71,13 +72,6 @@ from .layout import (
 EPOCH_COLUMNS = list(Phase2Epoch.model_fields)  # plots/phase2_epochs.csv (+ seconds)
 # metrics/phase2_test_conversations.csv: one row per test conversation (docs/phase2.md)
 TEST_CSV_COLUMNS = ["conversation_id", "targets", "cvfp_nats", "bigram_nats", "transformer_nats"]
-
-
-def conversation_ids(path) -> list:
-    """The conversation_id column of a split (pieces of a cut conversation repeat it)."""
-    from datasets import load_from_disk
-
-    return list(load_from_disk(str(path))["conversation_id"])
 
 
 def run(params: Params) -> dict | None:
@@ -207,7 +201,7 @@ def run(params: Params) -> dict | None:
             np.concatenate([[0], np.cumsum(lengths)]),
             [
                 i
-                for i, c in zip(conversation_ids(SPLIT / "test"), convs["test"], strict=True)
+                for i, c in zip(load_conversation_ids(SPLIT / "test"), convs["test"], strict=True)
                 if len(c)
             ],
             nats,
