@@ -82,7 +82,7 @@ def conversation_ids(path) -> list:
 
 def run(params: Params) -> dict | None:
     """Returns the metrics (None on torchrun ranks other than 0, which write nothing)."""
-    seed_everything(params.seed, params.deterministic)
+    seed_everything(params.seed, params.deterministic, params.runtime.threads)
     world = current_world()
     p2, show = params.phase2, params.phase1.progress
     vocab_size = read_vocab_size(TOKENIZER)

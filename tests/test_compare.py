@@ -492,14 +492,15 @@ def test_run_report_summary_tells_the_truth_and_links_the_comparison(tmp_path, m
     _, html, md = build(tmp_path)
     summary = section(html, "summary")
     assert 'href="compare.html"' in summary
-    for row in (
-        "| Comparison: worse vs none (4 seeds) | worse: test_loss worse - none: +0.0801, "
-        "95% CI [+0.0788, +0.0815], p (Holm) ",
-        "| Comparison: incon vs none (4 seeds) | inconclusive: ",
-        "| Comparison: few vs none (1 seeds) | not enough seeds: ",
-        "| Comparison: no_context vs none (4 seeds) | interval only (no verdict): ",
+    for row in (  # the headline rows (cvfp/report/headline.py), the control not as a row
+        "| Comparison: worse vs none (4 seeds) | worse: test loss worse - none: +0.0801, "
+        "95% CI [+0.0788, +0.0815], p (Holm) 1.33e-06 |",
+        "| Comparison: incon vs none (4 seeds) | inconclusive (between ",
+        "| Comparison: no_context vs none (4 seeds) | interval only (no verdict): test loss "
+        "no_context - none: +0.4025, 95% CI [",
     ):
         assert row in md, row
+    assert "Comparison: none vs none" not in md
 
 
 def _git(cwd, *args):
