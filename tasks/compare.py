@@ -37,10 +37,14 @@ from cvfp.params import Params, ParamsError, arm_params, load_params
 from cvfp.utils import atomic_path, write_json
 
 from .common import log, setup_logging
-from .layout import COMPARE_HTML, COMPARE_JSON, COMPARE_MD, PHASE1_METRICS, PHASE2_METRICS
-
-# Per test conversation: summed nats of each model (the phase2 stage writes it).
-TEST_CONVERSATIONS = "metrics/phase2_test_conversations.csv"
+from .layout import (
+    COMPARE_HTML,
+    COMPARE_JSON,
+    COMPARE_MD,
+    PHASE1_METRICS,
+    PHASE2_METRICS,
+    PHASE2_TEST_CSV,
+)
 
 PREFIX = "cmp"  # experiment names: cmp-<arm>-s<seed>
 ERROR_LINE = re.compile(r"^(ERROR|[\w.]*(Error|Exception)\b:?)")
@@ -411,11 +415,11 @@ def collect(exp: dict) -> dict:
             json.loads(_git("show", f"{ref}:{path.as_posix()}"))
             for path in (PHASE1_METRICS, PHASE2_METRICS)
         )
-        table = _git("show", f"{ref}:{TEST_CONVERSATIONS}")
+        table = _git("show", f"{ref}:{PHASE2_TEST_CSV.as_posix()}")
     except subprocess.CalledProcessError as err:
         raise ExperimentFailed(f"{where}: missing metrics: {err.stderr.strip()}") from None
     try:
-        conversations = parse_conversations(table, f"{where}:{TEST_CONVERSATIONS}")
+        conversations = parse_conversations(table, f"{where}:{PHASE2_TEST_CSV.as_posix()}")
         values = experiment_values(phase1, phase2, conversations)
         check_consistent(values, conversations, where)
     except ValueError as err:

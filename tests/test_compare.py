@@ -390,6 +390,9 @@ def test_compare_params_are_validated(tmp_path):
         p.compare.run == ["none", "cvfp", "cvfp_min10", "reconstruction", "no_context"]
         and p.compare.control == "none"
     )
+    # the context control: trained without C*, paired with the control, interval only
+    assert p.compare.arms["no_context"] == {"phase1.objective": "none", "phase2.context": "zero"}
+    assert "no_context" not in p.compare.confirmatory
     assert len(p.compare.seeds) == 5 and p.phase1.min_iterations == 0
     assert p.compare.confirmatory == ["cvfp", "cvfp_min10", "reconstruction"]
     assert p.compare.delta == 0.01 and p.compare.alpha == 0.05 and p.compare.power == 0.8
