@@ -34,7 +34,6 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
-from prefect.utilities.annotations import quote  # noqa: E402
 
 from cvfp.params import OrchestrationParams, load_params  # noqa: E402
 from flows.artifacts import CompareProgress, refresh_report  # noqa: E402
@@ -135,10 +134,11 @@ def compare(
     futures = {}
     for k, exp in enumerate(exps, 1):
         name = f"{k}of{n}-{exp['arm']}-seed{exp['seed']}"
-        # quote: Prefect would otherwise link the arm / seed values to earlier results by
-        # identity and draw dependency arrows between independent experiments
+        # Every experiment is submitted before any result exists, so Prefect cannot link an
+        # argument to an earlier result by identity (no dependency arrows); no quote(): Dask
+        # would hand the task the annotation itself.
         fut = experiment.with_options(task_run_name=name).submit(
-            quote(exp), source, n_threads, reuse[exp["name"]]
+            exp, source, n_threads, reuse[exp["name"]]
         )
         futures[fut] = (k, exp)
     records: dict[int, dict] = {}
