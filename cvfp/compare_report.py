@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from .check_rules import TRIALS
-from .formats import NA, fmt_acc, fmt_loss, fmt_ppl
+from .formats import NA, fmt_acc, fmt_loss, fmt_ppl, interval_words
 from .metrics.compare import Arm, CompareMetrics, PairedStats, SeedInterval
 from .report.document import Figure, Heading, Para, RunMeta, Section, Table
 from .report.plots import figure_axes, png_bytes
@@ -45,20 +45,6 @@ def _with_ci(x: str, ci: tuple[str, str] | None) -> str:
 
 def _ci(pair: tuple[float, float] | None, fmt) -> tuple[str, str] | None:
     return None if pair is None else (fmt(pair[0]), fmt(pair[1]))
-
-
-def interval_words(ci: tuple[float, float] | None, digits: int = 2) -> str:
-    """A perplexity-difference interval (row minus reference; < 0 is better) in words, e.g.
-    "between 0.62 better and 0.96 worse"."""
-    if ci is None:
-        return "no interval (fewer than 2 seeds)"
-    lo, hi = ci
-    f = f"{{:.{digits}f}}"
-    if lo < 0 < hi:
-        return f"between {f.format(-lo)} better and {f.format(hi)} worse"
-    if hi <= 0:
-        return f"between {f.format(-hi)} and {f.format(-lo)} better"
-    return f"between {f.format(lo)} and {f.format(hi)} worse"
 
 
 def _level(alpha: float) -> str:

@@ -6,14 +6,24 @@ in the process's RSS, growing with N). The pages stay in the OS page cache, so o
 machine this costs little more than memory, and several processes (torchrun ranks) see
 each other's writes through the same file.
 
+A `ContextFile` keeps its file open, so it stays readable after the file is unlinked (the
+disk space is freed when the last holder closes it, or the process dies). `scratch_dir`
+makes the directory such files live in and removes it on exit, on an exception and on
+SIGTERM (`sigterm_raises`), so a stopped run leaves no work files behind.
+
 `ContextTensor` is the same interface over a tensor, for small corpora and tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -54,18 +64,45 @@ def reserve_npy(path: Path, shape: tuple[int, int]) -> None:
 
 
 class ContextFile:
-    def __init__(self, path: str | Path, shape: tuple[int, int], create: bool = False):
+    """Rows of a float32 [N, Dc] `.npy`, read and written through an open file descriptor:
+    every access maps the file, copies the rows and unmaps again."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        shape: tuple[int, int],
+        create: bool = False,
+        readonly: bool = False,
+    ):
         self.path, self.shape = Path(path), (int(shape[0]), int(shape[1]))
         if create:
             reserve_npy(self.path, self.shape)
+        # readonly: a file DVC may have linked read-only from its cache (C*)
+        self._file = open(self.path, "rb" if readonly else "r+b")  # noqa: SIM115
+        fmt = np.lib.format
+        read = (
+            fmt.read_array_header_1_0
+            if fmt.read_magic(self._file) == (1, 0)
+            else fmt.read_array_header_2_0
+        )
+        found, _, dtype = read(self._file)  # (shape, fortran order, dtype)
+        if tuple(found) != self.shape or dtype != np.float32:
+            self._file.close()
+            raise ValueError(f"{self.path}: expected float32 {self.shape}, found {dtype} {found}")
+        self._offset = self._file.tell()
 
     def _map(self, mode: Literal["r", "r+", "c"]) -> np.ndarray:
-        return np.load(self.path, mmap_mode=mode)
+        return np.memmap(
+            self._file, dtype=np.float32, mode=mode, offset=self._offset, shape=self.shape
+        )
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice) and index.step in (None, 1):  # rows a:b: one pread
+            a, b, _ = index.indices(self.shape[0])
+            return torch.from_numpy(self.read_rows(a, max(b - a, 0)))
         if isinstance(index, torch.Tensor):
             index = index.numpy()
         m = self._map("r")
@@ -73,14 +110,53 @@ class ContextFile:
         del m
         return torch.from_numpy(rows)
 
-    def __setitem__(self, index: slice, value: torch.Tensor) -> None:
+    def __setitem__(self, index, value: torch.Tensor | np.ndarray) -> None:
+        if isinstance(index, slice) and index.step in (None, 1):  # rows a:b: one pwrite
+            a, b, _ = index.indices(self.shape[0])
+            data = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+            data = np.ascontiguousarray(data, dtype=np.float32)
+            if data.shape != (b - a, self.shape[1]):
+                raise ValueError(f"{self.path}: rows {a}:{b} given {data.shape}")
+            self.write_rows(a, data)
+            return
         m = self._map("r+")
-        m[index] = value.detach().cpu().numpy()
+        m[index] = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
         del m
 
+    def read_rows(self, start: int, count: int) -> np.ndarray:
+        """Rows start:start+count with pread. A map, even closed right after, raises the
+        peak RSS by every page (or large page-cache folio, up to 2 MB) it touched."""
+        out = np.empty((count, self.shape[1]), dtype=np.float32)
+        view = out.data.cast("B")
+        at = self._offset + start * self.shape[1] * 4
+        while view.nbytes:
+            done = os.preadv(self._file.fileno(), [view], at)
+            if done == 0:
+                raise EOFError(f"{self.path}: rows {start}:{start + count} past the end")
+            view, at = view[done:], at + done
+        return out
+
+    def write_rows(self, start: int, rows: np.ndarray) -> None:
+        """Rows start:start+len(rows) with pwrite: through the page cache, never mapped into
+        this process (a mapped write counts every page it touches in the RSS)."""
+        view = memoryview(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
+        at = self._offset + start * self.shape[1] * 4
+        while view.nbytes:
+            done = os.pwrite(self._file.fileno(), view, at)
+            view, at = view[done:], at + done
+
     def tensor(self) -> torch.Tensor:
-        """All rows as a tensor backed by a copy-on-write map (pages read when used)."""
+        """All rows as a tensor backed by a copy-on-write map (pages read when used; every
+        page touched counts in the process's RSS while the tensor lives: prefer row ranges)."""
         return torch.from_numpy(self._map("c"))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __del__(self) -> None:
+        f = getattr(self, "_file", None)
+        if f is not None:
+            f.close()
 
 
 class ContextTensor:
@@ -99,3 +175,59 @@ class ContextTensor:
 
     def tensor(self) -> torch.Tensor:
         return self.data
+
+
+def rows_of(store: ContextFile | ContextTensor) -> ContextFile | torch.Tensor:
+    """What a finished pass hands on: the file itself (read a row range at a time, even after
+    its directory is gone) or the in-memory tensor."""
+    return store.data if isinstance(store, ContextTensor) else store
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived (raised by `sigterm_raises`): unwinds like any exception, so the
+    `finally` blocks and context managers on the way clean up; exit status 143."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` in the main thread (other threads: no-op,
+    Python delivers signals to the main thread only). The previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def scratch_dir(work_dir: str | Path, prefix: str) -> Iterator[Path]:
+    """A fresh directory under `work_dir`, removed on exit, on an exception and on SIGTERM."""
+    with sigterm_raises():
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=work_dir))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def row_store(shape: tuple[int, int], work_dir: str | Path | None, prefix: str = "rows-"):
+    """A [N, Dc] row store: a `ContextFile` in a scratch directory under `work_dir`, removed
+    on exit (and on SIGTERM), or a `ContextTensor` when `work_dir` is None."""
+    if work_dir is None:
+        yield ContextTensor(shape)
+        return
+    with scratch_dir(work_dir, prefix) as d:
+        store = ContextFile(d / "rows.npy", shape, create=True)
+        try:
+            yield store
+        finally:
+            store.close()

@@ -13,7 +13,7 @@ active ones at t are always a prefix of the batch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,38 +117,70 @@ def sequential_pass(
 
     start: [C, Dc] context per conversation (None = zeros, as at iteration 0).
     Returns (contexts [N, Dc] in corpus order, final context per conversation [C, Dc]).
+    `windowed_pass` with one window: the same numbers, all rows in memory.
+    """
+    dev = model.token_embedding.weight.device
+    contexts = torch.empty(corpus.n_tokens, model.context_dim, device=dev)
+
+    def write(index: torch.Tensor, rows: torch.Tensor) -> None:
+        contexts[index.to(dev)] = rows
+
+    final = windowed_pass(
+        model, corpus, write, corpus.n_tokens, start, show_progress=show_progress, desc=desc
+    )
+    return contexts, final
+
+
+@torch.no_grad()
+def windowed_pass(
+    model,
+    corpus: Corpus,
+    write: Callable[[torch.Tensor, torch.Tensor], None],
+    window_tokens: int,
+    start: torch.Tensor | None = None,
+    show_progress: bool = False,
+    desc: str = "sequential pass",
+) -> torch.Tensor:
+    """The sequential pass over all conversations side by side, holding at most
+    `window_tokens` rows (or one position's) at a time: for each window of consecutive
+    positions, `write(index, contexts)` gets the corpus indices [r] of its rows and their
+    contexts [r, Dc]. Returns the final context per conversation [C, Dc].
 
     The rows are laid out position-major (all active conversations' t-th tokens, then the
     (t+1)-th, ...), so each position reads its embeddings and writes its contexts as one
     contiguous slice, and the output of position t is directly the state of position t+1
-    (the active conversations are a prefix); one gather and one scatter reorder at the end.
+    (the active conversations are a prefix). Every position sees the same batch whatever
+    the window, so `window_tokens` never changes a bit of the result.
     """
     sched = PositionSchedule(corpus)
-    dc = model.context_dim
+    dc, n_conv = model.context_dim, corpus.n_conversations
     active = torch.tensor(sched.active)
-    at = torch.cat(
-        [torch.zeros(1, dtype=torch.long), active.cumsum(0)]
-    )  # first row of each position
-    pos = torch.repeat_interleave(torch.arange(len(sched)), active)  # row -> position t
-    order = sched.starts[torch.arange(corpus.n_tokens) - at[pos]] + pos  # row -> corpus index
-    embeds = model.embed(corpus.ids[order])
-    state = (
-        torch.zeros(corpus.n_conversations, dc, dtype=embeds.dtype, device=embeds.device)
-        if start is None
-        else start[sched.order]
-    )
-    out = torch.empty(corpus.n_tokens, dc, dtype=embeds.dtype, device=embeds.device)
-    for t in progress(range(len(sched)), desc=desc, enabled=show_progress, unit="pos"):
-        a, b = int(at[t]), int(at[t + 1])
-        state, _ = model(state[: b - a], embeds[a:b])
-        out[a:b] = state
-    contexts = torch.empty_like(out)
-    contexts[order.to(out.device)] = out
-    # Conversation j (length-sorted) ends at position len_j - 1, in row at[len_j - 1] + j.
-    last = at[sched.sorted_lengths - 1] + torch.arange(corpus.n_conversations)
-    final = torch.empty_like(out[: corpus.n_conversations])
-    final[sched.order] = out[last.to(out.device)]
-    return contexts, final
+    at = torch.cat([torch.zeros(1, dtype=torch.long), active.cumsum(0)])  # first row of each t
+    dev = model.token_embedding.weight.device
+    state = torch.zeros(n_conv, dc, device=dev) if start is None else start[sched.order.to(dev)]
+    final = torch.empty(n_conv, dc, device=dev)
+    ends = sched.active[1:] + [0]  # conversations [ends[t], active[t]) end at position t
+    bar = progress(total=corpus.n_tokens, desc=desc, enabled=show_progress, unit="tok", smoothing=0)
+    t, n_pos = 0, len(sched)
+    while t < n_pos:
+        u = max(int(torch.searchsorted(at, at[t] + window_tokens, right=True)) - 1, t + 1)
+        u = min(u, n_pos)  # positions [t, u): at most window_tokens rows, at least one position
+        lo = int(at[t])
+        pos = torch.repeat_interleave(torch.arange(t, u), active[t:u])  # row -> position
+        index = sched.starts[torch.arange(lo, int(at[u])) - at[pos]] + pos  # row -> corpus
+        embeds = model.embed(corpus.ids[index])
+        out = torch.empty(len(index), dc, dtype=embeds.dtype, device=dev)
+        for p in range(t, u):
+            a, b = int(at[p]) - lo, int(at[p + 1]) - lo
+            state, _ = model(state[: b - a], embeds[a:b])
+            out[a:b] = state
+            if ends[p] < sched.active[p]:
+                final[sched.order[ends[p] : sched.active[p]].to(dev)] = state[ends[p] :]
+        write(index, out)
+        bar.update(len(index))
+        t = u
+    bar.close()
+    return final
 
 
 def chunk_groups(offsets: list[int], chunk_tokens: int) -> Iterator[tuple[int, int]]:
@@ -181,6 +213,18 @@ def chunks(corpus: Corpus, chunk_tokens: int):
             yield a, b, Corpus(corpus.ids[a:b], corpus.offsets[c : d + 1] - a), False
 
 
+def chunk_chains(corpus: Corpus, chunk_tokens: int) -> list[list[tuple]]:
+    """`chunks` grouped into chains: a chunk of whole conversations alone, or the slices of
+    one conversation longer than a chunk (each slice carries on from the one before)."""
+    out: list[list[tuple]] = []
+    for part in chunks(corpus, chunk_tokens):
+        if part[3]:
+            out[-1].append(part)
+        else:
+            out.append([part])
+    return out
+
+
 @torch.no_grad()
 def zero_start_pass(
     model,
@@ -191,24 +235,20 @@ def zero_start_pass(
     show_progress: bool = False,
     desc: str = "sequential pass",
 ) -> None:
-    """The sequential pass from zero contexts (Phase 1 iteration 0, and C*), chunk by chunk
+    """The sequential pass from zero contexts (Phase 1 iteration 0), chunk by chunk
     (`chunks`), each chunk's rows written to `out[a:b]` (a tensor, or a `ContextFile`), so
     memory holds one chunk. With a torch.distributed `world`, the chunks are dealt out to
     the ranks; a chunk that carries on a long conversation stays with the rank of its start."""
-    chains: list[list] = []
-    for part in chunks(corpus, chunk_tokens):
-        if part[3]:
-            chains[-1].append(part)
-        else:
-            chains.append([part])
-    chains = chains[world.rank :: world.size]
+    chains = chunk_chains(corpus, chunk_tokens)[world.rank :: world.size]
     bar = progress(
         total=sum(p[1] - p[0] for chain in chains for p in chain),
         desc=desc,
         enabled=show_progress,
         unit="tok",
+        smoothing=0,  # the rate over the whole pass: chunks differ in speed, the ETA holds
     )
-    for chain in chains:
+    for k, chain in enumerate(chains):
+        bar.set_postfix_str(f"chunk {k + 1}/{len(chains)}", refresh=False)
         final = None
         for a, b, sub, carry in chain:
             ctx, final = sequential_pass(model, sub, start=final if carry else None)

@@ -2,9 +2,10 @@
 
 C*[i] is the context after token i of a zero-start sequential pass of the Phase 1 model,
 written chunk by chunk to float32 `.npy` files that Phase 2 memory-maps (`open_cstar`).
-`materialize_sharded` (the materialize stage) runs whole chunks in shards
-(`materialize_shard`, a pure function any worker can run); C* is bitwise the same for any
-shard size and engine. Format, chunks and shards: docs/phase2.md, docs/scaling.md.
+`materialize_sharded` (the materialize stage) runs conversations in batches of similar
+length (`batch_plan`), whole batches in shards (`materialize_shard`, a pure function any
+worker can run); C* is bitwise the same for any shard size, engine and
+`materialize.chunk_tokens`. Format, batches and shards: docs/phase2.md, docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_state, read_checkpoint
-from .contexts import ContextFile, ContextTensor
-from .corpus import Corpus, chunk_groups, warn_if_large, zero_start_pass
+from .contexts import ContextFile
+from .corpus import Corpus, warn_if_large, windowed_pass
 from .model import CVFPModel
 from .utils import atomic_path, one_intraop_thread, progress
 
@@ -44,19 +45,51 @@ def load_phase1_model(
     return model
 
 
+def batch_plan(corpus: Corpus, batch_tokens: int) -> list[np.ndarray]:
+    """The conversations run side by side, as arrays of conversation indices: sorted by
+    length (longest first, ties in corpus order), then whole conversations totalling at most
+    `batch_tokens`, or one longer conversation alone. A function of the lengths and
+    `batch_tokens` only: every position of a batch is the same matrix product whatever the
+    shards and `materialize.chunk_tokens`, so neither changes a bit of C*."""
+    if batch_tokens < 1:
+        raise ValueError(f"materialize.batch_tokens must be >= 1, got {batch_tokens}")
+    lengths = corpus.lengths.numpy()
+    order = np.argsort(-lengths, kind="stable")
+    batches, i = [], 0
+    while i < len(order):
+        j, total = i + 1, int(lengths[order[i]])
+        while j < len(order) and total + int(lengths[order[j]]) <= batch_tokens:
+            total += int(lengths[order[j]])
+            j += 1
+        batches.append(order[i:j])
+        i = j
+    return batches
+
+
 def shard_plan(
-    corpus: Corpus, chunk_tokens: int, shard_conversations: int
-) -> list[tuple[int, int]]:
-    """Conversation ranges [c, d) of the shards: consecutive whole chunks, at most
-    `shard_conversations` conversations each unless a single chunk holds more."""
+    corpus: Corpus, batch_tokens: int, shard_conversations: int
+) -> list[list[np.ndarray]]:
+    """The shards: whole batches (`batch_plan`), at most `shard_conversations` conversations
+    and `batch_tokens` tokens each unless a single batch holds more (a shard's contexts are
+    held in memory until written: this bounds them for any corpus). The batches are dealt out in a fixed shuffled
+    order (seed 0), so long and short conversations alternate and the rate, hence the ETA,
+    holds over the whole pass (the order changes no byte: batches are independent)."""
     if shard_conversations < 1:
         raise ValueError(f"shard_conversations must be >= 1, got {shard_conversations}")
-    plan: list[tuple[int, int]] = []
-    for c, d in chunk_groups(corpus.offsets.tolist(), chunk_tokens):
-        if plan and d - plan[-1][0] <= shard_conversations:
-            plan[-1] = (plan[-1][0], d)
+    batches = batch_plan(corpus, batch_tokens)
+    order = np.random.default_rng(0).permutation(len(batches))
+    lengths = corpus.lengths.numpy()
+    plan: list[list[np.ndarray]] = []
+    size = tokens = 0
+    for k in order:
+        b = batches[k]
+        n = int(lengths[b].sum())
+        if plan and size + len(b) <= shard_conversations and tokens + n <= batch_tokens:
+            plan[-1].append(b)
+            size, tokens = size + len(b), tokens + n
         else:
-            plan.append((c, d))
+            plan.append([b])
+            size, tokens = len(b), n
     return plan
 
 
@@ -72,7 +105,7 @@ def _write_index(
     embed_dim: int,
     vocab_size: int,
     context_reset: str,
-    chunk_tokens: int,
+    batch_tokens: int,
     source,
 ) -> dict:
     """Next to the <split>.npy files: <split>_offsets.npy and meta.json (returned)."""
@@ -82,7 +115,7 @@ def _write_index(
         "embed_dim": embed_dim,
         "vocab_size": vocab_size,
         "context_reset": context_reset,
-        "chunk_tokens": chunk_tokens,
+        "batch_tokens": batch_tokens,
         "phase1_checkpoint": source,
         "splits": {},
     }
@@ -126,7 +159,7 @@ def _shard_model(
 
 @torch.no_grad()
 def materialize_shard(
-    shard: list[np.ndarray],
+    shard: list[list[np.ndarray]],
     checkpoint: str | Path | bytes,
     model_params,
     vocab_size: int,
@@ -134,19 +167,34 @@ def materialize_shard(
     momentum: float = 0.99,
     deterministic: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """C* of one shard: `shard` is a list of token sequences, each starting from a zero
-    context; `checkpoint` the Phase 1 model.pt (path or its bytes), `model_params` the
-    `model` params section. Returns (contexts float32 [n_tokens, Dc], offsets int64 [C+1]).
+    """C* of one shard: `shard` is a list of batches, each a list of token sequences run
+    side by side from zero contexts (`cvfp.corpus.windowed_pass`, `chunk_tokens` rows at a
+    time); `checkpoint` the Phase 1 model.pt (path or its bytes), `model_params` the `model`
+    params section. Returns (contexts float32 [n_tokens, Dc], offsets int64 [C+1]) of the
+    sequences in shard order.
 
     A pure function of its arguments: any process can run it, and the result does not depend
-    on which shard holds a chunk (one torch thread, see `one_intraop_thread`)."""
+    on which shard holds a batch nor on `chunk_tokens` (one torch thread, see
+    `one_intraop_thread`)."""
     torch.use_deterministic_algorithms(deterministic, warn_only=False)
     model = _shard_model(checkpoint, model_params, vocab_size, momentum)
-    corpus = Corpus.from_conversations(shard, "conversation")
-    out = ContextTensor((corpus.n_tokens, model.context_dim))
+    lengths = [len(seq) for batch in shard for seq in batch]
+    offsets = np.cumsum([0] + lengths, dtype=np.int64)
+    out = np.empty((int(offsets[-1]), model.context_dim), dtype=np.float32)
+    row = 0
     with one_intraop_thread():
-        zero_start_pass(model, corpus, out, chunk_tokens)
-    return out.data.numpy(), corpus.offsets.numpy().astype(np.int64)
+        for batch in shard:
+            corpus = Corpus.from_conversations(batch, "conversation")
+            if corpus.n_conversations != len(batch):
+                raise CstarError("C* shard: a batch holds an empty sequence")
+            base = row
+
+            def write(index: torch.Tensor, rows: torch.Tensor, base: int = base) -> None:
+                out[base + index.numpy()] = rows.cpu().numpy()
+
+            windowed_pass(model, corpus, write, chunk_tokens)
+            row += corpus.n_tokens
+    return out, offsets
 
 
 def materialize_sharded(
@@ -163,10 +211,12 @@ def materialize_sharded(
     map_shards: MapShards | None = None,
     show_progress: bool = False,
     warn_tokens: int | None = None,
+    batch_tokens: int = 65536,
 ) -> dict:
     """Write <split>.npy, <split>_offsets.npy and meta.json into `out_dir`, atomically (a
-    temporary directory renamed onto out_dir at the end): the same bytes for any shard size
-    and any `map_shards` (default: a plain loop here; the Prefect flow maps them as tasks).
+    temporary directory renamed onto out_dir at the end): the same bytes for any shard size,
+    any `chunk_tokens` (memory only) and any `map_shards` (default: a plain loop here; the
+    Prefect flow maps them as tasks). `batch_tokens` sets the batches (`batch_plan`).
     Each shard's rows are written into the output file as soon as they arrive."""
     from .sharding import run_shards
 
@@ -188,41 +238,49 @@ def materialize_sharded(
     dc = model_params.context_dim
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        # One job for all splits: every shard of train and val is mapped at once.
+        # One job for all splits: every shard of every split is mapped at once.
         outs, shards, where = {}, [], []
         for name, corpus in corpora.items():
             _warn(name, corpus, warn_tokens)
             outs[name] = ContextFile(tmp / f"{name}.npy", (corpus.n_tokens, dc), create=True)
             offsets = corpus.offsets.numpy()
-            for c, d in shard_plan(corpus, chunk_tokens, shard_conversations):
+            for plan in shard_plan(corpus, batch_tokens, shard_conversations):
                 shards.append(
-                    [corpus.ids[offsets[i] : offsets[i + 1]].numpy() for i in range(c, d)]
+                    [[corpus.ids[offsets[i] : offsets[i + 1]].numpy() for i in b] for b in plan]
                 )
-                where.append((name, c, d))
+                where.append((name, np.concatenate(plan)))
         bar = progress(
             total=sum(c.n_tokens for c in corpora.values()),
             desc="C*",
             enabled=show_progress,
             unit="tok",
+            smoothing=0,  # the rate over the whole pass: an ETA that holds
         )
+
+        done: list[int] = []
 
         def consume(i: int, result: tuple[np.ndarray, np.ndarray]) -> None:
             contexts, shard_offsets = result
-            name, c, d = where[i]
+            name, convs = where[i]
             offsets = corpora[name].offsets.numpy()
-            a, b = int(offsets[c]), int(offsets[d])
-            if contexts.shape != (b - a, dc) or not np.array_equal(
-                shard_offsets, offsets[c : d + 1] - a
-            ):
+            starts, lengths = offsets[convs], offsets[convs + 1] - offsets[convs]
+            want = np.cumsum(np.concatenate([[0], lengths]))
+            if contexts.shape != (int(want[-1]), dc) or not np.array_equal(shard_offsets, want):
                 raise CstarError(
-                    f"C* {name} shard {i}: got {contexts.shape} rows for conversations "
-                    f"{c}..{d - 1}, expected {(b - a, dc)}"
+                    f"C* {name} shard {i}: got {contexts.shape} rows for {len(convs)} "
+                    f"conversations, expected {(int(want[-1]), dc)}"
                 )
-            outs[name][a:b] = torch.from_numpy(contexts)
-            bar.update(b - a)
+            bounds = want.tolist()
+            for j, start in enumerate(starts.tolist()):  # each conversation's rows
+                outs[name].write_rows(start, contexts[bounds[j] : bounds[j + 1]])
+            done.append(i)
+            bar.set_postfix_str(f"shard {len(done)}/{len(shards)}", refresh=False)
+            bar.update(int(want[-1]))
 
         (map_shards or run_shards)(materialize_shard, shards, consume, common)
         bar.close()
+        for f in outs.values():
+            f.close()
         return _write_index(
             tmp,
             corpora,
@@ -230,13 +288,47 @@ def materialize_sharded(
             model_params.embed_dim,
             vocab_size,
             context_reset,
-            chunk_tokens,
+            batch_tokens,
             str(checkpoint),
         )
 
 
-def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: int) -> np.ndarray:
-    """Memory-map C* of `split`, checked against the token data and params it must match."""
+class CstarRows(ContextFile):
+    """C* of one split, read-only; `rows[index]` gives float32 NumPy rows read with pread,
+    one call per run of consecutive rows. A memory map (even one closed after each read)
+    raised the peak RSS by every page-cache folio an epoch touched: 256 bytes per token at
+    64-d (docs/scaling.md). `np.asarray(rows)` reads everything."""
+
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __init__(self, path: str | Path, shape: tuple[int, int]):
+        super().__init__(path, shape, readonly=True)
+
+    def __getitem__(self, index) -> np.ndarray:  # type: ignore[override]
+        if isinstance(index, slice) and index.step in (None, 1):
+            a, b, _ = index.indices(self.shape[0])
+            return self.read_rows(a, max(b - a, 0))
+        idx = np.asarray(index.numpy() if isinstance(index, torch.Tensor) else index)
+        flat = idx.reshape(-1).astype(np.int64)
+        if flat.size and (flat.min() < -self.shape[0] or flat.max() >= self.shape[0]):
+            raise IndexError(f"{self.path}: row index out of range for {self.shape[0]} rows")
+        flat = np.where(flat < 0, flat + self.shape[0], flat)
+        order = np.argsort(flat, kind="stable")
+        rows = flat[order]
+        cut = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows
+        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
+        for a, b in zip(np.r_[0, cut].tolist(), np.r_[cut, rows.size].tolist(), strict=True):
+            out[order[a:b]] = self.read_rows(int(rows[a]), b - a)
+        return out.reshape(*idx.shape, self.shape[1])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype)
+
+
+def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: int) -> CstarRows:
+    """C* of `split` (`CstarRows`), checked against the token data and params it must match."""
     cstar_dir = Path(cstar_dir)
     path, opath = cstar_dir / f"{split}.npy", cstar_dir / f"{split}_offsets.npy"
     for p in (path, opath):
@@ -258,7 +350,9 @@ def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: i
             f"(phase1.context_reset) expect {tuple(want.shape)} with the same values; "
             f"re-run the materialize stage"
         )
-    return cstar
+    shape = (int(cstar.shape[0]), int(cstar.shape[1]))
+    del cstar  # the header check's map: rows are read with pread
+    return CstarRows(path, shape)
 
 
 def _load(path: Path, **kw) -> np.ndarray:

@@ -77,3 +77,17 @@ def fmt_limit(x: float) -> str:
 
 def fmt_text(x: Any) -> str:
     return NA if x is None else str(x)
+
+
+def interval_words(ci: tuple[float, float] | None, digits: int = 2) -> str:
+    """A perplexity-difference interval (row minus reference; < 0 is better) in words, e.g.
+    "between 0.62 better and 0.96 worse"."""
+    if ci is None:
+        return "no interval (fewer than 2 seeds)"
+    lo, hi = ci
+    f = f"{{:.{digits}f}}"
+    if lo < 0 < hi:
+        return f"between {f.format(-lo)} better and {f.format(hi)} worse"
+    if hi <= 0:
+        return f"between {f.format(-hi)} and {f.format(-lo)} better"
+    return f"between {f.format(lo)} and {f.format(hi)} worse"

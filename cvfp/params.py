@@ -169,7 +169,8 @@ class ChecksParams(_Section):
 
 
 class MaterializeParams(_Section):
-    chunk_tokens: int = Field(gt=0)
+    chunk_tokens: int = Field(gt=0)  # rows held per step of the pass: memory only, same bytes
+    batch_tokens: int = Field(gt=0)  # conversations of similar length run side by side
 
 
 class Phase2Params(_Section):
@@ -232,9 +233,20 @@ class OrchestrationParams(_Section):
         return self
 
 
+class RuntimeParams(_Section):
+    """How a training stage runs in its process. `threads` (torch intra-op threads; null:
+    torch's default, OMP_NUM_THREADS or the cores) changes the last bits of the results, so
+    it is a DVC param of phase1 and phase2: flows.compare sets it for every experiment
+    (cores / compare.workers), so an experiment's numbers do not depend on how many ran
+    beside it, and DVC never mixes results of two thread counts."""
+
+    threads: int | None = Field(default=None, ge=1, le=1024)
+
+
 _ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# Keys an arm may not set: the sweep sets the seed, and a comparison cannot nest one.
-_ARM_RESERVED = ("seed", "compare")
+# Keys an arm may not set: the sweep sets the seed and the thread count (runtime), and a
+# comparison cannot nest one.
+_ARM_RESERVED = ("seed", "compare", "runtime")
 
 
 class CompareParams(_Section):
@@ -258,6 +270,10 @@ class CompareParams(_Section):
     power: float = Field(gt=0, lt=1)  # seeds_needed: power to detect delta
     bootstrap_resamples: int = Field(ge=100, le=1_000_000)
     bootstrap_seed: int = Field(ge=0)
+    # Experiments run side by side (`--workers`); each with `threads` torch threads
+    # (null: cores // workers), recorded as its runtime.threads param (docs/compare.md).
+    workers: int = Field(default=1, ge=1, le=256)
+    threads: int | None = Field(default=None, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _check(self) -> CompareParams:
@@ -271,7 +287,8 @@ class CompareParams(_Section):
                 if key.split(".")[0] in _ARM_RESERVED:
                     raise ValueError(
                         f"arms.{name}: {key!r} cannot be set by an arm "
-                        f"(the comparison sets the seed; arms cannot nest compare)"
+                        f"(the comparison sets the seed and runtime.threads; arms cannot "
+                        f"nest compare)"
                     )
         for key, names in (
             ("run", self.run),
@@ -310,6 +327,7 @@ class Params(_Section):
     generate: GenerateParams
     orchestration: OrchestrationParams
     compare: CompareParams
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
     # (params file, overrides) this was loaded from: a stage rereads it at the end to refuse
     # outputs when the file changed while it ran (tasks.common.params_guard).
     _source: tuple[str, dict] | None = PrivateAttr(default=None)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .check_rules import LOW_CONVERGENCE
-from .contexts import ContextFile, ContextTensor
+from .contexts import ContextFile, ContextTensor, rows_of, sigterm_raises
 from .corpus import Corpus, PositionSchedule, warn_if_large, zero_start_pass
 from .distributed import SINGLE, World
 from .diversity import make_diversity
@@ -67,7 +67,9 @@ class IterationStats:
 
 @dataclass
 class Phase1Result:
-    contexts: torch.Tensor  # [N, Dc] final contexts (detached; file-backed with work_dir)
+    # [N, Dc] final contexts: a tensor, or with work_dir the ContextFile (read row ranges;
+    # it stays readable after the work directory is removed)
+    contexts: torch.Tensor | ContextFile
     history: list[IterationStats] = field(default_factory=list)
     stopped_early: bool = False
     met_ratio: bool = False  # the final iteration reached min_converged_ratio
@@ -290,7 +292,7 @@ def run_phase1(
             model, corpus, previous, p.chunk_tokens, world, show_progress, "phase1 iter 0"
         )
         result = Phase1Result(
-            previous.tensor(), parallel=p.mode == "parallel", segments=corpus.n_conversations
+            rows_of(previous), parallel=p.mode == "parallel", segments=corpus.n_conversations
         )
         result.history.append(
             IterationStats(0, 0, n, 0.0, None, None, None, 0, 0, time.perf_counter() - t0)
@@ -303,6 +305,7 @@ def run_phase1(
             desc=f"phase1 {label}",
             enabled=show_progress and p.mode == "parallel",
             unit="iter",
+            smoothing=0,  # the mean time per iteration so far
         )
         for it in bar:
             t0 = time.perf_counter()
@@ -312,7 +315,7 @@ def run_phase1(
                     model, corpus, previous, p, diversity, optimizer, prev_index, current, world
                 )
             else:
-                prev = previous.tensor()
+                prev = previous[0:n]
                 contexts, losses, steps, skipped = sequential_iteration(
                     model,
                     corpus,
@@ -345,7 +348,7 @@ def run_phase1(
                 result.stopped_early = it < p.max_iterations
                 result.met_ratio = True
                 break
-        result.contexts = previous.tensor()
+        result.contexts = rows_of(previous)
     model.set_track_stats(False)
     model.eval()
     return result
@@ -353,16 +356,19 @@ def run_phase1(
 
 class _context_stores:
     """Two [N, Dc] row stores: files in a fresh directory under work_dir (shared by all
-    ranks: rank 0 names it), removed on exit; or tensors when work_dir is None. The files
-    are unlinked at exit, but `result.contexts` maps them and stays readable."""
+    ranks: rank 0 names it), removed on exit, on an exception and on SIGTERM; or tensors
+    when work_dir is None. The files are unlinked at exit, but a `ContextFile` keeps its
+    file open, so `result.contexts` stays readable (the space is freed with it)."""
 
     def __init__(self, shape, work_dir, world: World, name: str):
         self.shape, self.work_dir, self.world, self.name = shape, work_dir, world, name
         self.dir: Path | None = None
+        self.signals = sigterm_raises()
 
     def __enter__(self):
         if self.work_dir is None:
             return ContextTensor(self.shape), ContextTensor(self.shape)
+        self.signals.__enter__()
         made = None
         if self.world.is_main:
             Path(self.work_dir).mkdir(parents=True, exist_ok=True)
@@ -384,10 +390,13 @@ class _context_stores:
             stores = [ContextFile(self.dir / f"contexts_{k}.npy", self.shape) for k in "ab"]
         return tuple(stores)
 
-    def __exit__(self, exc_type, *_):
+    def __exit__(self, exc_type, *exc):
         if self.dir is not None:
-            if exc_type is None:
-                self.world.barrier()  # no rank still reads the files
-            if self.world.is_main:
-                shutil.rmtree(self.dir, ignore_errors=True)
+            try:
+                if exc_type is None:
+                    self.world.barrier()  # no rank still reads the files
+            finally:
+                if self.world.is_main:
+                    shutil.rmtree(self.dir, ignore_errors=True)
+                self.signals.__exit__(exc_type, *exc)
         return False

@@ -113,6 +113,7 @@ def measure_saved_model(model, corpus, result, p, world=None, work_dir=None):
     """One more pass without a step after training: its convergence, losses and contexts are
     those of the model that is saved, and become result.final (result.saved); the history
     keeps the training passes. No-op when the last pass took no step."""
+    from .contexts import rows_of
     from .distributed import SINGLE
     from .diversity import make_diversity
     from .phase1 import (
@@ -138,13 +139,13 @@ def measure_saved_model(model, corpus, result, p, world=None, work_dir=None):
             )
             world.barrier()
         else:
-            prev = torch.as_tensor(result.contexts)
+            prev = result.contexts[0:n]
             contexts, losses, _, _ = sequential_iteration(
                 model, corpus, prev, prev[corpus.last_index()], p, diversity, None
             )
             out[0:n] = contexts
             conv = int(converged_mask(contexts, prev, p.convergence_threshold).sum())
-        result.contexts = out.tensor()
+        result.contexts = rows_of(out)
     result.saved = IterationStats(
         last.iteration, conv, n, conv / n, *losses, 0, 0, time.perf_counter() - t0
     )

@@ -3,9 +3,15 @@
     python -m flows.compare                                  # compare.run arms x compare.seeds
     python -m flows.compare --arms none cvfp --seeds 2 -S phase2.epochs=1
 
+    python -m flows.compare --workers 2 --threads 1          # 2 at once, 1 torch thread each
+    python -m flows.compare --task-runner dask --dask-address tcp://host:8786
+
 A Prefect flow (temporary API if no server, like flows.pipeline) with one task run per arm
-x seed. Each task is `dvc exp run --temp -n cmp-<arm>-s<seed> -S ...` (tasks/compare.py):
-the workspace keeps its params and outputs, and `dvc exp show` lists every experiment.
+x seed, `compare.workers` at once on orchestration.task_runner (threads, or Dask workers).
+Each task is `dvc exp run -n cmp-<arm>-s<seed> -S ...` in a private clone sharing the DVC
+cache, its ref pushed back (tasks/compare.py): the workspace keeps its params and outputs,
+and `dvc exp show` lists every experiment. An experiment already finished with the same
+code and params (its fingerprint) is restored, not rerun (`--force` reruns).
 A failed experiment is logged with its error and the sweep goes on; the report lists it.
 Outputs: reports/compare.html, reports/compare.md, metrics/compare.json (docs/compare.md).
 Exit status 1 when any experiment failed (the outputs are written all the same).
@@ -26,20 +32,29 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.utilities.annotations import quote  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
 
-from cvfp.params import load_params  # noqa: E402
+from cvfp.params import OrchestrationParams, load_params  # noqa: E402
 from flows.artifacts import CompareProgress, refresh_report  # noqa: E402
+from flows.shards import task_runner  # noqa: E402
 from tasks.common import holds_workspace  # noqa: E402
-from tasks.compare import (
+from tasks.compare import (  # noqa: E402
     COMPARE_HTML,
     COMPARE_JSON,
     COMPARE_MD,
     ExperimentFailed,
-    failed,  # noqa: E402
+    Source,
+    collect,
+    failed,
+    fetch_result,
+    forget,
     parse_sets,
     plan,
+    reusable,
     run_experiment,
+    threads_per_experiment,
+    workspace_source,
     write_outputs,
 )
 
@@ -49,16 +64,35 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}h{m % 60:02d}m{s:02d}s" if m >= 60 else f"{m}m{s:02d}s"
 
 
-@task(
-    name="experiment",
-    task_run_name="{exp[arm]}-seed{exp[seed]}",
-    cache_policy=None,
-    persist_result=False,
-)
-def experiment(exp: dict) -> dict:
-    """One arm x seed as a DVC experiment; fails (and the flow goes on) with DVC's error."""
+# Never cached by Prefect and never persisted: whether an experiment reruns is decided by
+# its fingerprint (tasks.compare.reusable), and its results live in git and DVC.
+@task(name="experiment", cache_policy=NO_CACHE, persist_result=False)
+def experiment(exp: dict, source: Source, threads: int, reuse: str | None) -> dict:
+    """One arm x seed as a DVC experiment in its own clone (on a thread or a Dask worker);
+    fails (and the flow goes on) with DVC's error. `reuse`: the commit of the finished
+    experiment with the same fingerprint, restored instead of run."""
     logger = get_run_logger()
-    return run_experiment(exp, on_line=logger.info)
+    if reuse:
+        logger.info(
+            "%s: restored: experiment %s has the same code and params; nothing runs",
+            exp["name"],
+            reuse[:7],
+        )
+        return {"name": exp["name"], "seconds": 0.0, "stages": [], "reused": reuse}
+    logger.info("%s: running on %d torch thread(s)", exp["name"], threads)
+    t0 = time.perf_counter()
+    try:
+        return {**run_experiment(exp, source, threads, on_line=logger.info), "reused": None}
+    except ExperimentFailed as err:
+        err.seconds = time.perf_counter() - t0
+        raise
+
+
+def experiment_runner(orch: OrchestrationParams, workers: int):
+    """`workers` experiments at once on orchestration's engine: threads here (each runs
+    its experiment in a subprocess), or Dask: a LocalCluster of `workers` processes when
+    dask_address is null, else the cluster at dask_address."""
+    return task_runner(orch.model_copy(update={"workers": workers}))
 
 
 @flow(name="cvfp-compare", log_prints=True)
@@ -68,53 +102,88 @@ def compare(
     arms: list[str] | None = None,
     seeds: int | None = None,
     overrides: dict | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    repo: str | None = None,
 ) -> dict:
-    """Run the experiments one after another, then write the comparison outputs."""
+    """Run the experiments (`workers` at once on the flow's task runner; finished ones with
+    the same fingerprint are restored), then write the comparison outputs."""
     logger = get_run_logger()
     params = load_params(params_path)
     exps = plan(params, arms, seeds, overrides)  # every arm x seed validated first
     arm_names = list(dict.fromkeys(e["arm"] for e in exps))
-    n, t0, records = len(exps), time.perf_counter(), []
+    workers = workers or params.compare.workers
+    n_threads = threads_per_experiment(workers, threads or params.compare.threads)
+    source = workspace_source(repo)  # what a worker clones and pushes the result to
+    reuse = {e["name"]: None if force or e["invalid"] else reusable(e, source) for e in exps}
+    for e in exps:
+        if not reuse[e["name"]]:
+            forget(e, source)  # a failed rerun must not leave the old result behind
+    n, t0 = len(exps), time.perf_counter()
     logger.info(
-        "compare: %d experiment(s): arms %s x seeds %s",
+        "compare: %d experiment(s): arms %s x seeds %s; %d at once, %d torch thread(s) each; "
+        "%d restored from finished experiments",
         n,
         arm_names,
         list(dict.fromkeys(e["seed"] for e in exps)),
+        min(workers, n),
+        n_threads,
+        sum(1 for r in reuse.values() if r),
     )
-    progress = CompareProgress(n)  # the `compare-progress` artifact (flows/artifacts.py)
+    progress = CompareProgress(n, min(workers, n))  # `compare-progress` (flows/artifacts.py)
+    # Independent task runs: no future is passed to another task (no dependency arrows).
+    futures = {}
     for k, exp in enumerate(exps, 1):
-        logger.info(
-            "experiment %d of %d: %s (arm %s, seed %d)", k, n, exp["name"], exp["arm"], exp["seed"]
+        name = f"{k}of{n}-{exp['arm']}-seed{exp['seed']}"
+        # Every experiment is submitted before any result exists, so Prefect cannot link an
+        # argument to an earlier result by identity (no dependency arrows); no quote(): Dask
+        # would hand the task the annotation itself.
+        fut = experiment.with_options(task_run_name=name).submit(
+            exp, source, n_threads, reuse[exp["name"]]
         )
-        start = time.perf_counter()
-        # quote: Prefect would otherwise link the arm / seed values to earlier results by
-        # identity and draw dependency arrows between independent experiments
-        state = experiment.with_options(task_run_name=f"{k}of{n}-{exp['arm']}-seed{exp['seed']}")(
-            quote(exp), return_state=True
-        )
-        seconds = time.perf_counter() - start
-        if state.is_completed():
-            records.append(state.result())
-            outcome = f"done in {_clock(seconds)}"
+        futures[fut] = (k, exp)
+    records: dict[int, dict] = {}
+    for done, fut in enumerate(as_completed(list(futures)), 1):
+        k, exp = futures[fut]
+        result = fut.result(raise_on_failure=False)
+        if isinstance(result, dict):
+            try:
+                fetch_result(exp, source)
+                rec = {**collect(exp), "seconds": result["seconds"], "reused": result["reused"]}
+                outcome = (
+                    f"restored ({result['reused'][:7]})"
+                    if result["reused"]
+                    else f"done in {_clock(result['seconds'])}"
+                )
+            except ExperimentFailed as err:
+                rec = failed(exp, str(err), result["seconds"])
+                outcome = f"FAILED in {_clock(result['seconds'])}: {err}"
         else:
-            err = state.result(raise_on_failure=False)
-            msg = str(err) if isinstance(err, ExperimentFailed) else f"{type(err).__name__}: {err}"
-            records.append(failed(exp, msg, seconds))
-            outcome = f"FAILED in {_clock(seconds)}: {msg}"
-            logger.error("experiment %d of %d %s", k, n, outcome)
-        progress.finished(exp["name"], outcome.split(" in ")[0], seconds)
+            known = isinstance(result, ExperimentFailed)
+            msg = str(result) if known else f"{type(result).__name__}: {result}"
+            seconds = getattr(result, "seconds", None) if known else None
+            rec = failed(exp, msg, seconds)
+            outcome = f"FAILED in {_clock(seconds or 0.0)}: {msg}"
+        records[k] = rec
+        progress.finished(
+            exp["name"], outcome.split(" in ")[0].split(" (")[0], rec.get("seconds") or 0.0
+        )
+        if rec["status"] != "ok":
+            logger.error("experiment %d of %d %s %s", k, n, exp["name"], outcome)
         elapsed = time.perf_counter() - t0
-        eta = elapsed / k * (n - k)
         logger.info(
-            "experiment %d of %d %s %s; elapsed %s, ETA %s",
+            "experiment %d of %d %s %s; %d of %d finished, elapsed %s, ETA %s",
             k,
             n,
             exp["name"],
             outcome,
+            done,
+            n,
             _clock(elapsed),
-            _clock(eta) if k < n else "0m00s",
+            _clock(elapsed / done * (n - done)),
         )
-    summary = write_outputs(params, records, arm_names, overrides)  # logs the verdicts
+    summary = write_outputs(params, [records[k] for k in sorted(records)], arm_names, overrides)
     logger.info(refresh_report())  # report.html shows the verdicts (a dep of the report stage)
     create_markdown_artifact(
         COMPARE_MD.read_text(), key="cvfp-compare", description=str(COMPARE_MD)
@@ -130,6 +199,31 @@ def compare(
     )
     print(f"Comparison report: {COMPARE_HTML.resolve()}")
     return summary
+
+
+def run_comparison(
+    params_path: str = "params.yaml",
+    arms: list[str] | None = None,
+    seeds: int | None = None,
+    overrides: dict | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    task_runner_kind: str | None = None,
+    dask_address: str | None = None,
+    repo: str | None = None,
+) -> dict:
+    """The flow on the task runner params.yaml's `orchestration` names (or the arguments')."""
+    params = load_params(params_path)
+    orch = params.orchestration
+    if task_runner_kind:
+        orch = orch.model_copy(update={"task_runner": task_runner_kind})
+    if dask_address:
+        orch = orch.model_copy(update={"dask_address": dask_address})
+    runner = experiment_runner(orch, workers or params.compare.workers)
+    return compare.with_options(task_runner=runner)(
+        params_path, arms, seeds, overrides, workers, threads, force, repo
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,10 +243,45 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a param in every experiment, e.g. -S phase2.epochs=1",
     )
+    ap.add_argument("--workers", type=int, help="experiments at once (default: compare.workers)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per experiment (default: compare.threads, else cores // workers)",
+    )
+    ap.add_argument(
+        "--task-runner",
+        choices=["thread", "dask"],
+        help="where experiments run (default: orchestration.task_runner)",
+    )
+    ap.add_argument("--dask-address", help="a Dask scheduler, e.g. tcp://host:8786")
+    ap.add_argument(
+        "--repo",
+        help="git URL or path the workers clone and push experiment refs to (default: here)",
+    )
+    ap.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun every experiment, even one finished with the same code and params",
+    )
     args = ap.parse_args(argv)
     if not Path("dvc.yaml").exists():
         ap.error("run from the project root (dvc.yaml not found)")
-    summary = compare(args.params, args.arms, args.seeds, dict(parse_sets(args.set)))
+    for flag in ("workers", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            ap.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    summary = run_comparison(
+        args.params,
+        args.arms,
+        args.seeds,
+        dict(parse_sets(args.set)),
+        args.workers,
+        args.threads,
+        args.force,
+        args.task_runner,
+        args.dask_address,
+        args.repo,
+    )
     return 1 if summary["failed"] else 0
 
 

@@ -4,13 +4,15 @@ Inputs: cache/phase1/model.pt, data/split/{train,val,test}, data/tokenizer (voca
 Output: cache/cstar/ with <split>.npy and <split>_offsets.npy for train, val and test, meta.json
 (float32 [N, context_dim] .npy files, memory-mappable; written shard by shard, atomically).
 
-The conversations run in shards of whole chunks (orchestration.shard_conversations;
-`cvfp.cstar.materialize_shard`), one after another here; under the Prefect flow the shards
+The conversations run in batches of similar length (materialize.batch_tokens), whole
+batches in shards (orchestration.shard_conversations; `cvfp.cstar.materialize_shard`), one after another here; under the Prefect flow the shards
 are mapped tasks on the configured task runner (threads or Dask). C* is bitwise the same
 either way; phase1.context_reset=stream has a single sequence and so a single shard.
 """
 
 from __future__ import annotations
+
+import time
 
 from cvfp.corpus import Corpus
 from cvfp.cstar import SPLITS, materialize_sharded
@@ -30,6 +32,7 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         s: Corpus.from_conversations(load_conversations(SPLIT / s), p1.context_reset)
         for s in SPLITS
     }
+    t0 = time.perf_counter()
     meta = materialize_sharded(
         PHASE1_MODEL,
         corpora,
@@ -44,6 +47,12 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         map_shards=map_shards,
         show_progress=p1.progress,
         warn_tokens=p1.warn_tokens,
+        batch_tokens=params.materialize.batch_tokens,
+    )
+    seconds = time.perf_counter() - t0
+    tokens = sum(c.n_tokens for c in corpora.values())
+    log.info(
+        "materialize: C* of %d tokens in %.2fs (%.0f tokens/s)", tokens, seconds, tokens / seconds
     )
     for s, m in meta["splits"].items():
         log.info(

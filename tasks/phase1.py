@@ -18,6 +18,7 @@ import pandas as pd
 
 from cvfp.checkpoint import save_checkpoint
 from cvfp.checks import run_checks
+from cvfp.contexts import sigterm_raises
 from cvfp.corpus import Corpus
 from cvfp.embeddings import load_pretrained_embeddings
 from cvfp.formats import fmt_count
@@ -94,8 +95,14 @@ def summary(result: Phase1Result, checks: dict) -> dict:
 
 
 def run(params: Params) -> dict | None:
-    """Returns the metrics (None on torchrun ranks other than 0, which write nothing)."""
-    seed_everything(params.seed, params.deterministic)
+    """Returns the metrics (None on torchrun ranks other than 0, which write nothing).
+    SIGTERM unwinds it like an error: work files and temporary outputs are removed."""
+    with sigterm_raises():
+        return _run(params)
+
+
+def _run(params: Params) -> dict | None:
+    seed_everything(params.seed, params.deterministic, params.runtime.threads)
     world = current_world()
     p1, show = params.phase1, params.phase1.progress and world.is_main
     if world.distributed and p1.objective != "cvfp":
@@ -176,7 +183,14 @@ def run(params: Params) -> dict | None:
         iterations_text = f"{len(recon.history)}/{p1.reconstruction.epochs} epochs"
     checks = {
         s: run_checks(
-            model, corpora[s], contexts[s], params.checks, trials=(s == "val"), show_progress=show
+            model,
+            corpora[s],
+            contexts[s],
+            params.checks,
+            trials=(s == "val"),
+            show_progress=show,
+            chunk_tokens=p1.chunk_tokens,
+            work_dir=PHASE1_WORK,
         )
         for s in results
     }

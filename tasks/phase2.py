@@ -50,6 +50,7 @@ from cvfp.utils import atomic_path, seed_everything, write_json
 from .common import (
     cli,
     current_world,
+    load_conversation_ids,
     load_conversations,
     log,
     read_vocab_size,
@@ -73,16 +74,9 @@ EPOCH_COLUMNS = list(Phase2Epoch.model_fields)  # plots/phase2_epochs.csv (+ sec
 TEST_CSV_COLUMNS = ["conversation_id", "targets", "cvfp_nats", "bigram_nats", "transformer_nats"]
 
 
-def conversation_ids(path) -> list:
-    """The conversation_id column of a split (pieces of a cut conversation repeat it)."""
-    from datasets import load_from_disk
-
-    return list(load_from_disk(str(path))["conversation_id"])
-
-
 def run(params: Params) -> dict | None:
     """Returns the metrics (None on torchrun ranks other than 0, which write nothing)."""
-    seed_everything(params.seed, params.deterministic)
+    seed_everything(params.seed, params.deterministic, params.runtime.threads)
     world = current_world()
     p2, show = params.phase2, params.phase1.progress
     vocab_size = read_vocab_size(TOKENIZER)
@@ -209,7 +203,7 @@ def run(params: Params) -> dict | None:
             np.concatenate([[0], np.cumsum(lengths)]),
             [
                 i
-                for i, c in zip(conversation_ids(SPLIT / "test"), convs["test"], strict=True)
+                for i, c in zip(load_conversation_ids(SPLIT / "test"), convs["test"], strict=True)
                 if len(c)
             ],
             nats,

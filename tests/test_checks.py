@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from cvfp import checks
 from cvfp.checks import (
     convergence_trials,
     degeneracy,
@@ -12,6 +13,7 @@ from cvfp.checks import (
     singular_values,
     verdict,
 )
+from cvfp.contexts import ContextFile
 from cvfp.corpus import Corpus, sequential_pass
 from cvfp.model import CVFPModel
 
@@ -108,3 +110,118 @@ def test_convergence_trials_pass_a_fixed_point_and_fail_a_drifting_model():
     assert r["losses"] == pytest.approx(expected, rel=1e-6) and r["trials"] == 5
     assert r["final_diff"] == r["losses"][-1] > 1e-3 and not r["passed"]
     assert r["verdict"] == verdict(r["losses"])["verdict"]
+
+
+# --- streamed checks against the old whole-array formulas ----------------------------------
+
+
+def old_degeneracy(x: torch.Tensor, idx: torch.Tensor) -> dict:
+    """The formulas before the checks streamed (whole [N, D] arrays), pairs over rows idx."""
+    sub = x[idx]
+    iu = torch.triu_indices(sub.shape[0], sub.shape[0], offset=1)
+    normed = torch.nn.functional.normalize(x, dim=1)
+    iu_all = torch.triu_indices(x.shape[0], x.shape[0], offset=1)
+    norms = x.norm(dim=1)
+    return {
+        "mean_pairwise_l2": float(torch.cdist(sub, sub)[iu[0], iu[1]].mean()),
+        "mean_pairwise_cosine": float((normed @ normed.T)[iu_all[0], iu_all[1]].mean()),
+        "mean_norm": float(norms.mean()),
+        "norm_std": float(norms.std()),
+        "norm_min": float(norms.min()),
+        "norm_max": float(norms.max()),
+        "sparsity": float((x.abs() < 0.01).float().mean()),
+    }
+
+
+def as_file(x: torch.Tensor, path) -> ContextFile:
+    f = ContextFile(path, tuple(x.shape), create=True)
+    f[0 : x.shape[0]] = x
+    return f
+
+
+@pytest.mark.parametrize("n", [150, 700])  # all rows are the sample / a sample of 200
+def test_streamed_degeneracy_equals_the_whole_array_formulas(n, tmp_path):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 6, generator=g) * 0.3 + torch.randn(6, generator=g)
+    x[::9] *= 0.001  # some near-zero rows (sparsity, small norms)
+    want = old_degeneracy(x, checks.sample_index(n, 200))
+    for contexts, chunk in ((x, 10**6), (x, 7), (as_file(x, tmp_path / "c.npy"), 64)):
+        got = degeneracy(contexts, 200, chunk=chunk)
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-6), (k, chunk)
+    if n <= 200:  # the sample is every row: the old function itself
+        assert checks.sample_index(n, 200).tolist() == list(range(n))
+
+
+def test_norm_std_has_no_cancellation_when_norms_are_nearly_equal():
+    x = torch.nn.functional.normalize(torch.randn(5000, 8, dtype=torch.float64), dim=1) * 8
+    x = (x * (1 + 1e-4 * torch.randn(5000, 1, dtype=torch.float64))).float()
+    got = degeneracy(x, chunk=333)["norm_std"]
+    assert got == pytest.approx(float(x.double().norm(dim=1).std()), rel=1e-3)
+
+
+def test_sample_index_is_fixed_distinct_and_bounded():
+    a, b = checks.sample_index(10**7, 200, seed=0), checks.sample_index(10**7, 200, seed=0)
+    assert torch.equal(a, b) and len(set(a.tolist())) == 200 and int(a.max()) < 10**7
+    assert not torch.equal(a, checks.sample_index(10**7, 200, seed=1))
+
+
+def test_prev_of_equals_prev_index():
+    corpus = Corpus.from_conversations([[1] * k for k in (3, 1, 5, 2)])
+    pos = torch.arange(corpus.n_tokens)
+    assert torch.equal(checks.prev_of(corpus, pos), corpus.prev_index())
+
+
+def test_streamed_identity_probes_equal_the_whole_array_formulas(tmp_path):
+    torch.manual_seed(0)
+    m = CVFPModel(30, 8, 8, 16, [1, 1])
+    corpus = Corpus.from_conversations(
+        [torch.randint(0, 30, (k,)).tolist() for k in (9, 4, 17, 1, 12)]
+    )
+    x = torch.randn(corpus.n_tokens, 8)
+    pos = checks.sample_index(corpus.n_tokens, 20)
+    with torch.no_grad():  # the old formulas, whole arrays
+        embeds = m.embed(corpus.ids)
+        inp = x[corpus.prev_index()[pos]]
+        out, _ = m(inp, embeds[pos])
+        io_cos = float(torch.nn.functional.cosine_similarity(inp, out, dim=1).mean())
+        deviation = float((x - x.mean(0)).norm(dim=1).mean())
+        ct = float(torch.nn.functional.cosine_similarity(x, embeds, dim=1).mean())
+    for contexts, chunk in ((x, 10**6), (x, 5), (as_file(x, tmp_path / "c.npy"), 6)):
+        r = identity_probes(m, corpus, contexts, samples=20, chunk=chunk)
+        assert r["input_output_cosine"] == pytest.approx(io_cos, rel=1e-6)
+        assert r["mean_deviation_from_mean"] == pytest.approx(deviation, rel=1e-6)
+        assert r["context_token_cosine"] == pytest.approx(ct, rel=1e-5, abs=1e-7)
+
+
+def old_trials(model, corpus, trials):
+    prev, final = sequential_pass(model, corpus)
+    losses = []
+    for _ in range(trials):
+        cur, final = sequential_pass(model, corpus, start=final)
+        losses.append(float(torch.nn.functional.mse_loss(cur, prev)))
+        prev = cur
+    return losses
+
+
+@pytest.mark.parametrize("reset", ["conversation", "stream"])
+def test_chunked_trials_equal_whole_split_passes(reset, tmp_path):
+    torch.manual_seed(1)
+    m = CVFPModel(20, 8, 8, 16, [1, 1])
+    corpus = Corpus.from_conversations(
+        [torch.randint(0, 20, (k,)).tolist() for k in (6, 3, 11, 2, 7, 5)], reset
+    )
+    want = old_trials(m, corpus, 4)
+    # chunks of whole conversations; and 4-token chunks: conversations (or the stream) in
+    # slices that carry on, their previous pass in a file under work_dir
+    for chunk, work in ((10**6, None), (8, None), (4, tmp_path / "work")):
+        got = convergence_trials(m, corpus, trials=4, chunk_tokens=chunk, work_dir=work)
+        assert got["losses"] == pytest.approx(want, rel=1e-5), chunk
+    assert list((tmp_path / "work").iterdir()) == []  # the slices' row store is removed
+
+
+def test_effective_rank_from_a_context_file(tmp_path):
+    x = torch.randn(300, 5, generator=torch.Generator().manual_seed(2))
+    a = effective_rank(x)
+    b = effective_rank(as_file(x, tmp_path / "c.npy"), chunk=17)
+    assert b["effective_rank"] == pytest.approx(a["effective_rank"], rel=1e-9)

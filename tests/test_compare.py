@@ -390,6 +390,9 @@ def test_compare_params_are_validated(tmp_path):
         p.compare.run == ["none", "cvfp", "cvfp_min10", "reconstruction", "no_context"]
         and p.compare.control == "none"
     )
+    # the context control: trained without C*, paired with the control, interval only
+    assert p.compare.arms["no_context"] == {"phase1.objective": "none", "phase2.context": "zero"}
+    assert "no_context" not in p.compare.confirmatory
     assert len(p.compare.seeds) == 5 and p.phase1.min_iterations == 0
     assert p.compare.confirmatory == ["cvfp", "cvfp_min10", "reconstruction"]
     assert p.compare.delta == 0.01 and p.compare.alpha == 0.05 and p.compare.power == 0.8
@@ -489,13 +492,15 @@ def test_run_report_summary_tells_the_truth_and_links_the_comparison(tmp_path, m
     _, html, md = build(tmp_path)
     summary = section(html, "summary")
     assert 'href="compare.html"' in summary
-    for row in (
-        "| none | control |  |",
-        "| worse | worse | +0.0801 [+0.0788, +0.0815] |",
-        "| incon | inconclusive | +0.0050 [",
-        "| no_context | interval only | +0.4025 [",
+    for row in (  # the headline rows (cvfp/report/headline.py), the control not as a row
+        "| Comparison: worse vs none (4 seeds) | worse: test loss worse - none: +0.0801, "
+        "95% CI [+0.0788, +0.0815], p (Holm) 1.33e-06 |",
+        "| Comparison: incon vs none (4 seeds) | inconclusive (between ",
+        "| Comparison: no_context vs none (4 seeds) | interval only (no verdict): test loss "
+        "no_context - none: +0.4025, 95% CI [",
     ):
         assert row in md, row
+    assert "Comparison: none vs none" not in md
 
 
 def _git(cwd, *args):

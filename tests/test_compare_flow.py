@@ -5,13 +5,17 @@ experiments that show it: 2 arms x 1 seed + 1 arm failing at run time (+ 1 faili
 validation, never run); the statistics over several seeds are tested on their own
 (test_compare.py). The arms are the control (objective none) and the reconstruction
 objective, so the sweep also runs that objective end to end through DVC, and shows which
-stages a Phase 1 param reruns. The sweep runs in the background from the start of the
-session (conftest.py); the test checks what it left."""
+stages a Phase 1 param reruns. The sweep runs 2 experiments at once (`--workers 2`, one torch
+thread each); then the same comparison again, which restores every experiment (nothing runs);
+then the control alone, forced to rerun, on a 2-process Dask LocalCluster: the same bytes as
+when it ran beside the others. It all runs in the background from the start of the session
+(conftest.py); the tests check what it left."""
 
 import json
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,9 +26,25 @@ pytestmark = pytest.mark.pipeline
 ARMS = ["broken", "none", "reconstruction", "invalid"]
 
 
-def run_compare(project, server, tmp_path_factory):
+@dataclass
+class CompareRuns:
+    proj: Path
+    first: subprocess.CompletedProcess  # 4 experiments, 2 at once
+    first_json: dict  # metrics/compare.json after it
+    first_md: str  # reports/compare.md after it
+    first_report: str  # reports/report.md after it (the report stage reran)
+    first_report_status: str  # `dvc status report` after it
+    none_phase2: str  # metrics/phase2.json of cmp-none-s7 as the first run committed it
+    again: subprocess.CompletedProcess  # the same command again: every experiment restored
+    again_json: dict
+    dask: subprocess.CompletedProcess  # --force --arms none on a Dask LocalCluster
+    dask_json: dict
+    dask_none_phase2: str
+
+
+def run_compare(project, server, tmp_path_factory) -> CompareRuns:
     """`python -m flows.compare` in a copy of the session's tiny project (`project()` waits
-    for it), reporting to the session's Prefect server: (project, finished process). The copy gets
+    for it), reporting to the session's Prefect server, three times (CompareRuns). The copy gets
     two arms that fail: one at run time (distribution diversity cannot be split into chunks:
     phase1 raises), one at validation (a negative learning rate); compare.seeds starts at 7,
     not the workspace's seed 42, so the experiments' seed shows it came from the comparison."""
@@ -39,10 +59,36 @@ def run_compare(project, server, tmp_path_factory):
     raw["compare"]["seeds"] = [7, 42]
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     commit(proj, "compare arms")
-    cmd = [str(BIN / "python"), "-m", "flows.compare", "--arms", *ARMS, "--seeds", "1"]
-    cmd += ["-S", "phase2.epochs=1"]
+    cmd = [str(BIN / "python"), "-m", "flows.compare", "--seeds", "1", "-S", "phase2.epochs=1"]
+    cmd += ["--threads", "1"]  # every run: the same per-experiment thread count
     e = {**env(), "PREFECT_API_URL": server().url}
-    return proj, subprocess.run(cmd, cwd=proj, env=e, capture_output=True, text=True)
+
+    def compare(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
+        done = subprocess.run([*cmd, *args], cwd=proj, env=e, capture_output=True, text=True)
+        out = proj / "metrics/compare.json"
+        return done, json.loads(out.read_text()) if out.exists() else {}
+
+    first, first_json = compare("--arms", *ARMS, "--workers", "2")
+    first_md = (proj / "reports/compare.md").read_text()
+    first_report = (proj / "reports/report.md").read_text()
+    first_report_status = run([str(BIN / "dvc"), "status", "report"], proj)
+    none_phase2 = exp_file(proj, "cmp-none-s7", "metrics/phase2.json")
+    again, again_json = compare("--arms", *ARMS, "--workers", "2")
+    dask, dask_json = compare("--arms", "none", "--force", "--task-runner", "dask")
+    return CompareRuns(
+        proj,
+        first,
+        first_json,
+        first_md,
+        first_report,
+        first_report_status,
+        none_phase2,
+        again,
+        again_json,
+        dask,
+        dask_json,
+        exp_file(proj, "cmp-none-s7", "metrics/phase2.json"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -53,14 +99,14 @@ def compare_run():
 
 
 def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_harness):
-    proj, done = compare_run
+    proj, done = compare_run.proj, compare_run.first
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]  # 1: an experiment failed, outputs written
     assert f"Comparison report: {(proj / 'reports/compare.html').resolve()}" in out, out[-3000:]
 
     for rel in ("reports/compare.html", "reports/compare.md", "metrics/compare.json"):
         assert (proj / rel).exists(), rel
-    data = json.loads((proj / "metrics/compare.json").read_text())
+    data = compare_run.first_json
     assert data["control"] == "none" and data["seeds"] == [7]  # --seeds 1: the first seed
     none, rec = data["arms"]["none"], data["arms"]["reconstruction"]
     assert none["seeds"] == [7] and rec["seeds"] == [7]
@@ -100,14 +146,14 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     assert "cannot be split into chunks" in failed[("broken", 7)]
     assert "phase1.lr = -1.0" in failed[("invalid", 7)]
     assert data["arms"]["broken"]["seeds"] == [] and data["arms"]["broken"]["failed_seeds"] == [7]
-    md = (proj / "reports/compare.md").read_text()
+    md = compare_run.first_md
     assert "reconstruction vs none: not enough seeds: 1 seed paired" in md
-    assert "cmp-broken-s7" in md
+    assert rec["verdict"] in md and "cmp-broken-s7" in md
     # the run report shows the verdicts: flows.compare reran the report stage (compare.json is
     # its dep), and dvc.lock records it
-    report = (proj / "reports/report.md").read_text()
-    assert rec["verdict"] in report and "no comparison yet" not in report
-    assert "up to date" in run([str(BIN / "dvc"), "status", "report"], proj)
+    assert rec["verdict"] in compare_run.first_report
+    assert "no comparison yet" not in compare_run.first_report
+    assert "up to date" in compare_run.first_report_status
 
     # The experiments are DVC experiments with the arm's params and the seed; the workspace
     # keeps its params.
@@ -124,8 +170,10 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
 
     # Progress in the flow run's logs: each experiment with its outcome and the ETA, and
     # DVC's stage lines as they happen.
-    logs = "\n".join(flow_run_logs(proj))
-    assert f"compare: 4 experiment(s): arms {ARMS} x seeds [7]" in logs
+    logs = "\n".join(flow_run_logs()[0])
+    assert (
+        f"compare: 4 experiment(s): arms {ARMS} x seeds [7]; 2 at once, 1 torch thread(s)" in logs
+    )
     assert "experiment 1 of 4 cmp-broken-s7 FAILED in " in logs
     assert "experiment 4 of 4 cmp-invalid-s7 FAILED in " in logs
     for k, name in ((2, "cmp-none-s7"), (3, "cmp-reconstruction-s7")):
@@ -140,13 +188,50 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     # ... and a progress artifact over the whole sweep
     (progress,) = flow_run_artifacts("compare-progress")
     assert progress.type == "progress" and progress.data == 100.0
-    assert progress.description.startswith(
-        "compare: experiment 4 of 4 done (cmp-invalid-s7 FAILED)"
-    )
+    assert progress.description.startswith("compare: experiment 4 of 4 done (cmp-")
 
 
-def flow_run_logs(proj: Path) -> list[str]:
-    """The log messages of the one cvfp-compare flow run on the session's server."""
+def _numbers(data: dict) -> dict:
+    """compare.json's results (not the run's times, errors or date)."""
+    return {k: data.get(k) for k in ("control", "metric", "seeds", "arms", "ablations")}
+
+
+def test_compare_again_restores_every_experiment_and_dask_gives_the_same_bytes(
+    compare_run, prefect_harness
+):
+    # The same comparison again: every finished experiment is restored from its commit
+    # (same code, params and thread count), no DVC stage runs, the numbers are the same.
+    again = compare_run.again
+    assert again.returncode == 1, (again.stdout + again.stderr)[-3000:]  # the broken arm
+    assert _numbers(compare_run.again_json) == _numbers(compare_run.first_json)
+    first_logs, again_logs, dask_logs = ("\n".join(r) for r in flow_run_logs())
+    assert "2 restored from finished experiments" in again_logs, again_logs
+    for k, name in ((2, "cmp-none-s7"), (3, "cmp-reconstruction-s7")):
+        assert re.search(rf"experiment {k} of 4 {name} restored \(\w{{7}}\)", again_logs)
+    ran = re.compile(r"^cmp-(none|reconstruction)-s7: Running stage", re.M)
+    assert ran.search(first_logs) and not ran.search(again_logs), again_logs
+    # The broken arm is not a finished experiment: it runs (and fails) again.
+    assert "experiment 1 of 4 cmp-broken-s7 FAILED in " in again_logs
+
+    # The control alone on a 2-process Dask LocalCluster, forced to rerun: the experiment's
+    # bytes and the comparison's numbers equal those of the run beside the other arms.
+    dask = compare_run.dask
+    assert dask.returncode == 0, (dask.stdout + dask.stderr)[-3000:]
+    assert "0 restored from finished experiments" in dask_logs
+    # phase1 and phase2 rerun (their git-tracked cache: false outputs keep DVC's run-cache off);
+    # materialize and report come back from the run-cache: same inputs as the first run.
+    assert re.findall(r"^cmp-none-s7: Running stage '(\w+)'", dask_logs, re.M) == [
+        "phase1",
+        "phase2",
+    ]
+    cached = re.findall(r"^cmp-none-s7: Stage '(\w+)' is cached", dask_logs, re.M)
+    assert cached == ["materialize", "report"], dask_logs
+    assert compare_run.dask_none_phase2 == compare_run.none_phase2
+    assert compare_run.dask_json["arms"]["none"] == compare_run.first_json["arms"]["none"]
+
+
+def flow_run_logs() -> list[list[str]]:
+    """The log messages of each cvfp-compare flow run on the session's server, oldest first."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -154,24 +239,54 @@ def flow_run_logs(proj: Path) -> list[str]:
         LogFilter,
         LogFilterFlowRunId,
     )
+    from prefect.client.schemas.sorting import FlowRunSort, LogSort
 
     with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"]))
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"])),
+            sort=FlowRunSort.START_TIME_ASC,
         )
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200)
-    return [log.message for log in logs]
+        assert len(runs) == 3, [r.name for r in runs]
+        return [
+            [
+                log.message
+                for log in client.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                    limit=200,
+                    sort=LogSort.TIMESTAMP_ASC,
+                )
+            ]
+            for run in runs
+        ]
 
 
 def flow_run_task_runs() -> list:
     """The task runs of the one cvfp-compare flow run on the session's server."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
 
     with get_client(sync_client=True) as client:
+        run = first_compare_run(client)
         return client.read_task_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"]))
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
         )
+
+
+def first_compare_run(client):
+    """The session's first cvfp-compare flow run (the sweep of 4 experiments, 2 at once)."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    return client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"])),
+        sort=FlowRunSort.START_TIME_ASC,
+    )[0]
 
 
 def flow_run_artifacts(key: str) -> list:
@@ -181,14 +296,10 @@ def flow_run_artifacts(key: str) -> list:
         ArtifactFilter,
         ArtifactFilterFlowRunId,
         ArtifactFilterKey,
-        FlowFilter,
-        FlowFilterName,
     )
 
     with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["cvfp-compare"]))
-        )
+        run = first_compare_run(client)
         return client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
@@ -197,14 +308,19 @@ def flow_run_artifacts(key: str) -> list:
         )
 
 
-def exp_metrics(proj, name: str, stage: str) -> dict:
-    """metrics/<stage>.json as committed by the experiment `name`."""
+def exp_file(proj, name: str, path: str) -> str:
+    """A file as committed by the experiment `name`."""
     (ref,) = [
         r
         for r in run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], proj).split()
         if r.endswith(f"/{name}")
     ]
-    return json.loads(run(["git", "show", f"{ref}:metrics/{stage}.json"], proj))
+    return run(["git", "show", f"{ref}:{path}"], proj)
+
+
+def exp_metrics(proj, name: str, stage: str) -> dict:
+    """metrics/<stage>.json as committed by the experiment `name`."""
+    return json.loads(exp_file(proj, name, f"metrics/{stage}.json"))
 
 
 def exp_show(proj) -> dict[str, dict]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from cvfp import data, splitting
 from cvfp import tokenization as tk
@@ -110,7 +111,35 @@ def test_chatterbot_conversion_schema_and_count():
             ("user", "assistant")[i % 2] for i in range(len(r["messages"]))
         ]
         assert r["prompt"] == r["messages"][0]["content"]
-    assert recs[0]["messages"][0] == {"role": "user", "content": "What is AI?"}  # ai.yml first
+
+
+def test_chatterbot_topics_interleaved_so_every_heldout_tail_has_every_topic(tmp_path):
+    """Entry i of a file of n sits at (i + 0.5) / n of the corpus: the last 10% (test) holds
+    each topic file in its share, not one topic (file order made test all trivia.yml)."""
+    for name, n in (("a.yml", 4), ("b.yml", 2), ("c.yml", 8)):
+        convs = [[f"{name} q{i}", f"a{i}"] for i in range(n)]
+        (tmp_path / name).write_text(yaml.safe_dump({"conversations": convs}))
+    order = [r["prompt"] for r in data.chatterbot_records(tmp_path)]
+    assert order[:4] == ["c.yml q0", "a.yml q0", "c.yml q1", "b.yml q0"]
+    assert sorted(order) == sorted(
+        f"{f} q{i}" for f, n in (("a.yml", 4), ("b.yml", 2), ("c.yml", 8)) for i in range(n)
+    )
+    # The real corpus: the last 10% (the default test split) holds every topic file of 10 or
+    # more conversations, each about in its share.
+    real = data.chatterbot_records()
+    tail = {r["prompt_id"] for r in real[-len(real) // 10 :]}  # ids: from file name and index
+    for f in sorted(data.chatterbot_dir().glob("*.yml")):
+        prompts = [r["prompt_id"] for r in data.chatterbot_records(_single(f, tmp_path))]
+        if len(prompts) >= 10:
+            share = sum(p in tail for p in prompts) / len(prompts)
+            assert 0.05 <= share <= 0.2, (f.name, share)
+
+
+def _single(f, tmp_path):
+    d = tmp_path / f.stem
+    d.mkdir()
+    (d / f.name).write_bytes(f.read_bytes())
+    return d
 
 
 def test_hub_layout_dir_loads_through_hub_code_path(hub_dir):

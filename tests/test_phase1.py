@@ -249,8 +249,10 @@ def test_contexts_in_work_dir_files_equal_in_memory(tiny_params, tmp_path):
     for work in (None, tmp_path / "work"):
         seed_everything(0)
         outs.append(run_phase1(tiny_model(), corpus, p, work_dir=work).contexts)
-    assert torch.equal(outs[0], outs[1])
     assert list((tmp_path / "work").iterdir()) == []  # scratch files removed
+    # ... and the final contexts stay readable, a row range at a time, from the open file
+    assert torch.equal(outs[0], outs[1][0 : len(outs[1])])
+    assert torch.equal(outs[0][3:7], outs[1][3:7])
 
 
 def test_distribution_diversity_refuses_chunks(tiny_params):
@@ -261,3 +263,47 @@ def test_distribution_diversity_refuses_chunks(tiny_params):
         ValueError, match="phase1.diversity.kind='distribution'.*global_mean or ema_variance"
     ):
         run_phase1(tiny_model(), corpus, p)
+
+
+SIGTERM_RUN = """
+import sys, torch
+from cvfp.corpus import Corpus
+from cvfp.model import CVFPModel
+from cvfp.params import load_params
+from cvfp.phase1 import run_phase1
+over = {"phase1.max_iterations": 10**6, "phase1.min_converged_ratio": 1.0,
+        "phase1.convergence_threshold": 1e-30, "phase1.progress": False,
+        "phase1.chunk_tokens": 16, "phase1.divergence.max_loss": 1e30}
+p = load_params("params.yaml", over).phase1
+torch.manual_seed(0)
+corpus = Corpus.from_conversations([list(range(i, i + 20)) for i in range(10)])
+run_phase1(CVFPModel(30, 16, 16, 32, [1, 1]), corpus, p, work_dir=sys.argv[1])
+"""
+
+
+def test_sigterm_removes_the_work_files(tmp_path):
+    """A real process running Phase 1 (it would run for ever) gets SIGTERM once its context
+    files exist: it exits with 143 and leaves no work file behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    work = tmp_path / "work"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_RUN, str(work)], cwd=ROOT, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(work.glob("*/contexts_*.npy")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no work files after 120 s"
+            time.sleep(0.1)
+        time.sleep(0.5)  # well inside the iterations
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, proc.stderr.read().decode()
+    finally:
+        proc.kill()
+    assert work.is_dir() and list(work.iterdir()) == []

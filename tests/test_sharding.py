@@ -2,7 +2,6 @@
 LocalCluster (processes, 1 thread each) give bitwise the outputs of the plain loop, and no
 shard size changes a byte (tiny data: 300 chatterbot conversations, model 2 blocks dim 16)."""
 
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,7 @@ from conftest import ROOT, TINY_MODEL
 
 from cvfp.checkpoint import save_checkpoint
 from cvfp.corpus import Corpus
-from cvfp.cstar import (
-    chunk_groups,
-    materialize_shard,
-    materialize_sharded,
-    shard_plan,
-)
+from cvfp.cstar import materialize_shard, materialize_sharded
 from cvfp.model import CVFPModel
 from cvfp.params import ParamsError, load_params
 from cvfp.sharding import run_shards, threaded
@@ -28,6 +22,7 @@ TINY = {
     "tokenizer.max_seq_length": 48,
     **TINY_MODEL,
     "materialize.chunk_tokens": 400,
+    "materialize.batch_tokens": 400,
 }
 
 
@@ -94,8 +89,7 @@ def project(tmp_path_factory, cluster):
         tokenize.run(p)
         plain = {d: files(proj / "data" / d) for d in ("tokenizer", "tokenized")}
         convs = load_conversations("data/tokenized")
-        n_val = len(convs) // 5
-        for name, part in (("train", convs[:-n_val]), ("val", convs[-n_val:])):
+        for name, part in corpora(convs, None).items():
             to_dataset(list(range(len(part))), part).save_to_disk(f"data/split/{name}")
         vocab = read_vocab_size("data/tokenizer")
         torch.manual_seed(0)
@@ -105,16 +99,18 @@ def project(tmp_path_factory, cluster):
 
 
 def corpora(convs, reset):
-    n_val = len(convs) // 5
-    return {
-        "train": Corpus.from_conversations(convs[:-n_val], reset),
-        "val": Corpus.from_conversations(convs[-n_val:], reset),
-    }
+    """Train, then val and test (a tenth each), as Corpus (or the lists when reset is None)."""
+    n = len(convs) // 10
+    parts = {"train": convs[: -2 * n], "val": convs[-2 * n : -n], "test": convs[-n:]}
+    if reset is None:
+        return parts
+    return {k: Corpus.from_conversations(v, reset) for k, v in parts.items()}
 
 
 def cstar_files(convs, vocab, reset, out, chunk_tokens=400, shard_conversations=10**9):
     """The files materialize_sharded writes on the plain loop in this process (default: a
-    single shard per split); run in the project directory."""
+    single shard per split), batches of at most `chunk_tokens` tokens; run in the project
+    directory."""
     p = tiny()
     materialize_sharded(
         Path("cache/phase1/model.pt"),
@@ -125,6 +121,7 @@ def cstar_files(convs, vocab, reset, out, chunk_tokens=400, shard_conversations=
         chunk_tokens,
         reset,
         shard_conversations,
+        batch_tokens=chunk_tokens,
     )
     return files(out)
 
@@ -132,25 +129,11 @@ def cstar_files(convs, vocab, reset, out, chunk_tokens=400, shard_conversations=
 # ---------------------------------------------------------------- in process
 
 
-def test_shard_plan_is_whole_chunks_and_covers_everything():
-    corpus = Corpus.from_conversations([[1] * n for n in (3, 9, 2, 2, 30, 1, 4, 4, 4, 5)])
-    groups = list(chunk_groups(corpus.offsets.tolist(), 8))
-    assert groups == [(0, 1), (1, 2), (2, 4), (4, 5), (5, 7), (7, 9), (9, 10)]  # 9, 30 alone
-    for size in (1, 2, 3, 4, 100):
-        plan = shard_plan(corpus, 8, size)
-        assert [c for c, _ in plan][0] == 0 and plan[-1][1] == corpus.n_conversations
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(plan))  # contiguous
-        assert {c for c, _ in plan} <= {c for c, _ in groups}  # chunk boundaries
-        assert all(d - c <= max(size, 2) for c, d in plan)  # 2 = largest chunk
-    assert shard_plan(corpus, 8, 100) == [(0, 10)]
-    assert shard_plan(Corpus.from_conversations([[1] * 50], "stream"), 8, 1) == [(0, 1)]
-
-
 @pytest.mark.parametrize(
     "reset, chunk_tokens, n_conversations, sizes",
     [
-        ("conversation", 400, 150, (1, 7, 10_000)),  # chunks of whole conversations
-        ("conversation", 20, 20, (1, 10_000)),  # conversations longer than a chunk: carry
+        ("conversation", 400, 150, (1, 7, 10_000)),  # many batches per shard, or one
+        ("conversation", 20, 20, (1, 10_000)),  # conversations longer than a step
         ("stream", 100, 40, (1,)),
     ],
 )  # one sequence: one shard
@@ -170,8 +153,9 @@ def test_materialize_shard_is_pure_and_takes_path_or_bytes(project):
     proj, _, convs, vocab = project
     p = tiny()
     ckpt = proj / "cache/phase1/model.pt"
-    a = materialize_shard(convs[:20], ckpt, p.model, vocab, 30)
-    b = materialize_shard(convs[:20], ckpt.read_bytes(), p.model, vocab, 30)
+    batches = [convs[:12], convs[12:20]]
+    a = materialize_shard(batches, ckpt, p.model, vocab, 30)
+    b = materialize_shard(batches, ckpt.read_bytes(), p.model, vocab, 30)
     assert a[0].dtype == np.float32 and a[0].shape == (sum(map(len, convs[:20])), 16)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
@@ -278,7 +262,7 @@ def test_mapped_materialize_equals_plain_loop(
         over["orchestration.dask_address"] = cluster.scheduler_address
     meta = run_stage_mapped(stage, tiny(**over), proj, monkeypatch)
     assert files(proj / "cache/cstar") == ref
-    assert meta["splits"]["train"]["n_conversations"] == len(convs) - len(convs) // 5
+    assert meta["splits"]["train"]["n_conversations"] == len(convs) - 2 * (len(convs) // 10)
 
 
 def test_pinned_shards_leave_no_pool_thread_on_one_thread(monkeypatch):

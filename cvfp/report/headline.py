@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..formats import fmt_int, fmt_ppl
+from ..formats import fmt_int, fmt_ppl, interval_words
 
 NA = "n/a"
 NO_COMPARISON = "no comparison yet: python -m flows.compare"
@@ -44,7 +44,7 @@ def comparison_rows(compare: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     control = (compare or {}).get("control")
     if not arms:
         return [("Comparison (over seeds)", NO_COMPARISON)]
-    metric = str((compare or {}).get("metric") or "test loss")
+    metric = str((compare or {}).get("metric") or "test_loss").replace("_", " ")
     rows = []
     for arm, a in arms.items():
         if arm == control or not isinstance(a, Mapping):
@@ -60,6 +60,8 @@ def comparison_rows(compare: Mapping[str, Any] | None) -> list[tuple[str, str]]:
         if a.get("p_holm") is not None:
             parts.append(f"p (Holm) {_num(a['p_holm'], '.3g')}")
         word = verdict if verdict else "interval only (no verdict)"
+        if verdict == "inconclusive" and isinstance(a.get("ppl_ci95"), (list, tuple)):
+            word += f" ({interval_words(a['ppl_ci95'])} in test perplexity)"
         text = f"{word}: " + ", ".join(parts) if parts else str(word)
         rows.append((f"Comparison: {arm} vs {control} ({n} seeds)", text))
     return rows or [("Comparison (over seeds)", NO_COMPARISON)]
