@@ -771,7 +771,9 @@ def test_workers_and_shard_size_do_not_change_a_byte(mat_project):
                     update={"workers": workers, "shard_conversations": shard}
                 ),
                 # chunks of a few conversations, so that shards can differ
-                "materialize": params.materialize.model_copy(update={"chunk_tokens": 16}),
+                "materialize": params.materialize.model_copy(
+                    update={"chunk_tokens": 16, "batch_tokens": 16}
+                ),
             }
         )
         mapper = threaded(workers)
@@ -783,9 +785,7 @@ def test_workers_and_shard_size_do_not_change_a_byte(mat_project):
         mat_task.run(p, map_shards=counting)
         seen.append(_tree(root / "cache/cstar"))
         shutil.rmtree(root / "cache/cstar")
-    from cvfp.cstar import SPLITS
-
-    assert shards[0] == len(SPLITS) and shards[1] > shards[2] > len(SPLITS)  # then many
+    assert shards[1] > shards[0] >= 3  # several shards, and more of them with size 2
     assert seen[0] == seen[1] == seen[2] and "train.npy" in seen[0]
 
 
