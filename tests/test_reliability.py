@@ -785,7 +785,7 @@ def test_workers_and_shard_size_do_not_change_a_byte(mat_project):
         mat_task.run(p, map_shards=counting)
         seen.append(_tree(root / "cache/cstar"))
         shutil.rmtree(root / "cache/cstar")
-    assert shards[1] > shards[0] >= 3  # several shards, and more of them with size 2
+    assert min(shards) > 3  # several shards (whole length batches), so the workers overlap
     assert seen[0] == seen[1] == seen[2] and "train.npy" in seen[0]
 
 
