@@ -20,6 +20,7 @@ Exit status 1 when any experiment failed (the outputs are written all the same).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -67,11 +68,12 @@ def _clock(seconds: float) -> str:
 # Never cached by Prefect and never persisted: whether an experiment reruns is decided by
 # its fingerprint (tasks.compare.reusable), and its results live in git and DVC.
 @task(name="experiment", cache_policy=NO_CACHE, persist_result=False)
-def experiment(exp: dict, source: Source, threads: int, reuse: str | None) -> dict:
+def experiment(spec: str, source: Source, threads: int, reuse: str | None) -> dict:
     """One arm x seed as a DVC experiment in its own clone (on a thread or a Dask worker);
     fails (and the flow goes on) with DVC's error. `reuse`: the commit of the finished
     experiment with the same fingerprint, restored instead of run."""
     logger = get_run_logger()
+    exp = json.loads(spec)
     if reuse:
         logger.info(
             "%s: restored: experiment %s has the same code and params; nothing runs",
@@ -136,11 +138,11 @@ def compare(
     futures = {}
     for k, exp in enumerate(exps, 1):
         name = f"{k}of{n}-{exp['arm']}-seed{exp['seed']}"
-        # Every experiment is submitted before any result exists, so Prefect cannot link an
-        # argument to an earlier result by identity (no dependency arrows); no quote(): Dask
-        # would hand the task the annotation itself.
+        # The experiment as JSON text, a new object: Prefect links a task argument to an
+        # earlier task's result when they share an object (a name string the result repeats)
+        # and draws a dependency arrow; quote() would avoid it but reaches Dask tasks wrapped.
         fut = experiment.with_options(task_run_name=name).submit(
-            exp, source, n_threads, reuse[exp["name"]]
+            json.dumps(exp), source, n_threads, reuse[exp["name"]]
         )
         futures[fut] = (k, exp)
     records: dict[int, dict] = {}

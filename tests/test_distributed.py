@@ -73,7 +73,7 @@ def test_phase1_two_ranks_equal_one_process(dvc_project, dvc_copy):
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
     assert (
-        "cvfp[0] INFO iter 3" in log and "cvfp[1] INFO" not in log
+        "cvfp[0] INFO phase1 train iter 3" in log and "cvfp[1] INFO" not in log
     )  # rank 1 quiet, rank 0 reports
     assert list((dvc_copy / "cache/phase1-work").iterdir()) == []  # scratch contexts removed
 
