@@ -176,7 +176,7 @@ def test_headline_leads_with_verdicts_models_check_and_phase1():
         first[1][1] == "interval only (no verdict): test loss no_context - none: +0.4100, "
         "95% CI [+0.3800, +0.4400]"
     )
-    assert first[2][0] == "Perplexity on val: CVFP / Transformer / bigram"  # no test numbers
+    assert first[2][0] == "Perplexity on test: CVFP / Transformer / bigram"  # Phase 2 read test
     word = "PASSED" if p1["val"]["trials"]["passed"] else "NOT PASSED"
     assert first[3] == (
         "Fixed-point check (val convergence trials)",
@@ -186,8 +186,12 @@ def test_headline_leads_with_verdicts_models_check_and_phase1():
     assert first[4][0] == "Phase 1" and f"train {p1['train']['steps']:,} optimizer" in first[4][1]
     assert ("converged by construction" in first[4][1]) == p1["train"]["converged_by_construction"]
     assert first[5] == ("Warnings (failed or warning checks)", "3")
-    # once Phase 2 records the test split, the models are compared on test
+    # metrics from before the test split: the models are compared on val, labelled so
     p2 = json.loads(json.dumps(m["phase2"]))
+    for model in (p2["cvfp"], p2["baselines"]["bigram"], p2["baselines"]["transformer"]):
+        del model["test_ppl"]
+    assert "Perplexity on val: CVFP / Transformer / bigram" in rows({**m, "phase2": p2})
+    # with test numbers, the models are compared on test
     p2["cvfp"]["test_ppl"], p2["baselines"]["bigram"]["test_ppl"] = 21.456, 40.0
     p2["baselines"]["transformer"]["test_ppl"] = 18.0
     s = rows({**m, "phase2": p2})
