@@ -128,6 +128,19 @@ def _run(params: Params) -> dict | None:
         p1.context_reset,
     )
 
+    def measure(split: str):
+        """A pass without a step over one split: the control's contexts, or the fixed-point
+        convergence of the reconstruction-trained update (measured as for cvfp's val split)."""
+        return run_phase1(
+            model,
+            corpora[split],
+            p1,
+            train=False,
+            show_progress=show,
+            work_dir=PHASE1_WORK,
+            split=split,
+        )
+
     recon = None
     t0 = time.perf_counter()
     if p1.objective == "cvfp":
@@ -147,18 +160,7 @@ def _run(params: Params) -> dict | None:
         # The control arm (SPEC 9): no optimizer step; C* and the checks come from the
         # initialised stack, measured by the same passes as cvfp's val split.
         train_seconds = 0.0
-        results = {
-            s: run_phase1(
-                model,
-                corpora[s],
-                p1,
-                train=False,
-                show_progress=show,
-                work_dir=PHASE1_WORK,
-                split=s,
-            )
-            for s in ("train", "val")
-        }
+        results = {s: measure(s) for s in ("train", "val")}
         contexts = {s: r.contexts for s, r in results.items()}
         iterations_text = f"0/{p1.max_iterations} (objective none: no Phase 1 training)"
     else:
@@ -168,18 +170,7 @@ def _run(params: Params) -> dict | None:
         train_seconds = time.perf_counter() - t0
         contexts = recon.contexts  # zero-start sequential pass = C*
         # Fixed-point convergence of the trained update, measured as for cvfp's val split.
-        results = {
-            s: run_phase1(
-                model,
-                corpora[s],
-                p1,
-                train=False,
-                show_progress=show,
-                work_dir=PHASE1_WORK,
-                split=s,
-            )
-            for s in ("train", "val")
-        }
+        results = {s: measure(s) for s in ("train", "val")}
         iterations_text = f"{len(recon.history)}/{p1.reconstruction.epochs} epochs"
     checks = {
         s: run_checks(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cvfp.metrics.summary import SummaryMetrics
+from cvfp.report.headline import get
 
 from .layout import DATA_METRICS, METRICS, PHASE1_METRICS, PHASE2_METRICS, SUMMARY
 
@@ -34,15 +35,6 @@ def read_stage_metrics(metrics_dir: str | Path = METRICS) -> dict[str, dict]:
         except (FileNotFoundError, json.JSONDecodeError):
             pass
     return out
-
-
-def get(d: Any, path: str) -> Any:
-    """d["a"]["b"] for path "a.b", None when any level is missing."""
-    for key in path.split("."):
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
 
 
 def _round(x: Any, digits: int) -> Any:
