@@ -15,8 +15,9 @@ import json
 
 from cvfp.params import Params
 from cvfp.utils import atomic_path, require_hub
-from tasks.common import cli, log
+from tasks.cli import cli, log
 from tasks.layout import RAW, STATS  # STATS: read by tokenize, which passes it on to split
+from tasks.outputs import StageOutputs
 
 
 def fetch(params: Params):
@@ -70,7 +71,8 @@ def run(params: Params) -> dict:
             t["complete_records"],
             t["bytes_lost"],
         )
-    with atomic_path(RAW) as tmp:
+    out = StageOutputs("download", params)  # params unchanged? record them
+    with atomic_path(RAW, out.before_replace) as tmp:
         ds.save_to_disk(str(tmp))
         (tmp / STATS).write_text(json.dumps(stats, indent=2) + "\n")
     log.info(
