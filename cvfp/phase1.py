@@ -286,9 +286,7 @@ def run_phase1(
         result = Phase1Result(
             rows_of(previous), parallel=p.mode == "parallel", segments=corpus.n_conversations
         )
-        result.history.append(
-            IterationStats(0, 0, n, 0.0, None, None, None, 0, 0, time.perf_counter() - t0)
-        )
+        result.history.append(IterationStats.zero_start(n, time.perf_counter() - t0))
         log_fn(f"phase1 {label} {result.final.line()}")
 
         prev_index = corpus.prev_index()

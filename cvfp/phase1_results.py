@@ -55,6 +55,22 @@ class IterationStats:
             seconds=seconds,
         )
 
+    @classmethod
+    def zero_start(cls, n: int, seconds: float) -> IterationStats:
+        """Iteration 0, the pass from zero contexts: nothing to converge to, no loss."""
+        return cls(
+            iteration=0,
+            converged=0,
+            total=n,
+            convergence_rate=0.0,
+            cvfp_loss=None,
+            diversity_loss=None,
+            total_loss=None,
+            steps=0,
+            skipped_steps=0,
+            seconds=seconds,
+        )
+
     def numbers(self) -> dict:
         """The row as the outputs keep it: every field but the wall-clock `seconds`."""
         out = asdict(self)

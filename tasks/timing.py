@@ -17,42 +17,46 @@ from cvfp.utils import write_json
 from .layout import TIMING
 
 
-def _durations_file(stage: str) -> Path:
-    return TIMING / f".{stage}.durations.json"  # until run_stage folds it into <stage>.json
+def _timing_file(stage: str) -> Path:
+    return TIMING / f"{stage}.json"
+
+
+def _recorded(stage: str) -> dict:
+    """Durations recorded since the stage's last finished run: the timing file before
+    run_stage adds the wall time (a file with `seconds` is a finished run's)."""
+    try:
+        data = json.loads(_timing_file(stage).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or "seconds" in data:
+        return {}
+    return data.get("durations") or {}
 
 
 def clear_durations(stage: str) -> None:
-    """Forget durations an earlier (failed) run of the stage recorded."""
-    _durations_file(stage).unlink(missing_ok=True)
+    """Forget durations that an unfinished run of the stage recorded."""
+    if _recorded(stage):
+        _timing_file(stage).unlink(missing_ok=True)
 
 
 def record_durations(stage: str, **parts) -> None:
-    """Record durations the stage measured, by output name (e.g. metrics=..., history=...)."""
-    path = _durations_file(stage)
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        recorded = {}
-    write_json(path, {**recorded, **{k: v for k, v in parts.items() if v}})
+    """Record durations the stage measured, by output name (e.g. metrics=..., history=...),
+    in metrics/timing/<stage>.json (run_stage adds the stage's wall time when it finishes)."""
+    durations = {**_recorded(stage), **{k: v for k, v in parts.items() if v}}
+    write_json(_timing_file(stage), {"stage": stage, "durations": durations})
 
 
 def write_timing(stage: str, seconds: float) -> None:
     """metrics/timing/<stage>.json: the stage's wall time and the durations it recorded."""
-    path = _durations_file(stage)
-    try:
-        details = json.loads(path.read_text())
-    except (OSError, ValueError):
-        details = {}
     write_json(
-        TIMING / f"{stage}.json",
+        _timing_file(stage),
         {
             "stage": stage,
             "seconds": round(seconds, 3),
             "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-            "durations": details,
+            "durations": _recorded(stage),
         },
     )
-    path.unlink(missing_ok=True)
 
 
 def split_durations(obj):
