@@ -54,6 +54,7 @@ def fetch(params: Params):
 
 
 def run(params: Params) -> dict:
+    out = StageOutputs("download", params)  # params.yaml now
     loaded, origin = fetch(params)
     ds, found = loaded.dataset, loaded.stats
     if len(ds) == 0:
@@ -71,7 +72,6 @@ def run(params: Params) -> dict:
             t["complete_records"],
             t["bytes_lost"],
         )
-    out = StageOutputs("download", params)  # params unchanged? record them
     with atomic_path(RAW, out.before_replace) as tmp:
         ds.save_to_disk(str(tmp))
         (tmp / STATS).write_text(json.dumps(stats, indent=2) + "\n")

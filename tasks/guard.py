@@ -62,16 +62,21 @@ def leaf_changes(key: str, a, b, both_only: bool = False):
 
 
 def params_guard(stage: str, params: Params) -> Callable[..., None] | None:
-    """A check that the params file still says, for the keys the stage depends on, what
-    the stage runs with (the checkpoint and dvc.lock must agree with what trained). Raises
-    ParamsChangedError naming each changed key; None if params came from no file."""
+    """A check that the params file still says, for the keys the stage depends on, what it
+    said when the guard was made (at the stage's start: the checkpoint and dvc.lock must agree
+    with what trained). Raises ParamsChangedError naming each changed key; None if params
+    came from no file. A caller that edits `params` in memory runs with its own values: only
+    the file changing under the stage counts."""
     from cvfp.params import ParamsError
 
     source = getattr(params, "_source", None)
     if source is None:
         return None
     path, overrides = source
-    used = params.model_dump(mode="json")
+    try:
+        used = load_params(path, overrides).model_dump(mode="json")
+    except (ParamsError, OSError):  # already changed since it was loaded: compare with that
+        used = params.model_dump(mode="json")
     keys = stage_param_keys(stage) or [k for k in used if k != "orchestration"]
 
     def check(final: Path | None = None) -> None:

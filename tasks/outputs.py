@@ -2,7 +2,8 @@
 params.yaml still says what it runs with (tasks/guard.py), pin the fingerprints of datasets
 saved in it, and put the params record into its main directory output (tasks/provenance.py).
 
-    out = StageOutputs("phase1", params)
+    out = StageOutputs("phase1", params)  # at the start: what params.yaml says now
+    ...
     with atomic_path(PHASE1_DIR, before_replace=out.before_replace) as tmp:
         ...
     write_json(PHASE1_METRICS, metrics, before_replace=out.before_replace)
@@ -20,6 +21,8 @@ from .provenance import RECORD_NAME, RECORDS, params_record, pin_fingerprint
 
 
 class StageOutputs:
+    """Made at the start of a stage's run (the params file as it is then)."""
+
     def __init__(self, stage: str, params: Params) -> None:
         self.stage = stage
         self.guard = params_guard(stage, params)  # None: params from no file

@@ -13,6 +13,7 @@ Outputs: cache/phase1/{model.pt,checks.json}, metrics/phase1.json, plots/phase1_
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pandas as pd
 
@@ -95,6 +96,7 @@ def run(params: Params) -> dict | None:
 
 
 def _run(params: Params) -> dict | None:
+    out = StageOutputs("phase1", params)  # params.yaml now
     seed_everything(params.seed, params.deterministic, params.runtime.threads)
     world = current_world()
     p1, show = params.phase1, params.phase1.progress and world.is_main
@@ -147,7 +149,7 @@ def _run(params: Params) -> dict | None:
         if not world.is_main:
             return None
         model.cpu()  # the checks run on rank 0's CPU
-        contexts = {s: r.contexts for s, r in results.items()}
+        contexts: dict[str, Any] = {s: r.contexts for s, r in results.items()}
         iterations_text = f"{results['train'].iterations}/{p1.max_iterations}"
     elif p1.objective == "none":
         # The control arm (SPEC 9): no optimizer step; C* and the checks come from the
@@ -180,14 +182,14 @@ def _run(params: Params) -> dict | None:
     }
     check_trained(model, checks, p1)  # diverged or collapsed: fail before saving
 
-    metrics = {
+    metrics: dict[str, Any] = {
         "objective": p1.objective,
         "max_iterations": p1.max_iterations,
         "min_iterations": p1.min_iterations,
         "iterations_text": iterations_text,
         **{s: summary(results[s], checks[s]) for s in results},
     }
-    extra = {
+    extra: dict[str, Any] = {
         "objective": p1.objective,
         "history": {s: r.history_dicts() for s, r in results.items()},
     }
@@ -215,7 +217,6 @@ def _run(params: Params) -> dict | None:
     # A missing/unknown key fails here.
     metrics = Phase1Metrics.model_validate(metrics).to_dict()
     checks_out = Phase1Checks.model_validate(checks_out).to_dict()
-    out = StageOutputs("phase1", params)  # params unchanged? (before each output is replaced)
     with atomic_path(PHASE1_DIR, out.before_replace) as tmp:
         tmp.mkdir()
         save_checkpoint(

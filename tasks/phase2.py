@@ -70,6 +70,7 @@ TEST_CSV_COLUMNS = ["conversation_id", "targets", "cvfp_nats", "bigram_nats", "t
 
 def run(params: Params) -> dict | None:
     """Returns the metrics (None on torchrun ranks other than 0, which write nothing)."""
+    check = StageOutputs("phase2", params).before_replace  # params.yaml now
     seed_everything(params.seed, params.deterministic, params.runtime.threads)
     world = current_world()
     p2, show = params.phase2, params.phase1.progress
@@ -109,7 +110,6 @@ def run(params: Params) -> dict | None:
 
     # Best-so-far checkpoints go to a temporary directory that replaces cache/phase2 only when
     # the stage succeeds: a failed or killed run leaves the previous model and its metrics.
-    check = StageOutputs("phase2", params).before_replace  # params unchanged? record them
     with atomic_path(PHASE2_DIR, check) if world.is_main else contextlib.nullcontext() as out:
         if out is not None:
             out.mkdir()

@@ -175,8 +175,8 @@ def read_compare(path: Path = COMPARE_JSON) -> dict | None:
 
 
 def run(params: Params) -> dict:
+    check = StageOutputs("report", params).before_replace  # params.yaml now
     report = build_report(load_inputs(params))
-    check = StageOutputs("report", params).before_replace  # params unchanged?
     for path, text in ((REPORT_HTML, report.html), (REPORT_MD, report.md)):
         with atomic_path(path, check) as tmp:
             tmp.write_text(text, encoding="utf-8")

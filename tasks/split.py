@@ -106,6 +106,7 @@ def run(params: Params) -> dict:
     from cvfp import splitting
     from tasks.expectations import validate_heldout
 
+    out = StageOutputs("split", params)  # params.yaml now
     ids, convs, earlier = load_tokenized()
     if not TOKENIZER.exists():
         raise FileNotFoundError(f"{TOKENIZER}: tokenizer not found (run the tokenize stage first)")
@@ -114,7 +115,6 @@ def run(params: Params) -> dict:
     s = splitting.split(ids, convs, params.split)
     check_tokenizer_train(earlier.get("tokenizer_trained_on"), s.train_ids)
     stats = splitting.subset_stats(s)
-    out = StageOutputs("split", params)  # params unchanged? record them, pin fingerprints
     with atomic_path(SPLIT, out.before_replace) as tmp:
         gx = validate_heldout(
             {name: s.part(name) for name in splitting.HELDOUT},

@@ -74,6 +74,7 @@ def train_rows(raw, split_params) -> list[int]:
 def run(params: Params, map_shards: MapShards | None = None) -> dict:
     """`map_shards` runs the encoding shards (default: in this process, on
     tokenizer.num_proc threads; 1 = a plain loop)."""
+    check = StageOutputs("tokenize", params).before_replace  # params.yaml now
     from cvfp import tokenization as tk
 
     t = params.tokenizer
@@ -115,7 +116,6 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         # Tokenizer and token ids must match: both are written in full before either
         # replaces the old one (a failed write, e.g. disk full, replaces neither), and the ids
         # record which tokenizer made them (split checks it).
-        check = StageOutputs("tokenize", params).before_replace  # params unchanged? record
         with (
             atomic_path(TOKENIZER, check) as tok_out,
             atomic_path(TOKENIZED, check) as out,
