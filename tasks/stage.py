@@ -39,7 +39,7 @@ def run_stage(stage: str, run: Callable[[Params], object], params: Params):
     tasks.timing.record_durations) in metrics/timing/<stage>.json for the report. That file
     is not a DVC output and not tracked by git, so outputs stay bitwise identical across
     reruns. Used by the CLI and by the Prefect flow alike. Holds the workspace lock (rank 0).
-    The stage checks its params before replacing each output (tasks.guard.StageOutputs);
+    The stage checks its params before replacing each output (tasks.outputs.StageOutputs);
     this checks them once more at the end, before dvc.lock or the flow commits."""
     lock = workspace_lock(f"stage {stage}") if os.environ.get("RANK", "0") == "0" else None
     with lock or contextlib.nullcontext():
@@ -57,8 +57,10 @@ def _run_stage_locked(stage: str, run: Callable[[Params], object], params: Param
     result = run(params)
     if guard is not None:
         guard()  # once more right before dvc.lock / the flow commits
+    seconds = time.perf_counter() - t0
     if rank0:  # torchrun: rank 0 writes every output
-        write_timing(stage, time.perf_counter() - t0)
+        write_timing(stage, seconds)
+        log.info("stage %s finished in %.1f s", stage, seconds)
     return result
 
 
