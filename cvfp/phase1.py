@@ -40,30 +40,6 @@ from .utils import progress
 log = logging.getLogger("cvfp")
 
 
-# --- the rules: convergence, loss, stop --------------------------------------------------
-
-
-def converged_mask(
-    contexts: torch.Tensor, previous: torch.Tensor, threshold: float
-) -> torch.Tensor:
-    """Per token: the mean squared change of its context since the previous pass is below
-    phase1.convergence_threshold. The one convergence rule of Phase 1."""
-    return ((contexts - previous) ** 2).mean(dim=1) < threshold
-
-
-def phase1_loss(cvfp, diversity, dist_reg_weight: float):
-    """The Phase 1 objective: (1 - w) * cvfp + w * diversity, w = phase1.dist_reg_weight."""
-    return (1 - dist_reg_weight) * cvfp + dist_reg_weight * diversity
-
-
-def converged_enough(stats: IterationStats, p: Phase1Params, train: bool) -> bool:
-    """The stop rule: the pass converged at least phase1.min_converged_ratio of the tokens,
-    and (training only: passes without steps repeat themselves) phase1.min_iterations ran."""
-    return stats.convergence_rate >= p.min_converged_ratio and (
-        not train or stats.iteration >= p.min_iterations
-    )
-
-
 # --- one pass ------------------------------------------------------------------------------
 
 
@@ -240,6 +216,30 @@ def _run_pass(
         out[0:n] = r.contexts
     world.barrier()
     return r._replace(contexts=out)
+
+
+# --- the rules: convergence, loss, stop --------------------------------------------------
+
+
+def converged_mask(
+    contexts: torch.Tensor, previous: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """Per token: the mean squared change of its context since the previous pass is below
+    phase1.convergence_threshold. The one convergence rule of Phase 1."""
+    return ((contexts - previous) ** 2).mean(dim=1) < threshold
+
+
+def phase1_loss(cvfp, diversity, dist_reg_weight: float):
+    """The Phase 1 objective: (1 - w) * cvfp + w * diversity, w = phase1.dist_reg_weight."""
+    return (1 - dist_reg_weight) * cvfp + dist_reg_weight * diversity
+
+
+def converged_enough(stats: IterationStats, p: Phase1Params, train: bool) -> bool:
+    """The stop rule: the pass converged at least phase1.min_converged_ratio of the tokens,
+    and (training only: passes without steps repeat themselves) phase1.min_iterations ran."""
+    return stats.convergence_rate >= p.min_converged_ratio and (
+        not train or stats.iteration >= p.min_iterations
+    )
 
 
 # --- the loop ------------------------------------------------------------------------------
