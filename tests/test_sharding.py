@@ -191,6 +191,7 @@ def test_tokenize_shard_sizes_agree(project, tmp_path):
     from datasets import load_from_disk
 
     from cvfp import tokenization as tk
+    from tasks.provenance import pin_fingerprint
 
     proj, _, _, _ = project
     raw = load_from_disk(str(proj / "data/raw"))
@@ -212,6 +213,7 @@ def test_tokenize_shard_sizes_agree(project, tmp_path):
         assert max(watched.in_flight) <= workers + 1
         ds, stats = combine.finish(tk._tokenizer_from(files_))
         ds.save_to_disk(str(tmp_path / str(size)))
+        pin_fingerprint(tmp_path / str(size))  # as the stage does (tasks/outputs.py)
         outs.append((files(tmp_path / str(size)), stats))
     assert outs[0] == outs[1] == outs[2]
     plain = files(proj / "data/tokenized")
