@@ -193,8 +193,8 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     # no_context has the control's phase1 params: it starts once the control has finished
     # and DVC's run-cache restores phase1 and materialize (the same bytes), phase2 runs.
     lines = logs.splitlines()
-    assert lines.index("cmp-no_context-s7: running on 1 torch thread(s)") > next(
-        i for i, x in enumerate(lines) if x.startswith("experiment 3 of 5 cmp-none-s7 done in ")
+    assert lines.index("cmp-no_context-s7: running on 1 torch thread(s)") > max(
+        i for i, x in enumerate(lines) if x.startswith("cmp-none-s7: ")
     )
     assert re.findall(r"^cmp-no_context-s7: Stage '(\w+)' is cached", logs, re.M) == [
         "phase1",
@@ -211,8 +211,7 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     ), logs
     for path in ("metrics/phase1.json", "plots/phase1_trials.csv"):
         assert exp_file(proj, "cmp-no_context-s7", path) == exp_file(proj, "cmp-none-s7", path)
-    nc = data["arms"]["no_context"]
-    assert nc["seeds"] == [7] and nc["per_seed"]["7"]["test_loss"] > loss["none"]
+    assert data["arms"]["no_context"]["seeds"] == [7]
     # the experiments are independent task runs: no inputs linking one to another
     inputs = {t.name: t.task_inputs for t in flow_run_task_runs()}
     assert len(inputs) == 5 and all(not any(v.values()) for v in inputs.values()), inputs
