@@ -180,7 +180,8 @@ def compare(
                 outcome = (
                     f"restored ({result['reused'][:7]})"
                     if result["reused"]
-                    else f"done in {_clock(result['seconds'])} (CPU {_clock(result['cpu_seconds'])})"
+                    else f"done in {_clock(result['seconds'])} "
+                    f"(CPU {_clock(result['cpu_seconds'])})"
                 )
                 if result["cached"]:
                     outcome += f"; from DVC's run-cache: {', '.join(result['cached'])}"

@@ -51,7 +51,7 @@ RAN_STAGE = re.compile(r"^Running stage '(\w+)'")
 CACHED_STAGE = re.compile(r"^Stage '(\w+)' is cached")
 PROGRESS_LINE = re.compile(
     r"^Running stage|^Stage '|cvfp INFO (phase2 epoch|transformer epoch|"
-    r"reconstruction epoch|stage \w+ finished)"
+    r"reconstruction epoch|stage \w+ finished)|^WARNING: run-cache"
 )
 
 
@@ -392,9 +392,9 @@ def run_experiment(
     run_cache: bool = True,
 ) -> dict:
     """Run one experiment in a private clone of `source` and push its ref back; returns
-    {"name", "seconds", "cpu_seconds", "stages", "cached"} (cpu_seconds: the DVC process's and
-    its stages' user + sys time; stages / cached: those DVC ran / restored from the run-cache) or raises ExperimentFailed with
-    DVC's error lines. Any machine with git, this project's environment and the shared DVC
+    {"name", "seconds", "cpu_seconds", "stages", "cached"} (cpu_seconds: user + sys of the
+    DVC process and its stages; stages / cached: those DVC ran / restored from the
+    run-cache) or raises ExperimentFailed with DVC's error lines. Any machine with git, this project's environment and the shared DVC
     cache can run it (a Prefect task on threads or on Dask workers). Stages DVC ran before
     with the same deps and params are restored from the shared run-cache unless
     `run_cache` is False (--force); every stage run is saved there for later ones."""
