@@ -9,7 +9,8 @@ in a private clone of this checkout (your workspace, refs and cache are not touc
 Printed: the wall times and their ratios (2 / 1, the issue's target <= 0.65 on 2 idle
 cores; 3 / 1, target < 0.10), and for run 1 the share of the experiments' wall time spent
 outside the stages' own work (process starts, imports, DVC's hashing and copies, the clone
-each experiment runs in), from the stages' "stage X finished in N s" lines. The load average
+each experiment runs in), from the stages' "stage X finished in N s" lines, and per arm the
+mean wall and CPU time (user + sys of DVC and its stages) of an experiment. The load average
 is printed before and after: on a shared machine the ratios are noise, re-run it idle.
 
     python -m benchmarks.compare                       # none, cvfp x 4 seeds, default data
@@ -34,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_DONE = re.compile(r"^(cmp-\S+): stage (\w+) finished in ([\d.]+) s")
-EXP_DONE = re.compile(r"^experiment \d+ of \d+ (\S+) done in (\d+)m(\d+)s")
+EXP_DONE = re.compile(r"^experiment \d+ of \d+ (\S+) done in (\d+)m(\d+)s \(CPU (\d+)m(\d+)s\)")
 
 
 class _Lines(logging.Handler):
@@ -44,6 +45,7 @@ class _Lines(logging.Handler):
         super().__init__()
         self.stages: dict[str, float] = {}
         self.walls: dict[str, float] = {}
+        self.cpus: dict[str, float] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
@@ -51,6 +53,7 @@ class _Lines(logging.Handler):
             self.stages[m.group(1)] = self.stages.get(m.group(1), 0.0) + float(m.group(3))
         elif m := EXP_DONE.match(text):
             self.walls[m.group(1)] = 60 * int(m.group(2)) + int(m.group(3))
+            self.cpus[m.group(1)] = 60 * int(m.group(4)) + int(m.group(5))
 
 
 def _sh(cmd: list[str], cwd: Path) -> str:
@@ -141,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         seq = run(1, force=True)
         seq_results = _results(proj / "metrics/compare.json")
         stage_seconds, walls = sum(lines.stages.values()), list(lines.walls.values())
+        per_arm = {
+            arm: [
+                (lines.walls[e], lines.cpus[e])
+                for e in lines.walls
+                if e.rsplit("-s", 1)[0] == f"cmp-{arm}"
+            ]
+            for arm in args.arms
+        }
         par = run(args.workers, force=True)
         same = _results(proj / "metrics/compare.json") == seq_results
         again = run(args.workers, force=False)
@@ -166,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{stage_seconds:.1f} s -> {outside:.0%} outside the stages (process starts, "
                 f"imports, DVC, the clone)"
             )
+        for arm, runs in per_arm.items():
+            if runs:
+                print(
+                    f"sequential run, {arm}: mean wall {sum(w for w, _ in runs) / len(runs):.0f} s, "
+                    f"mean CPU {sum(c for _, c in runs) / len(runs):.0f} s per experiment "
+                    f"(DVC and its stage processes, user + sys)"
+                )
         print(f"load average after: {_load()}")
         return 0 if same else 1
     finally:

@@ -53,6 +53,7 @@ from tasks.compare import (  # noqa: E402
     plan,
     reusable,
     run_experiment,
+    run_order,
     threads_per_experiment,
     workspace_source,
     write_outputs,
@@ -68,10 +69,13 @@ def _clock(seconds: float) -> str:
 # Never cached by Prefect and never persisted: whether an experiment reruns is decided by
 # its fingerprint (tasks.compare.reusable), and its results live in git and DVC.
 @task(name="experiment", cache_policy=NO_CACHE, persist_result=False)
-def experiment(spec: str, source: Source, threads: int, reuse: str | None) -> dict:
+def experiment(
+    spec: str, source: Source, threads: int, reuse: str | None, run_cache: bool = True
+) -> dict:
     """One arm x seed as a DVC experiment in its own clone (on a thread or a Dask worker);
     fails (and the flow goes on) with DVC's error. `reuse`: the commit of the finished
-    experiment with the same fingerprint, restored instead of run."""
+    experiment with the same fingerprint, restored instead of run. `run_cache`: stages
+    restored from DVC's run-cache (False: --force, every stage runs)."""
     logger = get_run_logger()
     exp = json.loads(spec)
     if reuse:
@@ -80,11 +84,14 @@ def experiment(spec: str, source: Source, threads: int, reuse: str | None) -> di
             exp["name"],
             reuse[:7],
         )
-        return {"name": exp["name"], "seconds": 0.0, "stages": [], "reused": reuse}
+        return {"name": exp["name"], "seconds": 0.0, "stages": [], "cached": [], "reused": reuse}
+    if exp["invalid"]:
+        raise ExperimentFailed(f"{exp['name']} not run: {exp['invalid']}")
     logger.info("%s: running on %d torch thread(s)", exp["name"], threads)
     t0 = time.perf_counter()
     try:
-        return {**run_experiment(exp, source, threads, on_line=logger.info), "reused": None}
+        result = run_experiment(exp, source, threads, on_line=logger.info, run_cache=run_cache)
+        return {**result, "reused": None}
     except ExperimentFailed as err:
         err.seconds = time.perf_counter() - t0
         raise
@@ -134,20 +141,37 @@ def compare(
         sum(1 for r in reuse.values() if r),
     )
     progress = CompareProgress(n, min(workers, n))  # `compare-progress` (flows/artifacts.py)
-    # Independent task runs: no future is passed to another task (no dependency arrows).
-    futures = {}
-    for k, exp in enumerate(exps, 1):
-        name = f"{k}of{n}-{exp['arm']}-seed{exp['seed']}"
+    # Longest first (the control's Transformer), and an experiment that restores another's
+    # phase1 from DVC's run-cache (no_context) only once that one has finished (run_order).
+    order, waits_for = run_order(params, exps)
+    runs = {i for i, e in enumerate(exps) if not (reuse[e["name"]] or e["invalid"])}
+    waiting: dict[int, list[int]] = {}
+    futures: dict = {}  # future -> index in exps
+
+    def submit(i: int) -> None:
+        exp = exps[i]
         # The experiment as JSON text, a new object: Prefect links a task argument to an
         # earlier task's result when they share an object (a name string the result repeats)
         # and draws a dependency arrow; quote() would avoid it but reaches Dask tasks wrapped.
+        # Independent task runs: no future is passed to another task (no dependency arrows).
+        name = f"{i + 1}of{n}-{exp['arm']}-seed{exp['seed']}"
         fut = experiment.with_options(task_run_name=name).submit(
-            json.dumps(exp), source, n_threads, reuse[exp["name"]]
+            json.dumps(exp), source, n_threads, reuse[exp["name"]], not force
         )
-        futures[fut] = (k, exp)
+        futures[fut] = i
+
+    for i in order:
+        if not force and i in runs and waits_for.get(i) in runs:  # --force: no run-cache
+            waiting.setdefault(waits_for[i], []).append(i)
+        else:
+            submit(i)
     records: dict[int, dict] = {}
-    for done, fut in enumerate(as_completed(list(futures)), 1):
-        k, exp = futures[fut]
+    while len(records) < n:
+        fut = next(as_completed([f for f, i in futures.items() if i + 1 not in records]))
+        i = futures[fut]
+        for j in waiting.pop(i, []):  # its phase1 is in the run-cache now (or it failed)
+            submit(j)
+        k, exp = i + 1, exps[i]
         result = fut.result(raise_on_failure=False)
         if isinstance(result, dict):
             try:
@@ -156,8 +180,11 @@ def compare(
                 outcome = (
                     f"restored ({result['reused'][:7]})"
                     if result["reused"]
-                    else f"done in {_clock(result['seconds'])}"
+                    else f"done in {_clock(result['seconds'])} "
+                    f"(CPU {_clock(result['cpu_seconds'])})"
                 )
+                if result["cached"]:
+                    outcome += f"; from DVC's run-cache: {', '.join(result['cached'])}"
             except ExperimentFailed as err:
                 rec = failed(exp, str(err), result["seconds"])
                 outcome = f"FAILED in {_clock(result['seconds'])}: {err}"
@@ -173,7 +200,7 @@ def compare(
         )
         if rec["status"] != "ok":
             logger.error("experiment %d of %d %s %s", k, n, exp["name"], outcome)
-        elapsed = time.perf_counter() - t0
+        elapsed, done = time.perf_counter() - t0, len(records)
         logger.info(
             "experiment %d of %d %s %s; %d of %d finished, elapsed %s, ETA %s",
             k,

@@ -48,9 +48,10 @@ PREFIX = "cmp"  # experiment names: cmp-<arm>-s<seed>
 ERROR_LINE = re.compile(r"^(ERROR|[\w.]*(Error|Exception)\b:?)")
 # DVC's stage lines and the stages' epoch / finish logs, shown as the experiment goes.
 RAN_STAGE = re.compile(r"^Running stage '(\w+)'")
+CACHED_STAGE = re.compile(r"^Stage '(\w+)' is cached")
 PROGRESS_LINE = re.compile(
     r"^Running stage|^Stage '|cvfp INFO (phase2 epoch|transformer epoch|"
-    r"reconstruction epoch|stage \w+ finished)"
+    r"reconstruction epoch|stage \w+ finished)|^WARNING: run-cache"
 )
 
 
@@ -130,6 +131,39 @@ def plan(
     return out
 
 
+# The params of dvc.yaml's phase1 stage (runtime.threads aside: one value per comparison).
+PHASE1_PARAMS = ("seed", "deterministic", "model", "phase1", "checks")
+
+
+def run_order(params: Params, exps: list[dict]) -> tuple[list[int], dict[int, int]]:
+    """The order to start the experiments of `plan` in, longest first, so that no long one is
+    left running alone at the end: those that train the Transformer baseline (the control,
+    with compare.transformer_in_control_only: about twice as long) first, then the others in
+    plan order, and last the experiments whose phase1 stage has the same params as an earlier
+    one's (no_context and none, same seed): they restore phase1 and materialize from DVC's
+    run-cache once that one has finished, so each waits for it (the second value: index ->
+    index it waits for). Returns indices into `exps`; invalid experiments (nothing to run)
+    first."""
+    ranked: list[tuple[int, int]] = []
+    first_with: dict[str, int] = {}
+    waits_for: dict[int, int] = {}
+    for i, exp in enumerate(exps):
+        if exp["invalid"]:
+            ranked.append((0, i))
+            continue
+        p = arm_params(params, exp["sets"])
+        key = json.dumps(p.model_dump(include=set(PHASE1_PARAMS)), sort_keys=True, default=str)
+        if key in first_with:
+            waits_for[i] = first_with[key]
+            ranked.append((3, i))
+        else:
+            first_with[key] = i
+            ranked.append((1 if p.baselines.transformer else 2, i))
+    # an experiment that others wait for starts before the rest of its rank
+    ranked.sort(key=lambda r: (r[0], r[1] not in waits_for.values(), r[1]))
+    return [i for _, i in ranked], waits_for
+
+
 def resolve_data_path(
     params: Params, overrides: dict[str, Any] | None, root: Path | None = None
 ) -> dict[str, Any]:
@@ -206,6 +240,9 @@ OUTPUT_PATHS = ("dvc.lock", "metrics", "plots", "reports")
 # depend on them): an experiment is reused when only these changed.
 NOT_INPUTS = ("compare", "orchestration")
 FINGERPRINT = "cvfp-compare fingerprint "  # + sha256, in the experiment's commit message
+# How a clone's outputs link to the shared cache: DVC's default on ext4 is copy (reflink is
+# not supported there); a hard link costs nothing (a copy: the data, the C* of each split).
+CLONE_CACHE_TYPES = "reflink,hardlink,copy"
 
 
 @dataclass(frozen=True)
@@ -314,10 +351,36 @@ def _run(cmd: list[str], cwd: Path, what: str, **kw) -> subprocess.CompletedProc
     return p
 
 
-_DVC_CHECKOUT_THEN = (
-    "import sys; from dvc.cli import main; "
-    "main(['checkout', '--quiet', '--allow-missing']); sys.exit(main(sys.argv[1:]))"
-)
+# The experiment's one DVC process (each start costs ~1-2 s of CPU): `dvc checkout` brings
+# the outputs the baseline already has from the shared cache (a missing one is made by its
+# stage), then `dvc exp run`, then every stage's run goes to the shared run-cache. DVC 3
+# saves no run-cache entry for a stage with a plain `cache: false` output (metrics/phase1.json,
+# plots/*.csv: git-tracked; only stage `metrics:`/`plots:` are exempt), but it restores one
+# whatever the outputs (dvc/stage/cache.py); `StageCache.save` stores such files as copies
+# (what DVC does for `metrics:` with `cache: false`). So an experiment whose phase1 has the
+# same deps and params as a finished one (no_context and none, same seed) restores phase1
+# and materialize instead of rerunning them. `run_cache=False` (--force): nothing restored.
+_DVC_EXPERIMENT = """\
+import sys
+from dvc.cli import main
+main(["checkout", "--quiet", "--allow-missing"])
+if not {run_cache}:  # `dvc exp run` has no --no-run-cache flag; DVC's API takes run_cache
+    from dvc.commands.experiments.run import CmdExperimentsRun as Run
+    from dvc.commands.repro import CmdRepro
+    common = CmdRepro._common_kwargs.fget
+    Run._common_kwargs = property(lambda self: {{**common(self), "run_cache": False}})
+rc = main(sys.argv[1:])
+if rc == 0:
+    from dvc.repo import Repo
+    try:
+        with Repo() as repo:
+            for stage in repo.index.stages:
+                if stage.cmd and all(out.exists for out in stage.outs):
+                    repo.stage_cache.save(stage)
+    except Exception as err:  # the experiment is done and committed all the same
+        print(f"WARNING: run-cache not saved: {{type(err).__name__}}: {{err}}", flush=True)
+sys.exit(rc)
+"""
 
 
 def run_experiment(
@@ -326,11 +389,15 @@ def run_experiment(
     threads: int,
     on_line: Callable[[str], None] = log.info,
     workdir: str | Path | None = None,
+    run_cache: bool = True,
 ) -> dict:
     """Run one experiment in a private clone of `source` and push its ref back; returns
-    {"name", "seconds", "stages"} (stages: those DVC ran) or raises ExperimentFailed with
-    DVC's error lines. Any machine with git, this project's environment and the shared DVC
-    cache can run it (a Prefect task on threads or on Dask workers)."""
+    {"name", "seconds", "cpu_seconds", "stages", "cached"} (cpu_seconds: user + sys of the
+    DVC process and its stages; stages / cached: those DVC ran / restored from the
+    run-cache) or raises ExperimentFailed with DVC's error lines. Any machine with git, this project's environment and the shared DVC
+    cache can run it (a Prefect task on threads or on Dask workers). Stages DVC ran before
+    with the same deps and params are restored from the shared run-cache unless
+    `run_cache` is False (--force); every stage run is saved there for later ones."""
     if exp.get("invalid"):
         raise ExperimentFailed(f"{exp['name']} not run: {exp['invalid']}")
     t0 = time.perf_counter()
@@ -351,20 +418,20 @@ def run_experiment(
         _run(["git", "checkout", "--quiet", "--detach", source.baseline], clone, what)
         if source.patch:
             _run(["git", "apply", "--binary", "-"], clone, what, input=source.patch)
+        # The shared cache (and run-cache); outputs linked to it, not copied: DVC makes
+        # linked cache files read-only, and every stage writes new files (atomic_path).
         (clone / ".dvc" / "config.local").write_text(
-            f"[cache]\n    dir = {source.cache_dir}\n"  # the shared cache (and run-cache)
+            f"[cache]\n    dir = {source.cache_dir}\n    type = {CLONE_CACHE_TYPES}\n"
         )
         args = ["exp", "run", "-n", exp["name"]]
         args += ["-m", f"{exp['name']}\n\n{FINGERPRINT}{fingerprint(exp, source)}"]
         for key, value in exp["sets"].items():
             args += ["-S", _set_arg(key, value)]
         args += ["-S", f"runtime.threads={threads}"]
-        # One DVC process (each start costs ~1-2 s of CPU): `dvc checkout` brings the
-        # outputs the baseline already has from the shared cache (a missing one is made by
-        # its stage), then `dvc exp run`.
-        cmd = [sys.executable, "-c", _DVC_CHECKOUT_THEN, *args]
+        cmd = [sys.executable, "-c", _DVC_EXPERIMENT.format(run_cache=run_cache), *args]
         tail: deque[str] = deque(maxlen=80)
         stages: list[str] = []
+        cached: list[str] = []
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",  # stage lines as they happen, not in blocks
@@ -381,8 +448,14 @@ def run_experiment(
                 ran = RAN_STAGE.match(line)
                 if ran:
                     stages.append(ran.group(1))
+                if hit := CACHED_STAGE.match(line):
+                    cached.append(hit.group(1))
                 if PROGRESS_LINE.search(line):
                     on_line(f"{exp['name']}: {line.split(' cvfp INFO ')[-1]}")
+            # Reaped here for its CPU time: DVC's and its stage processes' (user + sys).
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            cpu = usage.ru_utime + usage.ru_stime
         if proc.returncode != 0:
             errors = [ln.strip() for ln in tail if ERROR_LINE.match(ln.strip())]
             raise ExperimentFailed(
@@ -395,7 +468,13 @@ def run_experiment(
             clone,
             f"{exp['name']}: pushing its experiment ref",
         )
-    return {"name": exp["name"], "seconds": time.perf_counter() - t0, "stages": stages}
+    return {
+        "name": exp["name"],
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": cpu,
+        "stages": stages,
+        "cached": cached,
+    }
 
 
 def collect(exp: dict) -> dict:

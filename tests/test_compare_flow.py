@@ -1,12 +1,13 @@
 """python -m flows.compare end to end on a tiny copy of the project: arms x seeds as DVC
 experiments, a failing arm (at run time and at validation) that does not stop the sweep,
 progress in the flow run's logs, the three outputs and the exit status. The fewest
-experiments that show it: 2 arms x 1 seed + 1 arm failing at run time (+ 1 failing at
+experiments that show it: 3 arms x 1 seed + 1 arm failing at run time (+ 1 failing at
 validation, never run); the statistics over several seeds are tested on their own
 (test_compare.py). The arms are the control (objective none) and the reconstruction
 objective, so the sweep also runs that objective end to end through DVC, and shows which
-stages a Phase 1 param reruns. The sweep runs 2 experiments at once (`--workers 2`, one torch
-thread each); then the same comparison again, which restores every experiment (nothing runs);
+stages a Phase 1 param reruns; the no-context control has the control's phase1 params, so
+it restores phase1 and materialize from DVC's run-cache once the control has finished. The
+sweep runs 2 experiments at once (`--workers 2`, one torch thread each); then the same comparison again, which restores every experiment (nothing runs);
 then the control alone, forced to rerun, on a 2-process Dask LocalCluster: the same bytes as
 when it ran beside the others. It all runs in the background from the start of the session
 (conftest.py); the tests check what it left."""
@@ -23,13 +24,14 @@ import yaml
 from test_pipeline import BIN, commit, env, run
 
 pytestmark = pytest.mark.pipeline
-ARMS = ["broken", "none", "reconstruction", "invalid"]
+# reconstruction before none: the flow starts the control first all the same (longest first)
+ARMS = ["broken", "reconstruction", "none", "invalid", "no_context"]
 
 
 @dataclass
 class CompareRuns:
     proj: Path
-    first: subprocess.CompletedProcess  # 4 experiments, 2 at once
+    first: subprocess.CompletedProcess  # 5 experiments, 2 at once
     first_json: dict  # metrics/compare.json after it
     first_md: str  # reports/compare.md after it
     first_report: str  # reports/report.md after it (the report stage reran)
@@ -172,23 +174,51 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     # DVC's stage lines as they happen.
     logs = "\n".join(flow_run_logs()[0])
     assert (
-        f"compare: 4 experiment(s): arms {ARMS} x seeds [7]; 2 at once, 1 torch thread(s)" in logs
+        f"compare: 5 experiment(s): arms {ARMS} x seeds [7]; 2 at once, 1 torch thread(s)" in logs
     )
-    assert "experiment 1 of 4 cmp-broken-s7 FAILED in " in logs
-    assert "experiment 4 of 4 cmp-invalid-s7 FAILED in " in logs
-    for k, name in ((2, "cmp-none-s7"), (3, "cmp-reconstruction-s7")):
-        assert f"experiment {k} of 4 {name} done in " in logs, logs
+    assert "experiment 1 of 5 cmp-broken-s7 FAILED in " in logs
+    assert "experiment 4 of 5 cmp-invalid-s7 FAILED in " in logs
+    for k, name in ((3, "cmp-none-s7"), (2, "cmp-reconstruction-s7")):
+        assert f"experiment {k} of 5 {name} done in " in logs, logs
         # A Phase 1 param (the objective, the seed): DVC reruns phase1 and what follows only.
         ran = re.findall(rf"^{name}: Running stage '(\w+)'", logs, re.M)
         assert ran == ["phase1", "materialize", "phase2", "report"], logs
-    assert ", ETA " in logs and "compare: 2 of 4 experiment(s) ok in " in logs
+    assert ", ETA " in logs and "compare: 3 of 5 experiment(s) ok in " in logs
+    # Longest first: the control (it trains the Transformer) starts before the other arms,
+    # here before reconstruction, which comes first in plan order (k = 2 < 3) and now waits
+    # for a free worker behind broken.
+    started = re.findall(r"^(cmp-\S+): running on 1 torch thread", logs, re.M)
+    assert set(started[:2]) == {"cmp-none-s7", "cmp-broken-s7"}, logs
+    assert started[2:] == ["cmp-reconstruction-s7", "cmp-no_context-s7"], logs  # invalid: not run
+    # no_context has the control's phase1 params: it starts once the control has finished
+    # and DVC's run-cache restores phase1 and materialize (the same bytes), phase2 runs.
+    lines = logs.splitlines()
+    assert lines.index("cmp-no_context-s7: running on 1 torch thread(s)") > max(
+        i for i, x in enumerate(lines) if x.startswith("cmp-none-s7: ")
+    )
+    assert re.findall(r"^cmp-no_context-s7: Stage '(\w+)' is cached", logs, re.M) == [
+        "phase1",
+        "materialize",
+    ]
+    assert re.findall(r"^cmp-no_context-s7: Running stage '(\w+)'", logs, re.M) == [
+        "phase2",
+        "report",
+    ]
+    assert re.search(
+        r"experiment 5 of 5 cmp-no_context-s7 done in \w+ \(CPU \w+\); "
+        r"from DVC's run-cache: phase1, materialize;",
+        logs,
+    ), logs
+    for path in ("metrics/phase1.json", "plots/phase1_trials.csv"):
+        assert exp_file(proj, "cmp-no_context-s7", path) == exp_file(proj, "cmp-none-s7", path)
+    assert data["arms"]["no_context"]["seeds"] == [7]
     # the experiments are independent task runs: no inputs linking one to another
     inputs = {t.name: t.task_inputs for t in flow_run_task_runs()}
-    assert len(inputs) == 4 and all(not any(v.values()) for v in inputs.values()), inputs
+    assert len(inputs) == 5 and all(not any(v.values()) for v in inputs.values()), inputs
     # ... and a progress artifact over the whole sweep
     (progress,) = flow_run_artifacts("compare-progress")
     assert progress.type == "progress" and progress.data == 100.0
-    assert progress.description.startswith("compare: experiment 4 of 4 done (cmp-")
+    assert progress.description.startswith("compare: experiment 5 of 5 done (cmp-")
 
 
 def _numbers(data: dict) -> dict:
@@ -205,30 +235,28 @@ def test_compare_again_restores_every_experiment_and_dask_gives_the_same_bytes(
     assert again.returncode == 1, (again.stdout + again.stderr)[-3000:]  # the broken arm
     assert _numbers(compare_run.again_json) == _numbers(compare_run.first_json)
     first_logs, again_logs, dask_logs = ("\n".join(r) for r in flow_run_logs())
-    assert "2 restored from finished experiments" in again_logs, again_logs
-    for k, name in ((2, "cmp-none-s7"), (3, "cmp-reconstruction-s7")):
-        assert re.search(rf"experiment {k} of 4 {name} restored \(\w{{7}}\)", again_logs)
-    ran = re.compile(r"^cmp-(none|reconstruction)-s7: Running stage", re.M)
+    assert "3 restored from finished experiments" in again_logs, again_logs
+    for k, name in ((3, "cmp-none-s7"), (2, "cmp-reconstruction-s7"), (5, "cmp-no_context-s7")):
+        assert re.search(rf"experiment {k} of 5 {name} restored \(\w{{7}}\)", again_logs)
+    ran = re.compile(r"^cmp-(none|reconstruction|no_context)-s7: (Running s|S)tage", re.M)
     assert ran.search(first_logs) and not ran.search(again_logs), again_logs
     # The broken arm is not a finished experiment: it runs (and fails) again.
-    assert "experiment 1 of 4 cmp-broken-s7 FAILED in " in again_logs
+    assert "experiment 1 of 5 cmp-broken-s7 FAILED in " in again_logs
 
     # The control alone on a 2-process Dask LocalCluster, forced to rerun: the experiment's
     # bytes and the comparison's numbers equal those of the run beside the other arms.
     dask = compare_run.dask
     assert dask.returncode == 0, (dask.stdout + dask.stderr)[-3000:]
     assert "0 restored from finished experiments" in dask_logs
-    # phase1 and phase2 rerun (their git-tracked cache: false outputs keep DVC's run-cache off);
-    # materialize comes back from the run-cache (same inputs as the first run); the report
-    # reruns: the experiment carries the workspace's uncommitted metrics/compare.json, a report
-    # dep that the first sweep rewrote.
+    # --force: every stage downstream of the data reruns, none is restored from DVC's
+    # run-cache (which holds the first run of each).
     assert re.findall(r"^cmp-none-s7: Running stage '(\w+)'", dask_logs, re.M) == [
         "phase1",
+        "materialize",
         "phase2",
         "report",
     ]
-    cached = re.findall(r"^cmp-none-s7: Stage '(\w+)' is cached", dask_logs, re.M)
-    assert cached == ["materialize"], dask_logs
+    assert not re.search(r"^cmp-none-s7: Stage '(\w+)' is cached", dask_logs, re.M), dask_logs
     assert compare_run.dask_none_phase2 == compare_run.none_phase2
     assert compare_run.dask_json["arms"]["none"] == compare_run.first_json["arms"]["none"]
 
@@ -250,17 +278,21 @@ def flow_run_logs() -> list[list[str]]:
             sort=FlowRunSort.START_TIME_ASC,
         )
         assert len(runs) == 3, [r.name for r in runs]
-        return [
-            [
-                log.message
-                for log in client.read_logs(
+        out = []
+        for run in runs:  # the server returns at most 200 logs a call
+            messages: list[str] = []
+            while True:
+                page = client.read_logs(
                     LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
                     limit=200,
+                    offset=len(messages),
                     sort=LogSort.TIMESTAMP_ASC,
                 )
-            ]
-            for run in runs
-        ]
+                messages += [log.message for log in page]
+                if len(page) < 200:
+                    break
+            out.append(messages)
+        return out
 
 
 def flow_run_task_runs() -> list:
@@ -282,7 +314,7 @@ def flow_run_task_runs() -> list:
 
 
 def first_compare_run(client):
-    """The session's first cvfp-compare flow run (the sweep of 4 experiments, 2 at once)."""
+    """The session's first cvfp-compare flow run (the sweep of 5 experiments, 2 at once)."""
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 

@@ -19,6 +19,7 @@ from tasks.compare import (
     fingerprint,
     plan,
     reusable,
+    run_order,
     threads_per_experiment,
 )
 
@@ -42,6 +43,41 @@ def test_runtime_threads_is_a_param_the_comparison_owns():
         plan(params, ["none"], 1, {"runtime.threads": 1})
     with pytest.raises(ParamsError, match=r"'runtime.threads' cannot be set by an arm"):
         load_params(ROOT / "params.yaml", {"compare.arms.fast": {"runtime.threads": 1}})
+
+
+def test_the_longest_experiments_start_first_and_phase1_twins_wait():
+    params = load_params(ROOT / "params.yaml")
+    exps = plan(params, None, 2)  # the default arms x 2 seeds, seed by seed
+    names = [e["name"] for e in exps]
+    order, waits_for = run_order(params, exps)
+    assert sorted(order) == list(range(len(exps)))  # each once
+    started = [names[i] for i in order]
+    # the control trains the Transformer (transformer_in_control_only): twice as long, first
+    assert started[:2] == ["cmp-none-s42", "cmp-none-s7"]
+    assert [e["sets"].get("baselines.transformer", True) for e in exps[:2]] == [True, False]
+    # then the other Phase 1 arms in plan order, then no_context: its phase1 stage has the
+    # params of none's of the same seed, so it waits for that one and restores phase1 and
+    # materialize from DVC's run-cache
+    assert started[2:5] == ["cmp-cvfp-s42", "cmp-cvfp_min10-s42", "cmp-reconstruction-s42"]
+    assert started[-2:] == ["cmp-no_context-s42", "cmp-no_context-s7"]
+    assert {names[i]: names[j] for i, j in waits_for.items()} == {
+        "cmp-no_context-s42": "cmp-none-s42",
+        "cmp-no_context-s7": "cmp-none-s7",
+    }
+    # a param of the phase1 stage in the arm (not only phase2's) makes it a run of its own
+    other = load_params(
+        ROOT / "params.yaml",
+        {"compare.arms.no_context": {"phase1.objective": "none", "checks.probe_samples": 50}},
+    )
+    assert run_order(other, plan(other, None, 2))[1] == {}
+    # without the Transformer in the control only, every arm trains it: plan order
+    same = load_params(ROOT / "params.yaml", {"compare.transformer_in_control_only": False})
+    order, waits_for = run_order(same, plan(same, ["none", "cvfp"], 2))
+    assert order == [0, 1, 2, 3] and waits_for == {}
+    # an arm that does not validate runs nothing: reported first
+    bad = load_params(ROOT / "params.yaml", {"compare.arms.bad": {"phase1.lr": -1.0}})
+    order, _ = run_order(bad, plan(bad, ["none", "bad"], 1))
+    assert order == [1, 0]
 
 
 def _source(params_text: str, patch: bytes = b"", baseline: str = "a" * 40) -> Source:
