@@ -103,6 +103,7 @@ def main() -> None:
             freeze_context=False,
             heads="single",
             block_weights=[1.0] * L,
+            context="cstar",
         )
         trainer = Trainer(model, None, data, data, cfg, seed=0)
         trainer.train_epoch(0)  # warm-up (allocator, Adam state)

@@ -4,12 +4,15 @@ and a mini-batch of them (`Batch`), as cvfp/phase2.py trains and evaluates on th
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
 from .corpus import Corpus
+
+if TYPE_CHECKING:
+    from .contexts import ContextFile
 
 
 class Batch(NamedTuple):
@@ -31,7 +34,7 @@ class PositionData:
     first token gets a zero input context, its last token has no target.
     """
 
-    def __init__(self, ids, cstar: np.ndarray, offsets):
+    def __init__(self, ids, cstar: np.ndarray | ContextFile, offsets):
         self.ids = np.asarray(ids, dtype=np.int64)
         self.cstar = cstar
         offsets = np.asarray(offsets, dtype=np.int64)
@@ -44,7 +47,7 @@ class PositionData:
         self.row_map: np.ndarray | None = None
 
     @classmethod
-    def from_corpus(cls, corpus: Corpus, cstar: np.ndarray) -> PositionData:
+    def from_corpus(cls, corpus: Corpus, cstar: np.ndarray | ContextFile) -> PositionData:
         return cls(corpus.ids.numpy(), cstar, corpus.offsets.numpy())
 
     def __len__(self) -> int:

@@ -27,6 +27,7 @@ from cvfp.params import ModelParams
 from cvfp.phase2 import NonFiniteLossError, clone_heads, configure_trainable, train_phase2
 from cvfp.phase2_data import PositionData
 from cvfp.phase2_eval import evaluate, head_logits
+from cvfp.training import BestEpoch, perplexity
 
 V = 12
 CONVS = [[1, 2, 3, 4, 5, 6, 7], [3, 3, 1], [5, 6, 7, 8, 9, 10, 11, 2, 3, 4, 1], [2, 9], [4]]
@@ -236,6 +237,17 @@ def test_phase2_loss_goes_to_zero_on_repeated_pattern(tmp_path, tiny_params):
         res.trainable_params
         == (32 * V + V) + sum(p.numel() for p in model.blocks.parameters()) + 32
     )
+
+
+def test_best_epoch_keeps_a_copy_and_counts_epochs_without_improvement():
+    best, state = BestEpoch(), {"w": torch.zeros(2)}
+    assert best.update(1, 2.0, lambda: state) and best.epoch == 1
+    state["w"] += 1  # the kept state is a copy, not the live one
+    assert not best.update(2, 2.0, lambda: state) and best.bad == 1  # a tie is no improvement
+    assert best.update(3, 1.5, lambda: state) and (best.epoch, best.bad) == (3, 0)
+    assert not best.update(4, float("nan"), lambda: state) and best.bad == 1
+    assert best.epoch == 3 and torch.equal(best.state["w"], torch.ones(2))
+    assert perplexity(1.0) == math.e and perplexity(710.0) == math.inf  # no OverflowError
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_params, monkeypatch):
