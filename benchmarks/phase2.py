@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from cvfp.corpus import Corpus, sequential_pass
 from cvfp.model import CVFPModel
 from cvfp.params import Phase2Params
-from cvfp.phase2 import PositionData, Trainer, configure_trainable
+from cvfp.phase2 import Trainer, configure_trainable
+from cvfp.phase2_data import PositionData
 
 
 def reference_epoch(model, corpus: Corpus, cstar: torch.Tensor, limit: int | None) -> int:
@@ -102,6 +103,7 @@ def main() -> None:
             freeze_context=False,
             heads="single",
             block_weights=[1.0] * L,
+            context="cstar",
         )
         trainer = Trainer(model, None, data, data, cfg, seed=0)
         trainer.train_epoch(0)  # warm-up (allocator, Adam state)

@@ -46,13 +46,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvfp import phase2
+from cvfp import phase2_eval
 from cvfp.corpus import Corpus, PositionSchedule, sequential_pass
 from cvfp.diversity import make_diversity
 from cvfp.model import CVFPLayer, CVFPModel
 from cvfp.params import DiversityParams, Phase2Params, load_params
 from cvfp.phase1 import parallel_iteration
-from cvfp.phase2 import EVAL_LOGITS, PositionData, Trainer, configure_trainable, evaluate
+from cvfp.phase2 import Trainer, configure_trainable
+from cvfp.phase2_data import PositionData
+from cvfp.phase2_eval import EVAL_LOGITS, evaluate
 
 TARGETS = {"stream": 0.50, "batched": 0.60, "parallel": 0.60, "phase2": 0.65}
 NAMES = {
@@ -176,11 +178,11 @@ def indexed_pass(model, corpus: Corpus):
 
 
 def eval_batches_of_256(model, data):
-    saved, phase2.EVAL_LOGITS = phase2.EVAL_LOGITS, 0
+    saved, phase2_eval.EVAL_LOGITS = phase2_eval.EVAL_LOGITS, 0
     try:
         evaluate(model, data, 256)
     finally:
-        phase2.EVAL_LOGITS = saved
+        phase2_eval.EVAL_LOGITS = saved
 
 
 def effects(model, stream: Corpus, corpus: Corpus, data: PositionData, rounds: int) -> None:

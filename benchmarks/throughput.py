@@ -37,7 +37,8 @@ from cvfp.diversity import make_diversity
 from cvfp.model import CVFPModel
 from cvfp.params import load_params
 from cvfp.phase1 import parallel_iteration
-from cvfp.phase2 import PositionData, Trainer, configure_trainable
+from cvfp.phase2 import Trainer, configure_trainable
+from cvfp.phase2_data import PositionData
 from tasks.layout import TOKENIZER
 
 GB = 1e9

@@ -18,9 +18,7 @@ order) for the per-conversation file.
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import time
 from typing import Any
 
@@ -29,14 +27,17 @@ import torch
 import torch.nn.functional as F
 
 from .corpus import Corpus
-from .phase2 import PositionData, Stats, evaluate, position_nats
+from .params import BaselineParams, Phase2Params
+from .phase2_data import PositionData
+from .phase2_eval import Stats, evaluate, position_nats
+from .training import BestEpoch, count_parameters, optimizer_step, perplexity
 from .utils import progress
 
 log = logging.getLogger("cvfp")
 
 
 def _metrics(loss: float, acc: float, **extra) -> dict:
-    return {"val_loss": loss, "val_ppl": _ppl(loss), "val_acc": acc, **extra}
+    return {"val_loss": loss, "val_ppl": perplexity(loss), "val_acc": acc, **extra}
 
 
 def _test(nats: np.ndarray, correct: np.ndarray) -> dict:
@@ -44,13 +45,9 @@ def _test(nats: np.ndarray, correct: np.ndarray) -> dict:
     loss = float(nats.sum() / max(nats.size, 1))
     return {
         "test_loss": loss,
-        "test_ppl": _ppl(loss),
+        "test_ppl": perplexity(loss),
         "test_acc": float(correct.sum() / max(correct.size, 1)),
     }
-
-
-def _ppl(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf  # a diverged baseline, not OverflowError
 
 
 # ---------------------------------------------------------------- bigram
@@ -243,8 +240,8 @@ def transformer_baseline(
     val: Corpus,
     test: Corpus,
     vocab_size: int,
-    bp,
-    cfg,
+    bp: BaselineParams,
+    cfg: Phase2Params,
     target_params: int,
     epochs: int,
     seed: int = 0,
@@ -270,7 +267,7 @@ def transformer_baseline(
         bp.transformer_n_positions,
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in params)
+    n_params = count_parameters(params)
     train_w, val_w = (
         windows(train, bp.transformer_n_positions),
         windows(val, bp.transformer_n_positions),
@@ -278,8 +275,8 @@ def transformer_baseline(
     n_targets = np.array([len(w) - 1 for w in train_w])
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True)  # as Phase 2
     gen = torch.Generator().manual_seed(seed)
-    best: dict[str, Any] = {}  # the epoch with the lowest val loss so far
-    best_state: dict[str, torch.Tensor] = {}
+    best: dict[str, Any] = {}  # the row of the epoch with the lowest val loss so far
+    tracker = BestEpoch()
     history: list[dict[str, Any]] = []
     seconds = 0.0
     for epoch in range(1, epochs + 1):
@@ -296,10 +293,7 @@ def transformer_baseline(
             inputs, mask, targets = collate([train_w[i] for i in batch])
             logits = model(input_ids=inputs, attention_mask=mask).logits
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            optimizer_step(optimizer, loss, params, cfg.grad_clip)
             loss_sum += loss.item() * int((targets >= 0).sum())
         seconds += time.perf_counter() - t0
         scores = evaluate_transformer(model, val_w, cfg.batch_size)
@@ -318,10 +312,9 @@ def transformer_baseline(
             scores.ppl,
             scores.acc,
         )
-        if not best or scores.loss < best["val_loss"]:
+        if tracker.update(epoch, scores.loss, model.state_dict):
             best = row
-            best_state = copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+    model.load_state_dict(tracker.state)
     test_nats, test_hits = transformer_nats(
         model, windows(test, bp.transformer_n_positions), cfg.batch_size
     )
@@ -331,7 +324,7 @@ def transformer_baseline(
         **_test(test_nats, test_hits),
         best_epoch=best["epoch"],
         train_loss=best["train_loss"],
-        train_ppl=_ppl(best["train_loss"]),
+        train_ppl=perplexity(best["train_loss"]),
         trainable_params=n_params,
         target_params=target_params,
         param_ratio=n_params / target_params,

@@ -1,4 +1,5 @@
-"""Checkpoints that carry the params they were trained with, and shape-checked loading.
+"""Checkpoints that carry the params they were trained with, the writer a trainer is handed
+(`Checkpointer`), and loading that names the file on any mismatch.
 
 A checkpoint holds only tensors and plain values (dict, list, str, int, float, bool, None),
 and is always read with `torch.load(weights_only=True)`: a `.pt` from `--checkpoint` or a
@@ -10,6 +11,7 @@ from __future__ import annotations
 import errno
 import io
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,20 @@ def save_checkpoint(
         torch.save(state, tmp)
 
 
+@dataclass
+class Checkpointer:
+    """Writes a trainer's best-so-far model to `path`, with the params it was trained with and
+    the plain values in `extra` (e.g. the vocabulary size). The stage makes one and hands it to
+    the trainer (only on the process that writes), which calls `save` at each new best."""
+
+    path: Path
+    params: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, model: nn.Module, **extra: Any) -> None:
+        save_checkpoint(self.path, model, self.params, **self.extra, **extra)
+
+
 def load_torch(source: str | Path | bytes, name: str | Path | None = None) -> Any:
     """`torch.load(weights_only=True)` of a path or bytes; any failure is a CheckpointError
     naming the file (`name` for bytes) and what to do."""
@@ -128,31 +144,15 @@ def read_checkpoint(path: str | Path | bytes, name: str | Path | None = None) ->
 def load_state(
     path: str | Path, model: nn.Module, state: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Load a checkpoint into `model`; any shape disagreement names the file and both shapes."""
+    """Load a checkpoint into `model` (strict); a missing, extra or differently shaped tensor
+    is a CheckpointError naming the file and, from torch, the keys and both shapes."""
     state = state if state is not None else read_checkpoint(path)
-    saved = state["state_dict"]
-    expected = model.state_dict()
-    problems = []
-    for key, tensor in expected.items():
-        if key not in saved:
-            problems.append(f"{key}: missing in checkpoint (params expect {tuple(tensor.shape)})")
-        elif not isinstance(saved[key], torch.Tensor):
-            problems.append(f"{key}: not a tensor in the checkpoint")
-        elif tuple(saved[key].shape) != tuple(tensor.shape):
-            problems.append(
-                f"{key}: checkpoint has shape {tuple(saved[key].shape)}, "
-                f"current params expect {tuple(tensor.shape)}"
-            )
-    problems += [
-        f"{k}: in checkpoint but not in the model built from params"
-        for k in saved
-        if k not in expected
-    ]
-    if problems:
+    try:
+        model.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError as err:
         raise CheckpointError(
-            f"checkpoint {path} does not match the current params:\n  " + "\n  ".join(problems[:10])
-        )
-    model.load_state_dict(saved)
+            f"checkpoint {path} does not match the current params: {err}"
+        ) from None
     return state
 
 

@@ -23,6 +23,7 @@ from .checkpoint import CheckpointError, load_state, read_checkpoint
 from .contexts import ContextFile
 from .corpus import Corpus, warn_if_large, windowed_pass
 from .model import CVFPModel
+from .params import ModelParams
 from .utils import BeforeReplace, atomic_path, one_intraop_thread, progress
 
 if TYPE_CHECKING:  # imported where used: phase2 reads C* without the sharding code
@@ -36,7 +37,7 @@ class CstarError(ValueError):
 
 
 def load_phase1_model(
-    path: str | Path, model_params, vocab_size: int, momentum: float = 0.99
+    path: str | Path, model_params: ModelParams, vocab_size: int, momentum: float = 0.99
 ) -> CVFPModel:
     """Rebuild the model from params and load a checkpoint; a mismatch names the file and
     both shapes (checkpoint.load_state). Pretrained embeddings come from the checkpoint."""
@@ -138,7 +139,7 @@ _MODELS_LOCK = threading.Lock()
 
 
 def _shard_model(
-    checkpoint: str | Path | bytes, model_params, vocab_size: int, momentum: float
+    checkpoint: str | Path | bytes, model_params: ModelParams, vocab_size: int, momentum: float
 ) -> CVFPModel:
     """The Phase 1 model in eval mode, loaded once per process per checkpoint content."""
     data = checkpoint if isinstance(checkpoint, bytes) else Path(checkpoint).read_bytes()
@@ -161,7 +162,7 @@ def _shard_model(
 def materialize_shard(
     shard: list[list[np.ndarray]],
     checkpoint: str | Path | bytes,
-    model_params,
+    model_params: ModelParams,
     vocab_size: int,
     chunk_tokens: int,
     momentum: float = 0.99,
@@ -201,7 +202,7 @@ def materialize_sharded(
     checkpoint: str | Path,
     corpora: dict[str, Corpus],
     out_dir: str | Path,
-    model_params,
+    model_params: ModelParams,
     vocab_size: int,
     chunk_tokens: int,
     context_reset: str,

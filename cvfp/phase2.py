@@ -21,15 +21,18 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import save_checkpoint
-from .corpus import Corpus
+from .checkpoint import Checkpointer
 from .distributed import SINGLE, World
+from .params import Phase2Params
+from .phase2_data import Batch, PositionData
+from .phase2_eval import Stats, evaluate, forward_logits, model_device
+from .training import BestEpoch, count_parameters, optimizer_step
 from .utils import progress
 
 log = logging.getLogger("cvfp")
@@ -39,75 +42,9 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-class PositionData:
-    """Phase 2 examples of one split: position i -> (C*[i-1] or 0, token[i], C*[i], token[i+1]).
-
-    `offsets` are the corpus segments (conversations, or [0, N] for one stream): a segment's
-    first token gets a zero input context, its last token has no target.
-    """
-
-    def __init__(self, ids, cstar: np.ndarray, offsets):
-        self.ids = np.asarray(ids, dtype=np.int64)
-        self.cstar = cstar
-        offsets = np.asarray(offsets, dtype=np.int64)
-        self.prev = np.arange(self.ids.size) - 1
-        self.prev[offsets[:-1]] = -1
-        has_target = np.ones(self.ids.size, dtype=bool)
-        has_target[offsets[1:] - 1] = False
-        self.positions = np.flatnonzero(has_target)
-        self.context = "cstar"  # ablations: "zero" or "shuffled"
-        self.row_map: np.ndarray | None = None
-
-    @classmethod
-    def from_corpus(cls, corpus: Corpus, cstar: np.ndarray) -> PositionData:
-        return cls(corpus.ids.numpy(), cstar, corpus.offsets.numpy())
-
-    def __len__(self) -> int:
-        return int(self.positions.size)
-
-    def ablated(self, context: str, seed: int = 0) -> PositionData:
-        """The same examples with C* replaced by zeros or permuted across positions."""
-        out = copy.copy(self)
-        out.context = context
-        if self.context == "zero" and context in ("zero", "shuffled"):
-            out.context = "zero"  # zeros shuffled are zeros (phase2.context: zero)
-        elif context == "shuffled":
-            out.row_map = np.random.default_rng(seed).permutation(self.ids.size)
-        elif context != "zero":
-            raise ValueError(f"context={context!r}: allowed zero, shuffled")
-        return out
-
-    def batch(self, idx: np.ndarray):
-        """Tensors for positions `idx`: (input context, token ids, fixed context, targets)."""
-        idx = np.sort(idx)  # ascending rows: sequential reads from the memmap
-        first = self.prev[idx] < 0
-        dc = self.cstar.shape[1]
-        if self.context == "zero":
-            prev_ctx = fixed = torch.zeros(idx.size, dc)
-        else:
-            rows = np.concatenate([np.where(first, idx, self.prev[idx]), idx])
-            if self.row_map is not None:
-                rows = self.row_map[rows]
-            ctx = torch.from_numpy(np.asarray(self.cstar[rows], dtype=np.float32))
-            prev_ctx, fixed = ctx[: idx.size], ctx[idx.size :]
-            prev_ctx[torch.from_numpy(first)] = 0.0
-        return prev_ctx, torch.from_numpy(self.ids[idx]), fixed, torch.from_numpy(self.ids[idx + 1])
-
-
 # A mean next-token loss above this (nats) is a diverged run, not a bad model: no vocabulary
 # has e^100 tokens, so uniform guessing stays far below. Also where exp(loss) would overflow.
 DIVERGED_LOSS = 100.0
-
-
-@dataclass
-class Stats:
-    loss: float
-    acc: float
-    n: int
-
-    @property
-    def ppl(self) -> float:
-        return math.exp(self.loss) if self.loss < 700 else math.inf  # exp overflows past ~709
 
 
 def configure_trainable(model, freeze_context: bool) -> None:
@@ -134,100 +71,21 @@ def trainable_parameters(model, heads: nn.ModuleList | None = None) -> list[nn.P
     return params
 
 
-def head_logits(model, heads, fixed: torch.Tensor, outs) -> list[torch.Tensor]:
-    """Logits per head from the stack outputs; context outputs are discarded (C* replaces them)."""
-    if heads is None:
-        _, token_out = outs
-        return [model.logits(fixed, token_out)]
-    return [h(torch.cat([fixed, tok], dim=-1)) for h, (_, tok) in zip(heads, outs, strict=True)]
+class Phase2Loss(NamedTuple):
+    loss: torch.Tensor  # what the step differentiates
+    head_sums: torch.Tensor  # [heads] CE summed over the batch, per head (last: the model's)
+    logits: list[torch.Tensor]  # per head
 
 
-def to_model_device(model, batch) -> tuple:
-    dev = model.token_output.weight.device
-    return tuple(t.to(dev) for t in batch)
-
-
-def forward_logits(model, heads, batch, freeze_context: bool = False) -> list[torch.Tensor]:
-    prev_ctx, ids, fixed, _ = batch
-    # With a frozen stack no graph is built through it: only the head's backward remains.
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_context):
-        outs = model(prev_ctx, model.embed(ids), all_blocks=heads is not None)
-    return head_logits(model, heads, fixed, outs)
-
-
-# Inference batches hold up to this many logits (16 MB): larger than training batches, as
-# nothing is kept for a backward pass, so fewer, fuller matrix products (docs/speed.md).
-EVAL_LOGITS = 1 << 22
-
-
-@torch.no_grad()
-def evaluate(
-    model, data: PositionData, batch_size: int, heads=None, world: World = SINGLE
-) -> list[Stats]:
-    """Loss/accuracy of every head over all positions (one Stats per head; single = one).
-    Under torchrun every rank evaluates its share and the sums are all-reduced.
-    batch_size: the training batch; inference runs larger batches (EVAL_LOGITS)."""
-    model.eval()
-    batch_size = max(batch_size, EVAL_LOGITS // model.vocab_size)
-    n_heads = 1 if heads is None else len(heads)
-    sums = torch.zeros(2, n_heads, dtype=torch.float64)  # loss sum, correct
-    lo, hi = world.share(len(data))
-    for s in range(lo, hi, batch_size):
-        batch = to_model_device(model, data.batch(data.positions[s : min(s + batch_size, hi)]))
-        for k, logits in enumerate(forward_logits(model, heads, batch)):
-            sums[0, k] += F.cross_entropy(logits, batch[3], reduction="sum").item()
-            sums[1, k] += (logits.argmax(-1) == batch[3]).sum().item()
-    world.all_reduce(sums)
-    n = max(len(data), 1)
-    return [Stats(float(sums[0, k] / n), float(sums[1, k] / n), len(data)) for k in range(n_heads)]
-
-
-@torch.no_grad()
-def position_nats(model, data: PositionData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per position, in `data.positions` order: the model's nats on the next token (float64)
-    and whether its top-1 guess is right. The model's own head (`token_output`; with
-    per-block heads, the last block's). One process: the held-out test pass runs once."""
-    model.eval()
-    batch_size = max(batch_size, EVAL_LOGITS // model.vocab_size)
-    nats = np.zeros(len(data), dtype=np.float64)
-    correct = np.zeros(len(data), dtype=bool)
-    for s in range(0, len(data), batch_size):
-        e = min(s + batch_size, len(data))
-        batch = to_model_device(model, data.batch(data.positions[s:e]))
-        logits = forward_logits(model, None, batch)[0]
-        nats[s:e] = F.cross_entropy(logits, batch[3], reduction="none").double().cpu().numpy()
-        correct[s:e] = (logits.argmax(-1) == batch[3]).cpu().numpy()
-    return nats, correct
-
-
-def nats_stats(nats: np.ndarray, correct: np.ndarray) -> Stats:
-    n = int(nats.size)
-    return Stats(float(nats.sum() / max(n, 1)), float(correct.sum() / max(n, 1)), n)
-
-
-def per_conversation(
-    positions: np.ndarray, row_offsets: np.ndarray, row_ids: list, nats: dict[str, np.ndarray]
-) -> dict[str, list]:
-    """Targets and summed nats per conversation, for the paired bootstrap over test
-    conversations. `positions`: token indices of the scored targets (the same for every
-    model); `row_offsets`: token offsets [R+1] of the rows (conversations or their pieces,
-    whatever the corpus segments are); `row_ids`: each row's conversation id (pieces of one
-    conversation share it). Rows of one id are summed; ids keep their first-seen order; an
-    id with no target has targets 0. Returns columns conversation_id, targets, <name> per
-    entry of `nats` (each aligned with `positions`)."""
-    row = np.searchsorted(np.asarray(row_offsets), positions, side="right") - 1
-    order = list(dict.fromkeys(row_ids))
-    index = {cid: k for k, cid in enumerate(order)}
-    conv = np.array([index[row_ids[r]] for r in range(len(row_ids))], dtype=np.int64)[row]
-    out: dict[str, list] = {
-        "conversation_id": order,
-        "targets": np.bincount(conv, minlength=len(order)).tolist(),
-    }
-    for name, v in nats.items():
-        if v.shape != positions.shape:
-            raise ValueError(f"{name}: {v.shape[0]} nats for {positions.shape[0]} positions")
-        out[name] = np.bincount(conv, weights=v, minlength=len(order)).tolist()
-    return out
+def phase2_loss(
+    model, heads, batch: Batch, weights: torch.Tensor, n: int, freeze_context: bool = False
+) -> Phase2Loss:
+    """The Phase 2 loss: sum_k weights[k] * CE(logits_k, token[i+1]), summed over the batch's
+    positions and divided by `n`, the global batch size (under torchrun a rank holds a share
+    of it). One head (`heads` None): weights [1]."""
+    logits = forward_logits(model, heads, batch, freeze_context)
+    sums = torch.stack([F.cross_entropy(lg, batch.targets, reduction="sum") for lg in logits])
+    return Phase2Loss((weights * sums).sum() / n, sums, logits)
 
 
 @dataclass
@@ -242,13 +100,43 @@ class Phase2Result:
     stages: dict = field(default_factory=dict)
 
 
+def epoch_row(epoch: int, tr: Stats, va: Stats, seconds: float) -> dict:
+    """One row of the history (plots/phase2_epochs.csv, with seconds)."""
+    return {
+        "epoch": epoch,
+        "train_loss": tr.loss,
+        "val_loss": va.loss,
+        "train_ppl": tr.ppl,
+        "val_ppl": va.ppl,
+        "train_acc": tr.acc,
+        "val_acc": va.acc,
+        "seconds": seconds,
+    }
+
+
+def log_epoch(row: dict, warm_start: bool = False) -> None:
+    log.info(
+        "phase2 epoch %d%s: train loss %.4f ppl %.2f acc %.4f | val loss %.4f ppl %.2f acc %.4f%s",
+        row["epoch"],
+        " (warm start, no step)" if warm_start else "",
+        row["train_loss"],
+        row["train_ppl"],
+        row["train_acc"],
+        row["val_loss"],
+        row["val_ppl"],
+        row["val_acc"],
+        "" if warm_start else f" | {row['seconds']:.1f}s",
+    )
+
+
 class Trainer:
     """One training stage (single head, or per-block heads) with early stopping.
 
     Under torchrun (`world`) every rank draws the same shuffled order, takes its share of
     each global batch of cfg.batch_size positions, and normalises its loss by the global
     batch size; the all-reduced gradient is then the single-process gradient, and every
-    rank takes the same step. Only rank 0 writes the checkpoint."""
+    rank takes the same step. Each new best epoch goes to `checkpointer` (the stage hands
+    one to rank 0 only)."""
 
     def __init__(
         self,
@@ -256,27 +144,25 @@ class Trainer:
         heads,
         train: PositionData,
         val: PositionData,
-        cfg,
+        cfg: Phase2Params,
         seed: int,
-        checkpoint=None,
-        params_dict=None,
-        extra=None,
-        show_progress=False,
+        checkpointer: Checkpointer | None = None,
+        show_progress: bool = False,
         world: World = SINGLE,
     ):
         self.model, self.heads, self.train, self.val, self.cfg = model, heads, train, val, cfg
         self.world = world
         self.gen = torch.Generator().manual_seed(seed)
-        self.checkpoint, self.params_dict, self.extra = checkpoint, params_dict or {}, extra or {}
+        self.checkpointer = checkpointer
         self.show = show_progress
         n = 1 if heads is None else len(heads)
         w = [1.0] if heads is None else list(cfg.block_weights)
-        self.weights = torch.tensor(w[:n], device=model.token_output.weight.device)
+        self.weights = torch.tensor(w[:n], device=model_device(model))
         self.params = trainable_parameters(model, heads)
         # fused: one kernel per step instead of ~8 passes over every parameter (5x on CPU)
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, fused=True)
         if heads is not None:
-            heads.to(model.token_output.weight.device)
+            heads.to(model_device(model))
         self.saved_epoch: int | None = None
 
     def train_epoch(self, epoch: int) -> Stats:
@@ -292,28 +178,24 @@ class Trainer:
         for step in bar:
             global_batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             lo, hi = world.share(len(global_batch))
-            batch = to_model_device(model, self.train.batch(global_batch[lo:hi]))
-            logits = forward_logits(model, self.heads, batch, cfg.freeze_context)
-            losses = torch.stack([F.cross_entropy(lg, batch[3], reduction="sum") for lg in logits])
-            loss = (self.weights * losses).sum() / len(global_batch)
-            total = world.all_reduce(loss.detach().clone())
+            batch = self.train.batch(global_batch[lo:hi]).to(model_device(model))
+            out = phase2_loss(
+                model, self.heads, batch, self.weights, len(global_batch), cfg.freeze_context
+            )
+            total = world.all_reduce(out.loss.detach().clone())
             if not torch.isfinite(total):
                 self._fail(total.item(), epoch, f"step {step + 1}/{n_steps}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            world.all_reduce_grads(self.params)
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-            self.optimizer.step()
-            sums[0] += losses[-1].item()  # report the last head (the model's own)
-            sums[1] += (logits[-1].argmax(-1) == batch[3]).sum().item()
+            optimizer_step(self.optimizer, out.loss, self.params, cfg.grad_clip, world)
+            sums[0] += out.head_sums[-1].item()  # report the last head (the model's own)
+            sums[1] += (out.logits[-1].argmax(-1) == batch.targets).sum().item()
             bar.set_postfix(loss=f"{total.item():.4f}", refresh=False)
         world.all_reduce(sums)
         return Stats(float(sums[0]) / len(order), float(sums[1]) / len(order), len(order))
 
     def _fail(self, value: float, epoch: int, where: str, why: str = ""):
         kept = (
-            f"the last good checkpoint {self.checkpoint} is epoch {self.saved_epoch}"
-            if self.saved_epoch is not None
+            f"the last good checkpoint {self.checkpointer.path} is epoch {self.saved_epoch}"
+            if self.checkpointer is not None and self.saved_epoch is not None
             else "no checkpoint was written by this run"
         )
         raise NonFiniteLossError(
@@ -322,16 +204,28 @@ class Trainer:
             f"phase2.grad_clip (now {self.cfg.grad_clip})"
         )
 
-    def save(self, epoch: int, val: list[Stats]) -> None:
+    def _check_finite(self, epoch: int, tr: Stats, val: list[Stats]) -> None:
+        vocab = self.model.token_output.out_features
+        for where, loss in (("train (epoch mean)", tr.loss), ("validation", val[-1].loss)):
+            if not math.isfinite(loss):
+                self._fail(loss, epoch, where)
+            if loss > DIVERGED_LOSS:
+                self._fail(
+                    loss,
+                    epoch,
+                    where,
+                    f" (> {DIVERGED_LOSS:g} nats: diverged; guessing uniformly over the "
+                    f"{vocab} tokens gives {math.log(vocab):.2f})",
+                )
+
+    def _new_best(self, epoch: int, val: list[Stats]) -> None:
+        """The model's head becomes the last block's; the checkpointer (if any) saves."""
         model, heads = self.model, self.heads
-        if heads is not None:  # the last block's head is the model's head
+        if heads is not None:
             model.token_output.load_state_dict(heads[-1].state_dict())
-        if self.checkpoint is not None and self.world.is_main:
-            save_checkpoint(
-                self.checkpoint,
+        if self.checkpointer is not None:
+            self.checkpointer.save(
                 model,
-                self.params_dict,
-                **self.extra,
                 phase2={
                     "epoch": epoch,
                     "val_loss": val[-1].loss,
@@ -342,9 +236,7 @@ class Trainer:
         self.saved_epoch = epoch
 
     def snapshot(self):
-        return copy.deepcopy(
-            (self.model.state_dict(), None if self.heads is None else self.heads.state_dict())
-        )
+        return self.model.state_dict(), None if self.heads is None else self.heads.state_dict()
 
     def restore(self, snap) -> None:
         self.model.load_state_dict(snap[0])
@@ -357,68 +249,34 @@ class Trainer:
         `baseline`: val stats of the starting state, which counts as a candidate (per-block
         stage: the clones are exactly the trained single head)."""
         cfg = self.cfg
-        best_loss, best_snap, bad, stopped = math.inf, None, 0, False
+        best, stopped = BestEpoch(), False
         if baseline is not None:
-            best_loss, best_snap = baseline[-1].loss, self.snapshot()
-            self.save(result.best_epoch, baseline)
+            best.update(result.best_epoch, baseline[-1].loss, self.snapshot)
+            self._new_best(result.best_epoch, baseline)
         for epoch in range(first_epoch, first_epoch + cfg.epochs):
             t0 = time.perf_counter()
             tr = self.train_epoch(epoch)
             val = evaluate(self.model, self.val, cfg.batch_size, self.heads, self.world)
             seconds = time.perf_counter() - t0
             result.train_seconds += seconds
-            for where, loss in (("train (epoch mean)", tr.loss), ("validation", val[-1].loss)):
-                if not math.isfinite(loss) or loss > DIVERGED_LOSS:
-                    self._fail(
-                        loss,
-                        epoch,
-                        where,
-                        ""
-                        if not math.isfinite(loss)
-                        else f" (> {DIVERGED_LOSS:g} nats: diverged; guessing uniformly over the "
-                        f"{self.model.token_output.out_features} tokens gives "
-                        f"{math.log(self.model.token_output.out_features):.2f})",
-                    )
-            row = {
-                "epoch": epoch,
-                "train_loss": tr.loss,
-                "val_loss": val[-1].loss,
-                "train_ppl": tr.ppl,
-                "val_ppl": val[-1].ppl,
-                "train_acc": tr.acc,
-                "val_acc": val[-1].acc,
-                "seconds": seconds,
-            }
+            self._check_finite(epoch, tr, val)
+            row = epoch_row(epoch, tr, val[-1], seconds)
             result.history.append(row)
-            log.info(
-                "phase2 epoch %d: train loss %.4f ppl %.2f acc %.4f | val loss %.4f ppl %.2f "
-                "acc %.4f | %.1fs",
-                epoch,
-                tr.loss,
-                tr.ppl,
-                tr.acc,
-                val[-1].loss,
-                val[-1].ppl,
-                val[-1].acc,
-                seconds,
-            )
-            if val[-1].loss < best_loss:
-                best_loss, best_snap, bad = val[-1].loss, self.snapshot(), 0
+            log_epoch(row)
+            if best.update(epoch, val[-1].loss, self.snapshot):
                 result.best_epoch, result.best = epoch, dict(row)
                 if len(val) > 1:
                     result.best["val_loss_per_block"] = [s.loss for s in val]
-                self.save(epoch, val)
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    stopped = True
-                    log.info(
-                        "phase2: early stop after epoch %d (no val improvement for %d epochs)",
-                        epoch,
-                        bad,
-                    )
-                    break
-        self.restore(best_snap)
+                self._new_best(epoch, val)
+            elif best.bad >= cfg.patience:
+                stopped = True
+                log.info(
+                    "phase2: early stop after epoch %d (no val improvement for %d epochs)",
+                    epoch,
+                    best.bad,
+                )
+                break
+        self.restore(best.state)
         if self.heads is not None:
             self.model.token_output.load_state_dict(self.heads[-1].state_dict())
         return epoch, stopped
@@ -429,38 +287,25 @@ def starting_row(
 ) -> tuple[dict, Stats]:
     """Epoch 0: the model as it comes in (full passes over train and val, no step)."""
     t0 = time.perf_counter()
-    tr, va = (
-        evaluate(model, train, batch_size, world=world)[0],
-        evaluate(model, val, batch_size, world=world)[0],
-    )
-    return {
-        "epoch": 0,
-        "train_loss": tr.loss,
-        "val_loss": va.loss,
-        "train_ppl": tr.ppl,
-        "val_ppl": va.ppl,
-        "train_acc": tr.acc,
-        "val_acc": va.acc,
-        "seconds": time.perf_counter() - t0,
-    }, va
+    tr = evaluate(model, train, batch_size, world=world)[0]
+    va = evaluate(model, val, batch_size, world=world)[0]
+    return epoch_row(0, tr, va, time.perf_counter() - t0), va
 
 
 def train_phase2(
     model,
     train: PositionData,
     val: PositionData,
-    cfg,
+    cfg: Phase2Params,
     seed: int = 0,
-    checkpoint=None,
-    params_dict: dict | None = None,
-    extra: dict | None = None,
+    checkpointer: Checkpointer | None = None,
     show_progress: bool = False,
     warm_start: bool = False,
     world: World = SINGLE,
 ) -> Phase2Result:
     """Train the head (and the stack unless cfg.freeze_context) on fixed C*; with
     cfg.heads == per_block continue with cloned per-block heads. The model ends in its best
-    state; the best checkpoint is at `checkpoint` (if given).
+    state; every new best state went to `checkpointer` (if given).
 
     warm_start: the incoming head is already trained (Phase 1 objective `reconstruction`).
     Its state is then epoch 0 of the history, evaluated before any step, and counts as a
@@ -475,28 +320,13 @@ def train_phase2(
             )
     result = Phase2Result()
     configure_trainable(model, cfg.freeze_context)
-    kw = dict(
-        checkpoint=checkpoint,
-        params_dict=params_dict,
-        extra=extra,
-        show_progress=show_progress and world.is_main,
-        world=world,
-    )
-    trainer = Trainer(model, None, train, val, cfg, seed, **kw)
-    result.trainable_params = sum(p.numel() for p in trainer.params)
+    show = show_progress and world.is_main
+    trainer = Trainer(model, None, train, val, cfg, seed, checkpointer, show, world)
+    result.trainable_params = count_parameters(trainer.params)
     baseline = None
     if warm_start:
         row, start = starting_row(model, train, val, cfg.batch_size, world)
-        log.info(
-            "phase2 epoch 0 (warm start, no step): train loss %.4f ppl %.2f acc %.4f | val loss "
-            "%.4f ppl %.2f acc %.4f",
-            row["train_loss"],
-            row["train_ppl"],
-            row["train_acc"],
-            row["val_loss"],
-            row["val_ppl"],
-            row["val_acc"],
-        )
+        log_epoch(row, warm_start=True)
         result.history.append(row)
         result.best_epoch, result.best, baseline = 0, dict(row), [start]
     last, stopped = trainer.fit(1, result, baseline=baseline)
@@ -513,8 +343,8 @@ def train_phase2(
         heads = clone_heads(model, len(model.blocks))
         heads.requires_grad_(True)
         model.token_output.requires_grad_(False)  # replaced by heads[-1] in this stage
-        trainer = Trainer(model, heads, train, val, cfg, seed + 1, **kw)
-        result.trainable_params = sum(p.numel() for p in trainer.params)
+        trainer = Trainer(model, heads, train, val, cfg, seed + 1, checkpointer, show, world)
+        result.trainable_params = count_parameters(trainer.params)
         cloned = evaluate(model, val, cfg.batch_size, heads, world)  # = the best single head
         end, stopped = trainer.fit(last + 1, result, baseline=cloned)
         result.stopped_early = stopped

@@ -15,7 +15,6 @@ zero context per conversation, so its contexts are C*. Why each choice: docs/rec
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -25,6 +24,8 @@ from torch import nn
 
 from .corpus import Corpus, PositionSchedule, warn_if_large
 from .metrics.phase1 import ReconstructionEpoch
+from .params import Phase1Params, ReconstructionParams
+from .training import optimizer_step, perplexity
 from .utils import one_intraop_thread, progress
 
 log = logging.getLogger("cvfp")
@@ -168,7 +169,7 @@ class _Sums:
             tl,
             rl,
             tl + recon_weight * rl,
-            math.exp(tl) if tl < 700 else math.inf,
+            perplexity(tl),
             self.correct / max(self.n_tokens, 1),
             self.n_tokens,
             self.n_positions,
@@ -182,7 +183,12 @@ def _chunk_bounds(n_positions: int, chunk_length: int):
 
 @torch.no_grad()
 def evaluate(
-    model, decoder, corpus: Corpus, r, show_progress: bool = False, desc: str = "evaluate"
+    model,
+    decoder,
+    corpus: Corpus,
+    r: ReconstructionParams,
+    show_progress: bool = False,
+    desc: str = "evaluate",
 ) -> tuple[SplitStats, torch.Tensor]:
     """Losses, perplexity and accuracy over `corpus` from a zero context per conversation,
     with reconstruction params `r`. Returns (stats, contexts [N, Dc] = C*)."""
@@ -190,7 +196,9 @@ def evaluate(
         return _evaluate(model, decoder, corpus, r, show_progress, desc)
 
 
-def _evaluate(model, decoder, corpus, r, show_progress, desc):
+def _evaluate(
+    model, decoder, corpus: Corpus, r: ReconstructionParams, show_progress: bool, desc: str
+) -> tuple[SplitStats, torch.Tensor]:
     model.eval(), decoder.eval()
     contexts = torch.empty(corpus.n_tokens, model.context_dim)
     sums = _Sums()
@@ -224,7 +232,7 @@ def train_reconstruction(
     model,
     train: Corpus,
     val: Corpus,
-    p,
+    p: Phase1Params,
     seed: int = 0,
     show_progress: bool = False,
     log_fn=log.info,
@@ -237,7 +245,7 @@ def train_reconstruction(
 
 
 def _train(
-    model, train: Corpus, val: Corpus, p, seed, show_progress, log_fn
+    model, train: Corpus, val: Corpus, p: Phase1Params, seed: int, show_progress: bool, log_fn
 ) -> ReconstructionResult:
     r = p.reconstruction
     warn_if_large(train.n_tokens, p.warn_tokens, "phase1 reconstruction train")
@@ -266,10 +274,7 @@ def _train(
                     + r.recon_weight * o.recon_loss / o.n_positions
                 )
                 if torch.isfinite(loss):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
-                    optimizer.step()
+                    optimizer_step(optimizer, loss, params, p.grad_clip)
                     steps += 1
                 else:  # as in Phase 1: skip, never poison the weights
                     skipped += 1

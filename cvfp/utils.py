@@ -229,7 +229,7 @@ def progress_listener(fn: ProgressListener) -> Iterator[None]:
 
 class Progress:
     """A tqdm bar (shown when enabled) whose position also goes to the progress listeners.
-    Iterate it, or call update(n) and close(); other tqdm methods pass through."""
+    Iterate it, or call update(n) and close(); `bar` is the tqdm bar itself."""
 
     def __init__(
         self, iterable=None, total: int | None = None, desc: str = "", enabled: bool = True, **kw
@@ -269,8 +269,11 @@ class Progress:
         for fn in list(_PROGRESS_LISTENERS):
             fn(self.desc, self.n, self.total, now - self._t0)
 
-    def __getattr__(self, name):  # set_postfix, refresh, ...
-        return getattr(self.bar, name)
+    def set_postfix(self, refresh: bool = True, **values: Any) -> None:
+        self.bar.set_postfix(refresh=refresh, **values)
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.bar.set_postfix_str(text, refresh=refresh)
 
 
 def progress(
@@ -282,16 +285,8 @@ def progress(
 
 
 def eta_text(position: int, total: int | None, elapsed: float) -> str:
-    """Position, elapsed time and ETA of a bar: '40/120 (33%), 0:12 elapsed, ETA 0:24'."""
-
-    def hms(s: float) -> str:
-        s = int(round(s))
-        return (
-            f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-            if s >= 3600
-            else f"{s // 60}:{s % 60:02d}"
-        )
-
+    """Position, elapsed time and ETA of a bar: '40/120 (33%), 00:12 elapsed, ETA 00:24'."""
+    hms = tqdm.format_interval
     if not total:
         return f"{position} done, {hms(elapsed)} elapsed"
     eta = elapsed / position * (total - position) if position else None

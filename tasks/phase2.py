@@ -33,18 +33,14 @@ import pandas as pd
 import torch
 
 from cvfp.baselines import bigram_baseline, context_ablations, transformer_baseline
-from cvfp.checkpoint import read_checkpoint, require_space
+from cvfp.checkpoint import Checkpointer, read_checkpoint, require_space
 from cvfp.corpus import Corpus
 from cvfp.cstar import SPLITS, load_phase1_model, open_cstar
 from cvfp.metrics.phase2 import Phase2Epoch, Phase2Metrics
 from cvfp.params import Params
-from cvfp.phase2 import (
-    PositionData,
-    nats_stats,
-    per_conversation,
-    position_nats,
-    train_phase2,
-)
+from cvfp.phase2 import train_phase2
+from cvfp.phase2_data import PositionData
+from cvfp.phase2_eval import nats_stats, per_conversation, position_nats
 from cvfp.utils import atomic_path, seed_everything, write_json
 
 from .cli import cli, current_world, log
@@ -115,15 +111,21 @@ def run(params: Params) -> dict | None:
             out.mkdir()
             # the best-so-far checkpoint, and its replacement while it is written
             require_space(out / PHASE2_MODEL.name, model, copies=2 + (p2.heads == "per_block"))
+        # Rank 0 writes each new best state (the trainer calls the checkpointer).
+        checkpointer = (
+            None
+            if out is None
+            else Checkpointer(
+                out / PHASE2_MODEL.name, params.model_dump(), {"vocab_size": vocab_size}
+            )
+        )
         result = train_phase2(
             model,
             data["train"],
             data["val"],
             p2,
             seed=params.seed,
-            checkpoint=None if out is None else out / PHASE2_MODEL.name,
-            params_dict=params.model_dump(),
-            extra={"vocab_size": vocab_size},
+            checkpointer=checkpointer,
             show_progress=show,
             warm_start=warm_start,
             world=world,

@@ -101,7 +101,7 @@ def test_progress_listeners_see_every_bar_even_disabled(monkeypatch):
             pass
         bar = progress(total=10, desc="C*", enabled=False)
         bar.update(4)
-        bar.set_postfix(loss="1.0")  # tqdm methods pass through
+        bar.set_postfix(loss="1.0")
         bar.close()
         for _ in progress(iter("ab"), desc="no len", enabled=False):
             break  # closing early still reports
@@ -117,8 +117,8 @@ def test_progress_listeners_see_every_bar_even_disabled(monkeypatch):
 @pytest.mark.parametrize(
     "args,text",
     [
-        ((40, 120, 12.0), "40/120 (33%), 0:12 elapsed, ETA 0:24"),
-        ((0, 10, 1.0), "0/10 (0%), 0:01 elapsed"),
+        ((40, 120, 12.0), "40/120 (33%), 00:12 elapsed, ETA 00:24"),
+        ((0, 10, 1.0), "0/10 (0%), 00:01 elapsed"),
         ((5, None, 4000.0), "5 done, 1:06:40 elapsed"),
     ],
 )

@@ -19,7 +19,7 @@ def convs(seed=0, n=5, vocab=30):
     return [rng.integers(0, vocab, size=rng.integers(3, 12)) for _ in range(n)]
 
 
-def test_parallel_input_contexts_shift_by_one_with_carryover():
+def test_parallel_input_contexts_shift_by_one_with_carryover(tiny_params):
     c = Corpus.from_conversations([[1, 2, 3, 4], [5, 6, 7]], "stream")
     assert c.prev_index().tolist() == [6, 0, 1, 2, 3, 4, 5]  # token 0 gets previous[-1]
     c = Corpus.from_conversations([[1, 2, 3, 4], [5, 6, 7]], "conversation")
@@ -37,15 +37,8 @@ def test_parallel_input_contexts_shift_by_one_with_carryover():
 
     prev = torch.arange(14.0).reshape(7, 2)
     rec = Recorder()
-    p = type(
-        "P",
-        (),
-        {
-            "dist_reg_weight": 0.9,
-            "grad_clip": 1.0,
-            "chunk_tokens": 100,
-            "convergence_threshold": 0.1,
-        },
+    p = tiny_params.phase1.model_copy(
+        update={"dist_reg_weight": 0.9, "chunk_tokens": 100, "convergence_threshold": 0.1}
     )
     parallel_iteration(rec, c, prev, p, make_diversity("global_mean"))
     torch.testing.assert_close(rec.seen, prev[[3, 0, 1, 2, 6, 4, 5]])

@@ -18,21 +18,16 @@ from cvfp.baselines import (
     transformer_baseline,
     windows,
 )
-from cvfp.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from cvfp.checkpoint import Checkpointer, CheckpointError, read_checkpoint, save_checkpoint
 from cvfp.corpus import Corpus, sequential_pass
 from cvfp.cstar import CstarError, load_phase1_model, materialize_sharded, open_cstar
 from cvfp.generate import generate, load_model
 from cvfp.model import CVFPModel
 from cvfp.params import ModelParams
-from cvfp.phase2 import (
-    NonFiniteLossError,
-    PositionData,
-    clone_heads,
-    configure_trainable,
-    evaluate,
-    head_logits,
-    train_phase2,
-)
+from cvfp.phase2 import NonFiniteLossError, clone_heads, configure_trainable, train_phase2
+from cvfp.phase2_data import PositionData
+from cvfp.phase2_eval import evaluate, head_logits
+from cvfp.training import BestEpoch, perplexity
 
 V = 12
 CONVS = [[1, 2, 3, 4, 5, 6, 7], [3, 3, 1], [5, 6, 7, 8, 9, 10, 11, 2, 3, 4, 1], [2, 9], [4]]
@@ -129,7 +124,7 @@ def test_checkpoint_missing_and_shape_mismatch(tmp_path, tiny_params):
     with pytest.raises(CheckpointError) as err:
         load_phase1_model(path, wider, V)
     msg = str(err.value)
-    assert str(path) in msg and "(32, 32)" in msg and "(40, 40)" in msg
+    assert str(path) in msg and "[32, 32]" in msg and "[40, 40]" in msg
 
 
 # ---------------------------------------------------------------- Phase 2 mechanics
@@ -199,7 +194,11 @@ def test_per_block_heads_start_as_clones_and_train(tmp_path, tiny_params):
     data = make_cstar(model, Corpus.from_conversations(CONVS), tmp_path)
     ckpt = tmp_path / "phase2" / "model.pt"
     res = train_phase2(
-        model, data, data, cfg(tiny_params, heads="per_block", epochs=2), checkpoint=ckpt
+        model,
+        data,
+        data,
+        cfg(tiny_params, heads="per_block", epochs=2),
+        checkpointer=Checkpointer(ckpt, {}),
     )
     assert (
         res.stages["single"]["first_epoch"] == 1
@@ -240,6 +239,17 @@ def test_phase2_loss_goes_to_zero_on_repeated_pattern(tmp_path, tiny_params):
     )
 
 
+def test_best_epoch_keeps_a_copy_and_counts_epochs_without_improvement():
+    best, state = BestEpoch(), {"w": torch.zeros(2)}
+    assert best.update(1, 2.0, lambda: state) and best.epoch == 1
+    state["w"] += 1  # the kept state is a copy, not the live one
+    assert not best.update(2, 2.0, lambda: state) and best.bad == 1  # a tie is no improvement
+    assert best.update(3, 1.5, lambda: state) and (best.epoch, best.bad) == (3, 0)
+    assert not best.update(4, float("nan"), lambda: state) and best.bad == 1
+    assert best.epoch == 3 and torch.equal(best.state["w"], torch.ones(2))
+    assert perplexity(1.0) == math.e and perplexity(710.0) == math.inf  # no OverflowError
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_params, monkeypatch):
     model = tiny_model()
     data = make_cstar(model, Corpus.from_conversations(CONVS), tmp_path)
@@ -255,7 +265,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_params, mo
 
     monkeypatch.setattr(CVFPModel, "logits", poisoned)
     with pytest.raises(NonFiniteLossError) as err:
-        train_phase2(model, data, data, cfg(tiny_params, epochs=5), checkpoint=ckpt)
+        train_phase2(
+            model, data, data, cfg(tiny_params, epochs=5), checkpointer=Checkpointer(ckpt, {})
+        )
     assert "epoch 2, step 2/3" in str(err.value) and "epoch 1" in str(err.value)
     state = read_checkpoint(ckpt)
     assert state["phase2"]["epoch"] == 1
@@ -265,7 +277,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_params, mo
 
 
 def test_per_conversation_sums_pieces_and_follows_the_segments():
-    from cvfp.phase2 import per_conversation
+    from cvfp.phase2_eval import per_conversation
 
     rows = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10]]  # rows 1 and 3 are pieces of "b"
     ids = ["a", "b", "c", "b"]
@@ -382,7 +394,7 @@ def test_generation_deterministic_in_vocab_and_stops_at_eos(tmp_path, tiny_param
     # round trip through a checkpoint built from its own stored params
     save_checkpoint(tmp_path / "m.pt", model, tiny_params.model_dump(), vocab_size=V)
     assert generate(load_model(tmp_path / "m.pt", V), [1], 3, seed=0, eos_id=5) == [5]
-    with pytest.raises(CheckpointError, match=r"(?s)m.pt.*\(12, 16\).*\(20, 16\)"):
+    with pytest.raises(CheckpointError, match=r"(?s)m.pt.*\[12, 16\].*\[20, 16\]"):
         load_model(tmp_path / "m.pt", 20)  # a tokenizer with another vocabulary
 
 

@@ -247,8 +247,8 @@ def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(
     import tasks.phase1 as stage
     from cvfp.checkpoint import read_checkpoint
     from cvfp.cstar import load_phase1_model
-    from cvfp.phase2 import PositionData
-    from cvfp.phase2 import evaluate as p2_evaluate
+    from cvfp.phase2_data import PositionData
+    from cvfp.phase2_eval import evaluate as p2_evaluate
 
     monkeypatch.chdir(tmp_path)
     for split, seed in (("train", 0), ("val", 1)):
