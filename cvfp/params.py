@@ -41,7 +41,7 @@ class DataParams(_Section):
     source: Literal["chatterbot", "ultrachat", "local", "sharegpt"]
     path: str
     split: str
-    # layout of local/hub records (cvfp.data.LAYOUTS); auto: detected from their fields
+    # layout of local/hub records (cvfp.record_layouts.LAYOUTS); auto: detected from their fields
     format: Literal["auto", "ultrachat_200k", "ultrachat_original", "sharegpt", "openai"]
     on_truncated: Literal["error", "keep_complete"]  # a JSON file that ends mid-record
     num_samples: int | None = Field(gt=0)
