@@ -258,7 +258,7 @@ class CompareParams(Section):
     # The Transformer baseline depends on the arm only through its epoch budget (the arm's
     # Phase 2 epochs run): train it in the control arm only and pair every arm with that.
     transformer_in_control_only: bool = True
-    # Statistics (cvfp/compare.py). delta: smallest effect of interest as a relative change
+    # Statistics (cvfp/compare_stats.py). delta: smallest effect of interest as a relative change
     # of test perplexity; the bound on test loss is +-ln(1 + delta) nats/token.
     delta: float = Field(gt=0, lt=1)
     alpha: float = Field(gt=0, lt=0.5)  # test level; intervals are (1 - alpha)
