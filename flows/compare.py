@@ -37,7 +37,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 
 from cvfp.params import OrchestrationParams, load_params  # noqa: E402
-from flows.artifacts import CompareProgress, refresh_report  # noqa: E402
+from flows.artifacts import refresh_report  # noqa: E402
+from flows.progress import CompareProgress  # noqa: E402
 from flows.shards import task_runner  # noqa: E402
 from tasks.common import holds_workspace  # noqa: E402
 from tasks.compare import (  # noqa: E402
@@ -133,7 +134,7 @@ def compare(
         n_threads,
         sum(1 for r in reuse.values() if r),
     )
-    progress = CompareProgress(n, min(workers, n))  # `compare-progress` (flows/artifacts.py)
+    progress = CompareProgress(n, min(workers, n))  # `compare-progress` (flows/progress.py)
     # Independent task runs: no future is passed to another task (no dependency arrows).
     futures = {}
     for k, exp in enumerate(exps, 1):
