@@ -23,10 +23,11 @@ from .formats import NA, fmt_acc, fmt_loss, fmt_ppl, interval_words
 from .metrics.compare import Arm, CompareMetrics, PairedStats, SeedInterval
 from .report.document import Figure, Heading, Para, RunMeta, Section, Table
 from .report.render import render_html, render_md
+from .report.rule_words import pass_rule
 
 TITLE = "CVFP comparison: control arms over seeds, on the test split"
 # The trials' pass rule by its params key: the arms may set different thresholds.
-_TRIAL_PASS = TRIALS.when[0].pass_rule()
+_TRIAL_PASS = pass_rule(TRIALS.when[0])
 
 
 def _row(name: str, role: str, e: PairedStats, ppl: float | None, c: CompareMetrics) -> list[str]:

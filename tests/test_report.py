@@ -52,7 +52,6 @@ def _split_metrics(hist: list[dict], er: float, trials: dict | None = None) -> t
         "percent": 100 * er / D,
         "actual_rank": D,
         "singular_values": sv,
-        "text": fmt_er(er, D),
     }
     deg = {
         "mean_pairwise_l2": 5.2,
@@ -79,7 +78,6 @@ def _split_metrics(hist: list[dict], er: float, trials: dict | None = None) -> t
         "converged": f["converged"],
         "total": f["total"],
         "convergence_rate": f["convergence_rate"],
-        "convergence": fmt_count(f["converged"], f["total"]),
         "iterations": len(hist) - 1,
         "stopped_early": False,
         "steps": sum(r["steps"] for r in hist),
@@ -91,7 +89,6 @@ def _split_metrics(hist: list[dict], er: float, trials: dict | None = None) -> t
         "skipped_steps": 0,
         "effective_rank": er,
         "effective_rank_ratio": er / D,
-        "effective_rank_text": fmt_er(er, D),
         "actual_rank": D,
         "degeneracy": deg,
         "identity": ident,
@@ -397,10 +394,8 @@ def test_report_has_every_section_and_the_metrics_numbers(run_dir):
     )
     expected = [
         p1["iterations_text"],
-        p1["train"]["convergence"],
-        p1["val"]["convergence"],
-        p1["train"]["effective_rank_text"],
-        p1["val"]["effective_rank_text"],
+        *(fmt_count(p1[sp]["converged"], p1[sp]["total"]) for sp in ("train", "val")),
+        *(fmt_er(p1[sp]["effective_rank"], D) for sp in ("train", "val")),
         "89.3%",
         "429/768 = 55.9%",  # seeds' reference figures
         fmt_ppl(p2["cvfp"]["val_ppl"]),
@@ -485,7 +480,7 @@ def test_warnings_section_lists_failed_checks_with_numbers(run_dir):
     p1 = files["metrics/phase1.json"]
     p1["train"]["identity"].update(identity_warning=True, input_output_cosine=0.987)
     p1["val"]["trials"].update(verdict="DIVERGING", passed=False, final_diff=0.0421, slope=0.0123)
-    p1["val"]["convergence_rate"], p1["val"]["convergence"] = 0.5, "50.0% (64/128)"
+    p1["val"].update(convergence_rate=0.5, converged=64, total=128)
     files["metrics/data.json"].update(val_subset_ok=False, unexpected_val_tokens=7)
     files["metrics/data.json"].update(test_subset_ok=False, unexpected_test_tokens=3)
     p2 = files["metrics/phase2.json"]
