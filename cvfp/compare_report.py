@@ -1,19 +1,27 @@
 """The comparison report (reports/compare.html + .md) from `cvfp.compare.summarise`'s numbers:
-the words (verdict sentences, intervals in words) and the number formats live here.
+its sections and tables. The words and number formats are cvfp/compare_words.py, the forest
+plot cvfp/compare_plot.py.
 
-Reuses the run report's document model, plot helpers and renderers (cvfp/report/) and the
-number formats (cvfp/formats.py), so both reports look and read alike. No Prefect/DVC imports.
+Reuses the run report's document model and renderers (cvfp/report/) and the number formats
+(cvfp/formats.py), so both reports look and read alike. No Prefect/DVC imports.
 """
 
 from __future__ import annotations
 
-import math
-
 from .check_rules import TRIALS
+from .compare_plot import plot_forest
+from .compare_words import (
+    fmt_ci,
+    fmt_diff,
+    fmt_level,
+    fmt_p,
+    fmt_rel,
+    fmt_with_ci,
+    verdict_lines,
+)
 from .formats import NA, fmt_acc, fmt_loss, fmt_ppl, interval_words
 from .metrics.compare import Arm, CompareMetrics, PairedStats, SeedInterval
 from .report.document import Figure, Heading, Para, RunMeta, Section, Table
-from .report.plots import figure_axes, png_bytes
 from .report.render import render_html, render_md
 from .report.rule_words import pass_rule
 
@@ -22,140 +30,15 @@ TITLE = "CVFP comparison: control arms over seeds, on the test split"
 _TRIAL_PASS = pass_rule(TRIALS.when[0])
 
 
-# ---------------------------------------------------------------- number formats
-
-
-def fmt_diff(x: float | None) -> str:
-    """A difference in test loss, nats/token."""
-    return NA if x is None else f"{x:+.4f}"
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return NA
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def fmt_rel(x: float | None) -> str:
-    return NA if x is None else f"{100 * x:+.2f}%"
-
-
-def _with_ci(x: str, ci: tuple[str, str] | None) -> str:
-    return x if ci is None else f"{x} [{ci[0]}, {ci[1]}]"
-
-
-def _ci(pair: tuple[float, float] | None, fmt) -> tuple[str, str] | None:
-    return None if pair is None else (fmt(pair[0]), fmt(pair[1]))
-
-
-def _level(alpha: float) -> str:
-    return f"{100 * (1 - alpha):g}%"
-
-
-def verdict_sentence(name: str, e: PairedStats, c: CompareMetrics) -> str:
-    """One line per compared row: the verdict word (confirmatory arms) or "interval only",
-    then the interval in words."""
-    n = e.n_seeds or 0
-    seeds = f"{n} seed{'s' if n != 1 else ''}"
-    level = _level(c.alpha)
-    words = f"{interval_words(e.ppl_ci95)} test perplexity ({level} CI, {seeds})"
-    if e.verdict is None:
-        return f"{name} vs {e.reference}: interval only: {words}"
-    if e.verdict == "not enough seeds":
-        return (
-            f"{name} vs {e.reference}: not enough seeds: {seeds} paired (a paired test needs "
-            f"at least 2; difference so far {fmt_diff(e.diff_mean)} nats/token)"
-        )
-    head = f"{name} vs {e.reference}: {e.verdict}"
-    if e.verdict in ("better", "worse"):
-        return f"{head} (Holm p {fmt_p(e.p_holm)}): {words}"
-    if e.verdict == "equivalent":
-        return (
-            f"{head} within ±{100 * c.delta_relative:g}% perplexity (equivalence p "
-            f"{fmt_p(e.p_equiv)}): {words}"
-        )
-    need = "n/a" if e.seeds_needed is None else str(e.seeds_needed)
-    return (
-        f"{head}: {words}; about {need} seeds would detect ±{100 * c.delta_relative:g}% "
-        f"with {100 * c.power:g}% power"
-    )
-
-
-def verdict_lines(c: CompareMetrics) -> list[str]:
-    """The verdicts as sentences, arms then baselines (logged by the flow)."""
-    lines = []
-    for a, e in c.arms.items():
-        if e.role == "control":
-            lines.append(
-                f"{a}: the control (test perplexity {fmt_ppl(e.test_ppl)} over "
-                f"{len(e.seeds)} seed{'s' if len(e.seeds) != 1 else ''})"
-            )
-        else:
-            lines.append(verdict_sentence(a, e, c))
-    lines += [verdict_sentence(b, e, c) for b, e in c.baselines.items() if e.n_seeds]
-    return lines
-
-
-# ---------------------------------------------------------------- the forest plot
-
-
-def plot_forest(c: CompareMetrics) -> bytes | None:
-    """Per compared arm: the paired difference in test loss with its t interval over seeds
-    (black) and each seed's bootstrap interval over test conversations (colour); the
-    ±delta band shaded, zero marked. None when no arm has a paired difference."""
-    rows = [(a, e) for a, e in c.arms.items() if e.role != "control" and e.diff_mean is not None]
-    if not rows:
-        return None
-    fig, (ax,) = figure_axes(1, width=10.0, height=1.6 + 0.75 * len(rows))
-    ax.axvspan(-c.delta, c.delta, color="tab:green", alpha=0.15, lw=0, label="±delta")
-    ax.axvline(0, color="grey", lw=1)
-    seeds = c.seeds
-    labelled: set[str] = set()
-    for k, (_a, e) in enumerate(rows):
-        y = len(rows) - 1 - k
-        if e.ci95 is not None:
-            ax.plot(e.ci95, [y, y], color="black", lw=2.5, solid_capstyle="butt")
-        ax.plot([e.diff_mean], [y], "D", color="black", ms=7, label=None if k else "mean, t CI")
-        boot = e.bootstrap or {}
-        for j, (s, b) in enumerate(boot.items()):
-            i = seeds.index(int(s)) if int(s) in seeds else j
-            yy = y - 0.12 - 0.08 * i
-            label = f"seed {s}" if s not in labelled else None
-            labelled.add(s)
-            if b.ci95 is not None:
-                ax.plot(b.ci95, [yy, yy], color=f"C{i % 10}", lw=1)
-            ax.plot([b.diff], [yy], "o", color=f"C{i % 10}", ms=3, label=label)
-    ax.set_yticks(range(len(rows)), [a for a, _ in reversed(rows)])
-    ax.set(
-        title=f"Test loss difference vs {c.control} ({_level(c.alpha)} intervals)",
-        xlabel="arm - control, test loss (nats/token); left of 0 is better",
-        ylim=(-0.5 - 0.08 * len(seeds), len(rows) - 0.5),
-    )
-    top = ax.secondary_xaxis("top", functions=(lambda x: 100 * (math.e**x - 1), _log1p_pct))
-    top.set_xlabel("relative change of test perplexity (%)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(alpha=0.3, axis="x")
-    return png_bytes(fig)
-
-
-def _log1p_pct(y):
-    import numpy as np
-
-    return np.log1p(np.asarray(y) / 100)
-
-
-# ---------------------------------------------------------------- the report
-
-
 def _row(name: str, role: str, e: PairedStats, ppl: float | None, c: CompareMetrics) -> list[str]:
     return [
         name,
         role,
         str(e.n_seeds or 0),
         fmt_ppl(ppl),
-        _with_ci(fmt_diff(e.diff_mean), _ci(e.ci95, fmt_diff)),
-        _with_ci(NA if e.ppl_diff is None else _ppl_d(e.ppl_diff), _ci(e.ppl_ci95, _ppl_d)),
-        _with_ci(fmt_rel(e.rel_change), _ci(e.rel_ci95, fmt_rel)),
+        fmt_with_ci(fmt_diff(e.diff_mean), fmt_ci(e.ci95, fmt_diff)),
+        fmt_with_ci(NA if e.ppl_diff is None else _ppl_d(e.ppl_diff), fmt_ci(e.ppl_ci95, _ppl_d)),
+        fmt_with_ci(fmt_rel(e.rel_change), fmt_ci(e.rel_ci95, fmt_rel)),
         fmt_p(e.p),
         fmt_p(e.p_holm),
         fmt_p(e.p_equiv),
@@ -206,7 +89,7 @@ def _verdict_section(c: CompareMetrics) -> Section:
     rows = [_row(a, e.role, e, e.test_ppl, c) for a, e in arms.items() if e.role != "control"] + [
         _row(b, "baseline", e, e.test_ppl, c) for b, e in c.baselines.items() if e.n_seeds
     ]
-    level = _level(c.alpha)
+    level = fmt_level(c.alpha)
     s.add(
         Table(
             [
@@ -293,7 +176,7 @@ def _per_seed_section(c: CompareMetrics) -> Section:
                     fmt_ppl(v.bigram_test_ppl),
                 ]
             )
-    level = _level(c.alpha)
+    level = fmt_level(c.alpha)
     t.add(
         Table(
             [
@@ -360,7 +243,7 @@ def _checks_section(c: CompareMetrics) -> Section:
 
 def _baselines_section(c: CompareMetrics) -> Section:
     b = Section("baselines", "Baselines and sanity checks")
-    level = _level(c.alpha)
+    level = fmt_level(c.alpha)
     b.add(
         Table(
             [
@@ -378,9 +261,9 @@ def _baselines_section(c: CompareMetrics) -> Section:
                     e.source_arm,
                     fmt_ppl(e.test_ppl),
                     fmt_acc(e.test_acc_mean),
-                    _with_ci(fmt_diff(e.diff_mean), _ci(e.ci95, fmt_diff)),
-                    _with_ci(
-                        NA if e.ppl_diff is None else _ppl_d(e.ppl_diff), _ci(e.ppl_ci95, _ppl_d)
+                    fmt_with_ci(fmt_diff(e.diff_mean), fmt_ci(e.ci95, fmt_diff)),
+                    fmt_with_ci(
+                        NA if e.ppl_diff is None else _ppl_d(e.ppl_diff), fmt_ci(e.ppl_ci95, _ppl_d)
                     ),
                     "; ".join(f"{s}: {_boot(v)}" for s, v in (e.bootstrap or {}).items()) or NA,
                 ]
@@ -404,13 +287,13 @@ def _baselines_section(c: CompareMetrics) -> Section:
                     a,
                     fmt_ppl(ab["zero_context"].test_ppl),
                     fmt_ppl(ab["shuffled_context"].test_ppl),
-                    _with_ci(
+                    fmt_with_ci(
                         fmt_diff(ab["zero_context"].diff_mean),
-                        _ci(ab["zero_context"].ci95, fmt_diff),
+                        fmt_ci(ab["zero_context"].ci95, fmt_diff),
                     ),
-                    _with_ci(
+                    fmt_with_ci(
                         fmt_diff(ab["shuffled_context"].diff_mean),
-                        _ci(ab["shuffled_context"].ci95, fmt_diff),
+                        fmt_ci(ab["shuffled_context"].ci95, fmt_diff),
                     ),
                 ]
                 for a, ab in c.ablations.items()

@@ -37,7 +37,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 
 from cvfp.params import OrchestrationParams, load_params  # noqa: E402
-from flows.artifacts import CompareProgress, refresh_report  # noqa: E402
+from flows.artifacts import refresh_report  # noqa: E402
+from flows.progress import CompareProgress  # noqa: E402
 from flows.shards import task_runner  # noqa: E402
 from tasks.compare import (  # noqa: E402
     COMPARE_HTML,
@@ -140,7 +141,7 @@ def compare(
         n_threads,
         sum(1 for r in reuse.values() if r),
     )
-    progress = CompareProgress(n, min(workers, n))  # `compare-progress` (flows/artifacts.py)
+    progress = CompareProgress(n, min(workers, n))  # `compare-progress` (flows/progress.py)
     # Longest first (the control's Transformer), and an experiment that restores another's
     # phase1 from DVC's run-cache (no_context) only once that one has finished (run_order).
     order, waits_for = run_order(params, exps)

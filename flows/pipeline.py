@@ -40,8 +40,9 @@ from tasks.report import write_compare_placeholder  # noqa: E402
 from tasks.stage import run_stage  # noqa: E402
 from tasks.workspace import workspace_lock
 
-from .artifacts import StageProgress, publish_details, publish_summary  # noqa: E402
+from .artifacts import publish_details, publish_summary  # noqa: E402
 from .dvc_state import commit_stage, hold_dvc_lock, stage_status  # noqa: E402
+from .progress import StageProgress  # noqa: E402
 from .shards import SHARDED_STAGES, shard_mapper  # noqa: E402
 
 SKIPPED = "Skipped (DVC)"  # the state name of a stage DVC calls up to date

@@ -29,8 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cvfp.compare import check_consistent, experiment_values, parse_conversations, summarise
-from cvfp.compare_report import build_compare_report, verdict_lines
+from cvfp.compare import summarise
+from cvfp.compare_inputs import check_consistent, experiment_values, parse_conversations
+from cvfp.compare_report import build_compare_report
+from cvfp.compare_words import verdict_lines
 from cvfp.params import Params, ParamsError, arm_params, load_params, yaml_load
 from cvfp.utils import atomic_path, write_json
 

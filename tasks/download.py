@@ -21,28 +21,28 @@ from tasks.outputs import StageOutputs
 
 
 def fetch(params: Params):
-    """(cvfp.data.Loaded, origin) for `data.source`."""
-    from cvfp import data
+    """(cvfp.collect_records.Loaded, origin) for `data.source`."""
+    from cvfp import hub_datasets, local_files, packaged_corpora
 
     d = params.data
     if d.source == "chatterbot":
-        loaded = data.collect_schema_records(data.chatterbot_records(), "chatterbot", d.num_samples)
-        origin = data.chatterbot_origin()
+        loaded = packaged_corpora.load_chatterbot(d.num_samples)
+        origin = packaged_corpora.chatterbot_origin()
     elif d.source == "sharegpt":
-        loaded = data.load_sharegpt(d.num_samples)
-        origin = data.sharegpt_origin()
+        loaded = packaged_corpora.load_sharegpt(d.num_samples)
+        origin = packaged_corpora.sharegpt_origin()
     elif d.source == "ultrachat":
         try:
             require_hub("data.path", d.path, timeout=d.timeout_s)
         except RuntimeError as err:
             raise RuntimeError(f"data.source=ultrachat: {err}") from None
         origin = f"{d.path} [{d.split}]"
-        ds = data.load_dataset(
+        ds = hub_datasets.load_dataset(
             d.path, split=d.split, num_samples=d.num_samples, streaming=d.streaming
         )
-        loaded = data.from_dataset(ds, origin, d.format, d.num_samples)
+        loaded = hub_datasets.from_dataset(ds, origin, d.format, d.num_samples)
     else:
-        loaded = data.load_local(
+        loaded = local_files.load_local(
             d.path,
             split=d.split,
             num_samples=d.num_samples,

@@ -1,5 +1,6 @@
-"""The result artifacts' content (flows/artifacts.py) and the progress listener hook
-(cvfp/utils.py), without Prefect: plain functions of the metrics files."""
+"""The result artifacts' content (flows/artifacts.py), the stage progress (flows/progress.py)
+and the progress listener hook (cvfp/utils.py), without Prefect: plain functions of the
+metrics files."""
 
 import json
 import re
@@ -250,7 +251,7 @@ def test_summary_artifact_through_the_prefect_server(prefect_harness, tmp_path):
 def test_stage_plan_covers_the_whole_stage(tiny_params):
     """Phase 2 with 3 epochs and the Transformer: "epoch k of N", an integer percent and an
     ETA that adds the Transformer's epochs still to run (at Phase 2's pace until measured)."""
-    from flows.artifacts import StagePlan, stage_loops
+    from flows.progress import StagePlan, stage_loops
 
     p = tiny_params.model_copy(deep=True)
     p.phase2.epochs, p.baselines.transformer = 3, True
@@ -271,7 +272,7 @@ def test_stage_plan_covers_the_whole_stage(tiny_params):
 
 
 def test_stage_plan_of_phase1_counts_iterations(tiny_params):
-    from flows.artifacts import StagePlan, stage_loops
+    from flows.progress import StagePlan, stage_loops
 
     p = tiny_params.model_copy(deep=True)
     p.phase1.max_iterations = 10
@@ -289,7 +290,7 @@ def test_stage_plan_of_phase1_counts_iterations(tiny_params):
 
 
 def test_compare_progress_text():
-    from flows.artifacts import CompareProgress
+    from flows.progress import CompareProgress
 
     p = CompareProgress.__new__(CompareProgress)  # the text alone, without a Prefect run
     p.n, p.workers, p.k, p.seconds = 5, 2, 2, [60.0, 80.0]

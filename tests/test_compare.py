@@ -1,6 +1,6 @@
-"""The comparison's statistics and verdict (cvfp/compare.py) against scipy.stats and
-statsmodels on fixed numbers, the compare.json model, the report built from them, and the plan
-of experiments (tasks/compare.py)."""
+"""The comparison's statistics and verdict (cvfp/compare_stats.py, cvfp/compare_verdict.py)
+against scipy.stats and statsmodels on fixed numbers, the compare.json model, the report built
+from them, and the plan of experiments (tasks/compare.py)."""
 
 import math
 
@@ -12,25 +12,20 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
-from cvfp.compare import (
-    BETTER,
-    EQUIVALENT,
-    INCONCLUSIVE,
-    TOO_FEW,
-    WORSE,
+from cvfp.compare import summarise
+from cvfp.compare_inputs import check_consistent, experiment_values, parse_conversations
+from cvfp.compare_report import build_compare_report
+from cvfp.compare_stats import (
     bootstrap_diff,
-    check_consistent,
     delta_nats,
-    experiment_values,
     holm,
     paired_stats,
-    parse_conversations,
     rank_test_possible,
     seeds_needed,
-    summarise,
-    verdict,
 )
-from cvfp.compare_report import build_compare_report, interval_words, verdict_lines
+from cvfp.compare_verdict import BETTER, EQUIVALENT, INCONCLUSIVE, TOO_FEW, WORSE, verdict
+from cvfp.compare_words import verdict_lines
+from cvfp.formats import interval_words
 from cvfp.metrics.base import parse
 from cvfp.metrics.compare import VERDICTS, CompareMetrics
 from cvfp.params import ParamsError, load_params

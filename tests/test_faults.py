@@ -303,7 +303,7 @@ def test_download_refuses_bad_local_files_naming_file_and_line(
 ):
     from test_data import params, rows
 
-    from cvfp.data import DataError
+    from cvfp.chat_schema import DataError
     from tasks import download
 
     good = _jsonl(rows())
@@ -319,20 +319,20 @@ def test_download_refuses_a_directory_with_several_formats(tmp_path):
     import pandas as pd
     from test_data import rows
 
-    from cvfp import data
+    from cvfp import chat_schema, local_files
 
     d = tmp_path / "mixed"
     d.mkdir()
     pd.DataFrame(rows()).to_parquet(d / "part-0.parquet")
     (d / "more.jsonl").write_bytes(_jsonl(rows()))
     with pytest.raises(
-        data.DataError, match=r"2 formats \(json: more\.jsonl; parquet: part-0\.parquet\)"
+        chat_schema.DataError, match=r"2 formats \(json: more\.jsonl; parquet: part-0\.parquet\)"
     ):
-        data.load_local(d, split="train")
+        local_files.load_local(d, split="train")
     (d / "more.jsonl").unlink()
-    assert len(data.load_local(d, split="train").dataset) == len(rows())
-    with pytest.raises(data.DataError, match=r"Unknown split.*set data\.split"):
-        data.load_local(d, split="train_sft")
+    assert len(local_files.load_local(d, split="train").dataset) == len(rows())
+    with pytest.raises(chat_schema.DataError, match=r"Unknown split.*set data\.split"):
+        local_files.load_local(d, split="train_sft")
 
 
 def test_invalid_utf8_from_parquet_or_hub_is_refused_at_validate():
@@ -340,7 +340,7 @@ def test_invalid_utf8_from_parquet_or_hub_is_refused_at_validate():
     from datasets import Dataset
     from test_data import rows
 
-    from cvfp import data
+    from cvfp import chat_schema, hub_datasets
 
     table = pa.Table.from_pylist(rows())
     # Arrow string column with an invalid UTF-8 byte, as a corrupt parquet/hub shard can carry
@@ -348,8 +348,8 @@ def test_invalid_utf8_from_parquet_or_hub_is_refused_at_validate():
     table = table.set_column(
         0, "prompt", pa.concat_arrays([bad, table.column("prompt").combine_chunks()[1:]])
     )
-    with pytest.raises(data.DataError, match=r"hub:x: invalid data .*UTF8"):
-        data.validate(Dataset(table), "hub:x")
+    with pytest.raises(chat_schema.DataError, match=r"hub:x: invalid data .*UTF8"):
+        hub_datasets.validate(Dataset(table), "hub:x")
 
 
 # ---------------------------------------------------------------- item 4: tokenizer and ids together

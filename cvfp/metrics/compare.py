@@ -2,7 +2,8 @@
 (tasks/compare.py) from cvfp.compare.summarise; docs/compare.md explains every number.
 
 All differences are "row minus reference" in test loss (nats per token; lower is better), paired
-seed by seed. Numbers only: the words and formats of the report are cvfp/compare_report.py."""
+seed by seed. Numbers only: the words and formats of the report are
+cvfp/compare_words.py and cvfp/compare_report.py."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ class DataMetrics(Metrics):
     vocab_size: int
     max_seq_length: int | None
     truncated_conversations: int | None
-    # corpora (issue 21): the layout download read (cvfp.data.LAYOUTS, chatterbot, text) and
+    # corpora (issue 21): the layout download read (cvfp.record_layouts.LAYOUTS, chatterbot, text) and
     # the tokens tokenizer.max_seq_length removed / tokens before truncation
     layout: str | None = None  # absent in files written before it
     truncated_token_share: float | None = None
