@@ -81,10 +81,13 @@ def run(params: Params) -> dict | None:
     if p2.context == "zero":
         torch.nn.init.zeros_(model.token_output.weight)
         torch.nn.init.zeros_(model.token_output.bias)
-    convs = {s: load_conversations(SPLIT / s) for s in SPLITS}
-    corpora = {
-        s: Corpus.from_conversations(c, params.phase1.context_reset) for s, c in convs.items()
-    }
+    corpora = {}
+    for s in SPLITS:
+        convs = load_conversations(SPLIT / s)
+        corpora[s] = Corpus.from_conversations(convs, params.phase1.context_reset)
+        if s == "test":  # the per-conversation table's rows; the other splits' arrays go now
+            test_lengths = [len(c) for c in convs]
+        del convs  # 8 bytes per token while training (issue 26)
     data = {
         s: PositionData.from_corpus(c, open_cstar(CSTAR_DIR, s, c, params.model.context_dim))
         for s, c in corpora.items()
@@ -194,14 +197,14 @@ def run(params: Params) -> dict | None:
             [Phase2Epoch.model_validate(r).to_dict() for r in result.history]
         )
         record_durations("phase2", metrics=t_metrics, epochs=t_epochs)
-        lengths = [len(c) for c in convs["test"] if len(c)]  # Corpus keeps the non-empty rows
+        lengths = [n for n in test_lengths if n]  # Corpus keeps the non-empty rows
         per_conv = per_conversation(
             data["test"].positions,
             np.concatenate([[0], np.cumsum(lengths)]),
             [
                 i
-                for i, c in zip(load_conversation_ids(SPLIT / "test"), convs["test"], strict=True)
-                if len(c)
+                for i, n in zip(load_conversation_ids(SPLIT / "test"), test_lengths, strict=True)
+                if n
             ],
             nats,
         )
