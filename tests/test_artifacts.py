@@ -5,11 +5,11 @@ import json
 import re
 
 import pytest
-from conftest import ROOT
 
 from cvfp import utils
 from cvfp.utils import eta_text, progress, progress_listener
 from flows.artifacts import read_metrics, sections, sections_markdown, summary_rows
+from helpers import ROOT
 
 
 def rows(m):

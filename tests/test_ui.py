@@ -10,7 +10,9 @@ import uuid
 
 import httpx
 import pytest
-from conftest import BIN, ROOT, free_port, stop
+
+from helpers import BIN, ROOT
+from helpers.prefect import free_port, stop
 
 pytestmark = pytest.mark.server
 
