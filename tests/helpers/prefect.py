@@ -1,4 +1,4 @@
-"""A real local Prefect server (`prefect server start`), and stopping the processes tests start."""
+"""A real local Prefect server (`make ui`), and stopping the processes tests start."""
 
 import os
 import signal
@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import BIN
+from helpers import BIN, ROOT
 
 SERVERS: list[subprocess.Popen] = []  # conftest.py stops them at the end of the session
 
@@ -40,38 +40,36 @@ class PrefectServer:
 
 
 def start_prefect_server(home: Path) -> PrefectServer:
-    """`prefect server start` on a free port, SQLite in a temporary PREFECT_HOME: the one
-    server of the session (starting one costs ~15-20 s), for flows run in the tests
-    (`prefect_harness`) and for the scheduled runs of test_schedule."""
+    """The one server of the session (starting one costs ~15-20 s), for the flows run in the
+    tests (`prefect_harness`), the scheduled runs of test_schedule and the UI of test_ui:
+    `make ui` on a free port, SQLite in a temporary PREFECT_HOME, started without any PREFECT_
+    variable of ours (the Makefile sets the server's own). Its output (the first line is
+    `make ui`'s) goes to `log`."""
     import httpx
 
     port = free_port()
-    e = dict(os.environ)
-    e.update(
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    base.update(
         PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_UI_ENABLED="false",
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         PYTHONPATH="",  # a served flow imports its project's own code
     )
-    e.pop("PREFECT_PROFILES_PATH", None)
     log = home / "server.log"
     proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--no-ui", "--analytics-off"],
-        env=e,
+        ["make", "-s", "ui", f"PORT={port}"],
+        cwd=ROOT,
+        env=base,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     SERVERS.append(proc)
+    url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 180  # a busy machine (CI, parallel jobs) starts it slowly
     while True:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                return PrefectServer(e["PREFECT_API_URL"], e, log, proc)
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return PrefectServer(url, {**base, "PREFECT_API_URL": url}, log, proc)
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
