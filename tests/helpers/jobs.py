@@ -4,6 +4,7 @@ returns that job's result) and a fresh directory of its own."""
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -57,16 +58,15 @@ def digest(root, rels) -> dict[str, str]:
 
 
 def run_reruns(project, tmp: Path):
-    """`dvc repro -f -s <stage>` for split and phase1 in a copy of the session's tiny project
+    """`dvc repro -f -s split phase1` in a copy of the session's tiny project
     (`project()` waits for it): (copy, stage -> output digests before and after, whether
     `dvc status` is clean after). A session job (conftest.py): it runs in the background."""
     proj = tmp / "proj"
     shutil.copytree(project()[0], proj, symlinks=True)
-    digests = {}
-    for stage, rels in OUTPUTS.items():
-        before = digest(proj, rels)
-        run([str(BIN / "dvc"), "repro", "-f", "-s", stage], proj)
-        digests[stage] = before, digest(proj, rels)
+    before = {stage: digest(proj, rels) for stage, rels in OUTPUTS.items()}
+    out = run([str(BIN / "dvc"), "repro", "-f", "-s", *OUTPUTS], proj)  # one dvc process
+    assert re.findall(r"Running stage '(\w+)'", out) == list(OUTPUTS), out
+    digests = {stage: (before[stage], digest(proj, rels)) for stage, rels in OUTPUTS.items()}
     return proj, digests, status_clean(proj)
 
 
@@ -76,25 +76,27 @@ def run_reruns(project, tmp: Path):
 @dataclass
 class CompareRuns:
     proj: Path
-    first: subprocess.CompletedProcess  # 4 experiments, 2 at once
+    first: subprocess.CompletedProcess  # 4 experiments, 2 at once on threads
     first_json: dict  # metrics/compare.json after it
     first_md: str  # reports/compare.md after it
     first_report: str  # reports/report.md after it (the report stage reran)
     first_report_status: str  # `dvc status report` after it
     none_phase2: str  # metrics/phase2.json of cmp-none-s7 as the first run committed it
-    again: subprocess.CompletedProcess  # the same command again: every experiment restored
+    again: subprocess.CompletedProcess  # the same sweep on Dask, cmp-none-s7 forgotten
     again_json: dict
-    dask: subprocess.CompletedProcess  # --force --arms none on a Dask LocalCluster
-    dask_json: dict
-    dask_none_phase2: str
+    again_none_phase2: str  # cmp-none-s7's metrics/phase2.json as the Dask run committed it
 
 
 def run_compare(project, server, tmp: Path) -> CompareRuns:
     """`python -m flows.compare` in a copy of the session's tiny project (`project()` waits
-    for it), reporting to the session's Prefect server, three times (CompareRuns). The copy gets
-    two arms that fail: one at run time (distribution diversity cannot be split into chunks:
-    phase1 raises), one at validation (a negative learning rate); compare.seeds starts at 7,
-    not the workspace's seed 42, so the experiments' seed shows it came from the comparison."""
+    for it), reporting to the session's Prefect server, twice (CompareRuns): the sweep, 2
+    experiments at once on threads; then the same sweep on a 2-process Dask LocalCluster after
+    deleting the control's experiment ref (what `--force` does, for that experiment only): the
+    reconstruction arm is restored, the control reruns on Dask, the broken arm fails again.
+    The copy gets two arms that fail: one at run time (distribution diversity cannot be split
+    into chunks: phase1 raises), one at validation (a negative learning rate); compare.seeds
+    starts at 7, not the workspace's seed 42, so the experiments' seed shows it came from the
+    comparison."""
     proj = tmp / "proj"
     shutil.copytree(project()[0], proj, symlinks=True)
     raw = yaml.safe_load((proj / "params.yaml").read_text())
@@ -107,7 +109,7 @@ def run_compare(project, server, tmp: Path) -> CompareRuns:
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     commit(proj, "compare arms")
     cmd = [str(BIN / "python"), "-m", "flows.compare", "--seeds", "1", "-S", "phase2.epochs=1"]
-    cmd += ["--threads", "1"]  # every run: the same per-experiment thread count
+    cmd += ["--threads", "1", "--workers", "2"]  # every run: the same per-experiment threads
     e = {**env(), "PREFECT_API_URL": server().url}
 
     def compare(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -115,13 +117,13 @@ def run_compare(project, server, tmp: Path) -> CompareRuns:
         out = proj / "metrics/compare.json"
         return done, json.loads(out.read_text()) if out.exists() else {}
 
-    first, first_json = compare("--arms", *ARMS, "--workers", "2")
+    first, first_json = compare("--arms", *ARMS)
     first_md = (proj / "reports/compare.md").read_text()
     first_report = (proj / "reports/report.md").read_text()
     first_report_status = run([str(BIN / "dvc"), "status", "report"], proj)
     none_phase2 = exp_file(proj, "cmp-none-s7", "metrics/phase2.json")
-    again, again_json = compare("--arms", *ARMS, "--workers", "2")
-    dask, dask_json = compare("--arms", "none", "--force", "--task-runner", "dask")
+    run(["git", "update-ref", "-d", exp_refname(proj, "cmp-none-s7")], proj)
+    again, again_json = compare("--arms", *ARMS, "--task-runner", "dask")
     return CompareRuns(
         proj,
         first,
@@ -132,17 +134,20 @@ def run_compare(project, server, tmp: Path) -> CompareRuns:
         none_phase2,
         again,
         again_json,
-        dask,
-        dask_json,
         exp_file(proj, "cmp-none-s7", "metrics/phase2.json"),
     )
 
 
-def exp_file(proj, name: str, path: str) -> str:
-    """A file as committed by the experiment `name`."""
+def exp_refname(proj, name: str) -> str:
+    """The git ref of the experiment `name`."""
     (ref,) = [
         r
         for r in run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], proj).split()
         if r.endswith(f"/{name}")
     ]
-    return run(["git", "show", f"{ref}:{path}"], proj)
+    return ref
+
+
+def exp_file(proj, name: str, path: str) -> str:
+    """A file as committed by the experiment `name`."""
+    return run(["git", "show", f"{exp_refname(proj, name)}:{path}"], proj)
