@@ -1,5 +1,5 @@
-"""Checks run after Phase 1 (SPEC section 4). Every check returns numbers, not words only;
-the thresholds and their wording are the rules in cvfp/check_rules.py."""
+"""Checks run after Phase 1 (SPEC section 4). Every check returns numbers and flags, no
+text; the thresholds are the rules in cvfp/check_rules.py, their wording the report's."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from .check_rules import (
 )
 from .contexts import row_store
 from .corpus import Corpus, chunk_chains, sequential_pass
-from .formats import fmt_er
+from .model import CVFPModel
+from .params import ChecksParams
 from .utils import progress
 
 CHUNK = 65536  # rows per block read (memory only: every check is exact for any chunk)
@@ -80,7 +81,6 @@ def effective_rank(contexts, chunk: int = CHUNK) -> dict:
         "percent": 100 * er / d,
         "actual_rank": int((s > ACTUAL_RANK_TOL).sum()),
         "singular_values": s.tolist(),
-        "text": fmt_er(er, d),
     }
 
 
@@ -329,10 +329,10 @@ def convergence_trials(
 
 
 def run_checks(
-    model,
+    model: CVFPModel,
     corpus: Corpus,
     contexts,
-    c,
+    c: ChecksParams,
     trials: bool = True,
     show_progress: bool = False,
     chunk_tokens: int = CHUNK,

@@ -15,10 +15,11 @@ from .metrics.compare import Arm, CompareMetrics, PairedStats, SeedInterval
 from .report.document import Figure, Heading, Para, RunMeta, Section, Table
 from .report.plots import figure_axes, png_bytes
 from .report.render import render_html, render_md
+from .report.rule_words import pass_rule
 
 TITLE = "CVFP comparison: control arms over seeds, on the test split"
 # The trials' pass rule by its params key: the arms may set different thresholds.
-_TRIAL_PASS = TRIALS.when[0].pass_rule()
+_TRIAL_PASS = pass_rule(TRIALS.when[0])
 
 
 # ---------------------------------------------------------------- number formats

@@ -25,10 +25,13 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .distributed import World
 
 
 class DiskSpaceError(OSError):
@@ -231,3 +234,51 @@ def row_store(shape: tuple[int, int], work_dir: str | Path | None, prefix: str =
             yield store
         finally:
             store.close()
+
+
+class context_stores:
+    """Two [N, Dc] row stores: files in a fresh directory under work_dir (shared by all
+    ranks: rank 0 names it), removed on exit, on an exception and on SIGTERM; or tensors
+    when work_dir is None. The files are unlinked at exit, but a `ContextFile` keeps its
+    file open, so `result.contexts` stays readable (the space is freed with it)."""
+
+    def __init__(self, shape: tuple[int, int], work_dir, world: World, name: str):
+        self.shape, self.work_dir, self.world, self.name = shape, work_dir, world, name
+        self.dir: Path | None = None
+        self.signals = sigterm_raises()
+
+    def __enter__(self):
+        if self.work_dir is None:
+            return ContextTensor(self.shape), ContextTensor(self.shape)
+        self.signals.__enter__()
+        made = None
+        if self.world.is_main:
+            Path(self.work_dir).mkdir(parents=True, exist_ok=True)
+            # the pid tells a later run whether the writer is gone (tasks.stage.clean_leftovers)
+            made = tempfile.mkdtemp(prefix=f"{self.name}-{os.getpid()}-", dir=self.work_dir)
+        self.dir = Path(self.world.broadcast_object(made))
+        stores = [None, None]
+        if self.world.is_main:
+            try:
+                stores = [
+                    ContextFile(self.dir / f"contexts_{k}.npy", self.shape, create=True)
+                    for k in "ab"
+                ]
+            except BaseException:  # disk full (DiskSpaceError): no empty scratch left behind
+                shutil.rmtree(self.dir, ignore_errors=True)
+                raise
+        self.world.barrier()
+        if not self.world.is_main:
+            stores = [ContextFile(self.dir / f"contexts_{k}.npy", self.shape) for k in "ab"]
+        return tuple(stores)
+
+    def __exit__(self, exc_type, *exc):
+        if self.dir is not None:
+            try:
+                if exc_type is None:
+                    self.world.barrier()  # no rank still reads the files
+            finally:
+                if self.world.is_main:
+                    shutil.rmtree(self.dir, ignore_errors=True)
+                self.signals.__exit__(exc_type, *exc)
+        return False

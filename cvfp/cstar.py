@@ -23,7 +23,7 @@ from .checkpoint import CheckpointError, load_state, read_checkpoint
 from .contexts import ContextFile
 from .corpus import Corpus, warn_if_large, windowed_pass
 from .model import CVFPModel
-from .utils import atomic_path, one_intraop_thread, progress
+from .utils import BeforeReplace, atomic_path, one_intraop_thread, progress
 
 if TYPE_CHECKING:  # imported where used: phase2 reads C* without the sharding code
     from .sharding import MapShards
@@ -212,12 +212,14 @@ def materialize_sharded(
     show_progress: bool = False,
     warn_tokens: int | None = None,
     batch_tokens: int = 65536,
+    before_replace: BeforeReplace | None = None,
 ) -> dict:
     """Write <split>.npy, <split>_offsets.npy and meta.json into `out_dir`, atomically (a
     temporary directory renamed onto out_dir at the end): the same bytes for any shard size,
     any `chunk_tokens` (memory only) and any `map_shards` (default: a plain loop here; the
     Prefect flow maps them as tasks). `batch_tokens` sets the batches (`batch_plan`).
-    Each shard's rows are written into the output file as soon as they arrive."""
+    Each shard's rows are written into the output file as soon as they arrive.
+    `before_replace(out_dir, new)` runs before out_dir is replaced and can refuse."""
     from .sharding import run_shards
 
     checkpoint = Path(checkpoint)
@@ -236,7 +238,7 @@ def materialize_sharded(
         "deterministic": deterministic,
     }
     dc = model_params.context_dim
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, before_replace) as tmp:
         tmp.mkdir()
         # One job for all splits: every shard of every split is mapped at once.
         outs, shards, where = {}, [], []

@@ -1,5 +1,6 @@
-"""One formatter per kind of number, shared by the stages (metrics texts), the checks, the run
-and comparison reports and the Prefect artifacts. `None` prints as "n/a" (not measured)."""
+"""One formatter per kind of number, shared by the run and comparison reports and the Prefect
+artifacts (no training stage imports it: the metrics hold numbers). `None` prints as "n/a"
+(not measured)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ NA = "n/a"
 
 def fmt_count(converged: int, total: int) -> str:
     """Convergence as percent and count, e.g. `27.2% (1741/6400)` (metrics/phase1.json's
-    `convergence`). The percent is 100 * rate, rate = converged / total as the stages store it."""
+    `converged` and `total`). The percent is 100 * rate, rate = converged / total."""
     pct = 100 * (converged / total) if total else 0.0
     return f"{pct:.1f}% ({converged}/{total})"
 

@@ -329,7 +329,7 @@ class Params(_Section):
     compare: CompareParams
     runtime: RuntimeParams = Field(default_factory=RuntimeParams)
     # (params file, overrides) this was loaded from: a stage rereads it at the end to refuse
-    # outputs when the file changed while it ran (tasks.common.params_guard).
+    # outputs when the file changed while it ran (tasks.guard.params_guard).
     _source: tuple[str, dict] | None = PrivateAttr(default=None)
 
     def model_copy(self, *, update=None, deep: bool = False) -> Params:

@@ -4,113 +4,43 @@
     iteration k: contexts = f(previous shifted by one, embeds)  (parallel), or one
                  optimiser step per position (sequential); every pass starts from the
                  previous pass's final context (carryover; a zero reset destroys learning)
-    loss = (1 - w) * MSE(contexts, previous) + w * diversity(contexts)
+    loss = phase1_loss(...) = (1 - w) * MSE(contexts, previous) + w * diversity(contexts)
+    a token has converged when `converged_mask` says so; the loop stops when
+    `converged_enough(...)` does (both next to the loop, below)
 
 `run_phase1(..., train=False)` runs the same loop without optimiser steps: that is how
-validation convergence is measured, so train and val share one implementation. A parallel
-iteration is one step on the whole split's gradient, computed in chunks of
+validation convergence is measured, so train and val share one implementation; after
+training, one more pass without a step measures the model that is saved (`result.saved`).
+A parallel iteration is one step on the whole split's gradient, computed in chunks of
 `phase1.chunk_tokens` with contexts in files (`work_dir`) and, under torchrun, split over
-ranks; how that stays exactly the full-batch step: docs/scaling.md.
+ranks; how that stays exactly the full-batch step: docs/scaling.md. The divergence checks
+are cvfp/phase1_guard.py (pure functions of the numbers), the named results
+cvfp/phase1_results.py.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .check_rules import LOW_CONVERGENCE
-from .contexts import ContextFile, ContextTensor, rows_of, sigterm_raises
+from .contexts import ContextTensor, context_stores, rows_of
 from .corpus import Corpus, PositionSchedule, warn_if_large, zero_start_pass
 from .distributed import SINGLE, World
 from .diversity import make_diversity
-from .phase1_guard import check_iteration
+from .model import CVFPModel
+from .params import Phase1Params
+from .phase1_guard import check_iteration, check_saved
+from .phase1_results import IterationStats, Losses, PassResult, Phase1Result
 from .utils import progress
 
 log = logging.getLogger("cvfp")
 
 
-@dataclass
-class IterationStats:
-    iteration: int
-    converged: int
-    total: int
-    convergence_rate: float
-    cvfp_loss: float | None
-    diversity_loss: float | None
-    total_loss: float | None
-    steps: int
-    skipped_steps: int
-    seconds: float
-
-    def line(self) -> str:
-        loss = (
-            ""
-            if self.total_loss is None
-            else (
-                f" cvfp={self.cvfp_loss:.6f} div={self.diversity_loss:.6f} total={self.total_loss:.6f}"
-            )
-        )
-        return (
-            f"iter {self.iteration}: converged {100 * self.convergence_rate:.1f}% "
-            f"({self.converged}/{self.total}){loss} steps={self.steps} "
-            f"skipped={self.skipped_steps} {self.seconds:.2f}s"
-        )
-
-
-@dataclass
-class Phase1Result:
-    # [N, Dc] final contexts: a tensor, or with work_dir the ContextFile (read row ranges;
-    # it stays readable after the work directory is removed)
-    contexts: torch.Tensor | ContextFile
-    history: list[IterationStats] = field(default_factory=list)
-    stopped_early: bool = False
-    met_ratio: bool = False  # the final iteration reached min_converged_ratio
-    parallel: bool = True  # phase1.mode == parallel
-    segments: int = 1  # segment starts C (conversations, or 1 for a stream)
-    saved: IterationStats | None = (
-        None  # the trained model itself (phase1_guard.measure_saved_model)
-    )
-
-    @property
-    def iterations(self) -> int:  # training iterations run (iteration 0 not counted)
-        return len(self.history) - 1
-
-    @property
-    def steps(self) -> int:  # optimizer steps actually taken
-        return sum(h.steps for h in self.history)
-
-    @property
-    def converged_by_construction(self) -> bool:
-        """The reported convergence is that of the first parallel iteration, which feeds token
-        i the context iteration 0 computed for token i-1 with the same weights: it reproduces
-        iteration 0 for all N - C tokens that are not a segment start, for any model (SPEC 3).
-        Such a rate says nothing about fixed points; the convergence trials do."""
-        return self.parallel and self.iterations == 1 and self.met_ratio
-
-    @property
-    def final(self) -> IterationStats:
-        return self.saved or self.history[-1]
-
-    def history_dicts(self) -> list[dict]:
-        return [asdict(h) for h in self.history]
-
-
-def converged_mask(
-    contexts: torch.Tensor, previous: torch.Tensor, threshold: float
-) -> torch.Tensor:
-    return ((contexts - previous) ** 2).mean(dim=1) < threshold
-
-
-def _combine(cvfp, div, w):
-    return (1 - w) * cvfp + w * div
+# --- one pass ------------------------------------------------------------------------------
 
 
 def _step(loss, optimizer, params, clip) -> bool:
@@ -136,17 +66,17 @@ def parallel_iteration(
     model,
     corpus: Corpus,
     previous,
-    p,
+    p: Phase1Params,
     diversity,
     optimizer=None,
     prev_index: torch.Tensor | None = None,
     out=None,
     world: World = SINGLE,
-):
+) -> PassResult:
     """One parallel pass: token i gets previous[i-1] (its conversation's last for i = start).
 
     previous/out: [N, Dc] row stores (tensor, ContextTensor or ContextFile); out=None
-    allocates one. Returns (out, (cvfp, div, total), steps, skipped, converged)."""
+    allocates one."""
     n, dc, w = corpus.n_tokens, model.context_dim, p.dist_reg_weight
     prev_index = corpus.prev_index() if prev_index is None else prev_index
     out = ContextTensor((n, dc)) if out is None else out
@@ -174,26 +104,27 @@ def parallel_iteration(
         with torch.set_grad_enabled(keep_graph):
             ctx, target = forward(a, b)
             st = diversity.stats(ctx) if decomposed else diversity(ctx, model)
-        sq = (ctx.detach() - target) ** 2
-        sums += torch.stack(
-            [sq.sum().double(), (sq.mean(dim=1) < p.convergence_threshold).sum()]
-        ).cpu()
+        done = ctx.detach()
+        sq_sum = ((done - target) ** 2).sum().double()
+        conv = converged_mask(done, target, p.convergence_threshold).sum()
+        sums += torch.stack([sq_sum, conv]).cpu()
         if decomposed:
             stats = stats + st.detach().cpu()
-        out[a:b] = ctx.detach()
+        out[a:b] = done
         if keep_graph:
             kept = (ctx, target, st)
     totals = world.all_reduce(torch.cat([sums, stats]) if decomposed else sums)
     cvfp = float(totals[0]) / (n * dc)  # raw MSE: normalising hid the signal (seed bug #1)
-    converged = int(totals[1])
     if decomposed:
         s = totals[2:].clone().requires_grad_(train)
         div = diversity.from_stats(s, n)
     else:
         div = st
-    loss = _combine(cvfp, div.item(), w)
+    loss = phase1_loss(cvfp, div.item(), w)
 
-    # Pass 2: the full-batch gradient, chunk by chunk (recomputed unless kept).
+    # Pass 2: the full-batch gradient, chunk by chunk (recomputed unless kept): the
+    # gradient of phase1_loss, the MSE part summed over chunks, the diversity part through
+    # its statistics.
     steps = skipped = 0
     if train and math.isfinite(loss):
         params = _trainable(model)
@@ -205,7 +136,7 @@ def parallel_iteration(
             else:
                 ctx, target = forward(a, b)
                 st = diversity.stats(ctx)
-            part = (1 - w) * ((ctx - target) ** 2).sum() / (n * dc)
+            part = (1 - w) * ((ctx - target) ** 2).sum() / (n * dc)  # phase1_loss's terms
             part = part + w * ((g * st).sum() if decomposed else st)
             part.backward()
         world.all_reduce_grads(params)
@@ -214,7 +145,7 @@ def parallel_iteration(
         steps = 1
     elif train:
         skipped = 1
-    return out, (cvfp, div.item(), loss), steps, skipped, converged
+    return PassResult(out, Losses(cvfp, div.item(), loss), steps, skipped, int(totals[1]))
 
 
 def sequential_iteration(
@@ -222,13 +153,14 @@ def sequential_iteration(
     corpus: Corpus,
     previous: torch.Tensor,
     start: torch.Tensor,
-    p,
+    p: Phase1Params,
     diversity,
     optimizer=None,
     show_progress: bool = False,
-):
+) -> PassResult:
     """One sequential pass with an optimiser step per position (seed 002). Contexts are
-    detached between positions (seed bug #2: no backprop through the whole history)."""
+    detached between positions (seed bug #2: no backprop through the whole history).
+    The losses are the means over positions."""
     sched = PositionSchedule(corpus)
     state = start[sched.order].clone()
     contexts = torch.empty_like(previous)
@@ -243,7 +175,7 @@ def sequential_iteration(
             new, _ = model(state[:k], model.embed(corpus.ids[rows]))
             cvfp = ((new - previous[rows]) ** 2).mean()
             div = diversity(new, model)
-            loss = _combine(cvfp, div, p.dist_reg_weight)
+            loss = phase1_loss(cvfp, div, p.dist_reg_weight)
         if train:
             ok = _step(loss, optimizer, params, p.grad_clip)
             steps, skipped = steps + ok, skipped + (not ok)
@@ -252,13 +184,71 @@ def sequential_iteration(
         new = new.detach()
         state[:k] = new
         contexts[rows] = new
-    return contexts, tuple(s / len(sched) for s in sums), steps, skipped
+    conv = int(converged_mask(contexts, previous, p.convergence_threshold).sum())
+    losses = Losses(*(s / len(sched) for s in sums))
+    return PassResult(contexts, losses, steps, skipped, conv)
+
+
+def _run_pass(
+    model,
+    corpus: Corpus,
+    previous,
+    out,
+    p: Phase1Params,
+    diversity,
+    optimizer=None,
+    world: World = SINGLE,
+    prev_index: torch.Tensor | None = None,
+    show_progress: bool = False,
+) -> PassResult:
+    """One pass in phase1.mode from the row store `previous` into `out` (with a step when
+    `optimizer` is given); every rank's rows are in `out` when it returns."""
+    if p.mode == "parallel":
+        r = parallel_iteration(
+            model, corpus, previous, p, diversity, optimizer, prev_index, out, world
+        )
+    else:
+        n = corpus.n_tokens
+        prev = previous[0:n]
+        r = sequential_iteration(
+            model, corpus, prev, prev[corpus.last_index()], p, diversity, optimizer, show_progress
+        )
+        out[0:n] = r.contexts
+    world.barrier()
+    return r._replace(contexts=out)
+
+
+# --- the rules: convergence, loss, stop --------------------------------------------------
+
+
+def converged_mask(
+    contexts: torch.Tensor, previous: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """Per token: the mean squared change of its context since the previous pass is below
+    phase1.convergence_threshold. The one convergence rule of Phase 1."""
+    return ((contexts - previous) ** 2).mean(dim=1) < threshold
+
+
+def phase1_loss(cvfp, diversity, dist_reg_weight: float):
+    """The Phase 1 objective: (1 - w) * cvfp + w * diversity, w = phase1.dist_reg_weight."""
+    return (1 - dist_reg_weight) * cvfp + dist_reg_weight * diversity
+
+
+def converged_enough(stats: IterationStats, p: Phase1Params, train: bool) -> bool:
+    """The stop rule: the pass converged at least phase1.min_converged_ratio of the tokens,
+    and (training only: passes without steps repeat themselves) phase1.min_iterations ran."""
+    return stats.convergence_rate >= p.min_converged_ratio and (
+        not train or stats.iteration >= p.min_iterations
+    )
+
+
+# --- the loop ------------------------------------------------------------------------------
 
 
 def run_phase1(
-    model,
+    model: CVFPModel,
     corpus: Corpus,
-    p,
+    p: Phase1Params,
     train: bool = True,
     show_progress: bool = False,
     log_fn=log.info,
@@ -266,9 +256,10 @@ def run_phase1(
     work_dir: str | Path | None = None,
     split: str | None = None,
 ) -> Phase1Result:
-    """Phase 1 on `corpus` with phase1 params `p`. train=False measures convergence only.
-    `split` ("train" / "val") names the corpus in the log lines and the progress bar (default:
-    "train" when training, else "val").
+    """Phase 1 on `corpus`. train=False measures convergence only; train=True ends with
+    `measure_saved_model` (the numbers of the model that is saved). `split` ("train" /
+    "val") names the corpus in the log lines and the progress bar (default: "train" when
+    training, else "val").
 
     work_dir: where the two context files (previous, current) go; None keeps them in
     memory (one process only). Under torchrun all ranks call this with the same arguments
@@ -286,7 +277,8 @@ def run_phase1(
     n, shape = corpus.n_tokens, (corpus.n_tokens, model.context_dim)
     name = "train" if train else "val"
     label = split or name  # which split the log lines and the bar are about
-    with _context_stores(shape, work_dir, world, name) as (previous, current):
+    show = show_progress
+    with context_stores(shape, work_dir, world, name) as (previous, current):
         t0 = time.perf_counter()
         zero_start_pass(
             model, corpus, previous, p.chunk_tokens, world, show_progress, "phase1 iter 0"
@@ -294,9 +286,7 @@ def run_phase1(
         result = Phase1Result(
             rows_of(previous), parallel=p.mode == "parallel", segments=corpus.n_conversations
         )
-        result.history.append(
-            IterationStats(0, 0, n, 0.0, None, None, None, 0, 0, time.perf_counter() - t0)
-        )
+        result.history.append(IterationStats.zero_start(n, time.perf_counter() - t0))
         log_fn(f"phase1 {label} {result.final.line()}")
 
         prev_index = corpus.prev_index()
@@ -309,94 +299,52 @@ def run_phase1(
         )
         for it in bar:
             t0 = time.perf_counter()
-            losses: tuple[float, float, float]  # cvfp, diversity, total
-            if p.mode == "parallel":
-                _, losses, steps, skipped, conv = parallel_iteration(
-                    model, corpus, previous, p, diversity, optimizer, prev_index, current, world
-                )
-            else:
-                prev = previous[0:n]
-                contexts, losses, steps, skipped = sequential_iteration(
-                    model,
-                    corpus,
-                    prev,
-                    prev[corpus.last_index()],
-                    p,
-                    diversity,
-                    optimizer,
-                    show_progress,
-                )
-                current[0:n] = contexts
-                conv = int(converged_mask(contexts, prev, p.convergence_threshold).sum())
-            world.barrier()  # every rank's rows are in `current`
-            stats = IterationStats(
-                it, conv, n, conv / n, *losses, steps, skipped, time.perf_counter() - t0
+            r = _run_pass(
+                model, corpus, previous, current, p, diversity, optimizer, world, prev_index, show
             )
+            stats = IterationStats.of(it, n, r, time.perf_counter() - t0)
             result.history.append(stats)
             log_fn(f"phase1 {label} {stats.line()}")
-            check_iteration(
-                stats, model, p, name, train
-            )  # phase1.divergence: fail with the numbers
-            if any(math.isnan(x) or math.isinf(x) for x in losses):
-                log.warning("iteration %d: non-finite loss, %d step(s) skipped", it, skipped)
+            check_iteration(stats, model, p, name, train)  # phase1.divergence: fail with numbers
+            if not all(math.isfinite(x) for x in r.losses):
+                log.warning("iteration %d: non-finite loss, %d step(s) skipped", it, r.skipped)
             previous, current = current, previous
-            # min_iterations forces more training past the convergence rule (train only:
-            # passes without steps repeat themselves).
-            if not LOW_CONVERGENCE.when[0].warns(
-                stats.convergence_rate, p.min_converged_ratio
-            ) and (not train or it >= p.min_iterations):
+            if converged_enough(stats, p, train):
                 result.stopped_early = it < p.max_iterations
                 result.met_ratio = True
                 break
         result.contexts = rows_of(previous)
     model.set_track_stats(False)
     model.eval()
+    if train:
+        measure_saved_model(model, corpus, result, p, world, work_dir)
     return result
 
 
-class _context_stores:
-    """Two [N, Dc] row stores: files in a fresh directory under work_dir (shared by all
-    ranks: rank 0 names it), removed on exit, on an exception and on SIGTERM; or tensors
-    when work_dir is None. The files are unlinked at exit, but a `ContextFile` keeps its
-    file open, so `result.contexts` stays readable (the space is freed with it)."""
-
-    def __init__(self, shape, work_dir, world: World, name: str):
-        self.shape, self.work_dir, self.world, self.name = shape, work_dir, world, name
-        self.dir: Path | None = None
-        self.signals = sigterm_raises()
-
-    def __enter__(self):
-        if self.work_dir is None:
-            return ContextTensor(self.shape), ContextTensor(self.shape)
-        self.signals.__enter__()
-        made = None
-        if self.world.is_main:
-            Path(self.work_dir).mkdir(parents=True, exist_ok=True)
-            # the pid tells a later run whether the writer is gone (tasks.common.clean_leftovers)
-            made = tempfile.mkdtemp(prefix=f"{self.name}-{os.getpid()}-", dir=self.work_dir)
-        self.dir = Path(self.world.broadcast_object(made))
-        stores = [None, None]
-        if self.world.is_main:
-            try:
-                stores = [
-                    ContextFile(self.dir / f"contexts_{k}.npy", self.shape, create=True)
-                    for k in "ab"
-                ]
-            except BaseException:  # disk full (DiskSpaceError): no empty scratch left behind
-                shutil.rmtree(self.dir, ignore_errors=True)
-                raise
-        self.world.barrier()
-        if not self.world.is_main:
-            stores = [ContextFile(self.dir / f"contexts_{k}.npy", self.shape) for k in "ab"]
-        return tuple(stores)
-
-    def __exit__(self, exc_type, *exc):
-        if self.dir is not None:
-            try:
-                if exc_type is None:
-                    self.world.barrier()  # no rank still reads the files
-            finally:
-                if self.world.is_main:
-                    shutil.rmtree(self.dir, ignore_errors=True)
-                self.signals.__exit__(exc_type, *exc)
-        return False
+@torch.no_grad()
+def measure_saved_model(
+    model: CVFPModel,
+    corpus: Corpus,
+    result: Phase1Result,
+    p: Phase1Params,
+    world: World = SINGLE,
+    work_dir: str | Path | None = None,
+) -> Phase1Result:
+    """One more pass without a step after training (a training pass measures the model
+    *before* its own step): its convergence, losses and contexts are those of the model that
+    is saved, and become result.final (result.saved); the history keeps the training passes.
+    No-op when the last pass took no step."""
+    last = result.history[-1]
+    if last.steps == 0:
+        return result
+    model.eval()
+    diversity = make_diversity(p.diversity.kind, p.diversity.momentum)
+    n = corpus.n_tokens
+    t0 = time.perf_counter()
+    with context_stores((n, model.context_dim), work_dir, world, "saved") as (_, out):
+        r = _run_pass(model, corpus, result.contexts, out, p, diversity, world=world)
+        result.contexts = rows_of(out)
+    result.saved = IterationStats.of(last.iteration, n, r, time.perf_counter() - t0)
+    log.info("phase1 saved model (pass without a step): %s", result.saved.line())
+    check_saved(result.saved, model, p)
+    return result

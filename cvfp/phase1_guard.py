@@ -1,18 +1,22 @@
-"""Phase 1 guards: fail on a diverged run with the step and the numbers, and measure the
-model that is saved (a training pass measures the model *before* its own step).
+"""Phase 1 guards: fail on a diverged run with the step and the numbers. Pure checks of
+numbers a pass or the checks produced (cvfp/phase1.py calls them; nothing here runs a pass).
 
-Thresholds and the choice to keep going are `phase1.divergence` in params.yaml.
+Thresholds and the choice to keep going are `phase1.divergence` in params.yaml; the collapse
+rules are cvfp/check_rules.py. The messages are error texts with plain numbers (the report
+words the same rules in cvfp/report/rule_words.py).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
+from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 
-from .check_rules import GLOBAL_ATTRACTOR, LOW_EFFECTIVE_RANK, ZERO_SOLUTION
+from .check_rules import GLOBAL_ATTRACTOR, LOW_EFFECTIVE_RANK, ZERO_SOLUTION, Rule
+from .params import DivergenceParams, Phase1Params
 
 log = logging.getLogger("cvfp")
 
@@ -21,7 +25,18 @@ class Phase1DivergedError(RuntimeError):
     """Phase 1 diverged and phase1.divergence.action is `fail`; nothing was saved."""
 
 
-def max_abs_weight(model) -> float:
+class PassNumbers(Protocol):
+    """What the guard reads of one pass (cvfp.phase1.IterationStats)."""
+
+    iteration: int
+    cvfp_loss: float | None
+    diversity_loss: float | None
+    total_loss: float | None
+    steps: int
+    skipped_steps: int
+
+
+def max_abs_weight(model: torch.nn.Module) -> float:
     """Largest |value| over the trainable parameters (inf/nan if any is not finite)."""
     worst = 0.0
     for q in model.parameters():
@@ -33,8 +48,10 @@ def max_abs_weight(model) -> float:
     return worst
 
 
-def iteration_problems(stats, model, d, train: bool) -> list[str]:
-    """What looks diverged after one Phase 1 iteration (IterationStats), with the numbers."""
+def iteration_problems(
+    stats: PassNumbers, model: torch.nn.Module, d: DivergenceParams, train: bool
+) -> list[str]:
+    """What looks diverged after one Phase 1 iteration, with the numbers."""
     out = []
     for name in ("cvfp_loss", "diversity_loss", "total_loss"):
         v = getattr(stats, name)
@@ -53,23 +70,33 @@ def iteration_problems(stats, model, d, train: bool) -> list[str]:
     return out
 
 
-def collapse_problems(checks: dict, d) -> list[str]:
+def _rule_numbers(rule: Rule, values: Mapping[str, float], limits: Mapping[str, float]) -> str:
+    """`global_attractor: mean_pairwise_l2 0.02 < 0.1 and ...` (the rule's ids and numbers)."""
+    parts = [
+        f"{c.stat} {values[c.stat]:.4g} {c.op} {c.limit_of(limits):g}"
+        + (f" ({c.param})" if c.param else "")
+        for c in rule.when
+    ]
+    return f"{rule.check}: {' and '.join(parts)}"
+
+
+def collapse_problems(checks: Mapping[str, dict], d: DivergenceParams) -> list[str]:
     """Contexts collapsed, per the SPEC 4 checks of one split (cvfp.checks.run_checks)."""
     er, deg = checks["effective_rank"], checks["degeneracy"]
     out = []
     (rank,) = LOW_EFFECTIVE_RANK.when
-    limits = {rank.param: d.min_effective_rank_ratio}
+    limits = {str(rank.param): d.min_effective_rank_ratio}
     if rank.warns(er["ratio"], d.min_effective_rank_ratio):
-        out.append(LOW_EFFECTIVE_RANK.message({rank.stat: er["text"]}, limits))
+        out.append(_rule_numbers(LOW_EFFECTIVE_RANK, {rank.stat: er["ratio"]}, limits))
     for rule in (GLOBAL_ATTRACTOR, ZERO_SOLUTION):
         if deg[rule.check]:
-            out.append(rule.message(deg))
+            out.append(_rule_numbers(rule, deg, {}))
     if not math.isfinite(deg["mean_norm"]):
         out.append(f"mean context norm is {deg['mean_norm']}")
     return out
 
 
-def act(problems: list[str], where: str, p) -> None:
+def act(problems: list[str], where: str, p: Phase1Params) -> None:
     """Raise Phase1DivergedError naming `where` and the numbers, or warn when
     phase1.divergence.action is `continue`."""
     if not problems:
@@ -83,7 +110,9 @@ def act(problems: list[str], where: str, p) -> None:
     log.warning("%s (phase1.divergence.action=continue: keeping going)", msg)
 
 
-def check_iteration(stats, model, p, split: str, train: bool) -> None:
+def check_iteration(
+    stats: PassNumbers, model: torch.nn.Module, p: Phase1Params, split: str, train: bool
+) -> None:
     """Called by run_phase1 after every iteration."""
     act(
         iteration_problems(stats, model, p.divergence, train),
@@ -92,7 +121,16 @@ def check_iteration(stats, model, p, split: str, train: bool) -> None:
     )
 
 
-def check_trained(model, checks: dict[str, dict], p) -> None:
+def check_saved(stats: PassNumbers, model: torch.nn.Module, p: Phase1Params) -> None:
+    """Called by measure_saved_model after its pass without a step."""
+    act(
+        iteration_problems(stats, model, p.divergence, train=True),
+        "the end of training (the saved model, one pass without a step)",
+        p,
+    )
+
+
+def check_trained(model: torch.nn.Module, checks: Mapping[str, Mapping], p: Phase1Params) -> None:
     """Called by the phase1 stage after the checks, before anything is saved: weights and
     collapsed contexts of the trained model (any objective)."""
     w = max_abs_weight(model)
@@ -106,53 +144,3 @@ def check_trained(model, checks: dict[str, dict], p) -> None:
         )
     for split, c in checks.items():
         act(collapse_problems(c, p.divergence), f"the end of training ({split} contexts)", p)
-
-
-@torch.no_grad()
-def measure_saved_model(model, corpus, result, p, world=None, work_dir=None):
-    """One more pass without a step after training: its convergence, losses and contexts are
-    those of the model that is saved, and become result.final (result.saved); the history
-    keeps the training passes. No-op when the last pass took no step."""
-    from .contexts import rows_of
-    from .distributed import SINGLE
-    from .diversity import make_diversity
-    from .phase1 import (
-        IterationStats,
-        _context_stores,
-        converged_mask,
-        parallel_iteration,
-        sequential_iteration,
-    )
-
-    last = result.history[-1]
-    if last.steps == 0:
-        return result
-    world = world or SINGLE
-    model.eval()
-    diversity = make_diversity(p.diversity.kind, p.diversity.momentum)
-    n = corpus.n_tokens
-    t0 = time.perf_counter()
-    with _context_stores((n, model.context_dim), work_dir, world, "saved") as (_, out):
-        if p.mode == "parallel":
-            _, losses, _, _, conv = parallel_iteration(
-                model, corpus, result.contexts, p, diversity, None, None, out, world
-            )
-            world.barrier()
-        else:
-            prev = result.contexts[0:n]
-            contexts, losses, _, _ = sequential_iteration(
-                model, corpus, prev, prev[corpus.last_index()], p, diversity, None
-            )
-            out[0:n] = contexts
-            conv = int(converged_mask(contexts, prev, p.convergence_threshold).sum())
-        result.contexts = rows_of(out)
-    result.saved = IterationStats(
-        last.iteration, conv, n, conv / n, *losses, 0, 0, time.perf_counter() - t0
-    )
-    log.info("phase1 saved model (pass without a step): %s", result.saved.line())
-    act(
-        iteration_problems(result.saved, model, p.divergence, train=True),
-        "the end of training (the saved model, one pass without a step)",
-        p,
-    )
-    return result

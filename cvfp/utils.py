@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -75,23 +74,18 @@ def seed_everything(seed: int, deterministic: bool = True, threads: int | None =
     set_deterministic(deterministic)
 
 
-# Set by a stage runner (tasks.common.run_stage): called with the final path and the new
-# output just before atomic_path replaces an output, so a stage whose inputs changed under it
-# can refuse (and a stage can add the params it ran with).
-BEFORE_REPLACE: ContextVar[Callable[[Path, Path], None] | None] = ContextVar(
-    "before_replace", default=None
-)
-_OPEN_TEMPS: ContextVar[tuple[Path, ...]] = ContextVar(
-    "open_temps", default=()
-)  # checked at the outer one
+# A check before an output is replaced: (final path, new output) -> None, raising to refuse
+# (a stage passes tasks.outputs.StageOutputs.before_replace).
+BeforeReplace = Callable[[Path, Path], None]
 
 
 ASIDE = "old"  # inside a temporary sibling: the previous output, while the new one moves in
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
+def atomic_path(final: str | Path, before_replace: BeforeReplace | None = None) -> Iterator[Path]:
     """Yield a temporary sibling path; on success put it in place of `final` (file or directory).
+    `before_replace(final, new)` runs first and can refuse (raise): nothing is replaced then.
 
     On any error the temporary path is removed and `final` is left as it was, so a failed
     stage never leaves a half-written output behind. The replacement never deletes before
@@ -109,16 +103,12 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", dir=final.parent))
         / final.name
     )
-    outer = _OPEN_TEMPS.get()
-    token = _OPEN_TEMPS.set(outer + (tmp.parent.resolve(),))
     try:
         yield tmp
-        check = BEFORE_REPLACE.get()
-        if check is not None and not any(final.resolve().is_relative_to(t) for t in outer):
-            check(final, tmp)
+        if before_replace is not None:
+            before_replace(final, tmp)
         replace_output(tmp, final)
     finally:
-        _OPEN_TEMPS.reset(token)
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
@@ -180,8 +170,8 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
+def write_json(path: str | Path, obj: Any, before_replace: BeforeReplace | None = None) -> None:
+    with atomic_path(path, before_replace) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 

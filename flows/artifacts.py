@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from cvfp.check_rules import TRIALS
-from cvfp.formats import fmt_acc, fmt_int, fmt_num, fmt_ppl, fmt_seconds
+from cvfp.formats import fmt_acc, fmt_er, fmt_int, fmt_num, fmt_ppl, fmt_seconds
 from cvfp.params import Params, load_params
 from cvfp.report.headline import headline_rows
+from cvfp.report.rule_words import pass_text as rule_pass_text
 from cvfp.utils import eta_text
 from tasks.layout import COMPARE_JSON, METRICS, PARAMS, REPORT_MD, REPORTS, SUMMARY
 from tasks.summary import STAGE_FILES as METRIC_FILES
@@ -73,7 +74,7 @@ def pass_text(params_path: str | Path = PARAMS) -> str | None:
     except Exception:  # a summary never fails on a params file the flow will reject anyway
         return None
     (rule,) = TRIALS.when
-    return rule.pass_text(params)
+    return rule_pass_text(rule, params)
 
 
 def summary_rows(
@@ -115,8 +116,8 @@ def summary_rows(
         (
             "Effective rank (train / val)",
             _pair(
-                get(m.get("phase1"), "train.effective_rank_text"),
-                get(m.get("phase1"), "val.effective_rank_text"),
+                _effective_rank(m, "train"),
+                _effective_rank(m, "val"),
                 str,
             ),
         ),
@@ -126,6 +127,15 @@ def summary_rows(
         ),
     ]
     return [{"quantity": q, "value": v} for q, v in rows]
+
+
+def _effective_rank(m: dict[str, dict], split: str) -> str | None:
+    """`627.29/768 = 81.7%` from metrics/phase1.json's numbers (dim = rank / ratio)."""
+    er = get(m.get("phase1"), f"{split}.effective_rank")
+    ratio = get(m.get("phase1"), f"{split}.effective_rank_ratio")
+    if er is None or ratio is None:
+        return None
+    return fmt_er(er, round(er / ratio)) if ratio else f"{er:.2f}"
 
 
 def _fmt_value(key: str, v: Any) -> str:

@@ -39,7 +39,6 @@ from prefect.futures import as_completed  # noqa: E402
 from cvfp.params import OrchestrationParams, load_params  # noqa: E402
 from flows.artifacts import CompareProgress, refresh_report  # noqa: E402
 from flows.shards import task_runner  # noqa: E402
-from tasks.common import holds_workspace  # noqa: E402
 from tasks.compare import (  # noqa: E402
     COMPARE_HTML,
     COMPARE_JSON,
@@ -58,6 +57,7 @@ from tasks.compare import (  # noqa: E402
     workspace_source,
     write_outputs,
 )
+from tasks.workspace import holds_workspace  # noqa: E402
 
 
 def _clock(seconds: float) -> str:
@@ -98,7 +98,7 @@ def experiment_runner(orch: OrchestrationParams, workers: int):
 
 
 @flow(name="cvfp-compare", log_prints=True)
-@holds_workspace("flows.compare")  # one runner per workspace (tasks.common.workspace_lock)
+@holds_workspace("flows.compare")  # one runner per workspace (tasks.workspace.workspace_lock)
 def compare(
     params_path: str = "params.yaml",
     arms: list[str] | None = None,

@@ -43,7 +43,7 @@ def hold_dvc_lock(what: str = "flows.pipeline"):
     from dvc.lock import LockError
     from dvc.repo import Repo, lock_repo
 
-    from tasks.common import WorkspaceBusyError
+    from tasks.workspace import WorkspaceBusyError
 
     with Repo(os.getcwd()) as repo:
         held = lock_repo(repo)
@@ -68,7 +68,7 @@ def stage_status(stage: str) -> tuple[bool, str]:
     new values, e.g. 'changed params: phase2.epochs 10 -> 2; changed deps: data/split/train
     (modified)'. A stage whose committed outputs were made with other params than dvc.lock
     records is not up to date."""
-    from tasks.common import provenance_changes
+    from tasks.provenance import provenance_changes
 
     with _repo() as repo:
         status = repo.status(targets=[stage])
@@ -188,7 +188,8 @@ def commit_stage(stage: str) -> None:
     goes back to what it was and ParamsChangedError names the keys."""
     from pathlib import Path
 
-    from tasks.common import ParamsChangedError, provenance_changes
+    from tasks.guard import ParamsChangedError
+    from tasks.provenance import provenance_changes
 
     lock = Path("dvc.lock")
     before = lock.read_bytes() if lock.exists() else None
@@ -210,7 +211,7 @@ def commit_stage(stage: str) -> None:
 def main() -> int:
     """`python -m flows.dvc_state`: check that dvc.lock records, for every stage, the params
     its committed outputs were made with (e.g. after `dvc commit` of a one-off run)."""
-    from tasks.common import RECORDS, ProvenanceError, check_provenance
+    from tasks.provenance import RECORDS, ProvenanceError, check_provenance
 
     try:
         check_provenance(list(RECORDS))

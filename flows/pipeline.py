@@ -35,9 +35,10 @@ from prefect.states import Completed  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
 from cvfp.utils import progress_listener  # noqa: E402
-from tasks.common import run_stage, workspace_lock  # noqa: E402
 from tasks.layout import REPORT_HTML, stage_names  # noqa: E402
 from tasks.report import write_compare_placeholder  # noqa: E402
+from tasks.stage import run_stage  # noqa: E402
+from tasks.workspace import workspace_lock
 
 from .artifacts import StageProgress, publish_details, publish_summary  # noqa: E402
 from .dvc_state import commit_stage, hold_dvc_lock, stage_status  # noqa: E402
@@ -68,7 +69,7 @@ def _library_logs_to_prefect():
 
     from prefect.logging.handlers import APILogHandler
 
-    from tasks.common import setup_logging
+    from tasks.cli import setup_logging
 
     setup_logging()
     lib = logging.getLogger("cvfp")

@@ -34,7 +34,7 @@ from cvfp.compare_report import build_compare_report, verdict_lines
 from cvfp.params import Params, ParamsError, arm_params, load_params, yaml_load
 from cvfp.utils import atomic_path, write_json
 
-from .common import log, setup_logging
+from .cli import log, setup_logging
 from .layout import (
     COMPARE_HTML,
     COMPARE_JSON,

@@ -15,8 +15,9 @@ import json
 
 from cvfp.params import Params
 from cvfp.utils import atomic_path, require_hub
-from tasks.common import cli, log
+from tasks.cli import cli, log
 from tasks.layout import RAW, STATS  # STATS: read by tokenize, which passes it on to split
+from tasks.outputs import StageOutputs
 
 
 def fetch(params: Params):
@@ -53,6 +54,7 @@ def fetch(params: Params):
 
 
 def run(params: Params) -> dict:
+    out = StageOutputs("download", params)  # params.yaml now
     loaded, origin = fetch(params)
     ds, found = loaded.dataset, loaded.stats
     if len(ds) == 0:
@@ -70,7 +72,7 @@ def run(params: Params) -> dict:
             t["complete_records"],
             t["bytes_lost"],
         )
-    with atomic_path(RAW) as tmp:
+    with atomic_path(RAW, out.before_replace) as tmp:
         ds.save_to_disk(str(tmp))
         (tmp / STATS).write_text(json.dumps(stats, indent=2) + "\n")
     log.info(

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> str:
                 for e in err.errors()
             )
         )
-    from .common import load_tokenizer
+    from .tokens import load_tokenizer
 
     if not Path(args.tokenizer).exists():
         parser.error(f"tokenizer not found: {args.tokenizer}")

@@ -20,12 +20,15 @@ from cvfp.params import Params
 from cvfp.sharding import MapShards
 from cvfp.utils import seed_everything
 
-from .common import cli, load_conversations, log, read_vocab_size
+from .cli import cli, log
 from .layout import CSTAR_DIR, PHASE1_MODEL, SPLIT, TOKENIZER
+from .outputs import StageOutputs
+from .tokens import load_conversations, read_vocab_size
 
 
 def run(params: Params, map_shards: MapShards | None = None) -> dict:
     """`map_shards` runs the shards (default: a plain loop in this process)."""
+    out = StageOutputs("materialize", params)  # params.yaml now
     seed_everything(params.seed, params.deterministic)
     p1 = params.phase1
     corpora = {
@@ -48,6 +51,7 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         show_progress=p1.progress,
         warn_tokens=p1.warn_tokens,
         batch_tokens=params.materialize.batch_tokens,
+        before_replace=out.before_replace,
     )
     seconds = time.perf_counter() - t0
     tokens = sum(c.n_tokens for c in corpora.values())

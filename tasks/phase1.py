@@ -13,6 +13,7 @@ Outputs: cache/phase1/{model.pt,checks.json}, metrics/phase1.json, plots/phase1_
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pandas as pd
 
@@ -21,24 +22,16 @@ from cvfp.checks import run_checks
 from cvfp.contexts import sigterm_raises
 from cvfp.corpus import Corpus
 from cvfp.embeddings import load_pretrained_embeddings
-from cvfp.formats import fmt_count
 from cvfp.metrics.phase1 import Phase1Checks, Phase1Metrics, Trials
 from cvfp.model import CVFPModel
 from cvfp.params import Params
-from cvfp.phase1 import Phase1Result, run_phase1
-from cvfp.phase1_guard import check_trained, measure_saved_model
+from cvfp.phase1 import run_phase1
+from cvfp.phase1_guard import check_trained
+from cvfp.phase1_results import Phase1Result
 from cvfp.reconstruction import HISTORY_COLUMNS, SplitStats, train_reconstruction
 from cvfp.utils import atomic_path, seed_everything, write_json
 
-from .common import (
-    cli,
-    current_world,
-    load_conversations,
-    log,
-    read_vocab_size,
-    record_durations,
-    split_durations,
-)
+from .cli import cli, current_world, log
 from .layout import (
     PHASE1_CHECKS,
     PHASE1_DIR,
@@ -52,6 +45,9 @@ from .layout import (
     SPLIT,
     TOKENIZER,
 )
+from .outputs import StageOutputs
+from .timing import record_durations
+from .tokens import load_conversations, read_vocab_size
 
 
 def build_model(params: Params, vocab_size: int) -> CVFPModel:
@@ -69,7 +65,6 @@ def summary(result: Phase1Result, checks: dict) -> dict:
         "converged": f.converged,
         "total": f.total,
         "convergence_rate": f.convergence_rate,
-        "convergence": fmt_count(f.converged, f.total),
         "iterations": result.iterations,
         "stopped_early": result.stopped_early,
         # Optimizer steps actually taken, and whether the rate above is the structural one
@@ -83,7 +78,6 @@ def summary(result: Phase1Result, checks: dict) -> dict:
         "skipped_steps": sum(h.skipped_steps for h in result.history),
         "effective_rank": er["effective_rank"],
         "effective_rank_ratio": er["ratio"],
-        "effective_rank_text": er["text"],
         "actual_rank": er["actual_rank"],
         "degeneracy": checks["degeneracy"],
         "identity": {k: v for k, v in checks["identity"].items() if v is not None},
@@ -102,6 +96,7 @@ def run(params: Params) -> dict | None:
 
 
 def _run(params: Params) -> dict | None:
+    out = StageOutputs("phase1", params)  # params.yaml now
     seed_everything(params.seed, params.deterministic, params.runtime.threads)
     world = current_world()
     p1, show = params.phase1, params.phase1.progress and world.is_main
@@ -145,16 +140,16 @@ def _run(params: Params) -> dict | None:
     t0 = time.perf_counter()
     if p1.objective == "cvfp":
         kw = dict(show_progress=show, world=world, work_dir=PHASE1_WORK)
+        # training ends with a pass without a step: the saved model's own numbers
         results = {
             "train": run_phase1(model, corpora["train"], p1, train=True, split="train", **kw)
         }
-        measure_saved_model(model, corpora["train"], results["train"], p1, world, PHASE1_WORK)
         train_seconds = time.perf_counter() - t0
         results["val"] = run_phase1(model, corpora["val"], p1, train=False, split="val", **kw)
         if not world.is_main:
             return None
         model.cpu()  # the checks run on rank 0's CPU
-        contexts = {s: r.contexts for s, r in results.items()}
+        contexts: dict[str, Any] = {s: r.contexts for s, r in results.items()}
         iterations_text = f"{results['train'].iterations}/{p1.max_iterations}"
     elif p1.objective == "none":
         # The control arm (SPEC 9): no optimizer step; C* and the checks come from the
@@ -187,71 +182,78 @@ def _run(params: Params) -> dict | None:
     }
     check_trained(model, checks, p1)  # diverged or collapsed: fail before saving
 
-    metrics = {
+    metrics: dict[str, Any] = {
         "objective": p1.objective,
         "max_iterations": p1.max_iterations,
         "min_iterations": p1.min_iterations,
         "iterations_text": iterations_text,
-        "train_seconds": train_seconds,
         **{s: summary(results[s], checks[s]) for s in results},
     }
-    extra = {
+    extra: dict[str, Any] = {
         "objective": p1.objective,
         "history": {s: r.history_dicts() for s, r in results.items()},
     }
     checks_out = {s: {**checks[s], "history": results[s].history_dicts()} for s in results}
+    # Wall-clock seconds are kept apart (metrics/timing/phase1.json): reruns give the same bytes.
+    durations: dict = {
+        "train_seconds": train_seconds,
+        "iteration_seconds": {s: r.history_seconds() for s, r in results.items()},
+    }
     if recon is not None:
+        epochs = [{k: v for k, v in row.items() if k != "seconds"} for row in recon.history]
+        durations["epoch_seconds"] = [row["seconds"] for row in recon.history]
         metrics["epochs"] = len(recon.history)
         for s, st in recon.final.items():
             metrics[s].update(reconstruction_summary(st))
-        metrics["train"]["skipped_steps"] = sum(h["skipped_steps"] for h in recon.history)
-        metrics["train"]["steps"] = sum(h["steps"] for h in recon.history)
+        metrics["train"]["skipped_steps"] = sum(h["skipped_steps"] for h in epochs)
+        metrics["train"]["steps"] = sum(h["steps"] for h in epochs)
         extra["context_decoder"] = recon.decoder.state_dict()
-        extra["history"]["reconstruction"] = recon.history
+        extra["history"]["reconstruction"] = epochs
         checks_out["reconstruction"] = {
-            "history": recon.history,
+            "history": epochs,
             "recon_weight": p1.reconstruction.recon_weight,
             "final": {s: reconstruction_summary(st) for s, st in recon.final.items()},
         }
-    # A missing/unknown key fails here. Wall-clock seconds go to metrics/timing/phase1.json,
-    # so reruns give the same bytes.
-    (metrics, t_metrics), (checks_out, t_checks) = (
-        split_durations(Phase1Metrics.model_validate(metrics).to_dict()),
-        split_durations(Phase1Checks.model_validate(checks_out).to_dict()),
-    )
-    extra["history"] = split_durations(extra["history"])[0]
-    record_durations("phase1", metrics=t_metrics, checks=t_checks)
-    with atomic_path(PHASE1_DIR) as tmp:
+    # A missing/unknown key fails here.
+    metrics = Phase1Metrics.model_validate(metrics).to_dict()
+    checks_out = Phase1Checks.model_validate(checks_out).to_dict()
+    with atomic_path(PHASE1_DIR, out.before_replace) as tmp:
         tmp.mkdir()
         save_checkpoint(
             tmp / PHASE1_MODEL.name, model, params.model_dump(), vocab_size=vocab_size, **extra
         )
         write_json(tmp / PHASE1_CHECKS.name, checks_out)
-    write_json(PHASE1_METRICS, metrics)
+    write_json(PHASE1_METRICS, metrics, out.before_replace)
+    record_durations("phase1", **durations)
     if recon is None:
-        _write_csv(PHASE1_TRAIN_CSV, _history_frame(results["train"], params.phase1.mode))
+        train_rows = _history_frame(results["train"], params.phase1.mode)
     else:
-        _write_csv(PHASE1_TRAIN_CSV, pd.DataFrame(recon.history, columns=HISTORY_COLUMNS))
-    _write_csv(PHASE1_VAL_CSV, _history_frame(results["val"], params.phase1.mode))
+        train_rows = pd.DataFrame(epochs, columns=[c for c in HISTORY_COLUMNS if c != "seconds"])
+    _write_csv(PHASE1_TRAIN_CSV, train_rows, out)
+    _write_csv(PHASE1_VAL_CSV, _history_frame(results["val"], params.phase1.mode), out)
     losses = checks["val"].get("convergence", {}).get("losses", [])
     trials = pd.DataFrame({"pass": range(1, len(losses) + 1), "val_diff": losses})
-    _write_csv(PHASE1_TRIALS_CSV, trials)
+    _write_csv(PHASE1_TRIALS_CSV, trials, out)
     spectrum = pd.DataFrame({"index": range(params.model.context_dim)})
     for s in results:
         sv = checks[s]["effective_rank"]["singular_values"]
         spectrum[f"{s}_singular_value"] = [v / sv[0] if sv[0] else 0.0 for v in sv]
-    _write_csv(PHASE1_SPECTRUM_CSV, spectrum)
+    _write_csv(PHASE1_SPECTRUM_CSV, spectrum, out)
     for s in results:
         ppl = (
             f", ppl {metrics[s]['ppl']:.2f}, acc {metrics[s]['acc']:.4f}"
             if recon is not None
             else ""
         )
+        m = metrics[s]
         log.info(
-            "phase1 %s: convergence %s, effective rank %s%s",
+            "phase1 %s: convergence %.1f%% (%d/%d), effective rank %.2f/%d%s",
             s,
-            metrics[s]["convergence"],
-            metrics[s]["effective_rank_text"],
+            100 * m["convergence_rate"],
+            m["converged"],
+            m["total"],
+            m["effective_rank"],
+            params.model.context_dim,
             ppl,
         )
     return metrics
@@ -282,9 +284,8 @@ def _history_frame(result, mode: str) -> pd.DataFrame:
     return frame
 
 
-def _write_csv(path, frame: pd.DataFrame) -> None:
-    frame = frame.drop(columns=[c for c in frame.columns if "seconds" in c])  # in timing/ instead
-    with atomic_path(path) as tmp:
+def _write_csv(path, frame: pd.DataFrame, out: StageOutputs) -> None:
+    with atomic_path(path, out.before_replace) as tmp:
         frame.to_csv(tmp, index=False)
 
 

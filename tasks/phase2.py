@@ -47,16 +47,7 @@ from cvfp.phase2 import (
 )
 from cvfp.utils import atomic_path, seed_everything, write_json
 
-from .common import (
-    cli,
-    current_world,
-    load_conversation_ids,
-    load_conversations,
-    log,
-    read_vocab_size,
-    record_durations,
-    split_durations,
-)
+from .cli import cli, current_world, log
 from .layout import (
     CSTAR_DIR,
     PHASE1_MODEL,
@@ -68,6 +59,9 @@ from .layout import (
     SPLIT,
     TOKENIZER,
 )
+from .outputs import StageOutputs
+from .timing import record_durations, split_durations
+from .tokens import load_conversation_ids, load_conversations, read_vocab_size
 
 EPOCH_COLUMNS = list(Phase2Epoch.model_fields)  # plots/phase2_epochs.csv (+ seconds)
 # metrics/phase2_test_conversations.csv: one row per test conversation (docs/phase2.md)
@@ -76,6 +70,7 @@ TEST_CSV_COLUMNS = ["conversation_id", "targets", "cvfp_nats", "bigram_nats", "t
 
 def run(params: Params) -> dict | None:
     """Returns the metrics (None on torchrun ranks other than 0, which write nothing)."""
+    check = StageOutputs("phase2", params).before_replace  # params.yaml now
     seed_everything(params.seed, params.deterministic, params.runtime.threads)
     world = current_world()
     p2, show = params.phase2, params.phase1.progress
@@ -115,7 +110,7 @@ def run(params: Params) -> dict | None:
 
     # Best-so-far checkpoints go to a temporary directory that replaces cache/phase2 only when
     # the stage succeeds: a failed or killed run leaves the previous model and its metrics.
-    with atomic_path(PHASE2_DIR) if world.is_main else contextlib.nullcontext() as out:
+    with atomic_path(PHASE2_DIR, check) if world.is_main else contextlib.nullcontext() as out:
         if out is not None:
             out.mkdir()
             # the best-so-far checkpoint, and its replacement while it is written
@@ -208,9 +203,9 @@ def run(params: Params) -> dict | None:
             ],
             nats,
         )
-    write_json(PHASE2_METRICS, metrics)
-    write_test_conversations(per_conv)
-    with atomic_path(PHASE2_EPOCHS_CSV) as tmp:
+    write_json(PHASE2_METRICS, metrics, check)
+    write_test_conversations(per_conv, check)
+    with atomic_path(PHASE2_EPOCHS_CSV, check) as tmp:
         pd.DataFrame(epochs, columns=[c for c in EPOCH_COLUMNS if c != "seconds"]).to_csv(
             tmp, index=False
         )
@@ -229,12 +224,12 @@ def run(params: Params) -> dict | None:
     return metrics
 
 
-def write_test_conversations(columns: dict[str, list]) -> None:
+def write_test_conversations(columns: dict[str, list], before_replace=None) -> None:
     """metrics/phase2_test_conversations.csv: one row per test conversation; a model that did
     not run (transformer with baselines.transformer: false) has an empty column."""
     n = len(columns["conversation_id"])
     frame = pd.DataFrame({c: columns.get(c, [None] * n) for c in TEST_CSV_COLUMNS})
-    with atomic_path(PHASE2_TEST_CSV) as tmp:
+    with atomic_path(PHASE2_TEST_CSV, before_replace) as tmp:
         frame.to_csv(tmp, index=False)
 
 

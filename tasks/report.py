@@ -28,7 +28,7 @@ from cvfp.params import Params
 from cvfp.report import ReportInputs, RunMeta, build_report
 from cvfp.utils import atomic_path, write_json
 
-from .common import cli, log
+from .cli import cli, log
 from .layout import (
     COMPARE_HTML,
     COMPARE_JSON,
@@ -44,6 +44,7 @@ from .layout import (
     REPORTS,
     stage_names,
 )
+from .outputs import StageOutputs
 from .summary import write_summary
 
 # Every required input and the stage that writes it, for a useful error when one is missing.
@@ -174,15 +175,16 @@ def read_compare(path: Path = COMPARE_JSON) -> dict | None:
 
 
 def run(params: Params) -> dict:
+    check = StageOutputs("report", params).before_replace  # params.yaml now
     report = build_report(load_inputs(params))
     for path, text in ((REPORT_HTML, report.html), (REPORT_MD, report.md)):
-        with atomic_path(path) as tmp:
+        with atomic_path(path, check) as tmp:
             tmp.write_text(text, encoding="utf-8")
     for f in report.findings:
         log.warning("report: %s %s: %s", f.area, f.check, f.message)
     log.info("report: %s and %s (%d warning(s))", REPORT_HTML, REPORT_MD, len(report.findings))
     # metrics/summary.json: the run's DVC metrics (tasks/summary.py)
-    write_summary(warnings=len(report.findings))
+    write_summary(warnings=len(report.findings), before_replace=check)
     return {
         "html": str(REPORT_HTML.resolve()),
         "md": str(REPORT_MD.resolve()),

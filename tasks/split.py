@@ -15,7 +15,7 @@ from pathlib import Path
 from cvfp.metrics.data import DataMetrics
 from cvfp.params import Params
 from cvfp.utils import atomic_path, write_json
-from tasks.common import broken, cli, load_tokenizer, log
+from tasks.cli import cli, log
 from tasks.layout import (
     DATA_METRICS,
     GX_DIR,
@@ -27,6 +27,8 @@ from tasks.layout import (
     TOKENIZED,
     TOKENIZER,
 )
+from tasks.outputs import StageOutputs
+from tasks.tokens import broken, load_tokenizer
 
 
 def load_tokenized(path: Path = TOKENIZED):
@@ -104,6 +106,7 @@ def run(params: Params) -> dict:
     from cvfp import splitting
     from tasks.expectations import validate_heldout
 
+    out = StageOutputs("split", params)  # params.yaml now
     ids, convs, earlier = load_tokenized()
     if not TOKENIZER.exists():
         raise FileNotFoundError(f"{TOKENIZER}: tokenizer not found (run the tokenize stage first)")
@@ -112,7 +115,7 @@ def run(params: Params) -> dict:
     s = splitting.split(ids, convs, params.split)
     check_tokenizer_train(earlier.get("tokenizer_trained_on"), s.train_ids)
     stats = splitting.subset_stats(s)
-    with atomic_path(SPLIT) as tmp:
+    with atomic_path(SPLIT, out.before_replace) as tmp:
         gx = validate_heldout(
             {name: s.part(name) for name in splitting.HELDOUT},
             splitting.train_vocab(s.train),
@@ -150,7 +153,7 @@ def run(params: Params) -> dict:
         "gx_expectations_successful": gx["expectations_successful"],
     }
     metrics = DataMetrics.model_validate(data).to_dict()  # a missing/unknown key fails here
-    write_json(DATA_METRICS, metrics)
+    write_json(DATA_METRICS, metrics, out.before_replace)
     log.info(
         "split (%s): train %d conv / %d tokens, val %d conv / %d tokens, test %d conv / %d "
         "tokens, held-out tokens dropped for unseen ids %.2f%%, GX %d/%d expectations -> %s",

@@ -85,9 +85,11 @@ def summary_metrics(m: dict[str, dict], warnings: int | None = None) -> dict:
     return SummaryMetrics.model_validate(summary).to_dict()  # the keys of metrics/summary.json
 
 
-def write_summary(metrics_dir: str | Path = METRICS, warnings: int | None = None) -> dict:
+def write_summary(
+    metrics_dir: str | Path = METRICS, warnings: int | None = None, before_replace=None
+) -> dict:
     from cvfp.utils import write_json
 
     summary = summary_metrics(read_stage_metrics(metrics_dir), warnings)
-    write_json(Path(metrics_dir) / SUMMARY.name, summary)
+    write_json(Path(metrics_dir) / SUMMARY.name, summary, before_replace)
     return summary

@@ -29,8 +29,9 @@ from cvfp import splitting
 from cvfp.params import Params
 from cvfp.sharding import MapShards, threaded
 from cvfp.utils import atomic_path, dir_digest
-from tasks.common import cli, log
+from tasks.cli import cli, log
 from tasks.layout import RAW, STATS, TOKENIZED, TOKENIZER
+from tasks.outputs import StageOutputs
 
 
 def load_raw(path: Path = RAW):
@@ -73,6 +74,7 @@ def train_rows(raw, split_params) -> list[int]:
 def run(params: Params, map_shards: MapShards | None = None) -> dict:
     """`map_shards` runs the encoding shards (default: in this process, on
     tokenizer.num_proc threads; 1 = a plain loop)."""
+    check = StageOutputs("tokenize", params).before_replace  # params.yaml now
     from cvfp import tokenization as tk
 
     t = params.tokenizer
@@ -114,7 +116,10 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         # Tokenizer and token ids must match: both are written in full before either
         # replaces the old one (a failed write, e.g. disk full, replaces neither), and the ids
         # record which tokenizer made them (split checks it).
-        with atomic_path(TOKENIZER) as tok_out, atomic_path(TOKENIZED) as out:
+        with (
+            atomic_path(TOKENIZER, check) as tok_out,
+            atomic_path(TOKENIZED, check) as out,
+        ):
             tk.save_tokenizer(tokenizer, tok_out)
             stats["tokenizer_sha256"] = dir_digest(tok_out)
             ds.save_to_disk(str(out))

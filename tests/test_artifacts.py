@@ -7,6 +7,8 @@ import re
 import pytest
 
 from cvfp import utils
+from cvfp.formats import fmt_er
+from cvfp.params import load_params
 from cvfp.utils import eta_text, progress, progress_listener
 from flows.artifacts import read_metrics, sections, sections_markdown, summary_rows
 from helpers import ROOT
@@ -37,9 +39,10 @@ def test_summary_of_the_committed_metrics_is_rounded():
         == f"val {p2['ablations']['shuffled_context']['val_ppl']:.2f}"
     )
     assert s["Convergence-trial verdict (val)"] == f"val {m['phase1']['val']['trials']['verdict']}"
+    dim = load_params(ROOT / "params.yaml").model.context_dim
     assert s["Effective rank (train / val)"] == (
-        f"train {m['phase1']['train']['effective_rank_text']}, "
-        f"val {m['phase1']['val']['effective_rank_text']}"
+        f"train {fmt_er(m['phase1']['train']['effective_rank'], dim)}, "
+        f"val {fmt_er(m['phase1']['val']['effective_rank'], dim)}"
     )
     assert not any(re.search(r"\.\d{6,}", v) for v in s.values())  # no 15-digit floats
 

@@ -1,5 +1,5 @@
-"""The check rules (cvfp/check_rules.py): one threshold and one wording per rule, applied by
-the checks and printed by the report."""
+"""The check rules (cvfp/check_rules.py: numbers and operators), applied by the checks and
+the guard, and their words (cvfp/report/rule_words.py), printed by the report."""
 
 import math
 
@@ -18,6 +18,7 @@ from cvfp.check_rules import (
 from cvfp.checks import degeneracy
 from cvfp.params import load_params
 from cvfp.phase1_guard import collapse_problems
+from cvfp.report.rule_words import limit_text, message, pass_rule, pass_text, rule_text, warn_text
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +30,12 @@ def params():
 
 def test_texts_of_a_param_threshold_follow_the_params(params):
     (cond,) = IDENTITY.when
-    assert cond.warn_text(params) == "> 0.8" and cond.pass_text(params) == "<= 0.8"
-    msg = IDENTITY.message({"input_output_cosine": 0.91234}, params)
+    assert warn_text(cond, params) == "> 0.8" and pass_text(cond, params) == "<= 0.8"
+    msg = message(IDENTITY, {"input_output_cosine": 0.91234}, params)
     assert msg == "identity mapping: input/output context cosine 0.9123 > 0.8"
-    assert TRIALS.when[0].pass_rule() == "final diff < checks.convergence_final_diff"
+    assert pass_rule(TRIALS.when[0]) == "final diff < checks.convergence_final_diff"
     (ratio,) = LOW_CONVERGENCE.when
-    assert ratio.limit_text(params) == f"{100 * params.phase1.min_converged_ratio:.1f}%"
+    assert limit_text(ratio, params) == f"{100 * params.phase1.min_converged_ratio:.1f}%"
     with pytest.raises(ValueError, match="checks.identity_warn"):
         cond.limit_of()  # a param threshold needs the params
 
@@ -42,7 +43,7 @@ def test_texts_of_a_param_threshold_follow_the_params(params):
 def test_a_rule_warns_only_when_all_its_conditions_hold():
     assert GLOBAL_ATTRACTOR.warns({"mean_pairwise_l2": 0.05, "mean_pairwise_cosine": 0.995})
     assert not GLOBAL_ATTRACTOR.warns({"mean_pairwise_l2": 0.05, "mean_pairwise_cosine": 0.5})
-    assert GLOBAL_ATTRACTOR.rule_text("mean_pairwise_cosine") == (
+    assert rule_text(GLOBAL_ATTRACTOR, "mean_pairwise_cosine") == (
         "global attractor if > 0.99 (and mean pairwise L2 < 0.1)"
     )
     # The boundary belongs to the side the operator says.
@@ -61,15 +62,14 @@ def test_the_checks_and_the_guard_apply_the_rules():
     d = degeneracy(torch.full((20, 4), 1e-3))
     assert d["zero_solution"] and d["global_attractor"]
     problems = collapse_problems(
-        {"effective_rank": {"ratio": 0.01, "text": "0.04/4 = 1.0%"}, "degeneracy": d},
-        load_params_divergence(0.05),
+        {"effective_rank": {"ratio": 0.01}, "degeneracy": d}, load_params_divergence(0.05)
     )
     assert problems[0] == (
-        "collapsed contexts: effective rank 0.04/4 = 1.0% < 5.0% "
+        "effective_rank: effective_rank_ratio 0.01 < 0.05 "
         "(phase1.divergence.min_effective_rank_ratio)"
     )
-    (attractor,) = [p for p in problems if p.startswith("global attractor: ")]
-    assert "< 0.1 and mean pairwise cosine 1 > 0.99" in attractor
+    (attractor,) = [p for p in problems if p.startswith("global_attractor: ")]
+    assert "< 0.1 and mean_pairwise_cosine 1 > 0.99" in attractor
     assert LOW_EFFECTIVE_RANK.check == "effective_rank"
 
 
@@ -79,3 +79,22 @@ def load_params_divergence(ratio: float):
     return load_params(
         ROOT / "params.yaml", {"phase1.divergence.min_effective_rank_ratio": ratio}
     ).phase1.divergence
+
+
+def test_the_rules_module_holds_no_words_or_formats():
+    """Rewording a warning or changing a number format must not touch Phase 1's code: the
+    rules module imports neither cvfp.formats nor the report, and every rule has its words
+    in the report."""
+    import ast
+
+    import cvfp.check_rules as rules
+    from cvfp.report import rule_words
+
+    tree = ast.parse(open(rules.__file__).read())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert not any("formats" in m or "report" in m for m in imported), imported
+    every = [r for r in vars(rules).values() if isinstance(r, rules.Rule)]
+    assert len(every) == 9 and all(r.check in rule_words.NAMES for r in every)
+    assert {c.stat for r in every for c in r.when} <= set(rule_words.LABELS)

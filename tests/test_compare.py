@@ -467,17 +467,18 @@ def test_run_report_summary_tells_the_truth_and_links_the_comparison(tmp_path, m
     p1 = files["metrics/phase1.json"]
     p1["train"].update(steps=1, converged_by_construction=True, segment_starts=240)
     p1["val"].update(steps=0, converged_by_construction=True, segment_starts=60)
-    stop = p1["train"]["convergence"]  # the history's last (stopping) iteration
-    p1["train"]["convergence"] = "93.7% (600/640)"  # the saved model's own pass differs
+    t = p1["train"]  # the history's last (stopping) iteration
+    stop = f"{100 * t['converged'] / t['total']:.1f}% ({t['converged']}/{t['total']})"
+    t.update(converged=599, total=640)  # the saved model's own pass differs
     write_run(tmp_path, files)
     monkeypatch.chdir(tmp_path)
     _, html, md = build(tmp_path)
     summary = section(html, "summary")
     assert "objective cvfp: train 1 optimizer step(s)" in summary
     assert f"iteration 1 converged by construction: {stop}" in summary
-    assert "not a result); the saved model, after its step: 93.7% (600/640)" in summary
+    assert "not a result); the saved model, after its step: 93.6% (599/640)" in summary
     assert (
-        f"converged by construction: {p1['val']['convergence']} (" in summary
+        f"converged by construction: {100 * p1['val']['convergence_rate']:.1f}% (" in summary
     )  # val: no step, same rate
     assert "except at the 240 segment starts, for any model; not a result" in summary
     t = p1["val"]["trials"]

@@ -139,12 +139,12 @@ def test_stage_processes_skip_unused_imports():
 def test_vocab_size_without_transformers_equals_len_of_the_tokenizer(dvc_project):
     from transformers import AutoTokenizer
 
-    from tasks.common import read_vocab_size
+    from tasks.tokens import read_vocab_size
 
     tok = dvc_project[0] / "data" / "tokenizer"
     assert read_vocab_size(tok) == len(AutoTokenizer.from_pretrained(str(tok))) > 300
     out = _fresh_python(
-        "import json, sys; from tasks.common import read_vocab_size; "
+        "import json, sys; from tasks.tokens import read_vocab_size; "
         f"n = read_vocab_size({str(tok)!r}); "
         "print(json.dumps({'n': n, 'transformers': 'transformers' in sys.modules}))"
     )
@@ -155,7 +155,7 @@ def test_conversations_read_without_datasets_equal_datasets_reading(dvc_project)
     import numpy as np
     from datasets import load_from_disk
 
-    from tasks.common import load_conversations
+    from tasks.tokens import load_conversations
 
     for rel in ("data/split/train", "data/split/val", "data/tokenized"):
         path = dvc_project[0] / rel
@@ -167,7 +167,7 @@ def test_conversations_read_without_datasets_equal_datasets_reading(dvc_project)
             g.dtype == np.int64 and np.array_equal(g, w) for g, w in zip(got, want, strict=True)
         ), rel
     out = _fresh_python(
-        "import json, sys; from tasks.common import load_conversations; "
+        "import json, sys; from tasks.tokens import load_conversations; "
         f"n = len(load_conversations({str(dvc_project[0] / 'data/split/train')!r})); "
         "print(json.dumps({'n': n, 'datasets': 'datasets' in sys.modules}))"
     )

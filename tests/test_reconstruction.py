@@ -265,8 +265,8 @@ def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(
     metrics = stage.run(params)
     assert metrics["objective"] == "reconstruction" and metrics["iterations_text"] == "2/2 epochs"
     for key in (
-        "convergence",
-        "effective_rank_text",
+        "convergence_rate",
+        "effective_rank",
         "degeneracy",
         "ppl",
         "acc",

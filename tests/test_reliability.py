@@ -165,7 +165,7 @@ def test_leftovers_of_dead_writers_go_and_live_ones_stay(tmp_path, monkeypatch):
     report's, and scratch whose writer is gone; never a running process's."""
     import shutil
 
-    from tasks.common import clean_leftovers
+    from tasks.stage import clean_leftovers
 
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
@@ -191,11 +191,10 @@ def test_leftovers_of_dead_writers_go_and_live_ones_stay(tmp_path, monkeypatch):
 
 
 def test_phase1_out_of_disk_leaves_no_empty_scratch(tmp_path, tiny_params):
-    from cvfp.contexts import DiskSpaceError
+    from cvfp.contexts import DiskSpaceError, context_stores
     from cvfp.distributed import init_world
-    from cvfp.phase1 import _context_stores
 
-    stores = _context_stores((10**12, 16), tmp_path / "work", init_world(), "train")
+    stores = context_stores((10**12, 16), tmp_path / "work", init_world(), "train")
     with pytest.raises(DiskSpaceError):
         stores.__enter__()
     assert list((tmp_path / "work").iterdir()) == []
@@ -351,10 +350,11 @@ _FAKE_STAGE = """
 import atexit
 from pathlib import Path
 from cvfp.utils import atomic_path
-from tasks.common import cli
+from tasks.cli import cli
+from tasks.outputs import StageOutputs
 
 def run(params):
-    with atomic_path("cache/phase1") as tmp:
+    with atomic_path("cache/phase1", StageOutputs("phase1", params).before_replace) as tmp:
         tmp.mkdir()
         (tmp / "model.txt").write_text(f"lr={params.phase1.lr}\\n")
 
@@ -372,7 +372,7 @@ cli("phase1", run)
 @pytest.fixture(scope="module")
 def tracked_base(tmp_path_factory):
     """A real DVC project with one stage named phase1 (params phase1.lr, out cache/phase1)
-    whose command runs through tasks.common.cli like the real stages, after `dvc repro`."""
+    whose command runs through tasks.cli.cli like the real stages, after `dvc repro`."""
     import shutil
 
     root = tmp_path_factory.mktemp("tracked") / "proj"
@@ -422,13 +422,8 @@ def test_params_edited_after_the_stage_are_caught_by_the_next_stage(tracked):
     import json
 
     from flows.dvc_state import stage_status
-    from tasks.common import (
-        ProvenanceError,
-        check_provenance,
-        params_record,
-        run_stage,
-        upstream_stages,
-    )
+    from tasks.provenance import ProvenanceError, check_provenance, params_record, upstream_stages
+    from tasks.stage import run_stage
 
     assert upstream_stages("materialize") == ["tokenize", "split", "phase1"]
 
@@ -458,15 +453,17 @@ def test_the_flow_commit_refuses_params_edited_after_the_stage(tracked):
     """(b) via the flow: the commit checks what DVC recorded and puts dvc.lock back."""
     from cvfp.params import load_params
     from flows.dvc_state import commit_stage
-    from tasks.common import ParamsChangedError, run_stage
+    from tasks.guard import ParamsChangedError
+    from tasks.stage import run_stage
 
     root, _ = tracked
     lock = Path("dvc.lock").read_bytes()
 
     def run(params):
         from cvfp.utils import atomic_path
+        from tasks.outputs import StageOutputs
 
-        with atomic_path("cache/phase1") as tmp:
+        with atomic_path("cache/phase1", StageOutputs("phase1", params).before_replace) as tmp:
             tmp.mkdir()
             (tmp / "model.txt").write_text("other bytes\n")
 
@@ -481,7 +478,7 @@ def test_a_one_off_override_writes_to_scratch_unless_replace(tracked, monkeypatc
     """(c) `python -m tasks.phase1 -S phase1.lr=0.01` leaves the tracked outputs alone; with
     --replace it replaces them, and a `dvc commit` of that (recording params.yaml's 0.002)
     is caught."""
-    from tasks.common import ProvenanceError, check_provenance
+    from tasks.provenance import ProvenanceError, check_provenance
 
     root, dvc = tracked
     tracked_model = (root / "cache/phase1/model.txt").read_text()
@@ -529,7 +526,7 @@ def test_the_flow_refuses_another_params_file(tmp_path, monkeypatch):
 
 def _hold_lock_in_subprocess(root: Path) -> subprocess.Popen:
     script = (
-        "import sys, time\nfrom tasks.common import workspace_lock\n"
+        "import sys, time\nfrom tasks.workspace import workspace_lock\n"
         "with workspace_lock('flows.pipeline'):\n    print('held', flush=True)\n    time.sleep(60)\n"
     )
     proc = subprocess.Popen(
@@ -547,7 +544,8 @@ def test_a_second_runner_is_refused_naming_the_first(tracked):
     """The lock names the holder; the refused stage touches nothing (not even a live
     scratch), and the lock frees itself when its holder dies."""
     from cvfp.params import load_params
-    from tasks.common import WorkspaceBusyError, run_stage, workspace_lock
+    from tasks.stage import run_stage
+    from tasks.workspace import WorkspaceBusyError, workspace_lock
 
     root, _ = tracked
     work = root / "cache/phase1-work/train-999999-x"  # no such pid: a dead writer's scratch
@@ -597,7 +595,7 @@ def test_dvc_repro_during_a_flow_is_refused_before_deleting(tracked):
 _SLEEPING_STAGE = """
 import os, time
 from pathlib import Path
-from tasks.common import cli
+from tasks.cli import cli
 
 def run(params):
     Path("stage.pid").write_text(str(os.getpid()))
@@ -659,7 +657,7 @@ def test_broken_inputs_name_the_file_and_the_fix(mat_project):
     82944 bytes`, a bare JSONDecodeError."""
     from cvfp.checkpoint import CheckpointError
     from tasks import materialize as mat_task
-    from tasks.common import BrokenInputError, load_conversations, load_tokenizer
+    from tasks.tokens import BrokenInputError, load_conversations, load_tokenizer
 
     root, params = mat_project
     good = _cut(root / "cache/phase1/model.pt")
@@ -797,7 +795,8 @@ def test_a_stage_writes_the_same_dataset_bytes_however_the_rows_were_built(tmp_p
 
     from cvfp.params import load_params
     from cvfp.utils import atomic_path
-    from tasks.common import run_stage
+    from tasks.outputs import StageOutputs
+    from tasks.stage import run_stage
 
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
@@ -812,7 +811,8 @@ def test_a_stage_writes_the_same_dataset_bytes_however_the_rows_were_built(tmp_p
 
     def save(build, pin: bool):
         def run(params):
-            with atomic_path("data/split") as tmp:
+            check = StageOutputs("split", params).before_replace if params else None
+            with atomic_path("data/split", check) as tmp:
                 tmp.mkdir()
                 build().save_to_disk(str(tmp / "train"))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cvfp.report import TITLES, fmt_acc, fmt_count, fmt_er, fmt_int, fmt_ppl
-from helpers.report import build, fake_run, section, write_run
+from helpers.report import D, build, fake_run, section, write_run
 
 
 @pytest.fixture
@@ -65,10 +65,8 @@ def test_report_has_every_section_and_the_metrics_numbers(run_dir):
     )
     expected = [
         p1["iterations_text"],
-        p1["train"]["convergence"],
-        p1["val"]["convergence"],
-        p1["train"]["effective_rank_text"],
-        p1["val"]["effective_rank_text"],
+        *(fmt_count(p1[sp]["converged"], p1[sp]["total"]) for sp in ("train", "val")),
+        *(fmt_er(p1[sp]["effective_rank"], D) for sp in ("train", "val")),
         "89.3%",
         "429/768 = 55.9%",  # seeds' reference figures
         fmt_ppl(p2["cvfp"]["val_ppl"]),
@@ -153,7 +151,7 @@ def test_warnings_section_lists_failed_checks_with_numbers(run_dir):
     p1 = files["metrics/phase1.json"]
     p1["train"]["identity"].update(identity_warning=True, input_output_cosine=0.987)
     p1["val"]["trials"].update(verdict="DIVERGING", passed=False, final_diff=0.0421, slope=0.0123)
-    p1["val"]["convergence_rate"], p1["val"]["convergence"] = 0.5, "50.0% (64/128)"
+    p1["val"].update(convergence_rate=0.5, converged=64, total=128)
     files["metrics/data.json"].update(val_subset_ok=False, unexpected_val_tokens=7)
     files["metrics/data.json"].update(test_subset_ok=False, unexpected_test_tokens=3)
     p2 = files["metrics/phase2.json"]

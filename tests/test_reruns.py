@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT
+from helpers import BIN, ROOT
+from helpers.project import status_clean
 
 pytestmark = pytest.mark.pipeline
 
@@ -22,8 +23,8 @@ def test_forced_reruns_of_split_and_phase1_are_bitwise_identical(reruns_run):
     assert [p.parent.name for p in runs] == ["19700101T000000.000000Z"]
     # Durations moved out of the outputs into the timing file the report reads.
     timing = json.loads((proj / "metrics/timing/phase1.json").read_text())
-    assert timing["seconds"] > 0 and timing["durations"]["metrics"]["train_seconds"] > 0
-    assert all(r["seconds"] >= 0 for r in timing["durations"]["checks"]["train"]["history"])
+    assert timing["seconds"] > 0 and timing["durations"]["train_seconds"] > 0
+    assert all(s >= 0 for s in timing["durations"]["iteration_seconds"]["train"])
     assert "seconds" not in (proj / "plots/phase1_train.csv").read_text().splitlines()[0]
     assert "seconds" not in (proj / "metrics/phase1.json").read_text()
     assert "metrics/timing" not in (proj / "dvc.yaml").read_text()
@@ -37,21 +38,25 @@ def test_timing_files_are_not_tracked_by_git():
     assert ignored.returncode == 0 and tracked.stdout == ""
 
 
-def test_split_and_merge_durations_round_trip():
-    from tasks.common import merge_durations, split_durations
-
-    obj = {
-        "a": 1,
-        "train_seconds": 2.5,
-        "history": [{"i": 0, "seconds": 0.1}, {"i": 1, "seconds": 0.2}],
-        "nested": {"x": [1, 2], "seconds": 3.0},
-    }
-    clean, removed = split_durations(obj)
-    assert clean == {"a": 1, "history": [{"i": 0}, {"i": 1}], "nested": {"x": [1, 2]}}
-    assert removed == {
-        "train_seconds": 2.5,
-        "history": [{"seconds": 0.1}, {"seconds": 0.2}],
-        "nested": {"seconds": 3.0},
-    }
-    assert merge_durations(clean, removed) == obj
-    assert split_durations({"a": [1, 2]}) == ({"a": [1, 2]}, {})
+@pytest.mark.parametrize(
+    "path, old, new",
+    [  # a warning's wording, and a number format
+        ("cvfp/report/rule_words.py", '"collapsed contexts"', '"contexts collapsed"'),
+        ("cvfp/formats.py", 'f"{100 * float(x):.1f}%"', 'f"{100 * float(x):.2f}%"'),
+    ],
+)
+def test_rewording_a_warning_or_a_format_reruns_only_the_report(dvc_copy, path, old, new):
+    """Wording and number formats live in the report: Phase 1 (hours at full scale),
+    materialize and Phase 2 stay up to date when they change."""
+    assert status_clean(dvc_copy)
+    f = dvc_copy / path
+    text = f.read_text()
+    assert text.count(old) == 1
+    f.write_text(text.replace(old, new))
+    out = subprocess.run(
+        [str(BIN / "dvc"), "status", "--json"], cwd=dvc_copy, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert set(status) == {"report"}, status
+    assert {"changed deps": {path: "modified"}} in status["report"]

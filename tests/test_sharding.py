@@ -78,8 +78,8 @@ def project(tmp_path_factory, cluster):
     split and a random tiny Phase 1 checkpoint; the plain outputs are kept for comparison.
     (The cluster starts first so that its workers warm up meanwhile.)"""
     from tasks import download, tokenize
-    from tasks.common import load_conversations, read_vocab_size
     from tasks.split import to_dataset
+    from tasks.tokens import load_conversations, read_vocab_size
 
     proj = tmp_path_factory.mktemp("shards")
     with pytest.MonkeyPatch.context() as mp:

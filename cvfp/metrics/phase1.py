@@ -1,8 +1,8 @@
 """metrics/phase1.json and cache/phase1/checks.json, written by the phase1 stage
 (tasks/phase1.py) from cvfp.phase1 / cvfp.reconstruction results and cvfp.checks.run_checks.
 
-Wall-clock seconds are kept out of both files (tasks.common.split_durations); the report puts
-the recorded ones back, so they are Optional here."""
+Numbers and flags only: the report words and formats them (cvfp/report/). Wall-clock seconds
+are kept out of both files (metrics/timing/phase1.json instead), so they are Optional here."""
 
 from __future__ import annotations
 
@@ -53,7 +53,6 @@ class SplitMetrics(Metrics):
     converged: int
     total: int
     convergence_rate: float
-    convergence: str  # cvfp.formats.fmt_count
     iterations: int
     stopped_early: bool
     steps: int  # optimizer steps taken
@@ -65,7 +64,6 @@ class SplitMetrics(Metrics):
     skipped_steps: int
     effective_rank: float
     effective_rank_ratio: float
-    effective_rank_text: str  # cvfp.formats.fmt_er
     actual_rank: int
     degeneracy: Degeneracy
     identity: Identity
@@ -99,7 +97,6 @@ class EffectiveRank(Metrics):  # cvfp.checks.effective_rank
     percent: float
     actual_rank: int
     singular_values: list[float]  # descending
-    text: str
 
 
 class ConvergenceTrials(Metrics):  # cvfp.checks.convergence_trials

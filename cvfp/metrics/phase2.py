@@ -4,7 +4,7 @@
 val_* are selection records (val chose the epoch, the bigram's k); test_* are the reported
 numbers, scored once with what val chose (SPEC 9).
 
-Wall-clock seconds are kept out of the files (tasks.common.split_durations); the report puts
+Wall-clock seconds are kept out of the files (tasks.timing.split_durations); the report puts
 the recorded ones back, so they are Optional here."""
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ No file I/O and no Prefect/DVC/GX here: `tasks/report.py` reads the files.
     sections_phase1.py Phase 1 (per objective); sections_checks.py its check tables and the
                        seeds' reference figures
     sections_phase2.py Phase 2
-Number formats are cvfp/formats.py, the check rules cvfp/check_rules.py.
+    rule_words.py      the check rules (cvfp/check_rules.py: numbers) in words
+Number formats are cvfp/formats.py. Wording and formats live here and in cvfp/formats.py
+only, so rewording a warning reruns the report stage alone.
 """
 
 from __future__ import annotations

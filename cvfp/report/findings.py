@@ -1,5 +1,6 @@
 """The report's warnings: every failed or warning check, each message carrying its number
-and threshold. The Phase 1 check rules and their wording come from cvfp/check_rules.py."""
+and threshold. The Phase 1 check rules come from cvfp/check_rules.py, their words from
+rule_words.py."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..check_rules import (
 )
 from ..formats import fmt_int, fmt_num, fmt_ppl
 from .inputs import ReportInputs
+from .rule_words import convergence_words, effective_rank_words, message
 
 
 @dataclass
@@ -77,10 +79,12 @@ def _phase1_split(inp: ReportInputs, split: str) -> Iterator[Finding]:
             if recon
             else f"after {inp.phase1.iterations_text} iterations"
         )
-        text = LOW_CONVERGENCE.message({"convergence_rate": m.convergence}, params)
+        conv = convergence_words(inp, split)
+        text = message(LOW_CONVERGENCE, {"convergence_rate": conv}, params)
         yield Finding(area, LOW_CONVERGENCE.check, f"{text} {after}")
     if LOW_EFFECTIVE_RANK.warns({"effective_rank_ratio": m.effective_rank_ratio}, params):
-        text = LOW_EFFECTIVE_RANK.message({"effective_rank_ratio": m.effective_rank_text}, params)
+        er = effective_rank_words(inp, split)
+        text = message(LOW_EFFECTIVE_RANK, {"effective_rank_ratio": er}, params)
         yield Finding(area, LOW_EFFECTIVE_RANK.check, text)
     if m.skipped_steps:
         yield Finding(
@@ -97,11 +101,11 @@ def _phase1_split(inp: ReportInputs, split: str) -> Iterator[Finding]:
         *((r, m.identity.model_dump()) for r in IDENTITY_PROBES),
     ):
         if rule.flagged(stats[rule.check]):
-            yield Finding(area, rule.check, rule.message(stats, params))
+            yield Finding(area, rule.check, message(rule, stats, params))
     t = m.trials
     if t is not None:
         if not t.passed:
-            text = TRIALS.message({"final_diff": t.final_diff}, params)
+            text = message(TRIALS, {"final_diff": t.final_diff}, params)
             yield Finding(area, TRIALS.check, f"{text} (verdict {t.verdict})")
         if t.verdict in ("DIVERGING", "UNSTABLE"):
             yield Finding(

@@ -1,6 +1,7 @@
 """The tables of the Phase 1 checks (SPEC 4), the same for every objective: effective rank
 and spectrum, degeneracy, identity-mapping probes, the val convergence trials; and the seeds'
-reference figures. Rules and thresholds are printed from cvfp/check_rules.py."""
+reference figures. Rules and thresholds come from cvfp/check_rules.py, their words from
+rule_words.py."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..formats import fmt_bool, fmt_limit, fmt_loss, fmt_num
 from .document import Figure, Heading, Para, Section, Table
 from .inputs import TITLES, ReportInputs
 from .plots import plot_spectrum
+from .rule_words import effective_rank_words, pass_text, rule_text
 
 SPLITS = ("train", "val")
 # The seeds' published effective-rank results (SPEC section 4.1). They come from the
@@ -45,7 +47,7 @@ def _effective_rank(inp: ReportInputs, s: Section) -> None:
     rows = [
         [
             sp,
-            getattr(p1, sp).effective_rank_text,
+            effective_rank_words(inp, sp),
             f"{getattr(p1, sp).actual_rank}/{getattr(chk, sp).effective_rank.dim}",
         ]
         for sp in SPLITS
@@ -89,14 +91,14 @@ def _spectrum_points(sv: Sequence[float]) -> list[str]:
 def _degeneracy(inp: ReportInputs, s: Section) -> None:
     dg = {sp: getattr(inp.phase1, sp).degeneracy.model_dump() for sp in SPLITS}
     rows = [  # (statistic, rule, key)
-        ("mean pairwise L2", GLOBAL_ATTRACTOR.rule_text("mean_pairwise_l2"), "mean_pairwise_l2"),
+        ("mean pairwise L2", rule_text(GLOBAL_ATTRACTOR, "mean_pairwise_l2"), "mean_pairwise_l2"),
         (
             "mean pairwise cosine",
-            GLOBAL_ATTRACTOR.rule_text("mean_pairwise_cosine"),
+            rule_text(GLOBAL_ATTRACTOR, "mean_pairwise_cosine"),
             "mean_pairwise_cosine",
         ),
         ("global attractor", "", "global_attractor"),
-        ("mean norm", ZERO_SOLUTION.rule_text("mean_norm"), "mean_norm"),
+        ("mean norm", rule_text(ZERO_SOLUTION, "mean_norm"), "mean_norm"),
         ("zero solution", "", "zero_solution"),
         ("norm std", "", "norm_std"),
         ("norm min", "", "norm_min"),
@@ -129,7 +131,7 @@ def _identity(inp: ReportInputs, s: Section) -> None:
     rows = []
     for label, rule in PROBES:
         (cond,) = rule.when
-        cells = [label, cond.pass_text(inp.params)]
+        cells = [label, pass_text(cond, inp.params)]
         for sp in SPLITS:
             v = idn[sp][cond.stat]
             if v is None:  # only context_token_cosine is optional
@@ -166,7 +168,7 @@ def _trials(inp: ReportInputs, s: Section) -> None:
                 ["reduction", f"{t.reduction_percent:.1f}%"],
                 ["std", fmt_loss(t.std)],
                 ["linear-fit slope", fmt_loss(t.slope)],
-                ["final diff", f"{fmt_loss(t.final_diff)} (pass if {rule.pass_text(inp.params)})"],
+                ["final diff", f"{fmt_loss(t.final_diff)} (pass if {pass_text(rule, inp.params)})"],
                 ["passed", fmt_bool(t.passed)],
                 ["verdict", t.verdict],
             ],
@@ -176,7 +178,7 @@ def _trials(inp: ReportInputs, s: Section) -> None:
 
 def section_reference(inp: ReportInputs) -> Section:
     p = inp.params
-    ours = {sp: getattr(inp.phase1, sp).effective_rank_text for sp in SPLITS}
+    ours = {sp: effective_rank_words(inp, sp) for sp in SPLITS}
     s = Section("reference", TITLES["reference"])
     s.add(
         Para(

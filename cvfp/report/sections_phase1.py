@@ -12,6 +12,7 @@ from ..metrics.phase1 import IterationRow, ReconstructionEpoch
 from .document import Figure, Heading, Para, Section, Table
 from .inputs import NONE_TITLE, RECONSTRUCTION_TITLE, TITLES, ReportInputs
 from .plots import plot_phase1_history, plot_reconstruction
+from .rule_words import convergence_words, limit_text
 from .sections_checks import add_check_tables
 from .sections_run import convergence_text
 
@@ -52,7 +53,7 @@ def section_phase1(inp: ReportInputs) -> Section:
 
 
 def _min_ratio_text(inp: ReportInputs) -> str:
-    return LOW_CONVERGENCE.when[0].limit_text(inp.params)
+    return limit_text(LOW_CONVERGENCE.when[0], inp.params)
 
 
 def _history_rows(rows: Sequence[IterationRow]) -> list[list[str]]:
@@ -199,7 +200,7 @@ def _reconstruction(inp: ReportInputs, s: Section) -> None:
             [
                 "Measured as for the cvfp objective's val split: passes with carryover, no "
                 "optimizer steps (the objective does not train for it). "
-                f"Train {tr.convergence}, val {va.convergence} "
+                f"Train {convergence_words(inp, 'train')}, val {convergence_words(inp, 'val')} "
                 f"(min_converged_ratio {_min_ratio_text(inp)})."
             ]
         ),

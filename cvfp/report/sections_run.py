@@ -14,14 +14,15 @@ from .document import Code, Heading, Link, Para, Section, Table
 from .findings import Finding
 from .headline import headline_rows
 from .inputs import TITLES, ReportInputs
+from .rule_words import effective_rank_words, pass_text
 
 
 def convergence_text(m: SplitMetrics, history: Sequence[IterationRow]) -> str:
     """A split's Phase 1 convergence, labelled when the loop stopped on a rate that holds by
     construction (SPEC 3): the first parallel pass reproduces iteration 0 except at the segment
-    starts, for any model. `m.convergence` is the saved model's own pass (phase1_guard), so
-    the stopping iteration's rate comes from the history when the two differ."""
-    conv = m.convergence
+    starts, for any model. `m` is the saved model's own pass (cvfp.phase1.measure_saved_model),
+    so the stopping iteration's rate comes from the history when the two differ."""
+    conv = fmt_count(m.converged, m.total)
     if not m.converged_by_construction:
         return conv
     stop = fmt_count(history[-1].converged, history[-1].total) if history else conv
@@ -47,14 +48,14 @@ def section_summary(inp: ReportInputs, findings: list[Finding]) -> Section:
             inp.phase2.model_dump(mode="json"),
             inp.compare,
             len(findings),
-            rule.pass_text(inp.params),
+            pass_text(rule, inp.params),
         )
     ]
     rows += [
         ["Phase 1 train convergence", convergence_text(tr, inp.checks.train.history)],
         ["Phase 1 val convergence", convergence_text(va, inp.checks.val.history)],
-        ["Effective rank (train)", tr.effective_rank_text],
-        ["Effective rank (val)", va.effective_rank_text],
+        ["Effective rank (train)", effective_rank_words(inp, "train")],
+        ["Effective rank (val)", effective_rank_words(inp, "val")],
     ]
     if recon:
         rows.append(

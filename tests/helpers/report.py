@@ -9,7 +9,6 @@ from pathlib import Path
 
 from cvfp.metrics.phase1 import Trials
 from cvfp.params import load_params
-from cvfp.report import fmt_count, fmt_er
 from helpers import ROOT
 
 D = 16  # context dim of the fake run
@@ -46,7 +45,6 @@ def _split_metrics(hist: list[dict], er: float, trials: dict | None = None) -> t
         "percent": 100 * er / D,
         "actual_rank": D,
         "singular_values": sv,
-        "text": fmt_er(er, D),
     }
     deg = {
         "mean_pairwise_l2": 5.2,
@@ -73,7 +71,6 @@ def _split_metrics(hist: list[dict], er: float, trials: dict | None = None) -> t
         "converged": f["converged"],
         "total": f["total"],
         "convergence_rate": f["convergence_rate"],
-        "convergence": fmt_count(f["converged"], f["total"]),
         "iterations": len(hist) - 1,
         "stopped_early": False,
         "steps": sum(r["steps"] for r in hist),
@@ -85,7 +82,6 @@ def _split_metrics(hist: list[dict], er: float, trials: dict | None = None) -> t
         "skipped_steps": 0,
         "effective_rank": er,
         "effective_rank_ratio": er / D,
-        "effective_rank_text": fmt_er(er, D),
         "actual_rank": D,
         "degeneracy": deg,
         "identity": ident,
