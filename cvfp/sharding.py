@@ -44,16 +44,27 @@ def run_shards(
 
 def threaded(workers: int) -> MapShards:
     """Shards on `workers` threads of this process (for code that releases the GIL, like
-    the fast tokenizers), consumed in shard order; `workers=1` is `run_shards`."""
+    the fast tokenizers), consumed in shard order; `workers=1` is `run_shards`. At most
+    `workers + 1` shards are taken (`shards[i]`) and not yet consumed at any time, so a
+    lazy sequence of shards is read as the work goes, and memory holds only those."""
     if workers <= 1:
         return run_shards
 
     def map_shards(fn, shards, consume, common) -> None:
+        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(workers, thread_name_prefix="shard") as pool:
-            for i, result in enumerate(pool.map(lambda shard: fn(shard, **common), shards)):
-                consume(i, result)
+            pending: deque = deque()
+            done = 0
+            for i in range(len(shards)):
+                pending.append(pool.submit(fn, shards[i], **common))
+                if len(pending) > workers:
+                    consume(done, pending.popleft().result())
+                    done += 1
+            while pending:
+                consume(done, pending.popleft().result())
+                done += 1
 
     return map_shards
 

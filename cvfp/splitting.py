@@ -110,11 +110,9 @@ def cut_unseen(
     counts = {"dropped_tokens": 0, "cut_conversations": 0, "dropped_conversations": 0}
     if not convs:
         return out_ids, out, counts
-    seen = np.isin(np.concatenate(convs), vocab)  # one vectorised pass
-    start = 0
+    seen = iter(_isin_batches(convs, vocab))  # vectorised over batches of conversations
     for cid, conv in zip(ids, convs, strict=True):
-        ok = seen[start : start + len(conv)]
-        start += len(conv)
+        ok = next(seen)
         if ok.all():
             out_ids.append(cid)
             out.append(conv)
@@ -200,14 +198,51 @@ def ids_digest(ids) -> str:
     return hashlib.sha256(np.asarray(list(ids), dtype=np.int64).tobytes()).hexdigest()
 
 
+# Whole-split arrays are never built: the functions below work on batches of conversations
+# of about this many tokens (exact results; a transient copy of a batch, not of the split).
+BATCH_TOKENS = 1 << 20
+
+
+def batches(convs: list[np.ndarray], batch_tokens: int = BATCH_TOKENS):
+    """Consecutive runs of `convs` of at least `batch_tokens` tokens (the last: the rest)."""
+    start, n = 0, 0
+    for k, c in enumerate(convs):
+        n += len(c)
+        if n >= batch_tokens:
+            yield convs[start : k + 1]
+            start, n = k + 1, 0
+    if start < len(convs):
+        yield convs[start:]
+
+
+def _isin_batches(convs: list[np.ndarray], vocab: np.ndarray):
+    """np.isin(conv, vocab) for each conversation, computed a batch at a time."""
+    for batch in batches(convs):
+        flat = np.isin(np.concatenate(batch), vocab)
+        start = 0
+        for c in batch:
+            yield flat[start : start + len(c)]
+            start += len(c)
+
+
+def unique_ids(convs: list[np.ndarray], batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
+    """np.unique over all the conversations' ids, a batch at a time (the same array)."""
+    out = None
+    for batch in batches(convs, batch_tokens):
+        u = np.unique(np.concatenate(batch))
+        out = u if out is None else np.union1d(out, u)
+    return out if out is not None else np.array([], dtype=np.int64)
+
+
 def train_vocab(train: list[np.ndarray]) -> np.ndarray:
-    return np.unique(np.concatenate(train)) if train else np.array([], dtype=np.int64)
+    return unique_ids(train)
 
 
 def unseen(train: list[np.ndarray], val: list[np.ndarray]) -> np.ndarray:
     """Held-out token occurrences (in order) whose id never occurs in train."""
-    flat = np.concatenate(val) if val else np.array([], dtype=np.int64)
-    return flat[~np.isin(flat, train_vocab(train))]
+    vocab = train_vocab(train)
+    parts = [np.concatenate(b)[~np.isin(np.concatenate(b), vocab)] for b in batches(val)]
+    return np.concatenate(parts) if parts else np.array([], dtype=np.int64)
 
 
 def subset_stats(s: Split) -> dict:
@@ -225,7 +260,7 @@ def subset_stats(s: Split) -> dict:
         out |= {
             f"{name}_conversations": len(set(ids)),  # a cut conversation counts once
             f"{name}_tokens": int(sum(len(c) for c in convs)),
-            f"{name}_unique_tokens": int(len(np.unique(np.concatenate(convs)))) if convs else 0,
+            f"{name}_unique_tokens": int(len(unique_ids(convs))),
             f"unexpected_{name}_tokens": int(len(bad)),
             f"{name}_subset_ok": bool(len(bad) == 0),
         }

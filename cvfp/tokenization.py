@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import overload
 
 import datasets
 import numpy as np
@@ -108,7 +109,7 @@ def save_tokenizer(tokenizer, path: str | Path) -> None:
 # The tokenize stage encodes in shards of whole conversations (cvfp/sharding.py):
 # `tokenize_shard` is a pure function of its arguments (the tokenizer travels as the bytes
 # of its saved files, so a worker on another machine needs no shared disk) and
-# `combine_shards` builds the one output dataset. Encoding a conversation does not depend
+# `ShardCombiner` builds the one output dataset from the results in shard order. Encoding a conversation does not depend
 # on its neighbours, so the ids are the same for any shard size and any engine (plain
 # loop, threads, Dask).
 
@@ -184,9 +185,22 @@ def encode_chats(
     round at a time (turn k of every conversation still under the limit), so turns wholly
     past the limit are never encoded: their tokens are estimated from their characters at
     the conversation's encoded tokens per character (`estimated` True). An empty
-    conversation (format_chat gives "") is ([], 0, False)."""
+    conversation (format_chat gives "") is ([], 0, False). The ids as lists; the tokenize
+    stage uses `encode_chat_arrays` (the same ids as int32 arrays, 4 bytes per token)."""
+    return [
+        (ids.tolist(), full, est)
+        for ids, full, est in encode_chat_arrays(tok, conversations, max_seq_length)
+    ]
+
+
+def encode_chat_arrays(
+    tok, conversations: list[list[dict]], max_seq_length: int | None = None
+) -> list[tuple[np.ndarray, int, bool]]:
+    """`encode_chats` with each conversation's ids as one int32 array: a Python int per
+    token (~36 bytes) lives only for the turns of one encoding round."""
     markers = marker_ids(tok)
-    ids: list[list[int]] = [[] for _ in conversations]
+    parts: list[list[np.ndarray]] = [[] for _ in conversations]
+    n_ids = [0] * len(conversations)
     done = [0] * len(conversations)  # turns encoded
     chars = [0] * len(conversations)
     text_tokens = [0] * len(conversations)
@@ -195,8 +209,9 @@ def encode_chats(
         texts = [turn_text(conversations[i][done[i]].get("content")) for i in active]
         for i, text, enc in zip(active, texts, encode_text(tok, texts), strict=True):
             role = conversations[i][done[i]]["role"]
-            ids[i] += markers.get(role) or encode_text(tok, [role])[0]
-            ids[i] += enc
+            turn = (markers.get(role) or encode_text(tok, [role])[0]) + enc
+            parts[i].append(np.asarray(turn, dtype=np.int32))
+            n_ids[i] += len(turn)
             chars[i] += len(text)
             text_tokens[i] += len(enc)
             done[i] += 1
@@ -204,14 +219,15 @@ def encode_chats(
             i
             for i in active
             if done[i] < len(conversations[i])
-            and (max_seq_length is None or len(ids[i]) < max_seq_length)
+            and (max_seq_length is None or n_ids[i] < max_seq_length)
         ]
-    out: list[tuple[list[int], int, bool]] = []
+    eos = np.asarray([tok.eos_token_id], dtype=np.int32)
+    out: list[tuple[np.ndarray, int, bool]] = []
     for i, msgs in enumerate(conversations):
-        if not ids[i]:
-            out.append(([], 0, False))
+        if not n_ids[i]:
+            out.append((np.zeros(0, np.int32), 0, False))
             continue
-        full = len(ids[i]) + 1  # + end-of-text
+        full = n_ids[i] + 1  # + end-of-text
         rest = msgs[done[i] :]
         if rest:
             per_char = text_tokens[i] / max(chars[i], 1)
@@ -220,12 +236,9 @@ def encode_chats(
                 + round(len(turn_text(m.get("content"))) * per_char)
                 for m in rest
             )
-        kept = (
-            (ids[i] + [tok.eos_token_id])[:max_seq_length]
-            if max_seq_length
-            else ids[i] + [tok.eos_token_id]
-        )
-        out.append((kept, full, bool(rest)))
+        kept = np.concatenate([*parts[i], eos])
+        parts[i] = []
+        out.append((kept[:max_seq_length] if max_seq_length else kept, full, bool(rest)))
     return out
 
 
@@ -244,79 +257,144 @@ def tokenize_shard(
     whose n_full is partly estimated)."""
     start, conversations = shard
     tok = _tokenizer_from(tokenizer)
-    enc = encode_chats(tok, conversations, max_seq_length)
-    keep = [i for i, (ids, _, _) in enumerate(enc) if ids]
+    enc = encode_chat_arrays(tok, conversations, max_seq_length)
+    keep = [i for i, (ids, _, _) in enumerate(enc) if len(ids)]
     return {
         "conversation_id": np.asarray([start + i for i in keep], dtype=np.int64),
         "n_tokens": np.asarray([len(enc[i][0]) for i in keep], dtype=np.int32),
         "n_full": np.asarray([enc[i][1] for i in keep], dtype=np.int32),
-        "ids": np.asarray([t for i in keep for t in enc[i][0]], dtype=np.int32),
+        "ids": np.concatenate([enc[i][0] for i in keep]) if keep else np.zeros(0, np.int32),
         "n_in": np.asarray(len(conversations), dtype=np.int64),
         "n_estimated": np.asarray(sum(enc[i][2] for i in keep), dtype=np.int64),
     }
 
 
-def shards_of(ds: datasets.Dataset, size: int) -> list[tuple[int, list[list[dict]]]]:
+class RawShards(Sequence):
+    """The raw dataset's conversations as tokenize shards `(first_row, message lists)` of
+    `size` rows, in row order; a shard's rows are read from the (memory-mapped) dataset when
+    it is taken, so only the shards in flight are Python objects."""
+
+    def __init__(self, ds: datasets.Dataset, size: int) -> None:
+        from .sharding import ranges
+
+        self._messages = ds.select_columns(["messages"])
+        self._ranges = ranges(len(ds), size)
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, list[list[dict]]]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[int, list[list[dict]]]]: ...
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        a, b = self._ranges[i]  # IndexError past the end ends iteration
+        return (a, self._messages[a:b]["messages"])
+
+
+def shards_of(ds: datasets.Dataset, size: int) -> RawShards:
     """The raw dataset's conversations as tokenize shards of `size` rows, in row order."""
-    from .sharding import ranges
-
-    messages = ds.select_columns(["messages"])
-    return [(a, messages[a:b]["messages"]) for a, b in ranges(len(ds), size)]
+    return RawShards(ds, size)
 
 
-def combine_shards(
-    results: list[dict[str, np.ndarray]], tokenizer
-) -> tuple[datasets.Dataset, dict]:
-    """Shard results in shard order -> (dataset conversation_id/input_ids/n_tokens, stats)."""
-    import pyarrow as pa
-    from datasets.table import InMemoryTable
+IDS_FILE = "ids.int32"
+_HASH_READ = 1 << 24  # bytes per read when hashing the ids file
 
-    def cat(key, dtype):
-        parts = [np.asarray(r[key], dtype=dtype) for r in results]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
-    conv_id, ids = cat("conversation_id", np.int64), cat("ids", np.int32)
-    n_tokens, n_full = cat("n_tokens", np.int64), cat("n_full", np.int64)
-    offsets = np.concatenate([[0], np.cumsum(n_tokens)])
-    if offsets[-1] >= 2**31:
-        raise ValueError(
-            f"{offsets[-1]} tokens do not fit one Arrow list column (int32 offsets); "
-            f"lower data.num_samples or tokenizer.max_seq_length"
+class ShardCombiner:
+    """Builds the one output dataset from the shard results, consumed in shard order
+    (`consume(i, result)`, the `map_shards` callback): the token ids are appended to a file
+    in `work_dir` (kept until the dataset is saved), only per-conversation numbers stay in
+    memory. `finish` gives the same dataset (same saved bytes, same fingerprint) as holding
+    every shard's ids in memory and concatenating them."""
+
+    def __init__(self, work_dir: str | Path) -> None:
+        self._path = Path(work_dir) / IDS_FILE
+        self._file = open(self._path, "wb")  # noqa: SIM115 (closed by finish)
+        self._next = 0
+        self._conv_id: list[np.ndarray] = []
+        self._n_tokens: list[np.ndarray] = []
+        self._n_full: list[np.ndarray] = []
+        self._n_in = 0
+        self._n_estimated = 0
+
+    def __call__(self, i: int, result: dict[str, np.ndarray]) -> None:
+        if i != self._next:
+            raise RuntimeError(f"tokenize shard {i} arrived before shard {self._next}")
+        self._next += 1
+        self._conv_id.append(np.asarray(result["conversation_id"], dtype=np.int64))
+        self._n_tokens.append(np.asarray(result["n_tokens"], dtype=np.int64))
+        self._n_full.append(np.asarray(result["n_full"], dtype=np.int64))
+        self._n_in += int(result["n_in"])
+        self._n_estimated += int(result.get("n_estimated", 0))
+        np.ascontiguousarray(result["ids"], dtype=np.int32).tofile(self._file)
+
+    def finish(self, tokenizer) -> tuple[datasets.Dataset, dict]:
+        """(dataset conversation_id/input_ids/n_tokens, stats); the ids are read from the
+        file through a memory map (save the dataset before work_dir goes)."""
+        import pyarrow as pa
+        from datasets.table import InMemoryTable
+
+        self._file.close()
+
+        def cat(parts, dtype):
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+        conv_id = cat(self._conv_id, np.int64)
+        n_tokens, n_full = cat(self._n_tokens, np.int64), cat(self._n_full, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(n_tokens)]).astype(np.int64)
+        if offsets[-1] >= 2**31:
+            raise ValueError(
+                f"{offsets[-1]} tokens do not fit one Arrow list column (int32 offsets); "
+                f"lower data.num_samples or tokenizer.max_seq_length"
+            )
+        n_ids = int(offsets[-1])
+        if self._path.stat().st_size != 4 * n_ids:
+            raise RuntimeError(f"{self._path}: {self._path.stat().st_size} bytes, not {4 * n_ids}")
+        if n_ids:
+            values = pa.Array.from_buffers(
+                pa.int32(), n_ids, [None, pa.memory_map(str(self._path)).read_buffer()]
+            )
+        else:
+            values = pa.array(np.zeros(0, np.int32), pa.int32())
+        table = pa.Table.from_arrays(
+            [
+                pa.array(conv_id, pa.int64()),
+                pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values),
+                pa.array(n_tokens.astype(np.int32), pa.int32()),
+            ],
+            schema=OUT_FEATURES.arrow_schema,
         )
-    table = pa.Table.from_arrays(
-        [
-            pa.array(conv_id, pa.int64()),
-            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32())),
-            pa.array(n_tokens.astype(np.int32), pa.int32()),
-        ],
-        schema=OUT_FEATURES.arrow_schema,
-    )
-    # The fingerprint (saved in state.json) from the arrays themselves: datasets would compute
-    # one by pickling the table, a copy of every token id (+0.3 GB at 41 M tokens).
-    h = hashlib.sha256()
-    for part in (conv_id, offsets.astype(np.int64), ids):
-        h.update(np.ascontiguousarray(part).tobytes())
-    ds = datasets.Dataset(
-        InMemoryTable(table),
-        info=datasets.DatasetInfo(features=OUT_FEATURES),
-        fingerprint=h.hexdigest()[:16],
-    )
-    n_in = int(sum(int(r["n_in"]) for r in results))
-    stats = {
-        "conversations_in": n_in,
-        "conversations_out": len(ds),
-        "dropped": {"empty": n_in - len(ds)},
-        "truncated": int((n_full > n_tokens).sum()),
-        "tokens_before_truncation": int(n_full.sum()),
-        # conversations whose tokens past max_seq_length were estimated, not encoded
-        "tokens_before_truncation_estimated": int(
-            sum(int(r.get("n_estimated", 0)) for r in results)
-        ),
-        "tokens": int(n_tokens.sum()),
-        "truncated_token_share": (
-            float(1 - n_tokens.sum() / n_full.sum()) if n_full.sum() else 0.0
-        ),
-        "vocab_size": len(tokenizer),
-        "eos_token_id": tokenizer.eos_token_id,
-    }
-    return ds, stats
+        # The fingerprint (saved in state.json) from the arrays themselves: datasets would
+        # compute one by pickling the table, a copy of every token id. The ids are hashed
+        # from the file in reads of 16 MB (the same digest as hashing them in one piece).
+        h = hashlib.sha256()
+        h.update(conv_id.tobytes())
+        h.update(offsets.tobytes())
+        with open(self._path, "rb") as f:
+            while block := f.read(_HASH_READ):
+                h.update(block)
+        ds = datasets.Dataset(
+            InMemoryTable(table),
+            info=datasets.DatasetInfo(features=OUT_FEATURES),
+            fingerprint=h.hexdigest()[:16],
+        )
+        n_in = self._n_in
+        stats = {
+            "conversations_in": n_in,
+            "conversations_out": len(ds),
+            "dropped": {"empty": n_in - len(ds)},
+            "truncated": int((n_full > n_tokens).sum()),
+            "tokens_before_truncation": int(n_full.sum()),
+            # conversations whose tokens past max_seq_length were estimated, not encoded
+            "tokens_before_truncation_estimated": self._n_estimated,
+            "tokens": int(n_tokens.sum()),
+            "truncated_token_share": (
+                float(1 - n_tokens.sum() / n_full.sum()) if n_full.sum() else 0.0
+            ),
+            "vocab_size": len(tokenizer),
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+        return ds, stats

@@ -21,12 +21,12 @@ stage exactly as in the plain loop, so both give the same bytes.
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.utilities.annotations import unmapped
 
 from cvfp.params import OrchestrationParams
 from cvfp.sharding import MapShards
@@ -81,19 +81,21 @@ _JOBS: dict[str, tuple] = {}
 
 
 def _map_job(job: str) -> int:
-    run_one, fn, shards, consume, common = _JOBS[job]
+    """Submit the shards in order, at most `window` ahead of the one consumed next: a lazy
+    sequence of shards (tokenize's) is read as the work goes, and only the shards in
+    flight and their results are in memory."""
+    run_one, fn, shards, consume, common, window = _JOBS[job]
     shared = _scatter_on_dask(common)
-    futures = list(
-        run_one.map(
-            index=list(range(len(shards))),
-            shard=list(shards),
-            fn=unmapped(fn),
-            common=unmapped(shared),
-        )
-    )
-    for i in range(len(futures)):
-        consume(i, futures[i].result())
-        futures[i] = None  # let the engine drop the shard's result
+    pending: deque = deque()
+    done = 0
+    for i in range(len(shards)):
+        pending.append(run_one.submit(index=i, shard=shards[i], fn=fn, common=shared))
+        if len(pending) > window:
+            consume(done, pending.popleft().result())  # the engine may drop its result
+            done += 1
+    while pending:
+        consume(done, pending.popleft().result())
+        done += 1
     return len(shards)
 
 
@@ -114,7 +116,7 @@ def shard_mapper(stage: str, orch: OrchestrationParams) -> MapShards:
             name=f"{stage}-shard", task_run_name=f"{stage}-shard-{{index}}"
         )
         job = f"{stage}-{uuid.uuid4().hex[:12]}"
-        _JOBS[job] = (run_one, fn, shards, consume, common)
+        _JOBS[job] = (run_one, fn, shards, consume, common, 2 * orch.workers)
         try:
             shards_flow.with_options(
                 name=f"{stage}-shards",

@@ -60,7 +60,9 @@ def build_suite(gx, train_vocab: np.ndarray, vocab_size: int, splits: list[str])
 Parts = dict[str, tuple[list[int], list[np.ndarray]]]  # split -> (conversation ids, tokens)
 
 
-def token_frame(parts: Parts):
+def token_frame(parts: Parts, first_row: int = 0):
+    """One row per held-out token (split, conversation_id, position, token_id), indexed
+    from `first_row` (a batch's rows keep their index in the whole held-out stream)."""
     import pandas as pd
 
     frames = []
@@ -77,7 +79,36 @@ def token_frame(parts: Parts):
                 }
             )
         )
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
+    frame.index = pd.RangeIndex(first_row, first_row + len(frame))
+    return frame
+
+
+# Rows (held-out tokens) per GX batch: the token frame and GX's work on it take ~130 bytes
+# per row, so the split stage's memory does not grow with the held-out tokens beyond this.
+# Memory only: the merged result is the same bytes as validating every row at once.
+BATCH_ROWS = 1 << 18
+PARTIAL_UNEXPECTED = 20  # GX's partial_unexpected_count for result_format SUMMARY
+
+
+def frame_batches(parts: Parts, batch_rows: int = BATCH_ROWS) -> list[Parts]:
+    """`parts` cut at conversation boundaries into runs of at least `batch_rows` tokens (the
+    last: the rest), in order (val's conversations, then test's); every split named in
+    `parts` keeps a key in each batch, so the frames have the same columns and dtypes."""
+    out: list[Parts] = []
+    cur: Parts = {name: ([], []) for name in parts}
+    rows = 0
+    for name, (ids, convs) in parts.items():
+        for cid, conv in zip(ids, convs, strict=True):
+            cur[name][0].append(cid)
+            cur[name][1].append(conv)
+            rows += len(conv)
+            if rows >= batch_rows:
+                out.append(cur)
+                cur, rows = {n: ([], []) for n in parts}, 0
+    if rows or not out:
+        out.append(cur)
+    return out
 
 
 def validate_heldout(
@@ -86,9 +117,12 @@ def validate_heldout(
     vocab_size: int,
     out_dir: str | Path,
     decode: Callable[[int], str] | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> dict:
     """Run the suite on the held-out `parts` ({"val": (ids, token arrays), "test": ...}),
-    write validation.json + data docs into out_dir, raise on failure."""
+    write validation.json + data docs into out_dir, raise on failure. More than
+    `batch_rows` tokens are validated a batch of conversations at a time and the results
+    merged (`merge_results`): the same validation.json and data docs as one run."""
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -119,30 +153,127 @@ def validate_heldout(
     vdef = ctx.validation_definitions.add(
         gx.ValidationDefinition(name="heldout", data=batch_def, suite=suite)
     )
+    batches = frame_batches(parts, batch_rows)
+    docs = gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[SITE])
     checkpoint = ctx.checkpoints.add(
         gx.Checkpoint(
             name="split",
             validation_definitions=[vdef],
             result_format={"result_format": "SUMMARY"},
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
+            # in batches: rendered once, from the merged result (_run_batches)
+            actions=[docs] if len(batches) == 1 else [],
         )
     )
-    frame = token_frame(parts)
-    result = checkpoint.run(
-        batch_parameters={"dataframe": frame},
-        run_id=RunIdentifier(run_name="split", run_time=RUN_TIME),
-    )
-    vr = next(iter(result.run_results.values()))
+    run_id = RunIdentifier(run_name="split", run_time=RUN_TIME)
+    if len(batches) == 1:  # every row at once
+        frame = token_frame(parts)
+        result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
+        vr = next(iter(result.run_results.values()))
+        unseen = frame.loc[~frame["token_id"].isin(train_vocab), "split"].value_counts()
+        unseen_per_split = {n: int(unseen.get(n, 0)) for n in parts}
+        del frame
+    else:
+        result, unseen_per_split = _run_batches(ctx, checkpoint, docs, batches, train_vocab, run_id)
+        vr = next(iter(result.run_results.values()))
     (out_dir / "validation.json").write_text(json.dumps(vr.to_json_dict(), indent=2) + "\n")
     normalize_run_metadata(out_dir)
     summary = summarize(vr)
     if not summary["success"]:
-        unseen = frame.loc[~frame["token_id"].isin(train_vocab), "split"].value_counts()
-        per_split = ", ".join(f"{n} {int(unseen.get(n, 0))}" for n in parts)
+        per_split = ", ".join(f"{n} {unseen_per_split[n]}" for n in parts)
         raise ExpectationFailed(
             failure_message(vr, decode) + f"\n  tokens not in train per split: {per_split}"
         )
     return summary
+
+
+def _run_batches(ctx, checkpoint, docs, batches: list[Parts], train_vocab: np.ndarray, run_id):
+    """The checkpoint (without actions, so nothing is rendered from a partial result) on
+    each batch's frame, the results merged into the last batch's (which the store then
+    holds), and the data-docs action `docs` run once on that. Returns (the last checkpoint
+    result, held-out tokens not in train per split)."""
+    import hashlib
+
+    import pandas as pd
+
+    vrs, present, fingerprint = [], set(), hashlib.md5(usedforsecurity=False)
+    unseen_per_split = dict.fromkeys(batches[0], 0)
+    first_row = 0
+    for batch in batches:
+        frame = token_frame(batch, first_row)
+        first_row += len(frame)
+        result = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=run_id)
+        vrs.append(next(iter(result.run_results.values())))
+        # GX's batch fingerprint of the whole frame: md5 over every row's hash, in order
+        fingerprint.update(pd.util.hash_pandas_object(frame, index=True).values)
+        present |= set(frame["split"].unique())
+        unseen = frame.loc[~frame["token_id"].isin(train_vocab), "split"].value_counts()
+        for name in unseen_per_split:
+            unseen_per_split[name] += int(unseen.get(name, 0))
+        del frame
+    key, vr = next(iter(result.run_results.items()))
+    merge_results(vr, vrs, present)
+    vr.meta["batch_markers"]["pandas_data_fingerprint"] = fingerprint.hexdigest()
+    ctx.validation_results_store.set(key, vr)
+    docs.run(checkpoint_result=result)
+    return result, unseen_per_split
+
+
+def merge_results(into, vrs: list, present: set[str]) -> None:
+    """`vrs` (one suite's results on consecutive batches of the rows) as one result on all
+    the rows, written into `into` (one of them): row and element counts and unexpected
+    counts add up, percentages are recomputed as GX computes them, the distinct values of
+    `split` are those of any batch, partial unexpected lists are the first ones in row
+    order (their value counts added up from the batches' partial counts). Successes and
+    statistics follow from the merged numbers."""
+    from collections import Counter
+
+    for k, r in enumerate(into.results):
+        rs = [v.results[k] for v in vrs]
+        kind, res, kw = r.expectation_config.type, r.result, r.expectation_config.kwargs
+        if kind == "expect_table_row_count_to_be_between":
+            res["observed_value"] = sum(x.result["observed_value"] for x in rs)
+            r.success = res["observed_value"] >= (kw.get("min_value") or 0)
+        elif kind == "expect_column_distinct_values_to_contain_set":
+            missing = [v for v in kw["value_set"] if v not in present]
+            res["missing_count"], res["partial_missing_list"] = len(missing), missing
+            r.success = not missing
+        elif "element_count" in res:
+            n = sum(x.result["element_count"] for x in rs)
+            bad = sum(x.result["unexpected_count"] for x in rs)
+            res["element_count"], res["unexpected_count"] = n, bad
+            nonnull = n
+            if "missing_count" in res:
+                res["missing_count"] = sum(x.result["missing_count"] for x in rs)
+                nonnull = n - res["missing_count"]
+                res["missing_percent"] = res["missing_count"] / n * 100 if n else None
+                res["unexpected_percent_total"] = bad / n * 100 if n else None
+                res["unexpected_percent_nonmissing"] = bad / nonnull * 100 if nonnull else None
+            res["unexpected_percent"] = bad / nonnull * 100 if nonnull else None
+            limit = PARTIAL_UNEXPECTED
+            for key in ("partial_unexpected_list", "partial_unexpected_index_list"):
+                if key in res:
+                    res[key] = [v for x in rs for v in x.result.get(key, [])][:limit]
+            if "partial_unexpected_counts" in res:
+                counts: Counter = Counter()
+                for x in rs:
+                    for c in x.result.get("partial_unexpected_counts", []):
+                        counts[c["value"]] += c["count"]
+                top = sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))[:limit]
+                res["partial_unexpected_counts"] = [{"value": v, "count": c} for v, c in top]
+            r.success = bad == 0
+        else:
+            raise ValueError(f"merge_results: no rule to merge {kind} over batches")
+    ok = sum(bool(r.success) for r in into.results)
+    total = len(into.results)
+    into.statistics.update(
+        {
+            "evaluated_expectations": total,
+            "successful_expectations": ok,
+            "unsuccessful_expectations": total - ok,
+            "success_percent": ok / total * 100 if total else None,
+        }
+    )
+    into.success = ok == total
 
 
 def normalize_run_metadata(out_dir: Path) -> None:

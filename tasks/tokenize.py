@@ -15,7 +15,9 @@ and counted.
 Encoding runs in shards of orchestration.shard_conversations raw rows
 (`cvfp.tokenization.tokenize_shard`), here on tokenizer.num_proc threads (1: a plain
 loop); under the Prefect flow the shards are mapped tasks on the configured task runner
-(threads or Dask). Neither the shard size nor the engine changes the output.
+(threads or Dask). Neither the shard size nor the engine changes the output. Run here,
+memory holds the shards in flight (at most num_proc + 1), not the corpus: shards are read
+from data/raw when taken and their ids go to a work file (`cvfp.tokenization.ShardCombiner`).
 """
 
 from __future__ import annotations
@@ -94,15 +96,17 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         # the ids are exactly what AutoTokenizer.from_pretrained(data/tokenizer) gives.
         tk.save_tokenizer(tokenizer, Path(tmp) / "tokenizer")
         files = tk.tokenizer_files(Path(tmp) / "tokenizer")
-        shards = tk.shards_of(raw, params.orchestration.shard_conversations)
-        results: list = [None] * len(shards)
+        # Shards are read from data/raw as they are encoded and their ids appended to a
+        # file in tmp as they come back (in order): memory holds the shards in flight, not
+        # the corpus (docs/scaling.md).
+        combine = tk.ShardCombiner(tmp)
         (map_shards or threaded(t.num_proc))(
             tk.tokenize_shard,
-            shards,
-            results.__setitem__,
+            tk.shards_of(raw, params.orchestration.shard_conversations),
+            combine,
             {"tokenizer": files, "max_seq_length": t.max_seq_length},
         )
-        ds, stats = tk.combine_shards(results, tokenizer)
+        ds, stats = combine.finish(tokenizer)
         if len(ds) == 0:  # would save a dataset that split cannot use
             raise ValueError(empty_data_message(stats["conversations_in"], params))
         stats = {

@@ -729,6 +729,86 @@ def test_unseen_and_expectations_message(tmp_path):
         )
 
 
+def test_expectations_in_batches_write_the_same_bytes_and_message(tmp_path):
+    """Held-out tokens validated in batches of 3 rows (several batches per split, one batch
+    holding only val, another only test) and merged: the same validation.json and data
+    docs as one run over all rows, and on failure the same message."""
+    from tasks.expectations import ExpectationFailed, frame_batches, validate_heldout
+
+    def tree(d):
+        return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+    vocab = splitting.train_vocab([A(1, 2, 3, 4)])
+    ok = {"val": ([5, 6, 7], [A(3, 1), A(2, 2, 4), A(1)]), "test": ([8, 9], [A(4, 3, 2, 1), A(2)])}
+    assert [sorted(k for k, v in b.items() if v[0]) for b in frame_batches(ok, 3)] == [
+        ["val"],
+        ["test", "val"],
+        ["test"],
+    ]
+    one = validate_heldout(ok, vocab, 10, tmp_path / "one", batch_rows=10**6)
+    many = validate_heldout(ok, vocab, 10, tmp_path / "many", batch_rows=3)
+    assert one == many and one["success"] and one["expectations_successful"] == 5
+    assert tree(tmp_path / "one") == tree(tmp_path / "many")
+    report = json.loads((tmp_path / "many/validation.json").read_text())
+    assert report["results"][0]["result"]["observed_value"] == 11  # rows of every batch
+    bad = {"val": ([5, 6], [A(3, 7, 1), A(7)]), "test": ([8], [A(1, 9, 2, 7)])}
+    messages = []
+    for rows_ in (10**6, 2):
+        with pytest.raises(ExpectationFailed) as e:
+            validate_heldout(bad, vocab, 10, tmp_path / f"bad{rows_}", batch_rows=rows_)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+    assert "4 offending held-out tokens; first ids: 7, 9" in messages[1]
+    assert "tokens not in train per split: val 2, test 2" in messages[1]
+    with pytest.raises(ExpectationFailed, match=r"expect_column_distinct_values_to_contain_set"):
+        validate_heldout(  # no test rows in any batch
+            {"val": ([5, 6], [A(3, 1), A(2)]), "test": ([], [])},
+            vocab,
+            10,
+            tmp_path / "e",
+            batch_rows=1,
+        )
+
+
+def test_batched_vocabulary_and_masks_equal_the_whole_arrays():
+    rng = np.random.default_rng(0)
+    convs = [rng.integers(0, 50, size=n) for n in rng.integers(1, 30, size=40)]
+    whole = np.unique(np.concatenate(convs))
+    for batch in (1, 7, 10**6):
+        assert np.array_equal(splitting.unique_ids(convs, batch), whole)
+        assert sum(map(len, splitting.batches(convs, batch))) == len(convs)
+    vocab = whole[::2]
+    masks = list(splitting._isin_batches(convs, vocab))
+    assert all(np.array_equal(m, np.isin(c, vocab)) for m, c in zip(masks, convs, strict=True))
+    assert np.array_equal(
+        splitting.unseen([vocab], convs),
+        np.concatenate(convs)[~np.isin(np.concatenate(convs), vocab)],
+    )
+
+
+def test_split_part_dataset_is_the_from_dict_bytes(tmp_path):
+    """The part datasets built from arrays save the bytes Dataset.from_dict saved."""
+    from datasets import Dataset
+
+    from cvfp.tokenization import OUT_FEATURES
+    from tasks.split import to_dataset
+
+    convs = [A(1, 2, 3), A(7), A(4, 5)]
+    for ids, part in (([3, 3, 9], convs), ([], [])):
+        ref = Dataset.from_dict(
+            {
+                "conversation_id": ids,
+                "input_ids": [c.astype("int32") for c in part],
+                "n_tokens": [len(c) for c in part],
+            },
+            features=OUT_FEATURES,
+        )
+        ref.save_to_disk(str(tmp_path / "ref"))
+        to_dataset(ids, part).save_to_disk(str(tmp_path / "new"))
+        for f in ("data-00000-of-00001.arrow", "dataset_info.json"):
+            assert (tmp_path / "ref" / f).read_bytes() == (tmp_path / "new" / f).read_bytes()
+
+
 def test_pipeline_split_passes_and_injected_unseen_id_leaves_nothing(
     tmp_path, monkeypatch, hub_dir
 ):

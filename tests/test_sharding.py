@@ -2,6 +2,7 @@
 LocalCluster (processes, 1 thread each) give bitwise the outputs of the plain loop, and no
 shard size changes a byte (tiny data: 300 chatterbot conversations, model 2 blocks dim 16)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from cvfp.corpus import Corpus
 from cvfp.cstar import materialize_shard, materialize_sharded
 from cvfp.model import CVFPModel
 from cvfp.params import ParamsError, load_params
-from cvfp.sharding import run_shards, threaded
+from cvfp.sharding import threaded
 from helpers import ROOT, TINY_MODEL
 
 TINY = {
@@ -160,30 +161,74 @@ def test_materialize_shard_is_pure_and_takes_path_or_bytes(project):
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
+class Watched:
+    """Shards whose takes and consumptions are recorded: how many shards are taken and not
+    yet consumed at each take."""
+
+    def __init__(self, shards):
+        self.shards, self.taken, self.consumed, self.in_flight = shards, [], [], []
+
+    def __len__(self):
+        return len(self.shards)
+
+    def __getitem__(self, i):
+        self.taken.append(i)
+        self.in_flight.append(len(self.taken) - len(self.consumed))
+        return self.shards[i]
+
+    def consumer(self, consume):
+        def watched(i, result):
+            self.consumed.append(i)
+            consume(i, result)
+
+        return watched
+
+
 def test_tokenize_shard_sizes_agree(project, tmp_path):
+    """Shards of 1, 7 (on 3 threads: at most 4 taken and not consumed) and 1000 rows; each
+    shard's ids appended to the combiner's file: the same saved bytes and stats as the
+    stage, whose shards were 64 rows."""
     from datasets import load_from_disk
 
     from cvfp import tokenization as tk
+    from tasks.provenance import pin_fingerprint
 
     proj, _, _, _ = project
     raw = load_from_disk(str(proj / "data/raw"))
     files_ = tk.tokenizer_files(proj / "data/tokenizer")
     outs = []
-    for size, map_shards in ((1, run_shards), (64, threaded(3)), (1000, run_shards)):
-        results = [None] * len(tk.shards_of(raw, size))
-        map_shards(
+    for size, workers in ((1, 1), (7, 3), (1000, 1)):
+        shards = tk.shards_of(raw, size)
+        assert len(shards) == -(-len(raw) // size)
+        watched = Watched(shards)
+        (work := tmp_path / f"work{size}").mkdir()
+        combine = tk.ShardCombiner(work)
+        threaded(workers)(
             tk.tokenize_shard,
-            tk.shards_of(raw, size),
-            results.__setitem__,
+            watched,
+            watched.consumer(combine),
             {"tokenizer": files_, "max_seq_length": 48},
         )
-        ds, stats = tk.combine_shards(results, tk._tokenizer_from(files_))
+        assert watched.consumed == list(range(len(shards)))
+        assert max(watched.in_flight) <= workers + 1
+        ds, stats = combine.finish(tk._tokenizer_from(files_))
         ds.save_to_disk(str(tmp_path / str(size)))
+        pin_fingerprint(tmp_path / str(size))  # as the stage does (tasks/outputs.py)
         outs.append((files(tmp_path / str(size)), stats))
     assert outs[0] == outs[1] == outs[2]
     plain = files(proj / "data/tokenized")
-    plain.pop("stats.json")
+    stage_stats = json.loads(plain.pop("stats.json"))
     assert outs[0][0] == plain  # the stage wrote the same bytes
+    assert {k: stage_stats[k] for k in outs[0][1]} == outs[0][1]
+
+
+def test_shard_combiner_refuses_out_of_order_results(tmp_path):
+    from cvfp import tokenization as tk
+
+    combine = tk.ShardCombiner(tmp_path)
+    empty = {k: np.zeros(0, np.int64) for k in ("conversation_id", "n_tokens", "n_full", "ids")}
+    with pytest.raises(RuntimeError, match="tokenize shard 1 arrived before shard 0"):
+        combine(1, {**empty, "n_in": 0})
 
 
 def test_orchestration_params_validated():
