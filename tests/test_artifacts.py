@@ -6,13 +6,13 @@ import json
 import re
 
 import pytest
-from conftest import ROOT
 
 from cvfp import utils
 from cvfp.formats import fmt_er
 from cvfp.params import load_params
 from cvfp.utils import eta_text, progress, progress_listener
 from flows.artifacts import read_metrics, sections, sections_markdown, summary_rows
+from helpers import ROOT
 
 
 def rows(m):

@@ -23,7 +23,7 @@ from cvfp.report.rule_words import limit_text, message, pass_rule, pass_text, ru
 
 @pytest.fixture(scope="module")
 def params():
-    from conftest import ROOT
+    from helpers import ROOT
 
     return load_params(ROOT / "params.yaml", {"checks.identity_warn": 0.8})
 
@@ -74,7 +74,7 @@ def test_the_checks_and_the_guard_apply_the_rules():
 
 
 def load_params_divergence(ratio: float):
-    from conftest import ROOT
+    from helpers import ROOT
 
     return load_params(
         ROOT / "params.yaml", {"phase1.divergence.min_effective_rank_ratio": ratio}

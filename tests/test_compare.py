@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import ROOT
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
@@ -29,6 +28,7 @@ from cvfp.formats import interval_words
 from cvfp.metrics.base import parse
 from cvfp.metrics.compare import VERDICTS, CompareMetrics
 from cvfp.params import ParamsError, load_params
+from helpers import ROOT
 
 DELTA = delta_nats(0.01)
 # docs/compare.md's recorded default comparison (val perplexity, seeds 42 / 7 / 123), the
@@ -378,7 +378,7 @@ def test_compare_json_keys_round_trip_and_report():
 
 
 def test_compare_params_are_validated(tmp_path):
-    from conftest import write_params
+    from helpers import write_params
 
     p = load_params(ROOT / "params.yaml")
     assert (
@@ -456,7 +456,7 @@ def test_run_report_summary_tells_the_truth_and_links_the_comparison(tmp_path, m
     result, the convergence trials as the fixed-point check, and the comparison link + verdicts."""
     import json
 
-    from test_report import build, fake_run, section, write_run
+    from helpers.report import build, fake_run, section, write_run
 
     files = fake_run()
     p1 = files["metrics/phase1.json"]

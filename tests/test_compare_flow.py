@@ -10,94 +10,19 @@ it restores phase1 and materialize from DVC's run-cache once the control has fin
 sweep runs 2 experiments at once (`--workers 2`, one torch thread each); then the same comparison again, which restores every experiment (nothing runs);
 then the control alone, forced to rerun, on a 2-process Dask LocalCluster: the same bytes as
 when it ran beside the others. It all runs in the background from the start of the session
-(conftest.py); the tests check what it left."""
+(conftest.py, helpers/jobs.py); the tests check what it left."""
 
 import json
 import re
-import shutil
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import yaml
-from test_pipeline import BIN, commit, env, run
+
+from helpers import BIN
+from helpers.jobs import ARMS, exp_file
+from helpers.project import env
 
 pytestmark = pytest.mark.pipeline
-# reconstruction before none: the flow starts the control first all the same (longest first)
-ARMS = ["broken", "reconstruction", "none", "invalid", "no_context"]
-
-
-@dataclass
-class CompareRuns:
-    proj: Path
-    first: subprocess.CompletedProcess  # 5 experiments, 2 at once
-    first_json: dict  # metrics/compare.json after it
-    first_md: str  # reports/compare.md after it
-    first_report: str  # reports/report.md after it (the report stage reran)
-    first_report_status: str  # `dvc status report` after it
-    none_phase2: str  # metrics/phase2.json of cmp-none-s7 as the first run committed it
-    again: subprocess.CompletedProcess  # the same command again: every experiment restored
-    again_json: dict
-    dask: subprocess.CompletedProcess  # --force --arms none on a Dask LocalCluster
-    dask_json: dict
-    dask_none_phase2: str
-
-
-def run_compare(project, server, tmp_path_factory) -> CompareRuns:
-    """`python -m flows.compare` in a copy of the session's tiny project (`project()` waits
-    for it), reporting to the session's Prefect server, three times (CompareRuns). The copy gets
-    two arms that fail: one at run time (distribution diversity cannot be split into chunks:
-    phase1 raises), one at validation (a negative learning rate); compare.seeds starts at 7,
-    not the workspace's seed 42, so the experiments' seed shows it came from the comparison."""
-    proj = tmp_path_factory.mktemp("cmp") / "proj"
-    shutil.copytree(project()[0], proj, symlinks=True)
-    raw = yaml.safe_load((proj / "params.yaml").read_text())
-    raw["compare"]["arms"]["broken"] = {
-        "phase1.diversity.kind": "distribution",
-        "phase1.chunk_tokens": 7,
-    }
-    raw["compare"]["arms"]["invalid"] = {"phase1.lr": -1.0}
-    raw["compare"]["seeds"] = [7, 42]
-    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    commit(proj, "compare arms")
-    cmd = [str(BIN / "python"), "-m", "flows.compare", "--seeds", "1", "-S", "phase2.epochs=1"]
-    cmd += ["--threads", "1"]  # every run: the same per-experiment thread count
-    e = {**env(), "PREFECT_API_URL": server().url}
-
-    def compare(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
-        done = subprocess.run([*cmd, *args], cwd=proj, env=e, capture_output=True, text=True)
-        out = proj / "metrics/compare.json"
-        return done, json.loads(out.read_text()) if out.exists() else {}
-
-    first, first_json = compare("--arms", *ARMS, "--workers", "2")
-    first_md = (proj / "reports/compare.md").read_text()
-    first_report = (proj / "reports/report.md").read_text()
-    first_report_status = run([str(BIN / "dvc"), "status", "report"], proj)
-    none_phase2 = exp_file(proj, "cmp-none-s7", "metrics/phase2.json")
-    again, again_json = compare("--arms", *ARMS, "--workers", "2")
-    dask, dask_json = compare("--arms", "none", "--force", "--task-runner", "dask")
-    return CompareRuns(
-        proj,
-        first,
-        first_json,
-        first_md,
-        first_report,
-        first_report_status,
-        none_phase2,
-        again,
-        again_json,
-        dask,
-        dask_json,
-        exp_file(proj, "cmp-none-s7", "metrics/phase2.json"),
-    )
-
-
-@pytest.fixture(scope="session")
-def compare_run():
-    from conftest import job
-
-    return job("compare_run")
 
 
 def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_harness):
@@ -341,16 +266,6 @@ def flow_run_artifacts(key: str) -> list:
                 key=ArtifactFilterKey(any_=[key]),
             )
         )
-
-
-def exp_file(proj, name: str, path: str) -> str:
-    """A file as committed by the experiment `name`."""
-    (ref,) = [
-        r
-        for r in run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], proj).split()
-        if r.endswith(f"/{name}")
-    ]
-    return run(["git", "show", f"{ref}:{path}"], proj)
 
 
 def exp_metrics(proj, name: str, stage: str) -> dict:

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
 
 from cvfp.params import ParamsError, arm_params, load_params
+from helpers import ROOT
 from tasks.compare import (
     FINGERPRINT,
     Source,

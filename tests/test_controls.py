@@ -4,10 +4,10 @@ holds by construction (SPEC 3)."""
 
 import numpy as np
 import torch
-from test_phase1 import convs, tiny_model
 
 from cvfp.corpus import Corpus
 from cvfp.phase1 import run_phase1
+from helpers.phase1 import convs, tiny_model
 
 
 def test_min_iterations_forces_steps_past_the_convergence_rule(tiny_params):
@@ -78,12 +78,11 @@ def test_transformer_off_skips_only_the_transformer(tmp_path, tiny_params, monke
     CVFP number unchanged."""
     import json
 
-    from test_phase2 import _tiny_project, cfg
-
+    from helpers.phase2 import cfg, tiny_project
     from tasks import materialize as mat_task
     from tasks import phase2 as p2_task
 
-    _tiny_project(tmp_path, tiny_params)
+    tiny_project(tmp_path, tiny_params)
     monkeypatch.chdir(tmp_path)
     params = tiny_params.model_copy(
         update={

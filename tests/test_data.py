@@ -21,38 +21,7 @@ from cvfp import (
     splitting,
 )
 from cvfp import tokenization as tk
-from cvfp.params import load_params
-
-ROOT = Path(__file__).resolve().parents[1]
-
-CONVS = [
-    [("user", "Hello there, how are you?"), ("assistant", "I am fine, thank you.")],
-    [
-        ("user", "What is a fixed point?"),
-        ("assistant", "A point that a map sends to itself."),
-        ("user", "Thanks!"),
-        ("assistant", "You are welcome."),
-    ],
-    [("user", "Tell me a joke."), ("assistant", "I would, but I forgot it.")],
-    [("user", "Bye."), ("assistant", "Goodbye, see you.")],
-]
-
-
-def params(**overrides):
-    return load_params(
-        ROOT / "params.yaml", {k.replace("__", "."): v for k, v in overrides.items()}
-    )
-
-
-def rows(convs=CONVS):
-    return [
-        {
-            "prompt": c[0][1],
-            "prompt_id": f"id{i}",
-            "messages": [{"role": r, "content": t} for r, t in c],
-        }
-        for i, c in enumerate(convs)
-    ]
+from helpers.data import CONVS, params, rows, run_stages
 
 
 @pytest.fixture(autouse=True)
@@ -94,15 +63,6 @@ def tiny_tokenizer_dir(tmp_path):
         str(path)
     )
     return path
-
-
-def run_stages(tmp_path, monkeypatch, *stages, **overrides):
-    from tasks import download, split, tokenize
-
-    monkeypatch.chdir(tmp_path)
-    p = params(**overrides)
-    mods = {"download": download, "tokenize": tokenize, "split": split}
-    return [mods[s].run(p) for s in stages]
 
 
 # ---------------------------------------------------------------- download

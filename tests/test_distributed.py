@@ -8,7 +8,9 @@ import json
 
 import pytest
 import torch
-from test_pipeline import BIN, run
+
+from helpers import BIN
+from helpers.project import run
 
 pytestmark = pytest.mark.pipeline
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+
+from helpers import ROOT
 
 PACKAGES = ("cvfp", "tasks", "flows")
 

@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_phase2 import _tiny_project, cfg, stage_params
 
 from cvfp.phase2 import NonFiniteLossError, Trainer
+from helpers.phase2 import cfg, stage_params, tiny_project
 
 
 def snapshot(root: Path, rels) -> dict[str, str]:
@@ -42,7 +42,7 @@ def phase2_project(tmp_path, tiny_params, monkeypatch):
     from tasks import materialize as mat_task
     from tasks import phase2 as p2_task
 
-    _tiny_project(tmp_path, tiny_params)
+    tiny_project(tmp_path, tiny_params)
     monkeypatch.chdir(tmp_path)
     params = stage_params(tiny_params)
     mat_task.run(params)
@@ -100,18 +100,16 @@ def _phase1(tiny_params, **kw):
 
 
 def _corpus():
-    from test_phase1 import convs
-
     from cvfp.corpus import Corpus
+    from helpers.phase1 import convs
 
     return Corpus.from_conversations(convs(n=20), "conversation")
 
 
 def test_diverged_phase1_fails_with_the_iteration_and_the_numbers(tiny_params):
-    from test_phase1 import tiny_model
-
     from cvfp.phase1 import run_phase1
     from cvfp.phase1_guard import Phase1DivergedError
+    from helpers.phase1 import tiny_model
 
     with pytest.raises(Phase1DivergedError) as err:
         run_phase1(tiny_model(), _corpus(), _phase1(tiny_params, lr=1e6, max_iterations=5))
@@ -124,9 +122,8 @@ def test_phase1_numbers_describe_the_saved_model(tiny_params, caplog):
     """The training pass measures the model before its step: with phase1.lr=1e6 the last
     training row says 84% converged, the saved model (run_phase1's pass without a step after
     training) converges nowhere."""
-    from test_phase1 import tiny_model
-
     from cvfp.phase1 import run_phase1
+    from helpers.phase1 import tiny_model
 
     p = _phase1(tiny_params, lr=1e6, max_iterations=1, action="continue")
     model, corpus = tiny_model(), _corpus()
@@ -147,7 +144,7 @@ def test_diverged_phase1_stage_keeps_the_previous_outputs(tmp_path, tiny_params,
     from cvfp.phase1_guard import Phase1DivergedError
     from tasks import phase1 as p1_task
 
-    _tiny_project(tmp_path, tiny_params)
+    tiny_project(tmp_path, tiny_params)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/phase1.json").write_text('{"good": true}\n')
@@ -168,14 +165,14 @@ def test_params_edited_while_phase1_runs_refuses_the_outputs(tmp_path, tiny_para
     """The stage reruns against params.yaml before replacing an output (and before dvc.lock /
     the flow commits): a changed phase1 key refuses, an unrelated key does not."""
     import yaml
-    from conftest import ROOT, write_params
 
     from cvfp.params import load_params
+    from helpers import ROOT, write_params
     from tasks import phase1 as p1_task
     from tasks.guard import ParamsChangedError
     from tasks.stage import run_stage
 
-    _tiny_project(tmp_path, tiny_params)
+    tiny_project(tmp_path, tiny_params)
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")  # which keys phase1 depends on
     tiny = tiny_params.model_dump(mode="json")
     write_params(
@@ -217,9 +214,8 @@ def test_params_edited_while_phase1_runs_refuses_the_outputs(tmp_path, tiny_para
 
 
 def test_params_overrides_on_an_empty_file_or_through_a_value_name_the_key(tmp_path):
-    from conftest import ROOT
-
     from cvfp.params import ParamsError, load_params
+    from helpers import ROOT
 
     empty = tmp_path / "params.yaml"
     empty.write_text("")
@@ -234,8 +230,7 @@ def test_params_overrides_on_an_empty_file_or_through_a_value_name_the_key(tmp_p
     [(["--max-new-tokens", "-1"], "--max-new-tokens -1"), (["--top-k", "-5"], "--top-k -5")],
 )
 def test_generate_rejects_out_of_range_options(args, expected, capsys):
-    from conftest import ROOT
-
+    from helpers import ROOT
     from tasks import generate as gen_cli
 
     with pytest.raises(SystemExit) as err:
@@ -301,9 +296,8 @@ def _jsonl(rows_) -> bytes:
 def test_download_refuses_bad_local_files_naming_file_and_line(
     content, expected, tmp_path, monkeypatch
 ):
-    from test_data import params, rows
-
     from cvfp.chat_schema import DataError
+    from helpers.data import params, rows
     from tasks import download
 
     good = _jsonl(rows())
@@ -317,9 +311,9 @@ def test_download_refuses_bad_local_files_naming_file_and_line(
 
 def test_download_refuses_a_directory_with_several_formats(tmp_path):
     import pandas as pd
-    from test_data import rows
 
     from cvfp import chat_schema, local_files
+    from helpers.data import rows
 
     d = tmp_path / "mixed"
     d.mkdir()
@@ -338,9 +332,9 @@ def test_download_refuses_a_directory_with_several_formats(tmp_path):
 def test_invalid_utf8_from_parquet_or_hub_is_refused_at_validate():
     import pyarrow as pa
     from datasets import Dataset
-    from test_data import rows
 
     from cvfp import chat_schema, hub_datasets
+    from helpers.data import rows
 
     table = pa.Table.from_pylist(rows())
     # Arrow string column with an invalid UTF-8 byte, as a corrupt parquet/hub shard can carry
@@ -360,7 +354,8 @@ def test_tokenize_outputs_are_replaced_together_and_split_checks_the_pair(tmp_pa
     import shutil as sh
 
     import datasets
-    from test_data import run_stages
+
+    from helpers.data import run_stages
 
     small = dict(data__num_samples=60, tokenizer__vocab_size=300, tokenizer__num_proc=1)
     run_stages(tmp_path, monkeypatch, "download", "tokenize", **small)
@@ -425,7 +420,7 @@ def _stage(root, stage):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
@@ -443,12 +438,13 @@ def test_disk_full_materialize_says_how_much_is_needed_and_keeps_the_old_cstar(
 ):
     import shutil as sh
 
-    from conftest import write_params
     from datasets import Dataset
-    from test_phase2 import CONVS
+
+    from helpers import write_params
+    from helpers.phase2 import CONVS
 
     root = small_disk
-    _tiny_project(root, tiny_params)
+    tiny_project(root, tiny_params)
     convs = CONVS * 10  # C* train: 240 rows x 64 bytes = 4 pages
     sh.rmtree(root / "data/split/train")
     Dataset.from_dict(
@@ -485,8 +481,7 @@ def test_a_killed_stage_leaves_temporaries_that_the_next_run_removes(
     import subprocess
     import sys
 
-    from conftest import ROOT
-
+    from helpers import ROOT
     from tasks.stage import clean_leftovers
 
     monkeypatch.chdir(tmp_path)
@@ -549,7 +544,7 @@ def test_killing_the_flow_process_stops_its_temporary_prefect_server(tmp_path):
     import sys
     import time
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     script = (
         "import time, flows\nfrom prefect import flow\n@flow\ndef wait():\n"

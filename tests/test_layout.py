@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
 
+from helpers import ROOT
 from tasks.layout import COMPARE_JSON, PARAMS, STAGE_IO, stage_names
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

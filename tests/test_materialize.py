@@ -5,7 +5,6 @@ conversations sorted by length; C* is the sequential pass (tiny random model, di
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL
 
 from cvfp.checkpoint import save_checkpoint
 from cvfp.corpus import Corpus, sequential_pass
@@ -13,6 +12,7 @@ from cvfp.cstar import batch_plan, materialize_sharded, open_cstar, shard_plan
 from cvfp.model import CVFPModel
 from cvfp.params import load_params
 from cvfp.utils import one_intraop_thread
+from helpers import ROOT, TINY_MODEL
 
 V = 40
 MODEL = load_params(ROOT / "params.yaml", TINY_MODEL).model

@@ -4,7 +4,6 @@ byte; a missing, renamed or unknown key is an error that names it."""
 import json
 
 import pytest
-from conftest import ROOT
 
 from cvfp.metrics.base import MetricsFileError, parse, read
 from cvfp.metrics.data import DataMetrics
@@ -12,6 +11,7 @@ from cvfp.metrics.phase1 import Phase1Metrics
 from cvfp.metrics.phase2 import Phase2Metrics
 from cvfp.metrics.summary import SummaryMetrics
 from cvfp.utils import write_json
+from helpers import ROOT
 
 FILES = {
     "data.json": DataMetrics,

@@ -1,9 +1,9 @@
 import pytest
 import yaml
-from conftest import ROOT
-from conftest import write_params as write
 
 from cvfp.params import ParamsError, load_params
+from helpers import ROOT
+from helpers import write_params as write
 
 
 def test_the_file_loads_as_written():

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -7,16 +6,7 @@ from cvfp.diversity import make_diversity
 from cvfp.model import CVFPModel
 from cvfp.phase1 import parallel_iteration, run_phase1
 from cvfp.utils import seed_everything
-
-
-def tiny_model(seed=0, vocab=30, **kw):
-    torch.manual_seed(seed)
-    return CVFPModel(vocab, 16, 16, 32, [1, 1], **kw)
-
-
-def convs(seed=0, n=5, vocab=30):
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, vocab, size=rng.integers(3, 12)) for _ in range(n)]
+from helpers.phase1 import convs, tiny_model
 
 
 def test_parallel_input_contexts_shift_by_one_with_carryover(tiny_params):
@@ -282,7 +272,7 @@ def test_sigterm_removes_the_work_files(tmp_path):
     import sys
     import time
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     work = tmp_path / "work"
     proc = subprocess.Popen(

@@ -23,33 +23,11 @@ from cvfp.corpus import Corpus, sequential_pass
 from cvfp.cstar import CstarError, load_phase1_model, materialize_sharded, open_cstar
 from cvfp.generate import generate, load_model
 from cvfp.model import CVFPModel
-from cvfp.params import ModelParams
 from cvfp.phase2 import NonFiniteLossError, clone_heads, configure_trainable, train_phase2
 from cvfp.phase2_data import PositionData
 from cvfp.phase2_eval import evaluate, head_logits
 from cvfp.training import BestEpoch, perplexity
-
-V = 12
-CONVS = [[1, 2, 3, 4, 5, 6, 7], [3, 3, 1], [5, 6, 7, 8, 9, 10, 11, 2, 3, 4, 1], [2, 9], [4]]
-
-
-TINY_MODEL = ModelParams(
-    context_dim=16,
-    embed_dim=16,
-    hidden_dim=32,
-    layer_structure=[1, 1],
-    layernorm_mix=1.0,
-    init_std=0.1,
-    bias_init_std=0.01,
-    embedding="random_frozen",
-    embed_init_std=0.02,
-    pretrained_name="gpt2",
-)
-
-
-def tiny_model(seed=0, vocab=V):
-    torch.manual_seed(seed)
-    return CVFPModel.from_params(TINY_MODEL, vocab)
+from helpers.phase2 import CONVS, TINY_MODEL, V, cfg, stage_params, tiny_model, tiny_project
 
 
 def materialize(model, corpora, out, chunk, reset):
@@ -58,11 +36,6 @@ def materialize(model, corpora, out, chunk, reset):
     ckpt = out.parent / "phase1.pt"
     save_checkpoint(ckpt, model, {}, vocab_size=model.vocab_size)
     return materialize_sharded(ckpt, corpora, out, TINY_MODEL, model.vocab_size, chunk, reset, 2)
-
-
-def cfg(tiny_params, **kw):
-    base = {"epochs": 3, "batch_size": 8, "lr": 0.01, "patience": 3}
-    return tiny_params.phase2.model_copy(update={**base, **kw})
 
 
 def make_cstar(model, corpus, tmp_path, chunk=5):
@@ -401,55 +374,12 @@ def test_generation_deterministic_in_vocab_and_stops_at_eos(tmp_path, tiny_param
 # ---------------------------------------------------------------- stages end to end
 
 
-TEST_IDS = ["t0", "t1", "t1", "t2"]  # t1 was cut in two pieces (an unseen id, cvfp.splitting)
-
-
-def _tiny_project(root, tiny_params, test=None, test_ids=None):
-    """data/split, data/tokenizer and a Phase 1 checkpoint as the earlier stages write them."""
-    test = [[2, 3, 4, 5, 1], [6, 7, 8], [9, 10, 11], [4]] if test is None else test
-    test_ids = TEST_IDS if test_ids is None else test_ids
-    from datasets import Dataset
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<eos>"] + [f"w{i}" for i in range(1, V)]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<eos>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>").save_pretrained(
-        root / "data/tokenizer"
-    )
-    for name, convs in (("train", CONVS * 3), ("val", CONVS[:3]), ("test", test)):
-        Dataset.from_dict(
-            {
-                "conversation_id": test_ids
-                if name == "test"
-                else [str(i) for i in range(len(convs))],
-                "input_ids": convs,
-                "n_tokens": [len(c) for c in convs],
-            }
-        ).save_to_disk(str(root / f"data/split/{name}"))
-    save_checkpoint(
-        root / "cache/phase1/model.pt", tiny_model(), tiny_params.model_dump(), vocab_size=V
-    )
-
-
-def stage_params(tiny_params):
-    """tiny_params for running the materialize and phase2 stages on a tiny project."""
-    return tiny_params.model_copy(
-        update={
-            "materialize": tiny_params.materialize.model_copy(update={"chunk_tokens": 10}),
-            "phase2": cfg(tiny_params, epochs=2),
-            "baselines": tiny_params.baselines.model_copy(update={"transformer_n_positions": 8}),
-        }
-    )
-
-
 def test_stages_materialize_phase2_and_generate_cli(tmp_path, tiny_params, monkeypatch, capsys):
     from tasks import generate as gen_cli
     from tasks import materialize as mat_task
     from tasks import phase2 as p2_task
 
-    _tiny_project(tmp_path, tiny_params)
+    tiny_project(tmp_path, tiny_params)
     monkeypatch.chdir(tmp_path)
     params = stage_params(tiny_params)
     meta = mat_task.run(params)
@@ -538,7 +468,7 @@ def test_test_split_never_feeds_selection(tmp_path, tiny_params, monkeypatch):
         ("b", [[5, 4, 3, 2, 1, 9], [7, 7, 8], [11, 10]], ["u0", "u1", "u2"]),
     ):
         root = tmp_path / name
-        _tiny_project(root, tiny_params, test=test, test_ids=ids)
+        tiny_project(root, tiny_params, test=test, test_ids=ids)
         monkeypatch.chdir(root)
         mat_task.run(params)
         runs[name] = (p2_task.run(params), (root / "plots/phase2_epochs.csv").read_text())
@@ -563,7 +493,7 @@ def test_no_context_control_never_reads_cstar(tmp_path, tiny_params, monkeypatch
     from tasks import materialize as mat_task
     from tasks import phase2 as p2_task
 
-    _tiny_project(tmp_path, tiny_params)
+    tiny_project(tmp_path, tiny_params)
     monkeypatch.chdir(tmp_path)
     params = stage_params(tiny_params)
     params.phase2.context = "zero"

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import write_params
 
 from cvfp.corpus import Corpus, sequential_pass
 from cvfp.model import CVFPModel
@@ -20,6 +19,7 @@ from cvfp.reconstruction import (
     train_reconstruction,
 )
 from cvfp.utils import seed_everything
+from helpers import write_params
 
 
 def tiny_model(seed=0, vocab=30, **kw):
@@ -301,8 +301,7 @@ def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(
 def test_report_shows_the_objective_and_the_reconstruction_epochs(tmp_path, monkeypatch):
     import json
 
-    import test_report as tr
-
+    import helpers.report as tr
     from cvfp.report import RECONSTRUCTION_TITLE, fmt_ppl
 
     files = tr.fake_run()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+
+from helpers import ROOT
 
 # ---------------------------------------------------------------- item 1: safe loading
 
@@ -270,9 +271,8 @@ def test_every_key_refuses_wrong_types_infinities_and_empty_strings(tmp_path, ke
     the same rules (strict types, finite numbers, no empty strings) without a new test."""
     import re
 
-    from conftest import write_params
-
     from cvfp.params import ParamsError, load_params, set_dotted
+    from helpers import write_params
 
     with pytest.raises(ParamsError, match=rf"(?m)^  {re.escape(key)}[ .=:]"):
         load_params(write_params(tmp_path, lambda r: set_dotted(r, key, bad)))
@@ -290,9 +290,8 @@ def test_every_key_refuses_wrong_types_infinities_and_empty_strings(tmp_path, ke
     ],
 )
 def test_the_issues_yaml_values_are_refused(tmp_path, key, text, expected):
-    from conftest import write_params
-
     from cvfp.params import ParamsError, load_params, set_dotted
+    from helpers import write_params
 
     value = yaml_load(f"v: {text}")["v"]
     with pytest.raises(ParamsError, match=expected):
@@ -300,9 +299,8 @@ def test_the_issues_yaml_values_are_refused(tmp_path, key, text, expected):
 
 
 def test_seed_range_duplicates_empty_paths_and_long_values(tmp_path):
-    from conftest import write_params
-
     from cvfp.params import ParamsError, load_params
+    from helpers import write_params
 
     with pytest.raises(
         ParamsError, match=r"seed = 4294967296: Input should be less than 4294967296"
@@ -641,9 +639,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def mat_project(tmp_path, tiny_params, monkeypatch):
-    from test_phase2 import _tiny_project, stage_params
+    from helpers.phase2 import stage_params, tiny_project
 
-    _tiny_project(tmp_path, tiny_params)
+    tiny_project(tmp_path, tiny_params)
     monkeypatch.chdir(tmp_path)
     return tmp_path, stage_params(tiny_params)
 
@@ -728,8 +726,8 @@ def test_all_empty_data_is_refused_naming_it(tmp_path, monkeypatch):
     import json
 
     from datasets import Dataset
-    from test_data import params, rows, run_stages
 
+    from helpers.data import params, rows, run_stages
     from tasks.tokenize import train_rows
 
     empty = rows([[("user", " "), ("assistant", "")]] * 3)

@@ -6,16 +6,13 @@ import re
 import shutil
 
 import pytest
-from test_pipeline import BIN, run
+
+from helpers import BIN
+from helpers.project import repro, run
 
 pytestmark = pytest.mark.pipeline
 DVC = str(BIN / "dvc")
 OUTS = ("data/raw", "data/tokenizer", "data/tokenized", "data/split")
-
-
-def repro(cwd, *targets) -> list[str]:
-    """Stages `dvc repro [targets]` ran (test_pipeline.repro, with targets)."""
-    return re.findall(r"Running stage '(\w+)'", run([DVC, "repro", *targets], cwd))
 
 
 def snapshot(proj) -> dict[str, bytes]:

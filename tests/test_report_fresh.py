@@ -11,7 +11,9 @@ import re
 
 import pytest
 import yaml
-from test_pipeline import BIN, run
+
+from helpers import BIN, ROOT
+from helpers.project import env, run
 
 pytestmark = pytest.mark.pipeline
 
@@ -66,9 +68,6 @@ def research_view(proj) -> tuple[str, list[str]]:
     fails when any line is wider than 200 or anything is elided."""
     import shlex
     import subprocess
-
-    from conftest import ROOT
-    from test_pipeline import env
 
     (line,) = [x for x in (ROOT / "README.md").read_text().splitlines() if "research" in x]
     (cmd,) = re.findall(r"`(dvc exp show [^`]+)`", line)

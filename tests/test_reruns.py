@@ -1,57 +1,15 @@
 """Issue 14 item 8: a forced rerun of a stage gives the same bytes, so it never makes DVC
 rerun what comes after it; wall times live in metrics/timing/ (not a DVC output, not in git)."""
 
-import hashlib
 import json
-import shutil
 import subprocess
 
 import pytest
-from conftest import ROOT
-from test_pipeline import BIN, run, status_clean
+
+from helpers import BIN, ROOT
+from helpers.project import status_clean
 
 pytestmark = pytest.mark.pipeline
-OUTPUTS = {
-    "split": ["data/split", "metrics/data.json"],
-    "phase1": [
-        "cache/phase1",
-        "metrics/phase1.json",
-        "plots/phase1_train.csv",
-        "plots/phase1_val.csv",
-        "plots/phase1_spectrum.csv",
-    ],
-}
-
-
-def digest(root, rels) -> dict[str, str]:
-    out = {}
-    for rel in rels:
-        path = root / rel
-        for f in sorted([path] if path.is_file() else path.rglob("*")):
-            if f.is_file():
-                out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
-def run_reruns(project, tmp_path_factory):
-    """`dvc repro -f -s <stage>` for split and phase1 in a copy of the session's tiny project
-    (`project()` waits for it): (copy, stage -> output digests before and after, whether
-    `dvc status` is clean after). A session job (conftest.py): it runs in the background."""
-    proj = tmp_path_factory.mktemp("reruns") / "proj"
-    shutil.copytree(project()[0], proj, symlinks=True)
-    digests = {}
-    for stage, rels in OUTPUTS.items():
-        before = digest(proj, rels)
-        run([str(BIN / "dvc"), "repro", "-f", "-s", stage], proj)
-        digests[stage] = before, digest(proj, rels)
-    return proj, digests, status_clean(proj)
-
-
-@pytest.fixture(scope="session")
-def reruns_run():
-    from conftest import job
-
-    return job("reruns_run")
 
 
 def test_forced_reruns_of_split_and_phase1_are_bitwise_identical(reruns_run):

@@ -13,8 +13,10 @@ import time
 
 import httpx
 import pytest
-from conftest import stop
-from test_pipeline import BIN, make_project
+
+from helpers import BIN
+from helpers.prefect import stop
+from helpers.project import make_project
 
 pytestmark = pytest.mark.server
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL
 
 from cvfp.checkpoint import save_checkpoint
 from cvfp.corpus import Corpus
@@ -16,6 +15,7 @@ from cvfp.cstar import materialize_shard, materialize_sharded
 from cvfp.model import CVFPModel
 from cvfp.params import ParamsError, load_params
 from cvfp.sharding import threaded
+from helpers import ROOT, TINY_MODEL
 
 TINY = {
     "data.num_samples": 300,

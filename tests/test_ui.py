@@ -1,48 +1,27 @@
-"""`make ui` on a non-default port: the server's UI settings point the UI at that port's API,
-telemetry off; and a run an interrupted `--serve` left PENDING is marked Crashed at the next
-start (flows/server_lifetime.py), on the session's real Prefect server."""
+"""`make ui` on a non-default port (the session's server is started that way): the server's
+UI settings point the UI at that port's API, telemetry off; and a run an interrupted `--serve`
+left PENDING is marked Crashed at the next start (flows/server_lifetime.py), on the session's
+real Prefect server."""
 
 import asyncio
-import os
-import subprocess
-import time
 import uuid
+from urllib.parse import urlparse
 
 import httpx
 import pytest
-from conftest import BIN, ROOT, free_port, stop
 
 pytestmark = pytest.mark.server
 
 
-def test_make_ui_serves_the_ui_pointing_at_its_own_port(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-    proc = subprocess.Popen(
-        ["make", "-s", "ui", f"PORT={port}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline, settings = time.monotonic() + 180, None
-        while settings is None:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "the server did not start"
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=2)
-                settings = r.json() if r.status_code == 200 else None
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        assert settings["api_url"] == f"http://127.0.0.1:{port}/api"
-        assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).json() is True
-        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200  # the UI
-    finally:
-        out = stop(proc)
+def test_make_ui_serves_the_ui_pointing_at_its_own_port(prefect_server):
+    """The session's server is `make ui PORT=<a free port>` started without any PREFECT_
+    variable (helpers/prefect.py): the settings it serves come from the Makefile."""
+    port = urlparse(prefect_server.url).port
+    settings = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=5).json()
+    assert settings["api_url"] == f"http://127.0.0.1:{port}/api"
+    assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).json() is True
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200  # the UI
+    out = prefect_server.log.read_text()
     assert f"Prefect UI: http://127.0.0.1:{port}" in out.splitlines()[0]
     assert "telemetry" not in out.lower(), out[-2000:]
 
