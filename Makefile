@@ -50,7 +50,7 @@ ui:
 test: setup-dev
 	$(BIN)/python -m pytest
 
-# ruff (lint + format) on everything, mypy on cvfp/ (pyproject.toml); .ci/run runs it before the tests.
+# ruff (lint + format) on everything, mypy on cvfp/, tasks/, flows/ (pyproject.toml); .ci/run runs it before the tests.
 lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

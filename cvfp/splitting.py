@@ -26,17 +26,14 @@ fails with `SplitError`, naming the part and what to change.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .params import SplitParams
+
 HELDOUT = ("val", "test")
-
-
-class SplitConfig(Protocol):  # cvfp.params.SplitParams
-    strategy: str
-    val_fraction: float
-    test_fraction: float
 
 
 class SplitError(ValueError):
@@ -58,7 +55,7 @@ def _count(n: int, fraction: float) -> int:
     return max(1, round(n * fraction))
 
 
-def partition(n: int, cfg: SplitConfig) -> Parts:
+def partition(n: int, cfg: SplitParams) -> Parts:
     """Which of `n` conversations (in order) are train, val and test."""
     if cfg.strategy not in STRATEGIES:
         raise ValueError(f"split.strategy={cfg.strategy!r}: expected one of {sorted(STRATEGIES)}")
@@ -148,7 +145,7 @@ def tail_slice(
     return val_ids, val
 
 
-def split(ids: list[int], convs: list[np.ndarray], cfg: SplitConfig) -> Split:
+def split(ids: list[int], convs: list[np.ndarray], cfg: SplitParams) -> Split:
     """Cut the tokenized conversations (`ids` their conversation ids) into train/val/test by
     `partition`, drop held-out conversations with ids unseen in train, and fail when a
     held-out part ends up empty."""

@@ -9,7 +9,7 @@
 A Prefect flow (temporary API if no server, like flows.pipeline) with one task run per arm
 x seed, `compare.workers` at once on orchestration.task_runner (threads, or Dask workers).
 Each task is `dvc exp run -n cmp-<arm>-s<seed> -S ...` in a private clone sharing the DVC
-cache, its ref pushed back (tasks/compare.py): the workspace keeps its params and outputs,
+cache, its ref pushed back (tasks/compare_experiment.py): the workspace keeps its params and outputs,
 and `dvc exp show` lists every experiment. An experiment already finished with the same
 code and params (its fingerprint) is restored, not rerun (`--force` reruns).
 A failed experiment is logged with its error and the sweep goes on; the report lists it.
@@ -44,20 +44,22 @@ from tasks.compare import (  # noqa: E402
     COMPARE_HTML,
     COMPARE_JSON,
     COMPARE_MD,
+    collect,
+    parse_sets,
+    plan,
+    run_order,
+    write_outputs,
+)
+from tasks.compare_experiment import (  # noqa: E402
     ExperimentFailed,
     Source,
-    collect,
     failed,
     fetch_result,
     forget,
-    parse_sets,
-    plan,
     reusable,
     run_experiment,
-    run_order,
     threads_per_experiment,
     workspace_source,
-    write_outputs,
 )
 from tasks.workspace import holds_workspace  # noqa: E402
 
@@ -68,7 +70,7 @@ def _clock(seconds: float) -> str:
 
 
 # Never cached by Prefect and never persisted: whether an experiment reruns is decided by
-# its fingerprint (tasks.compare.reusable), and its results live in git and DVC.
+# its fingerprint (tasks.compare_experiment.reusable), and its results live in git and DVC.
 @task(name="experiment", cache_policy=NO_CACHE, persist_result=False)
 def experiment(
     spec: str, source: Source, threads: int, reuse: str | None, run_cache: bool = True

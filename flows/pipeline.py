@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 if __name__ == "__main__":  # Ctrl-C while Prefect is still importing: exit quietly, no traceback
     signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
@@ -31,6 +32,7 @@ if __name__ == "__main__":  # Ctrl-C while Prefect is still importing: exit quie
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "cvfp")  # library logs into Prefect
 
 from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
@@ -118,7 +120,10 @@ def require_tracked_params(params_path: str) -> None:
 
 
 @task(
-    name="publish-results", task_run_name="publish-results", cache_policy=None, persist_result=False
+    name="publish-results",
+    task_run_name="publish-results",
+    cache_policy=NO_CACHE,
+    persist_result=False,
 )
 def publish_details_task() -> list[str]:
     """The stage metrics tables and report.md, as artifacts of this task run: the flow run's
@@ -127,7 +132,9 @@ def publish_details_task() -> list[str]:
 
 
 def stage_task(stage: str):
-    opts = dict(name=stage, task_run_name=stage, cache_policy=None, persist_result=False)
+    opts: dict[str, Any] = dict(
+        name=stage, task_run_name=stage, cache_policy=NO_CACHE, persist_result=False
+    )
     if stage == "download":  # the only stage with a network: retry transient failures
         opts.update(
             retries=2, retry_delay_seconds=10, retry_condition_fn=_no_retry_on_config_errors

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from cvfp.params import Params
 from cvfp.utils import eta_text
@@ -146,7 +147,8 @@ class StageProgress:
     fails the stage: an API error just stops the updates."""
 
     def __init__(self, stage: str, params: Params | None = None):
-        self.stage, self.artifact_id, self.broken = stage, None, False
+        self.stage, self.broken = stage, False
+        self.artifact_id: Any = None  # the progress artifact's id, once created
         self.t0 = time.monotonic()
         self.plan = StagePlan(stage, stage_loops(stage, params) if params is not None else [])
         if stage in LONG_STAGES:

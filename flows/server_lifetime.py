@@ -47,7 +47,7 @@ class _Popen(subprocess.Popen):
 
 def install() -> None:
     if not issubclass(subprocess.Popen, _Popen):
-        subprocess.Popen = _Popen
+        subprocess.Popen = _Popen  # type: ignore[misc]  # on purpose: every Popen of the process
 
 
 install()

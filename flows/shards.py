@@ -64,7 +64,10 @@ def _scatter_on_dask(common: dict[str, Any]) -> Any:
     worker once, instead of once per shard task; Dask hands the worker the value itself."""
     from prefect.context import FlowRunContext
 
-    runner = FlowRunContext.get().task_runner
+    ctx = FlowRunContext.get()
+    if ctx is None:  # not inside a flow run: nothing to scatter to
+        return common
+    runner = ctx.task_runner
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:

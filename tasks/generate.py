@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> str:
     except ValidationError as err:
         parser.error(
             "; ".join(
-                f"--{e['loc'][0].replace('_', '-')} {e['input']!r}: {e['msg']}"
+                f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r}: {e['msg']}"
                 for e in err.errors()
             )
         )

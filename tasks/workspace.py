@@ -9,10 +9,15 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from .layout import STAGE_IO, TIMING
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 log = logging.getLogger("cvfp")
 SCRATCH_RUNS = Path("scratch")  # where a one-off `-S` run of a tracked stage writes
@@ -139,12 +144,12 @@ def workspace_lock(what: str):
                 os.close(fd)  # releases the flock
 
 
-def holds_workspace(what: str):
+def holds_workspace(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorator: the function runs holding the workspace lock (flows.compare's flow)."""
 
-    def wrap(fn):
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
-        def inner(*a, **kw):
+        def inner(*a: P.args, **kw: P.kwargs) -> R:
             with workspace_lock(what):
                 return fn(*a, **kw)
 

@@ -517,7 +517,8 @@ def test_collect_reads_experiment_commits_and_writes_the_outputs(tmp_path, monke
     import json
 
     from cvfp.metrics.base import read
-    from tasks.compare import ExperimentFailed, collect, exp_ref, plan, write_outputs
+    from tasks.compare import collect, plan, write_outputs
+    from tasks.compare_experiment import ExperimentFailed, exp_ref
 
     monkeypatch.chdir(tmp_path)
     _git(tmp_path, "init", "-q")

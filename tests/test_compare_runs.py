@@ -12,14 +12,13 @@ import pytest
 
 from cvfp.params import ParamsError, arm_params, load_params
 from helpers import ROOT
-from tasks.compare import (
+from tasks.compare import plan, run_order
+from tasks.compare_experiment import (
     FINGERPRINT,
     Source,
     exp_ref,
     fingerprint,
-    plan,
     reusable,
-    run_order,
     threads_per_experiment,
 )
 
