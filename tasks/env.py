@@ -7,6 +7,9 @@ value already in the environment wins.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from pathlib import Path
 
 DEFAULTS = {
     # no usage reports from the libraries (the pipeline runs offline by default)
@@ -24,3 +27,9 @@ DEFAULTS = {
 def set_env_defaults() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # The flows and stages start `dvc`, `git` and `python -m tasks.<stage>` processes: with the
+    # venv not activated (`.venv/bin/python -m flows.compare`), find them beside this
+    # interpreter instead of failing with "No such file or directory: 'dvc'".
+    bin_dir = str(Path(sys.executable).parent)
+    if shutil.which("dvc") is None and (Path(bin_dir) / "dvc").exists():
+        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
