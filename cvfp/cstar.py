@@ -24,7 +24,7 @@ from .contexts import ContextFile
 from .corpus import Corpus, warn_if_large, windowed_pass
 from .model import CVFPModel
 from .params import ModelParams
-from .utils import BeforeReplace, atomic_path, one_intraop_thread, progress
+from .utils import BeforeReplace, atomic_path, one_intraop_thread, progress, set_deterministic
 
 if TYPE_CHECKING:  # imported where used: phase2 reads C* without the sharding code
     from .sharding import MapShards
@@ -177,7 +177,7 @@ def materialize_shard(
     A pure function of its arguments: any process can run it, and the result does not depend
     on which shard holds a batch nor on `chunk_tokens` (one torch thread, see
     `one_intraop_thread`)."""
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    set_deterministic(deterministic)  # without importing torch._inductor (cvfp.utils)
     model = _shard_model(checkpoint, model_params, vocab_size, momentum)
     lengths = [len(seq) for batch in shard for seq in batch]
     offsets = np.cumsum([0] + lengths, dtype=np.int64)
