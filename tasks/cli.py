@@ -52,9 +52,13 @@ def current_world():
 
 def cli(stage: str, run: Callable[[Params], object], doc: str | None = None) -> None:
     """Standard `python -m tasks.<stage>` entry point: --params, then run(params). Sets the
-    environment defaults (tasks/env.py) first, as every entry point does. The process's
-    entry point: it ends the process when the stage is done (`end_process`); flows and
-    tests call the stages' run functions (tasks.stage.run_stage), not this."""
+    environment defaults (tasks/env.py) first, as every entry point does. When `run` comes
+    from the program's main module (`python -m tasks.<stage>`, a stage script), this is the
+    process's entry point and it ends the process when the stage is done (`end_process`);
+    called from anything else (a test calling a stage's main()), it returns or raises."""
+    if getattr(run, "__module__", None) != "__main__":
+        _cli(stage, run, doc)
+        return
     try:
         _cli(stage, run, doc)
     except Exception:

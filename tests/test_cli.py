@@ -74,3 +74,15 @@ def test_a_running_non_daemon_thread_gets_a_normal_exit(tmp_path):
     assert (tmp_path / "thread-done").exists()  # waited for, as a normal exit does
     assert (tmp_path / "atexit-ran").read_text() == "thread"
     assert (tmp_path / "teardown-ran").exists()
+
+
+def test_called_from_another_module_it_returns(tmp_path, monkeypatch):
+    """A test calling a stage's main() in its own process: no exit."""
+    from tasks.cli import cli
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["python -m tasks.phase1"])
+    seen = []
+    cli("phase1", lambda params: seen.append(params.seed))
+    assert seen == [42] and (tmp_path / "metrics/timing/phase1.json").exists()
