@@ -144,7 +144,7 @@ class Collector:
         names = [f"data-{i:05d}-of-{len(self.shards):05d}.arrow" for i in range(len(self.shards))]
         for shard, name in zip(self.shards, names, strict=True):
             shard.rename(self.out / name)
-        state = {
+        state: dict[str, object] = {
             "_data_files": [{"filename": name} for name in names],
             "_fingerprint": self.hash.hexdigest()[:16],
             "_format_columns": None,
