@@ -278,7 +278,7 @@ def test_bigram_perplexity_hand_computed_and_k_chosen_on_val():
     test = Corpus.from_conversations([[1, 0], [2, 2]])
     # counts: (0,1)=2 (1,0)=1 (1,2)=1; c(0)=2 c(1)=2 c(2)=0; V=3
     # k=1: val P(1|0) = 3/5, P(2|1) = 2/5 -> ppl = (0.6 * 0.4) ** -0.5
-    m, test_nats = bigram_baseline(train, val, test, vocab_size=3, k_grid=[1.0])
+    m, test_nats, _ = bigram_baseline(train, val, test, vocab_size=3, k_grid=[1.0])
     assert m["val_ppl"] == pytest.approx(0.24**-0.5, rel=1e-12)
     assert m["val_acc"] == 0.5  # row 1 ties 0 and 2 -> predicts 0
     assert m["trainable_params"] == 9
@@ -288,7 +288,7 @@ def test_bigram_perplexity_hand_computed_and_k_chosen_on_val():
     # k on val: a val with an unseen pair (0,2) penalises small k; the grid's best is 1.0
     val2 = Corpus.from_conversations([[0, 1, 2], [0, 2]])
     grid = [0.01, 0.3, 1.0, 3.0]
-    m, test_nats = bigram_baseline(train, val2, test, 3, grid)
+    m, test_nats, _ = bigram_baseline(train, val2, test, 3, grid)
     by_k = [
         -(
             math.log((2 + k) / (2 + 3 * k))
@@ -301,10 +301,10 @@ def test_bigram_perplexity_hand_computed_and_k_chosen_on_val():
     assert m["val_loss_by_k"] == pytest.approx(by_k, rel=1e-12) and m["k_grid"] == grid
     assert m["k"] == 1.0 == grid[int(np.argmin(by_k))] and m["val_loss"] == pytest.approx(by_k[2])
     # the grid without 1.0: 3.0 wins, and test is scored with it
-    m, test_nats = bigram_baseline(train, val2, test, 3, [0.01, 0.3, 3.0])
+    m, test_nats, _ = bigram_baseline(train, val2, test, 3, [0.01, 0.3, 3.0])
     assert m["k"] == 3.0 and test_nats[0] == pytest.approx(-math.log(4 / 11), rel=1e-12)
     # stream mode adds the cross-conversation pair (1,1)
-    stream, _ = bigram_baseline(
+    stream, _, _ = bigram_baseline(
         Corpus.from_conversations([[0, 1, 0, 1], [1, 2]], "stream"), val, test, 3, [1.0]
     )
     assert stream["val_ppl"] == pytest.approx((3 / 5 * 2 / 6) ** -0.5, rel=1e-12)
@@ -337,7 +337,7 @@ def test_transformer_baseline_and_ablations_run(tmp_path, tiny_params):
     data = make_cstar(model, corpus, tmp_path)
     res = train_phase2(model, data, data, cfg(tiny_params, epochs=2))
     bp = tiny_params.baselines.model_copy(update={"transformer_n_positions": 8})
-    m, test_nats = transformer_baseline(
+    m, test_nats, _ = transformer_baseline(
         corpus, corpus, corpus, V, bp, cfg(tiny_params), res.trainable_params, 2, seed=0
     )
     assert abs(m["trainable_params"] - res.trainable_params) / res.trainable_params <= 0.1
