@@ -7,6 +7,7 @@ import torch
 
 from cvfp.corpus import Corpus
 from cvfp.phase1 import run_phase1
+from cvfp.report.headline import iterations_words
 from helpers.phase1 import convs, tiny_model
 
 
@@ -56,7 +57,7 @@ def test_objective_none_trains_nothing_and_keeps_the_metric_keys(
     cv, none = metrics["cvfp"], metrics["none"]
     assert cv["train"]["steps"] == 1 and cv["train"]["converged_by_construction"] is True
     assert none["train"]["steps"] == 0 and none["val"]["steps"] == 0
-    assert none["objective"] == "none" and none["iterations_text"].startswith("0/3")
+    assert none["objective"] == "none" and iterations_words(none).startswith("0/3 (objective none")
     # Same keys as cvfp (others read them), the checks included.
     assert set(none) == set(cv)
     for split in ("train", "val"):

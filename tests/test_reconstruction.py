@@ -263,7 +263,9 @@ def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(
     params.checks.convergence_trials = 2
     params.checks.probe_samples = 20
     metrics = stage.run(params)
-    assert metrics["objective"] == "reconstruction" and metrics["iterations_text"] == "2/2 epochs"
+    assert (
+        metrics["objective"] == "reconstruction" and metrics["epochs"] == metrics["max_epochs"] == 2
+    )
     for key in (
         "convergence_rate",
         "effective_rank",
@@ -325,7 +327,7 @@ def test_report_shows_the_objective_and_the_reconstruction_epochs(tmp_path, monk
         for e in (1, 2)
     ]
     p1 = files["metrics/phase1.json"]
-    p1.update(objective="reconstruction", iterations_text="2/2 epochs", epochs=2)
+    p1.update(objective="reconstruction", epochs=2, max_epochs=2)
     for split, ppl in (("train", 25.0), ("val", 33.3)):
         p1[split].update(token_loss=3.2, recon_loss=0.35, loss=3.55, ppl=ppl, acc=0.42)
     keys = ("token_loss", "recon_loss", "loss", "ppl", "acc")
