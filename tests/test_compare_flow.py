@@ -3,7 +3,7 @@ experiments, a failing arm (at run time and at validation) that does not stop th
 progress in the flow run's logs, the three outputs and the exit status. The fewest
 experiments that show it: 3 arms x 1 seed + 1 arm failing at run time (+ 1 failing at
 validation, never run); the statistics over several seeds are tested on their own
-(test_compare.py). The arms are the control (objective none) and the reconstruction
+(test_compare_stats.py, test_compare_summary.py). The arms are the control (objective none) and the reconstruction
 objective, so the sweep also runs that objective end to end through DVC, and shows which
 stages a Phase 1 param reruns; the no-context control has the control's phase1 params, so
 it restores phase1 and materialize from DVC's run-cache once the control has finished. The
