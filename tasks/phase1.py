@@ -196,8 +196,8 @@ def _run(params: Params) -> dict | None:
         "iteration_seconds": {s: r.history_seconds() for s, r in results.items()},
     }
     if recon is not None:
-        epochs = [{k: v for k, v in row.items() if k != "seconds"} for row in recon.history]
-        durations["epoch_seconds"] = [row["seconds"] for row in recon.history]
+        epochs = recon.history
+        durations["epoch_seconds"] = recon.epoch_seconds
         metrics["epochs"] = len(recon.history)
         metrics["max_epochs"] = p1.reconstruction.epochs
         for s, st in recon.final.items():
