@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +35,15 @@ from .training import BestEpoch, count_parameters, optimizer_step, perplexity
 from .utils import progress
 
 log = logging.getLogger("cvfp")
+
+
+class BaselineResult(NamedTuple):
+    """What a baseline returns: its metrics (numbers for metrics/phase2.json), its test nats
+    per target position, and its training wall time (metrics/timing/phase2.json)."""
+
+    metrics: dict
+    test_nats: np.ndarray
+    train_seconds: float
 
 
 def _metrics(loss: float, acc: float, **extra) -> dict:
@@ -111,9 +120,9 @@ class Bigram:
 
 def bigram_baseline(
     train: Corpus, val: Corpus, test: Corpus, vocab_size: int, k_grid: list[float]
-) -> tuple[dict, np.ndarray]:
+) -> BaselineResult:
     """Add-k bigram whose k is the one of `k_grid` with the lowest val loss (val chooses);
-    test is scored once, with that k. Returns (metrics, test nats per target position)."""
+    test is scored once, with that k."""
     t0 = time.perf_counter()
     model = Bigram(train, vocab_size)
     seconds = time.perf_counter() - t0
@@ -121,17 +130,17 @@ def bigram_baseline(
     k = min(k_grid, key=lambda x: (val_loss[x], x))  # ties: the smaller k
     _, val_correct = model.score(val, k)
     test_nats, test_correct = model.score(test, k)
-    return _metrics(
+    metrics = _metrics(
         val_loss[k],
         float(val_correct.mean()),
         **_test(test_nats, test_correct),
         trainable_params=vocab_size * vocab_size,
-        train_seconds=seconds,
         k=k,
         k_grid=list(k_grid),
         val_loss_by_k=[val_loss[x] for x in k_grid],
         distinct_pairs=int(model.codes.size),
-    ), test_nats
+    )
+    return BaselineResult(metrics, test_nats, seconds)
 
 
 # ---------------------------------------------------------------- GPT-2 baseline
@@ -265,10 +274,9 @@ def transformer_baseline(
     epochs: int,
     seed: int = 0,
     show_progress: bool = False,
-) -> tuple[dict, np.ndarray]:
+) -> BaselineResult:
     """Train GPT-2 for `epochs` with Phase 2's batch size (in target tokens), lr and clip;
-    keep the epoch with the best val loss, as for CVFP, and score test once with it.
-    Returns (metrics, test nats per target position)."""
+    keep the epoch with the best val loss, as for CVFP, and score test once with it."""
     n_embd = choose_n_embd(
         target_params,
         vocab_size,
@@ -337,7 +345,7 @@ def transformer_baseline(
     test_nats, test_hits = transformer_nats(
         model, windows(test, bp.transformer_n_positions), cfg.batch_size
     )
-    return _metrics(
+    metrics = _metrics(
         best["val_loss"],
         best["val_acc"],
         **_test(test_nats, test_hits),
@@ -347,14 +355,14 @@ def transformer_baseline(
         trainable_params=n_params,
         target_params=target_params,
         param_ratio=n_params / target_params,
-        train_seconds=seconds,
         epochs=epochs,
         n_embd=n_embd,
         n_layer=bp.transformer_n_layer,
         n_head=bp.transformer_n_head,
         n_positions=bp.transformer_n_positions,
         train_targets=int(n_targets.sum()),
-    ), test_nats
+    )
+    return BaselineResult(metrics, test_nats, seconds)
 
 
 # ---------------------------------------------------------------- context ablations

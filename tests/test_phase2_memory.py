@@ -48,8 +48,8 @@ def test_bigram_of_a_split_without_pairs_scores_nothing():
     assert Bigram(single, 7).codes.size == 0
     nats, hits = Bigram(corpus(0, 5), 7).score(single, 1.0)
     assert nats.dtype == np.float64 and hits.dtype == bool and nats.size == hits.size == 0
-    m, test_nats = bigram_baseline(corpus(0, 5), corpus(1, 5), corpus(2, 5), 7, [1.0])
-    assert test_nats.size == corpus(2, 5).n_tokens - 5 and m["distinct_pairs"] > 0
+    res = bigram_baseline(corpus(0, 5), corpus(1, 5), corpus(2, 5), 7, [1.0])
+    assert res.test_nats.size == corpus(2, 5).n_tokens - 5 and res.metrics["distinct_pairs"] > 0
 
 
 def test_positions_are_int32_with_the_same_rows():
