@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -62,41 +63,59 @@ def _test(nats: np.ndarray, correct: np.ndarray) -> dict:
 # ---------------------------------------------------------------- bigram
 
 
-def bigram_pairs(corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
-    """(token[i], token[i+1]) for every position with a next token in its segment."""
+PAIR_CHUNK = 1 << 20  # positions per chunk: the bigram holds no per-token array of a split
+
+
+def bigram_pairs(
+    corpus: Corpus, chunk: int = PAIR_CHUNK
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(token[i], token[i+1]) for every position with a next token in its segment, in
+    ascending i, `chunk` positions of the corpus at a time."""
     ids = corpus.ids.numpy()
-    keep = np.ones(ids.size, dtype=bool)
-    keep[corpus.offsets[1:].numpy() - 1] = False
-    pos = np.flatnonzero(keep)
-    return ids[pos], ids[pos + 1]
+    ends = corpus.offsets[1:].numpy() - 1  # ascending: a segment's last token has no next
+    for s in range(0, ids.size, chunk):
+        e = min(s + chunk, ids.size)
+        keep = np.ones(e - s, dtype=bool)
+        lo, hi = np.searchsorted(ends, [s, e])
+        keep[ends[lo:hi] - s] = False
+        pos = np.flatnonzero(keep) + s
+        yield ids[pos], ids[pos + 1]
 
 
 class Bigram:
     """Add-k bigram counted on train. Counts are kept sparse (distinct pairs only), so
-    V = 50k is fine."""
+    V = 50k is fine; counted and scored in chunks of positions (exact: integer counts)."""
 
-    def __init__(self, train: Corpus, vocab_size: int):
-        a, b = bigram_pairs(train)
-        self.vocab_size = vocab_size
-        self.codes, self.counts = np.unique(a * vocab_size + b, return_counts=True)  # sorted
-        self.row_total = np.bincount(a, minlength=vocab_size)
+    def __init__(self, train: Corpus, vocab_size: int, chunk: int = PAIR_CHUNK):
+        self.vocab_size, self.chunk = vocab_size, chunk
+        codes, counts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        self.row_total = np.zeros(vocab_size, dtype=np.int64)
+        for a, b in bigram_pairs(train, chunk):
+            new, n = np.unique(a * vocab_size + b, return_counts=True)
+            codes, at = np.unique(np.concatenate([codes, new]), return_inverse=True)
+            merged = np.zeros(codes.size, dtype=np.int64)
+            np.add.at(merged, at, np.concatenate([counts, n]))
+            counts = merged
+            self.row_total += np.bincount(a, minlength=vocab_size)
+        self.codes, self.counts = codes, counts  # sorted
         # Most frequent successor per row (ties -> smallest id); unseen rows predict id 0.
-        codes, counts = self.codes, self.counts
         order = np.lexsort((codes, -counts, codes // vocab_size))
         rows = codes[order] // vocab_size
-        first = np.r_[True, rows[1:] != rows[:-1]]
+        first = np.r_[True, rows[1:] != rows[:-1]][: rows.size]  # no pair in train: none
         self.argmax = np.zeros(vocab_size, dtype=np.int64)
         self.argmax[rows[first]] = codes[order][first] % vocab_size
 
     def score(self, corpus: Corpus, k: float) -> tuple[np.ndarray, np.ndarray]:
         """Per target position (Phase 2 order): nats of -log P(b | a) and top-1 correct."""
-        va, vb = bigram_pairs(corpus)
         codes, v = self.codes, self.vocab_size
-        q = va * v + vb
-        at = np.clip(np.searchsorted(codes, q), 0, max(codes.size - 1, 0))
-        c_ab = np.where(codes[at] == q, self.counts[at], 0) if codes.size else np.zeros(q.size)
-        prob = (c_ab + k) / (self.row_total[va] + k * v)
-        return -np.log(prob), self.argmax[va] == vb
+        nats, hits = [np.zeros(0)], [np.zeros(0, dtype=bool)]
+        for va, vb in bigram_pairs(corpus, self.chunk):
+            q = va * v + vb
+            at = np.clip(np.searchsorted(codes, q), 0, max(codes.size - 1, 0))
+            c_ab = np.where(codes[at] == q, self.counts[at], 0) if codes.size else np.zeros(q.size)
+            nats.append(-np.log((c_ab + k) / (self.row_total[va] + k * v)))
+            hits.append(self.argmax[va] == vb)
+        return np.concatenate(nats), np.concatenate(hits)
 
 
 def bigram_baseline(
