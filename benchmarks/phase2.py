@@ -29,6 +29,7 @@ from cvfp.model import CVFPModel
 from cvfp.params import Phase2Params
 from cvfp.phase2 import Trainer, configure_trainable
 from cvfp.phase2_data import PositionData
+from cvfp.training import optimizer_step
 
 
 def reference_epoch(model, corpus: Corpus, cstar: torch.Tensor, limit: int | None) -> int:
@@ -53,10 +54,7 @@ def reference_epoch(model, corpus: Corpus, cstar: torch.Tensor, limit: int | Non
         if limit and n >= limit:
             break
     loss = F.cross_entropy(torch.cat(logits), torch.cat(targets))
-    opt.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
+    optimizer_step(opt, loss, params, 1.0)
     return n
 
 

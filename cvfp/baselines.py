@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +35,15 @@ from .training import BestEpoch, count_parameters, optimizer_step, perplexity
 from .utils import adam, progress
 
 log = logging.getLogger("cvfp")
+
+
+class BaselineResult(NamedTuple):
+    """What a baseline returns: its metrics (numbers for metrics/phase2.json), its test nats
+    per target position, and its training wall time (metrics/timing/phase2.json)."""
+
+    metrics: dict
+    test_nats: np.ndarray
+    train_seconds: float
 
 
 def _metrics(loss: float, acc: float, **extra) -> dict:
@@ -53,48 +63,66 @@ def _test(nats: np.ndarray, correct: np.ndarray) -> dict:
 # ---------------------------------------------------------------- bigram
 
 
-def bigram_pairs(corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
-    """(token[i], token[i+1]) for every position with a next token in its segment."""
+PAIR_CHUNK = 1 << 20  # positions per chunk: the bigram holds no per-token array of a split
+
+
+def bigram_pairs(
+    corpus: Corpus, chunk: int = PAIR_CHUNK
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(token[i], token[i+1]) for every position with a next token in its segment, in
+    ascending i, `chunk` positions of the corpus at a time."""
     ids = corpus.ids.numpy()
-    keep = np.ones(ids.size, dtype=bool)
-    keep[corpus.offsets[1:].numpy() - 1] = False
-    pos = np.flatnonzero(keep)
-    return ids[pos], ids[pos + 1]
+    ends = corpus.offsets[1:].numpy() - 1  # ascending: a segment's last token has no next
+    for s in range(0, ids.size, chunk):
+        e = min(s + chunk, ids.size)
+        keep = np.ones(e - s, dtype=bool)
+        lo, hi = np.searchsorted(ends, [s, e])
+        keep[ends[lo:hi] - s] = False
+        pos = np.flatnonzero(keep) + s
+        yield ids[pos], ids[pos + 1]
 
 
 class Bigram:
     """Add-k bigram counted on train. Counts are kept sparse (distinct pairs only), so
-    V = 50k is fine."""
+    V = 50k is fine; counted and scored in chunks of positions (exact: integer counts)."""
 
-    def __init__(self, train: Corpus, vocab_size: int):
-        a, b = bigram_pairs(train)
-        self.vocab_size = vocab_size
-        self.codes, self.counts = np.unique(a * vocab_size + b, return_counts=True)  # sorted
-        self.row_total = np.bincount(a, minlength=vocab_size)
+    def __init__(self, train: Corpus, vocab_size: int, chunk: int = PAIR_CHUNK):
+        self.vocab_size, self.chunk = vocab_size, chunk
+        codes, counts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        self.row_total = np.zeros(vocab_size, dtype=np.int64)
+        for a, b in bigram_pairs(train, chunk):
+            new, n = np.unique(a * vocab_size + b, return_counts=True)
+            codes, at = np.unique(np.concatenate([codes, new]), return_inverse=True)
+            merged = np.zeros(codes.size, dtype=np.int64)
+            np.add.at(merged, at, np.concatenate([counts, n]))
+            counts = merged
+            self.row_total += np.bincount(a, minlength=vocab_size)
+        self.codes, self.counts = codes, counts  # sorted
         # Most frequent successor per row (ties -> smallest id); unseen rows predict id 0.
-        codes, counts = self.codes, self.counts
         order = np.lexsort((codes, -counts, codes // vocab_size))
         rows = codes[order] // vocab_size
-        first = np.r_[True, rows[1:] != rows[:-1]]
+        first = np.r_[True, rows[1:] != rows[:-1]][: rows.size]  # no pair in train: none
         self.argmax = np.zeros(vocab_size, dtype=np.int64)
         self.argmax[rows[first]] = codes[order][first] % vocab_size
 
     def score(self, corpus: Corpus, k: float) -> tuple[np.ndarray, np.ndarray]:
         """Per target position (Phase 2 order): nats of -log P(b | a) and top-1 correct."""
-        va, vb = bigram_pairs(corpus)
         codes, v = self.codes, self.vocab_size
-        q = va * v + vb
-        at = np.clip(np.searchsorted(codes, q), 0, max(codes.size - 1, 0))
-        c_ab = np.where(codes[at] == q, self.counts[at], 0) if codes.size else np.zeros(q.size)
-        prob = (c_ab + k) / (self.row_total[va] + k * v)
-        return -np.log(prob), self.argmax[va] == vb
+        nats, hits = [np.zeros(0)], [np.zeros(0, dtype=bool)]
+        for va, vb in bigram_pairs(corpus, self.chunk):
+            q = va * v + vb
+            at = np.clip(np.searchsorted(codes, q), 0, max(codes.size - 1, 0))
+            c_ab = np.where(codes[at] == q, self.counts[at], 0) if codes.size else np.zeros(q.size)
+            nats.append(-np.log((c_ab + k) / (self.row_total[va] + k * v)))
+            hits.append(self.argmax[va] == vb)
+        return np.concatenate(nats), np.concatenate(hits)
 
 
 def bigram_baseline(
     train: Corpus, val: Corpus, test: Corpus, vocab_size: int, k_grid: list[float]
-) -> tuple[dict, np.ndarray]:
+) -> BaselineResult:
     """Add-k bigram whose k is the one of `k_grid` with the lowest val loss (val chooses);
-    test is scored once, with that k. Returns (metrics, test nats per target position)."""
+    test is scored once, with that k."""
     t0 = time.perf_counter()
     model = Bigram(train, vocab_size)
     seconds = time.perf_counter() - t0
@@ -102,17 +130,17 @@ def bigram_baseline(
     k = min(k_grid, key=lambda x: (val_loss[x], x))  # ties: the smaller k
     _, val_correct = model.score(val, k)
     test_nats, test_correct = model.score(test, k)
-    return _metrics(
+    metrics = _metrics(
         val_loss[k],
         float(val_correct.mean()),
         **_test(test_nats, test_correct),
         trainable_params=vocab_size * vocab_size,
-        train_seconds=seconds,
         k=k,
         k_grid=list(k_grid),
         val_loss_by_k=[val_loss[x] for x in k_grid],
         distinct_pairs=int(model.codes.size),
-    ), test_nats
+    )
+    return BaselineResult(metrics, test_nats, seconds)
 
 
 # ---------------------------------------------------------------- GPT-2 baseline
@@ -246,10 +274,9 @@ def transformer_baseline(
     epochs: int,
     seed: int = 0,
     show_progress: bool = False,
-) -> tuple[dict, np.ndarray]:
+) -> BaselineResult:
     """Train GPT-2 for `epochs` with Phase 2's batch size (in target tokens), lr and clip;
-    keep the epoch with the best val loss, as for CVFP, and score test once with it.
-    Returns (metrics, test nats per target position)."""
+    keep the epoch with the best val loss, as for CVFP, and score test once with it."""
     n_embd = choose_n_embd(
         target_params,
         vocab_size,
@@ -318,7 +345,7 @@ def transformer_baseline(
     test_nats, test_hits = transformer_nats(
         model, windows(test, bp.transformer_n_positions), cfg.batch_size
     )
-    return _metrics(
+    metrics = _metrics(
         best["val_loss"],
         best["val_acc"],
         **_test(test_nats, test_hits),
@@ -328,14 +355,14 @@ def transformer_baseline(
         trainable_params=n_params,
         target_params=target_params,
         param_ratio=n_params / target_params,
-        train_seconds=seconds,
         epochs=epochs,
         n_embd=n_embd,
         n_layer=bp.transformer_n_layer,
         n_head=bp.transformer_n_head,
         n_positions=bp.transformer_n_positions,
         train_targets=int(n_targets.sum()),
-    ), test_nats
+    )
+    return BaselineResult(metrics, test_nats, seconds)
 
 
 # ---------------------------------------------------------------- context ablations

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import datasets
 import pyarrow as pa
@@ -56,10 +57,17 @@ def iter_dataset(ds: datasets.Dataset, batch_size: int = 1000) -> Iterator[tuple
             n += 1
 
 
-def from_dataset(ds: datasets.Dataset, source: str, fmt: str, num_samples: int | None) -> Loaded:
-    """A hub dataset (already typed by Arrow) in any known layout -> schema dataset."""
+def from_dataset(
+    ds: datasets.Dataset,
+    source: str,
+    fmt: str,
+    num_samples: int | None,
+    out: Path | None = None,
+) -> Loaded:
+    """A hub dataset (already typed by Arrow) in any known layout -> schema dataset in
+    `out` (a temporary directory if None)."""
     validate(ds, source)
-    return collect([(source, iter_dataset(ds))], fmt, num_samples)
+    return collect([(source, iter_dataset(ds))], fmt, num_samples, out)
 
 
 def take(ds: datasets.Dataset, num_samples: int | None) -> datasets.Dataset:
@@ -68,10 +76,11 @@ def take(ds: datasets.Dataset, num_samples: int | None) -> datasets.Dataset:
 
 def validate(ds: datasets.Dataset, source: str) -> datasets.Dataset:
     """Refuse Arrow data that is invalid as stored (e.g. invalid UTF-8 in a string column of
-    a hub or parquet shard), naming `source`."""
-    table = ds.with_format("arrow")[:]
+    a hub or parquet shard), naming `source`. In batches: one whole-dataset table would
+    hold every row at once."""
     try:
-        table.validate(full=True)
+        for table in ds.with_format("arrow").iter(batch_size=1000):
+            table.validate(full=True)
     except pa.ArrowInvalid as err:
         raise DataError(
             f"{source}: invalid data ({err}); fix or re-encode the source as UTF-8"

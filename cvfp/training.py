@@ -1,8 +1,8 @@
 """Pieces every training loop here shares: one optimiser step, the count of trainable
 parameters, perplexity with its overflow guard, and the best-epoch tracker.
 
-Used by Phase 2 (cvfp/phase2.py), the reconstruction objective (cvfp/reconstruction.py) and
-the Transformer baseline (cvfp/baselines.py)."""
+Used by Phase 1 (cvfp/phase1.py), Phase 2 (cvfp/phase2.py), the reconstruction objective
+(cvfp/reconstruction.py) and the Transformer baseline (cvfp/baselines.py)."""
 
 from __future__ import annotations
 
@@ -19,15 +19,21 @@ from .distributed import SINGLE, World
 
 def optimizer_step(
     optimizer: torch.optim.Optimizer,
-    loss: torch.Tensor,
+    loss: torch.Tensor | Callable[[], None],
     params: list[nn.Parameter],
     grad_clip: float,
     world: World = SINGLE,
 ) -> None:
     """zero_grad, backward, the gradients summed over torchrun ranks (a no-op in one
-    process), clip to `grad_clip` (global norm), step."""
+    process), clip to `grad_clip` (global norm), step.
+
+    `loss`: the loss tensor, or a function that runs the backward passes itself (Phase 1's
+    parallel step accumulates the full-batch gradient chunk by chunk)."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if isinstance(loss, torch.Tensor):
+        loss.backward()
+    else:
+        loss()
     world.all_reduce_grads(params)
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()

@@ -12,6 +12,7 @@ data/raw/stats.json (source, layout, mapping, counts, truncation).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from cvfp.params import Params
 from cvfp.utils import atomic_path, require_hub
@@ -20,16 +21,17 @@ from tasks.layout import RAW, STATS  # STATS: read by tokenize, which passes it 
 from tasks.outputs import StageOutputs
 
 
-def fetch(params: Params):
-    """(cvfp.collect_records.Loaded, origin) for `data.source`."""
+def fetch(params: Params, out: Path):
+    """(cvfp.collect_records.Loaded, origin) for `data.source`, the conversations written
+    to the dataset directory `out` batch by batch as they are read."""
     from cvfp import hub_datasets, local_files, packaged_corpora
 
     d = params.data
     if d.source == "chatterbot":
-        loaded = packaged_corpora.load_chatterbot(d.num_samples)
+        loaded = packaged_corpora.load_chatterbot(d.num_samples, out)
         origin = packaged_corpora.chatterbot_origin()
     elif d.source == "sharegpt":
-        loaded = packaged_corpora.load_sharegpt(d.num_samples)
+        loaded = packaged_corpora.load_sharegpt(d.num_samples, out)
         origin = packaged_corpora.sharegpt_origin()
     elif d.source == "ultrachat":
         try:
@@ -40,7 +42,7 @@ def fetch(params: Params):
         ds = hub_datasets.load_dataset(
             d.path, split=d.split, num_samples=d.num_samples, streaming=d.streaming
         )
-        loaded = hub_datasets.from_dataset(ds, origin, d.format, d.num_samples)
+        loaded = hub_datasets.from_dataset(ds, origin, d.format, d.num_samples, out)
     else:
         loaded = local_files.load_local(
             d.path,
@@ -48,6 +50,7 @@ def fetch(params: Params):
             num_samples=d.num_samples,
             fmt=d.format,
             on_truncated=d.on_truncated,
+            out=out,
         )
         origin = d.path
     return loaded, origin
@@ -55,29 +58,29 @@ def fetch(params: Params):
 
 def run(params: Params) -> dict:
     out = StageOutputs("download", params)  # params.yaml now
-    loaded, origin = fetch(params)
-    ds, found = loaded.dataset, loaded.stats
-    if len(ds) == 0:
-        raise ValueError(
-            f"data.source={params.data.source}: {origin} has no conversations "
-            f"({found['dropped']['empty']} empty ones dropped)"
-        )
-    stats = {"source": params.data.source, "origin": origin, **found}
-    for t in found.get("truncated") or []:
-        log.warning(
-            "download: %s ends early at line %d (truncated?): kept its %d complete records, "
-            "%d bytes after them lost",
-            t["file"],
-            t["line"],
-            t["complete_records"],
-            t["bytes_lost"],
-        )
+    # Written straight into the temporary output: an error leaves nothing behind.
     with atomic_path(RAW, out.before_replace) as tmp:
-        ds.save_to_disk(str(tmp))
+        loaded, origin = fetch(params, tmp)
+        found = loaded.stats
+        if found["conversations"] == 0:
+            raise ValueError(
+                f"data.source={params.data.source}: {origin} has no conversations "
+                f"({found['dropped']['empty']} empty ones dropped)"
+            )
+        stats = {"source": params.data.source, "origin": origin, **found}
+        for t in found.get("truncated") or []:
+            log.warning(
+                "download: %s ends early at line %d (truncated?): kept its %d complete "
+                "records, %d bytes after them lost",
+                t["file"],
+                t["line"],
+                t["complete_records"],
+                t["bytes_lost"],
+            )
         (tmp / STATS).write_text(json.dumps(stats, indent=2) + "\n")
     log.info(
         "download: %d conversations (%d messages, layout %s, %d empty dropped) from %s -> %s",
-        len(ds),
+        stats["conversations"],
         stats["messages"],
         stats["layout"],
         stats["dropped"]["empty"],

@@ -150,14 +150,12 @@ def _run(params: Params) -> dict | None:
             return None
         model.cpu()  # the checks run on rank 0's CPU
         contexts: dict[str, Any] = {s: r.contexts for s, r in results.items()}
-        iterations_text = f"{results['train'].iterations}/{p1.max_iterations}"
     elif p1.objective == "none":
         # The control arm (SPEC 9): no optimizer step; C* and the checks come from the
         # initialised stack, measured by the same passes as cvfp's val split.
         train_seconds = 0.0
         results = {s: measure(s) for s in ("train", "val")}
         contexts = {s: r.contexts for s, r in results.items()}
-        iterations_text = f"0/{p1.max_iterations} (objective none: no Phase 1 training)"
     else:
         recon = train_reconstruction(
             model, corpora["train"], corpora["val"], p1, seed=params.seed, show_progress=show
@@ -166,7 +164,6 @@ def _run(params: Params) -> dict | None:
         contexts = recon.contexts  # zero-start sequential pass = C*
         # Fixed-point convergence of the trained update, measured as for cvfp's val split.
         results = {s: measure(s) for s in ("train", "val")}
-        iterations_text = f"{len(recon.history)}/{p1.reconstruction.epochs} epochs"
     checks = {
         s: run_checks(
             model,
@@ -186,7 +183,6 @@ def _run(params: Params) -> dict | None:
         "objective": p1.objective,
         "max_iterations": p1.max_iterations,
         "min_iterations": p1.min_iterations,
-        "iterations_text": iterations_text,
         **{s: summary(results[s], checks[s]) for s in results},
     }
     extra: dict[str, Any] = {
@@ -200,9 +196,10 @@ def _run(params: Params) -> dict | None:
         "iteration_seconds": {s: r.history_seconds() for s, r in results.items()},
     }
     if recon is not None:
-        epochs = [{k: v for k, v in row.items() if k != "seconds"} for row in recon.history]
-        durations["epoch_seconds"] = [row["seconds"] for row in recon.history]
+        epochs = recon.history
+        durations["epoch_seconds"] = recon.epoch_seconds
         metrics["epochs"] = len(recon.history)
+        metrics["max_epochs"] = p1.reconstruction.epochs
         for s, st in recon.final.items():
             metrics[s].update(reconstruction_summary(st))
         metrics["train"]["skipped_steps"] = sum(h["skipped_steps"] for h in epochs)

@@ -56,7 +56,7 @@ from .layout import (
     TOKENIZER,
 )
 from .outputs import StageOutputs
-from .timing import record_durations, split_durations
+from .timing import record_durations
 from .tokens import load_conversation_ids, load_conversations, read_vocab_size
 
 EPOCH_COLUMNS = list(Phase2Epoch.model_fields)  # plots/phase2_epochs.csv (+ seconds)
@@ -160,7 +160,6 @@ def run(params: Params) -> dict | None:
             "test_ppl": test.ppl,
             "test_acc": test.acc,
             "trainable_params": result.trainable_params,
-            "train_seconds": result.train_seconds,
             "train_positions": len(data["train"]),
             "val_positions": len(data["val"]),
             "test_positions": len(data["test"]),
@@ -171,13 +170,13 @@ def run(params: Params) -> dict | None:
 
         ablations = context_ablations(model, data["val"], data["test"], p2.batch_size, params.seed)
         bp = params.baselines
-        nats = {"cvfp_nats": test_nats}
-        baselines = {}
-        baselines["bigram"], nats["bigram_nats"] = bigram_baseline(
-            corpora["train"], corpora["val"], corpora["test"], vocab_size, bp.bigram_k_grid
-        )
+        runs = {
+            "bigram": bigram_baseline(
+                corpora["train"], corpora["val"], corpora["test"], vocab_size, bp.bigram_k_grid
+            )
+        }
         if bp.transformer:  # false: flows.compare's non-control arms (the control's is reused)
-            baselines["transformer"], nats["transformer_nats"] = transformer_baseline(
+            runs["transformer"] = transformer_baseline(
                 corpora["train"],
                 corpora["val"],
                 corpora["test"],
@@ -189,17 +188,23 @@ def run(params: Params) -> dict | None:
                 params.seed,
                 show,
             )
-        # A missing/unknown key fails here. Wall-clock seconds go to
-        # metrics/timing/phase2.json, so reruns give the same bytes.
-        metrics, t_metrics = split_durations(
-            Phase2Metrics.model_validate(
-                {"cvfp": cvfp, "baselines": baselines, "ablations": ablations}
-            ).to_dict()
+        baselines = {name: r.metrics for name, r in runs.items()}
+        nats = {"cvfp_nats": test_nats, **{f"{n}_nats": r.test_nats for n, r in runs.items()}}
+        # A missing/unknown key fails here.
+        metrics = Phase2Metrics.model_validate(
+            {"cvfp": cvfp, "baselines": baselines, "ablations": ablations}
+        ).to_dict()
+        epochs = [Phase2Epoch.model_validate(r).to_dict() for r in result.history]
+        # Wall-clock seconds, returned apart by the trainers, go to metrics/timing/phase2.json
+        # (in the files' shape), so reruns give the same bytes.
+        record_durations(
+            "phase2",
+            metrics={
+                "cvfp": {"train_seconds": result.train_seconds},
+                "baselines": {n: {"train_seconds": r.train_seconds} for n, r in runs.items()},
+            },
+            epochs=[{"seconds": s} for s in result.epoch_seconds],
         )
-        epochs, t_epochs = split_durations(
-            [Phase2Epoch.model_validate(r).to_dict() for r in result.history]
-        )
-        record_durations("phase2", metrics=t_metrics, epochs=t_epochs)
         lengths = [n for n in test_lengths if n]  # Corpus keeps the non-empty rows
         per_conv = per_conversation(
             data["test"].positions,

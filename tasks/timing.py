@@ -57,24 +57,3 @@ def write_timing(stage: str, seconds: float) -> None:
             "durations": _recorded(stage),
         },
     )
-
-
-def split_durations(obj):
-    """(obj without the keys containing "seconds", those keys' values in obj's shape).
-    Only tasks/phase2.py still separates its timings this way (issue 25 item 3: its trainers
-    should return them apart, as cvfp.phase1 does); lists of dicts keep their rows aligned."""
-    if isinstance(obj, dict):
-        clean, removed = {}, {}
-        for k, v in obj.items():
-            if isinstance(k, str) and "seconds" in k:
-                removed[k] = v
-                continue
-            clean[k], sub = split_durations(v)
-            if sub:
-                removed[k] = sub
-        return clean, removed
-    if isinstance(obj, list) and any(isinstance(x, (dict, list)) for x in obj):
-        pairs = [split_durations(x) for x in obj]
-        removed = [r for _, r in pairs]
-        return [c for c, _ in pairs], (removed if any(removed) else [])
-    return obj, {}

@@ -17,7 +17,7 @@ Encoding runs in shards of orchestration.shard_conversations raw rows
 loop); under the Prefect flow the shards are mapped tasks on the configured task runner
 (threads or Dask). Neither the shard size nor the engine changes the output. Run here,
 memory holds the shards in flight (at most num_proc + 1), not the corpus: shards are read
-from data/raw when taken and their ids go to a work file (`cvfp.tokenization.ShardCombiner`).
+from data/raw when taken and their ids go to a work file (`cvfp.token_shards.ShardCombiner`).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
     """`map_shards` runs the encoding shards (default: in this process, on
     tokenizer.num_proc threads; 1 = a plain loop)."""
     check = StageOutputs("tokenize", params).before_replace  # params.yaml now
+    from cvfp import token_shards
     from cvfp import tokenization as tk
 
     t = params.tokenizer
@@ -99,10 +100,10 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
         # Shards are read from data/raw as they are encoded and their ids appended to a
         # file in tmp as they come back (in order): memory holds the shards in flight, not
         # the corpus (docs/scaling.md).
-        combine = tk.ShardCombiner(tmp)
+        combine = token_shards.ShardCombiner(tmp)
         (map_shards or threaded(t.num_proc))(
             tk.tokenize_shard,
-            tk.shards_of(raw, params.orchestration.shard_conversations),
+            token_shards.shards_of(raw, params.orchestration.shard_conversations),
             combine,
             {"tokenizer": files, "max_seq_length": t.max_seq_length},
         )

@@ -132,3 +132,81 @@ def reruns_run(request):
 def compare_run(request) -> "jobs.CompareRuns":
     """test_compare_flow's three `flows.compare` runs (helpers.jobs.run_compare)."""
     return _job(request, "compare_run")
+
+
+# ---------------------------------------------------------------- data stages' inputs
+
+
+@pytest.fixture
+def isolated_hf_cache(tmp_path, monkeypatch):
+    """Hugging Face datasets' cache in the test's tmp_path, the hub not forced offline
+    (the data stage tests use it: `pytestmark = pytest.mark.usefixtures(...)`)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+@pytest.fixture
+def hub_dir(tmp_path):
+    """A local directory laid out like HuggingFaceH4/ultrachat_200k."""
+    import pandas as pd
+
+    from helpers.data import rows
+
+    root = tmp_path / "ultrachat_tiny"
+    (root / "data").mkdir(parents=True)
+    pd.DataFrame(rows()).to_parquet(root / "data" / "train_sft-00000-of-00001.parquet")
+    pd.DataFrame(rows()[:1]).to_parquet(root / "data" / "test_sft-00000-of-00001.parquet")
+    return root
+
+
+@pytest.fixture
+def tiny_tokenizer_dir(tmp_path):
+    """A tiny GPT-2-style (byte-level BPE) tokenizer saved like a hub checkpoint."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from helpers.data import CONVS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([t for c in CONVS for _, t in c], trainer=trainer)
+    path = tmp_path / "tiny-gpt2"
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(
+        str(path)
+    )
+    return path
+
+
+@pytest.fixture
+def mat_project(tmp_path, tiny_params, monkeypatch):
+    """A tiny project (data/split, data/tokenizer, a Phase 1 checkpoint) as the cwd, and the
+    params for its materialize and phase2 stages: (path, params)."""
+    from helpers.phase2 import stage_params, tiny_project
+
+    tiny_project(tmp_path, tiny_params)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, stage_params(tiny_params)
+
+
+@pytest.fixture
+def phase2_project(tmp_path, tiny_params, monkeypatch):
+    """A tiny project after materialize and a successful phase2: (root, params)."""
+    from helpers.phase2 import stage_params, tiny_project
+    from tasks import materialize as mat_task
+    from tasks import phase2 as p2_task
+
+    tiny_project(tmp_path, tiny_params)
+    monkeypatch.chdir(tmp_path)
+    params = stage_params(tiny_params)
+    mat_task.run(params)
+    p2_task.run(params)
+    return tmp_path, params

@@ -3,7 +3,7 @@ experiments, a failing arm (at run time and at validation) that does not stop th
 progress in the flow run's logs, the three outputs and the exit status. The fewest
 experiments that show it: 3 arms x 1 seed + 1 arm failing at run time (+ 1 failing at
 validation, never run); the statistics over several seeds are tested on their own
-(test_compare.py). The arms are the control (objective none) and the reconstruction
+(test_compare_stats.py, test_compare_summary.py). The arms are the control (objective none) and the reconstruction
 objective, so the sweep also runs that objective end to end through DVC, and shows which
 stages a Phase 1 param reruns; the no-context control has the control's phase1 params, so
 it restores phase1 and materialize from DVC's run-cache once the control has finished. The
@@ -60,7 +60,7 @@ def test_compare_arms_as_dvc_experiments_with_failing_arms(compare_run, prefect_
     # The reconstruction objective through DVC: its checkpoint feeds materialize and Phase 2,
     # which starts from its trained head (epoch 0 is a candidate: never worse than Phase 1).
     p1, p2 = (exp_metrics(proj, "cmp-reconstruction-s7", n) for n in ("phase1", "phase2"))
-    assert p1["objective"] == "reconstruction" and p1["iterations_text"] == "4/4 epochs"
+    assert p1["objective"] == "reconstruction" and p1["epochs"] == p1["max_epochs"] == 4
     assert p1["val"]["ppl"] > 1 and "effective_rank" in p1["val"]
     assert (
         p2["cvfp"]["head_init"] == "phase1" and p2["cvfp"]["phase1_objective"] == "reconstruction"

@@ -64,7 +64,7 @@ def test_report_has_every_section_and_the_metrics_numbers(run_dir):
         files["metrics/data.json"],
     )
     expected = [
-        p1["iterations_text"],
+        f"{p1['train']['iterations']}/{p1['max_iterations']} (stopped early",  # iterations
         *(fmt_count(p1[sp]["converged"], p1[sp]["total"]) for sp in ("train", "val")),
         *(fmt_er(p1[sp]["effective_rank"], D) for sp in ("train", "val")),
         "89.3%",

@@ -190,6 +190,7 @@ def test_tokenize_shard_sizes_agree(project, tmp_path):
     stage, whose shards were 64 rows."""
     from datasets import load_from_disk
 
+    from cvfp import token_shards
     from cvfp import tokenization as tk
     from tasks.provenance import pin_fingerprint
 
@@ -198,11 +199,11 @@ def test_tokenize_shard_sizes_agree(project, tmp_path):
     files_ = tk.tokenizer_files(proj / "data/tokenizer")
     outs = []
     for size, workers in ((1, 1), (7, 3), (1000, 1)):
-        shards = tk.shards_of(raw, size)
+        shards = token_shards.shards_of(raw, size)
         assert len(shards) == -(-len(raw) // size)
         watched = Watched(shards)
         (work := tmp_path / f"work{size}").mkdir()
-        combine = tk.ShardCombiner(work)
+        combine = token_shards.ShardCombiner(work)
         threaded(workers)(
             tk.tokenize_shard,
             watched,
@@ -223,9 +224,9 @@ def test_tokenize_shard_sizes_agree(project, tmp_path):
 
 
 def test_shard_combiner_refuses_out_of_order_results(tmp_path):
-    from cvfp import tokenization as tk
+    from cvfp import token_shards
 
-    combine = tk.ShardCombiner(tmp_path)
+    combine = token_shards.ShardCombiner(tmp_path)
     empty = {k: np.zeros(0, np.int64) for k in ("conversation_id", "n_tokens", "n_full", "ids")}
     with pytest.raises(RuntimeError, match="tokenize shard 1 arrived before shard 0"):
         combine(1, {**empty, "n_in": 0})

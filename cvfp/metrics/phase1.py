@@ -80,11 +80,11 @@ class Phase1Metrics(Metrics):
     objective: Objective
     max_iterations: int
     min_iterations: int
-    iterations_text: str
     train_seconds: float | None = None  # metrics/timing/phase1.json
     train: SplitMetrics
     val: SplitMetrics
     epochs: int | None = None  # objective reconstruction: epochs trained
+    max_epochs: int | None = None  # objective reconstruction: phase1.reconstruction.epochs
 
 
 # ---------------------------------------------------------------- cache/phase1/checks.json

@@ -4,8 +4,9 @@
 val_* are selection records (val chose the epoch, the bigram's k); test_* are the reported
 numbers, scored once with what val chose (SPEC 9).
 
-Wall-clock seconds are kept out of the files (tasks.timing.split_durations); the report puts
-the recorded ones back, so they are Optional here."""
+Wall-clock seconds are kept out of the files: the trainers return them apart
+(Phase2Result.train_seconds/epoch_seconds, BaselineResult.train_seconds) and the stage records
+them in metrics/timing/phase2.json, so they are Optional here."""
 
 from __future__ import annotations
 

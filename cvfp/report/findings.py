@@ -17,6 +17,7 @@ from ..check_rules import (
     ZERO_SOLUTION,
 )
 from ..formats import fmt_int, fmt_num, fmt_ppl
+from .headline import iterations_words
 from .inputs import ReportInputs
 from .rule_words import convergence_words, effective_rank_words, message
 
@@ -77,7 +78,7 @@ def _phase1_split(inp: ReportInputs, split: str) -> Iterator[Finding]:
         after = (
             f"after {m.iterations} passes without training (objective reconstruction)"
             if recon
-            else f"after {inp.phase1.iterations_text} iterations"
+            else f"after {iterations_words(inp.phase1.model_dump())} iterations"
         )
         conv = convergence_words(inp, split)
         text = message(LOW_CONVERGENCE, {"convergence_rate": conv}, params)

@@ -96,6 +96,18 @@ def fixed_point_row(phase1: Mapping[str, Any], pass_text: str | None) -> tuple[s
     )
 
 
+def iterations_words(phase1: Mapping[str, Any]) -> str:
+    """How long Phase 1 trained, from metrics/phase1.json's numbers: "3/10" (iterations of
+    max_iterations), "4/4 epochs" (objective reconstruction), "0/10 (objective none: ...)"."""
+    objective, most = phase1.get("objective"), phase1.get("max_iterations", NA)
+    if objective == "reconstruction":
+        return f"{phase1.get('epochs', NA)}/{phase1.get('max_epochs', NA)} epochs"
+    if objective == "none":
+        return f"0/{most} (objective none: no Phase 1 training)"
+    done = get(phase1, "train.iterations")
+    return f"{NA if done is None else done}/{most}"
+
+
 def phase1_row(phase1: Mapping[str, Any]) -> tuple[str, str]:
     if not phase1:
         return ("Phase 1", NA)
@@ -103,7 +115,7 @@ def phase1_row(phase1: Mapping[str, Any]) -> tuple[str, str]:
     text = (
         f"objective {phase1.get('objective', NA)}: train "
         f"{fmt_int(steps) if steps is not None else NA} optimizer step(s), "
-        f"iterations {phase1.get('iterations_text', NA)}"
+        f"iterations {iterations_words(phase1)}"
     )
     by_construction = [s for s in ("train", "val") if get(phase1, f"{s}.converged_by_construction")]
     if by_construction:

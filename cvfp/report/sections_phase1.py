@@ -10,6 +10,7 @@ from ..check_rules import LOW_CONVERGENCE
 from ..formats import fmt_acc, fmt_bool, fmt_count, fmt_loss, fmt_ppl, fmt_seconds
 from ..metrics.phase1 import IterationRow, ReconstructionEpoch
 from .document import Figure, Heading, Para, Section, Table
+from .headline import iterations_words
 from .inputs import NONE_TITLE, RECONSTRUCTION_TITLE, TITLES, ReportInputs
 from .plots import plot_phase1_history, plot_reconstruction
 from .rule_words import convergence_words, limit_text
@@ -101,7 +102,8 @@ def _fixed_point_learning(inp: ReportInputs, s: Section) -> None:
                 ["mode / context_reset", f"{pp.mode} / {pp.context_reset}"],
                 [
                     "iterations completed",
-                    f"{p1.iterations_text} (stopped early: {fmt_bool(tr.stopped_early)})",
+                    f"{iterations_words(p1.model_dump())} (stopped early: "
+                    f"{fmt_bool(tr.stopped_early)})",
                 ],
                 ["optimizer steps (train)", str(tr.steps)],
                 [
@@ -151,7 +153,7 @@ def _reconstruction(inp: ReportInputs, s: Section) -> None:
                     f"CE(next token) + {rp.recon_weight} * MSE(decoder(new context), "
                     "concat(previous context, token embedding))",
                 ],
-                ["epochs completed", p1.iterations_text],
+                ["epochs completed", iterations_words(p1.model_dump())],
                 [
                     "truncated BPTT chunk / conversations per batch / lr",
                     f"{rp.chunk_length} positions / {rp.batch_conversations} / {rp.lr}",

@@ -2,7 +2,8 @@
 conftest.py (tests/test_suite_layout.py checks it). Paths and the tiny params here; by topic:
 `helpers.project` (copies of the project, dvc and git), `helpers.prefect` (a real server),
 `helpers.phase1`, `helpers.phase2`, `helpers.data`, `helpers.report` (tiny inputs of those
-stages), `helpers.jobs` (the session's background jobs, started by conftest.py)."""
+stages), `helpers.outputs` (what a failed stage left behind), `helpers.jobs` (the session's
+background jobs, started by conftest.py)."""
 
 import sys
 from pathlib import Path

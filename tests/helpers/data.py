@@ -1,5 +1,10 @@
 """Tiny conversations as the data stages read them, and running those stages in a directory."""
 
+import json
+from pathlib import Path
+
+import pandas as pd
+
 from cvfp.params import load_params
 from helpers import ROOT
 
@@ -40,3 +45,14 @@ def run_stages(tmp_path, monkeypatch, *stages, **overrides):
     p = params(**overrides)
     mods = {"download": download, "tokenize": tokenize, "split": split}
     return [mods[s].run(p) for s in stages]
+
+
+def write_records(path: Path, records: list) -> Path:
+    """`records` as .jsonl, .json (one array) or .parquet, by the suffix of `path`."""
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(records, indent=2))
+    else:
+        pd.DataFrame(records).to_parquet(path)
+    return path

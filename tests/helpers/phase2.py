@@ -1,11 +1,14 @@
 """A tiny Phase 2 setting: a 12-token vocabulary, its conversations and model, and a project
-directory as the stages before materialize leave it (`tiny_project`)."""
+directory as the stages before materialize leave it (`tiny_project`), and C* of a model
+as the materialize stage writes it (`materialize`, `make_cstar`)."""
 
 import torch
 
 from cvfp.checkpoint import save_checkpoint
+from cvfp.cstar import materialize_sharded, open_cstar
 from cvfp.model import CVFPModel
 from cvfp.params import ModelParams
+from cvfp.phase2_data import PositionData
 
 V = 12
 CONVS = [[1, 2, 3, 4, 5, 6, 7], [3, 3, 1], [5, 6, 7, 8, 9, 10, 11, 2, 3, 4, 1], [2, 9], [4]]
@@ -76,3 +79,17 @@ def stage_params(tiny_params):
             "baselines": tiny_params.baselines.model_copy(update={"transformer_n_positions": 8}),
         }
     )
+
+
+def materialize(model, corpora, out, chunk, reset):
+    """C* of a tiny_model as the materialize stage writes it: from its checkpoint, in shards
+    (of 2 conversations, so that several are combined)."""
+    ckpt = out.parent / "phase1.pt"
+    save_checkpoint(ckpt, model, {}, vocab_size=model.vocab_size)
+    return materialize_sharded(ckpt, corpora, out, TINY_MODEL, model.vocab_size, chunk, reset, 2)
+
+
+def make_cstar(model, corpus, tmp_path, chunk=5):
+    """The train split's Phase 2 positions over C* of `model` on `corpus`."""
+    materialize(model, {"train": corpus}, tmp_path / "cstar", chunk, "conversation")
+    return PositionData.from_corpus(corpus, open_cstar(tmp_path / "cstar", "train", corpus, 16))

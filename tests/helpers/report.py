@@ -116,7 +116,6 @@ def fake_run() -> dict[str, object]:
         "objective": "cvfp",
         "max_iterations": 10,
         "min_iterations": 0,
-        "iterations_text": "2/10",
         "train_seconds": 1.5,
         "train": tm,
         "val": vm,
