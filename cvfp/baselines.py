@@ -32,7 +32,7 @@ from .params import BaselineParams, Phase2Params
 from .phase2_data import PositionData
 from .phase2_eval import Stats, evaluate, position_nats
 from .training import BestEpoch, count_parameters, optimizer_step, perplexity
-from .utils import progress
+from .utils import adam, progress
 
 log = logging.getLogger("cvfp")
 
@@ -300,7 +300,7 @@ def transformer_baseline(
         windows(val, bp.transformer_n_positions),
     )
     n_targets = np.array([len(w) - 1 for w in train_w])
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True)  # as Phase 2
+    optimizer = adam(params, lr=cfg.lr, fused=True)  # as Phase 2
     gen = torch.Generator().manual_seed(seed)
     best: dict[str, Any] = {}  # the row of the epoch with the lowest val loss so far
     tracker = BestEpoch()

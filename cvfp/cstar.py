@@ -10,6 +10,7 @@ worker can run); C* is bitwise the same for any shard size, engine and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -24,7 +25,7 @@ from .contexts import ContextFile
 from .corpus import Corpus, warn_if_large, windowed_pass
 from .model import CVFPModel
 from .params import ModelParams
-from .utils import BeforeReplace, atomic_path, one_intraop_thread, progress
+from .utils import BeforeReplace, atomic_path, one_intraop_thread, progress, set_deterministic
 
 if TYPE_CHECKING:  # imported where used: phase2 reads C* without the sharding code
     from .sharding import MapShards
@@ -177,7 +178,7 @@ def materialize_shard(
     A pure function of its arguments: any process can run it, and the result does not depend
     on which shard holds a batch nor on `chunk_tokens` (one torch thread, see
     `one_intraop_thread`)."""
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    set_deterministic(deterministic)  # without importing torch._inductor (cvfp.utils)
     model = _shard_model(checkpoint, model_params, vocab_size, momentum)
     lengths = [len(seq) for batch in shard for seq in batch]
     offsets = np.cumsum([0] + lengths, dtype=np.int64)
@@ -330,8 +331,13 @@ class CstarRows(ContextFile):
         return rows if dtype is None else rows.astype(dtype)
 
 
-def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: int) -> CstarRows:
-    """C* of `split` (`CstarRows`), checked against the token data and params it must match."""
+def open_cstar(
+    cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: int, in_memory_bytes: int = 0
+) -> CstarRows | np.ndarray:
+    """C* of `split`, checked against the token data and params it must match: `CstarRows`
+    (rows read from disk when used), or, when the split's C* takes at most `in_memory_bytes`
+    (orchestration.cstar_in_memory_mb), all of it read into a NumPy array once (the same
+    float32 values: memory only; a training epoch indexes it without one pread per row)."""
     cstar_dir = Path(cstar_dir)
     path, opath = cstar_dir / f"{split}.npy", cstar_dir / f"{split}_offsets.npy"
     for p in (path, opath):
@@ -355,7 +361,11 @@ def open_cstar(cstar_dir: str | Path, split: str, corpus: Corpus, context_dim: i
         )
     shape = (int(cstar.shape[0]), int(cstar.shape[1]))
     del cstar  # the header check's map: rows are read with pread
-    return CstarRows(path, shape)
+    rows = CstarRows(path, shape)
+    if shape[0] * shape[1] * rows.dtype.itemsize <= in_memory_bytes:
+        with contextlib.closing(rows):
+            return rows[:]  # one pread loop over the file, no map
+    return rows
 
 
 def _load(path: Path, **kw) -> np.ndarray:

@@ -208,13 +208,18 @@ _DASK_ADDRESS = re.compile(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\
 
 
 class OrchestrationParams(Section):
-    """How the Prefect flow runs the sharded stages (tokenize, materialize). Never changes
-    an output, so none of it is a DVC param."""
+    """How the stages run, never what they compute: the Prefect flow's shards (tokenize,
+    materialize) and how phase2 reads C*. Never changes an output, so none of it is a DVC
+    param (a change reruns nothing)."""
 
     task_runner: Literal["thread", "dask"]
     dask_address: str | None
     workers: int = Field(ge=1, le=256)
     shard_conversations: int = Field(gt=0)
+    # phase2: a split's C* up to this many MiB is read into memory once, a larger one row by
+    # row from disk when used; 0: always from disk. Memory only: never changes an output byte,
+    # so it is left out of model_dump (the params a checkpoint records: the same bytes)
+    cstar_in_memory_mb: int = Field(ge=0, exclude=True)
 
     @model_validator(mode="after")
     def _check(self) -> OrchestrationParams:

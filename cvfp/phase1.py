@@ -36,7 +36,7 @@ from .params import Phase1Params
 from .phase1_guard import check_iteration, check_saved
 from .phase1_results import IterationStats, Losses, PassResult, Phase1Result
 from .training import optimizer_step
-from .utils import progress
+from .utils import adam, progress
 
 log = logging.getLogger("cvfp")
 
@@ -270,7 +270,7 @@ def run_phase1(
     diversity = make_diversity(p.diversity.kind, p.diversity.momentum)
     model.set_track_stats(train and p.diversity.kind == "distribution")
     model.train(train)
-    optimizer = torch.optim.Adam(_trainable(model), lr=p.lr) if train else None
+    optimizer = adam(_trainable(model), lr=p.lr) if train else None
     n, shape = corpus.n_tokens, (corpus.n_tokens, model.context_dim)
     name = "train" if train else "val"
     label = split or name  # which split the log lines and the bar are about

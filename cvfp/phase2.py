@@ -33,7 +33,7 @@ from .params import Phase2Params
 from .phase2_data import Batch, PositionData
 from .phase2_eval import Stats, evaluate, forward_logits, model_device
 from .training import BestEpoch, count_parameters, optimizer_step
-from .utils import progress
+from .utils import adam, progress
 
 log = logging.getLogger("cvfp")
 
@@ -161,7 +161,7 @@ class Trainer:
         self.weights = torch.tensor(w[:n], device=model_device(model))
         self.params = trainable_parameters(model, heads)
         # fused: one kernel per step instead of ~8 passes over every parameter (5x on CPU)
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, fused=True)
+        self.optimizer = adam(self.params, lr=cfg.lr, fused=True)
         if heads is not None:
             heads.to(model_device(model))
         self.saved_epoch: int | None = None

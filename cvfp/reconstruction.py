@@ -26,7 +26,7 @@ from .corpus import Corpus, PositionSchedule, warn_if_large
 from .metrics.phase1 import ReconstructionEpoch
 from .params import Phase1Params, ReconstructionParams
 from .training import optimizer_step, perplexity
-from .utils import one_intraop_thread, progress
+from .utils import adam, one_intraop_thread, progress
 
 log = logging.getLogger("cvfp")
 
@@ -254,7 +254,7 @@ def _train(
     model.token_output.requires_grad_(True)  # frozen for the cvfp objective, trained here
     decoder = ContextDecoder(model.context_dim, model.embed_dim)
     params = [q for q in model.parameters() if q.requires_grad] + list(decoder.parameters())
-    optimizer = torch.optim.Adam(params, lr=r.lr)
+    optimizer = adam(params, lr=r.lr)
     gen = torch.Generator().manual_seed(seed)
     result = ReconstructionResult(decoder)
 

@@ -59,6 +59,54 @@ def set_deterministic(mode: bool) -> None:
         setter(mode, warn_only=False)
 
 
+def adam(params, **kwargs):
+    """torch.optim.Adam(params, **kwargs) that leaves torch._dynamo unimported: the same
+    optimizer and the same numbers, ~1.2 s less CPU per training process (and ~0.4 s less at
+    its exit). This project never uses torch.compile. torch wraps Optimizer.add_param_group,
+    zero_grad, state_dict and load_state_dict in torch._disable_dynamo, which imports
+    torch._dynamo on the first call only to wrap the method in torch._dynamo.disable, a no-op
+    for code dynamo is not tracing: the wrappers' cache (`__dynamo_disable`) is pre-set here
+    to the plain method. Adam.step's wrapper imports it to call torch._dynamo.graph_break(),
+    also a no-op outside tracing: this optimizer's `step` is torch's own step hook wrapper
+    (profiler label, step hooks) around what that wrapper does (grad mode set to
+    `differentiable` around Adam.step). Once torch._dynamo is loaded anyway, or when torch's
+    wrappers are not the ones described (another torch version), torch's path is used."""
+    import functools
+    import types
+
+    import torch
+    from torch.optim import Optimizer
+    from torch.optim import optimizer as optim_module
+
+    eager = "torch._dynamo" not in sys.modules
+    wrap = getattr(torch._compile, "_disable_dynamo", None)
+    if eager and wrap is not None:
+        code = wrap(lambda: None).__code__
+        for fn in vars(Optimizer).values():
+            if getattr(fn, "__code__", None) is code and hasattr(fn, "__wrapped__"):
+                if getattr(fn.__wrapped__, "__dynamo_disable", None) is None:
+                    setattr(fn.__wrapped__, "__dynamo_disable", fn.__wrapped__)
+    opt = torch.optim.Adam(params, **kwargs)
+    grad_wrap = getattr(optim_module, "_use_grad_for_differentiable", None)
+    hooked = type(opt).step  # Optimizer.profile_hook_step(_use_grad(Adam.step))
+    use_grad = getattr(hooked, "__wrapped__", None)
+    raw = getattr(use_grad, "__wrapped__", None)
+    if eager and grad_wrap is not None and raw is not None and "torch._dynamo" not in sys.modules:
+        if getattr(use_grad, "__code__", None) is grad_wrap(lambda: None).__code__:
+
+            @functools.wraps(raw)
+            def step(self, *args, **kw):
+                before = torch.is_grad_enabled()
+                try:
+                    torch.set_grad_enabled(self.defaults["differentiable"])
+                    return raw(self, *args, **kw)
+                finally:
+                    torch.set_grad_enabled(before)
+
+            opt.step = types.MethodType(Optimizer.profile_hook_step(step), opt)  # type: ignore[method-assign]
+    return opt
+
+
 def seed_everything(seed: int, deterministic: bool = True, threads: int | None = None) -> None:
     """Seed Python, NumPy and torch, set this thread's torch thread count to `threads`
     (params.runtime.threads; None: the process default); with `deterministic`, force

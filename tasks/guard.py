@@ -10,12 +10,14 @@ from pathlib import Path
 
 from cvfp.params import Params, load_params
 
+from .layout import read_yaml
+
 
 def _dvc_stage(stage: str) -> dict:
     import yaml
 
     try:
-        return yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage] or {}
+        return read_yaml("dvc.yaml")["stages"][stage] or {}
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return {}
 

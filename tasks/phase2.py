@@ -88,8 +88,11 @@ def run(params: Params) -> dict | None:
         if s == "test":  # the per-conversation table's rows; the other splits' arrays go now
             test_lengths = [len(c) for c in convs]
         del convs  # 8 bytes per token while training (issue 26)
+    in_memory = params.orchestration.cstar_in_memory_mb << 20  # memory only: the same bytes
     data = {
-        s: PositionData.from_corpus(c, open_cstar(CSTAR_DIR, s, c, params.model.context_dim))
+        s: PositionData.from_corpus(
+            c, open_cstar(CSTAR_DIR, s, c, params.model.context_dim, in_memory)
+        )
         for s, c in corpora.items()
     }
     if p2.context == "zero":

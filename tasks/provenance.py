@@ -10,7 +10,17 @@ from pathlib import Path
 from cvfp.params import Params
 
 from .guard import dotted, leaf_changes, stage_param_keys
-from .layout import CSTAR_DIR, PHASE1_DIR, PHASE2_DIR, RAW, SPLIT, STAGE_IO, TOKENIZED
+from .layout import (
+    CSTAR_DIR,
+    DVC_LOCK,
+    PHASE1_DIR,
+    PHASE2_DIR,
+    RAW,
+    SPLIT,
+    STAGE_IO,
+    TOKENIZED,
+    read_yaml,
+)
 
 # Each stage writes the params it ran with (its dvc.yaml keys, as dvc.lock records them) into
 # its main directory output. dvc.lock can then be checked against the outputs it commits:
@@ -93,7 +103,7 @@ def provenance_changes(stage: str, lock: dict | None = None) -> list[str]:
 
     if lock is None:
         try:
-            lock = yaml.safe_load(Path("dvc.lock").read_text()) or {}
+            lock = read_yaml(DVC_LOCK) or {}
         except (OSError, yaml.YAMLError):
             return []
     record = committed_record(stage, lock)
