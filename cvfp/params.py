@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
@@ -70,6 +70,11 @@ __all__ = [
 ]
 
 
+# Keys that change how much memory a stage uses and nothing else (tests/test_fixed_costs.py):
+# left out of every recorded copy of the params.
+MEMORY_ONLY: dict[str, set[str]] = {"orchestration": {"cstar_in_memory_mb"}}
+
+
 class Params(Section):
     seed: Seed
     deterministic: bool
@@ -89,6 +94,11 @@ class Params(Section):
     # (params file, overrides) this was loaded from: a stage rereads it at the end to refuse
     # outputs when the file changed while it ran (tasks.guard.params_guard).
     _source: tuple[str, dict] | None = PrivateAttr(default=None)
+
+    def record(self, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """The params as outputs record them (checkpoints, params.json, the report): every
+        key but the memory-only ones (MEMORY_ONLY), so those never change an output byte."""
+        return self.model_dump(mode=mode, exclude=MEMORY_ONLY)
 
     def model_copy(self, *, update=None, deep: bool = False) -> Params:
         copy = super().model_copy(update=update, deep=deep)

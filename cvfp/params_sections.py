@@ -218,8 +218,8 @@ class OrchestrationParams(Section):
     shard_conversations: int = Field(gt=0)
     # phase2: a split's C* up to this many MiB is read into memory once, a larger one row by
     # row from disk when used; 0: always from disk. Memory only: never changes an output byte,
-    # so it is left out of model_dump (the params a checkpoint records: the same bytes)
-    cstar_in_memory_mb: int = Field(ge=0, exclude=True)
+    # so it is left out of the params a checkpoint records (Params.record: the same bytes)
+    cstar_in_memory_mb: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> OrchestrationParams:

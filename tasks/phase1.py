@@ -217,7 +217,7 @@ def _run(params: Params) -> dict | None:
     with atomic_path(PHASE1_DIR, out.before_replace) as tmp:
         tmp.mkdir()
         save_checkpoint(
-            tmp / PHASE1_MODEL.name, model, params.model_dump(), vocab_size=vocab_size, **extra
+            tmp / PHASE1_MODEL.name, model, params.record(), vocab_size=vocab_size, **extra
         )
         write_json(tmp / PHASE1_CHECKS.name, checks_out)
     write_json(PHASE1_METRICS, metrics, out.before_replace)

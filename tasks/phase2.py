@@ -121,9 +121,7 @@ def run(params: Params) -> dict | None:
         checkpointer = (
             None
             if out is None
-            else Checkpointer(
-                out / PHASE2_MODEL.name, params.model_dump(), {"vocab_size": vocab_size}
-            )
+            else Checkpointer(out / PHASE2_MODEL.name, params.record(), {"vocab_size": vocab_size})
         )
         result = train_phase2(
             model,

@@ -47,7 +47,7 @@ def params_record(stage: str, params: Params) -> dict | None:
     keys = stage_param_keys(stage)
     if keys is None or stage not in RECORDS:
         return None
-    used = params.model_dump(mode="json")
+    used = params.record(mode="json")
     return {k: dotted(used, k) for k in keys}
 
 

@@ -124,9 +124,7 @@ def section_metadata(inp: ReportInputs) -> Section:
     if m.generated_utc or m.git_revision != "unknown":
         rev = m.git_revision + (" (working tree has uncommitted changes)" if m.git_dirty else "")
         rows[:0] = [["git revision", rev], ["report generated (UTC)", m.generated_utc]]
-    params_yaml = yaml.safe_dump(
-        p.model_dump(mode="json"), sort_keys=False, default_flow_style=None
-    )
+    params_yaml = yaml.safe_dump(p.record(mode="json"), sort_keys=False, default_flow_style=None)
     s = Section("metadata", TITLES["metadata"]).add(Table(["item", "value"], rows))
     s.add(Heading("Duration per stage"))
     if inp.timing:
