@@ -180,11 +180,11 @@ def speed(tokens: int, conv_tokens: int, rounds: int = 2) -> None:
     import numpy as np
     import torch
 
-    from cvfp.checkpoint import save_checkpoint
-    from cvfp.contexts import ContextTensor
-    from cvfp.corpus import Corpus, zero_start_pass
-    from cvfp.cstar import materialize_sharded
-    from cvfp.model import CVFPModel
+    from cvfp.core.checkpoint import save_checkpoint
+    from cvfp.core.contexts import ContextTensor
+    from cvfp.core.corpus import Corpus, zero_start_pass
+    from cvfp.core.model import CVFPModel
+    from cvfp.materialize.cstar import materialize_sharded
     from cvfp.params import load_params
 
     params = load_params(ROOT / "params.yaml")

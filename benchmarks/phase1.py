@@ -2,8 +2,8 @@
 
 (a) reference: the SPEC's sequential pass, one token at a time with batch 1 (written here,
     straight from the definition);
-(b) the library's conversation-batched sequential pass (cvfp.corpus.sequential_pass);
-(c) one parallel Phase 1 iteration (forward, backward, step) via cvfp.phase1.
+(b) the library's conversation-batched sequential pass (cvfp.core.corpus.sequential_pass);
+(c) one parallel Phase 1 iteration (forward, backward, step) via cvfp.phase1.trainer.
 
 Each is printed as tokens/s and achieved GFLOP/s beside a plain torch.matmul of the same
 shape measured in the same run. The targets against the matmul rate (issue 15) are checked
@@ -20,11 +20,11 @@ import time
 
 import torch
 
-from cvfp.corpus import Corpus, sequential_pass
-from cvfp.diversity import make_diversity
-from cvfp.model import CVFPModel
+from cvfp.core.corpus import Corpus, sequential_pass
+from cvfp.core.model import CVFPModel
 from cvfp.params import DiversityParams, load_params
-from cvfp.phase1 import parallel_iteration
+from cvfp.phase1.diversity import make_diversity
+from cvfp.phase1.trainer import parallel_iteration
 
 
 def timed(fn, repeat: int = 1, warmup: bool = True) -> tuple[float, object]:

@@ -2,7 +2,7 @@
 
 (a) reference, written here straight from seed 001: one position at a time through the
     stack (batch 1), all logits collected, one optimiser step per epoch;
-(b) the library: cvfp.phase2.Trainer.train_epoch, shuffled mini-batches of positions
+(b) the library: cvfp.phase2.trainer.Trainer.train_epoch, shuffled mini-batches of positions
     (phase2.batch_size = 256) with C* read per batch from a memory-mapped .npy file.
 
 Both train the head and the stack (freeze_context false). Printed: positions/s for each
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvfp.corpus import Corpus, sequential_pass
-from cvfp.model import CVFPModel
+from cvfp.core.corpus import Corpus, sequential_pass
+from cvfp.core.model import CVFPModel
+from cvfp.core.training import optimizer_step
 from cvfp.params import Phase2Params
-from cvfp.phase2 import Trainer, configure_trainable
-from cvfp.phase2_data import PositionData
-from cvfp.training import optimizer_step
+from cvfp.phase2.data import PositionData
+from cvfp.phase2.trainer import Trainer, configure_trainable
 
 
 def reference_epoch(model, corpus: Corpus, cstar: torch.Tensor, limit: int | None) -> int:
@@ -132,7 +132,7 @@ def main() -> None:
         f"(a) reference, batch 1, one step/epoch  {t_a:8.2f} s  {n / t_a:9.1f} positions/s  ({how})"
     )
     print(
-        f"(b) cvfp.phase2, batch {args.batch_size:<4d} shuffled   {t_b:8.2f} s  {n / t_b:9.1f} positions/s  "
+        f"(b) cvfp.phase2.trainer, batch {args.batch_size:<4d} shuffled   {t_b:8.2f} s  {n / t_b:9.1f} positions/s  "
         f"(train loss {stats.loss:.3f})"
     )
     ratio = t_a / t_b

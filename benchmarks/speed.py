@@ -9,7 +9,7 @@ so machine load slows both sides alike. The load average is printed before and a
 
 Rows (the issue's table) and targets:
 * one-stream sequential pass (Phase 1 iteration 0, C* and val under context_reset
-  stream): `cvfp.corpus.sequential_pass` on one conversation of --tokens tokens; matmuls:
+  stream): `cvfp.core.corpus.sequential_pass` on one conversation of --tokens tokens; matmuls:
   per token and layer [1, H] x [H, H] (batch-1 gemv). Target 50%.
   Also printed: the fraction of a cache-hot gemv (one H x H matrix reused), which is the
   issue's 26 GFLOP/s figure; 6 layers' weights (57 MB) do not fit this CPU's 32 MB L3, so
@@ -17,10 +17,10 @@ Rows (the issue's table) and targets:
 * conversation-batched pass: `sequential_pass` on --convs conversations; matmuls per
   position and layer [active, H] x [H, H]. Target 60%.
 * one parallel Phase 1 iteration (forward, backward, Adam step; params.yaml phase1, one
-  chunk): `cvfp.phase1.parallel_iteration`; matmuls per layer forward [N, H] x [H, H],
+  chunk): `cvfp.phase1.trainer.parallel_iteration`; matmuls per layer forward [N, H] x [H, H],
   input gradient [N, H] x [H, H], weight gradient [H, N] x [N, H]. Target 60%.
 * one Phase 2 epoch (stack and head trained, batch 256, C* read per batch from a
-  memory-mapped .npy): `cvfp.phase2.Trainer.train_epoch` on --phase2-positions positions
+  memory-mapped .npy): `cvfp.phase2.trainer.Trainer.train_epoch` on --phase2-positions positions
   spread over the corpus; matmuls per batch B: the stack's 3 per layer as above at B rows,
   and the head's [B, H] x [H, V], [B, V] x [V, H], [V, B] x [B, H]. Target 65%.
 
@@ -46,15 +46,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cvfp import phase2_eval
-from cvfp.corpus import Corpus, PositionSchedule, sequential_pass
-from cvfp.diversity import make_diversity
-from cvfp.model import CVFPLayer, CVFPModel
+from cvfp.core.corpus import Corpus, PositionSchedule, sequential_pass
+from cvfp.core.model import CVFPLayer, CVFPModel
 from cvfp.params import DiversityParams, Phase2Params, load_params
-from cvfp.phase1 import parallel_iteration
-from cvfp.phase2 import Trainer, configure_trainable
-from cvfp.phase2_data import PositionData
-from cvfp.phase2_eval import EVAL_LOGITS, evaluate
+from cvfp.phase1.diversity import make_diversity
+from cvfp.phase1.trainer import parallel_iteration
+from cvfp.phase2 import evaluation as phase2_eval
+from cvfp.phase2.data import PositionData
+from cvfp.phase2.evaluation import EVAL_LOGITS, evaluate
+from cvfp.phase2.trainer import Trainer, configure_trainable
 
 TARGETS = {"stream": 0.50, "batched": 0.60, "parallel": 0.60, "phase2": 0.65}
 NAMES = {

@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvfp.contexts import ContextTensor
-from cvfp.corpus import Corpus, zero_start_pass
-from cvfp.diversity import make_diversity
-from cvfp.model import CVFPModel
+from cvfp.core.contexts import ContextTensor
+from cvfp.core.corpus import Corpus, zero_start_pass
+from cvfp.core.model import CVFPModel
 from cvfp.params import load_params
-from cvfp.phase1 import parallel_iteration
-from cvfp.phase2 import Trainer, configure_trainable
-from cvfp.phase2_data import PositionData
+from cvfp.phase1.diversity import make_diversity
+from cvfp.phase1.trainer import parallel_iteration
+from cvfp.phase2.data import PositionData
+from cvfp.phase2.trainer import Trainer, configure_trainable
 from tasks.layout import TOKENIZER
 
 GB = 1e9

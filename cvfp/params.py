@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
-from .params_sections import (
+from cvfp.params_sections import (
     BaselineParams,
     ChecksParams,
     CompareParams,

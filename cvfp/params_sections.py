@@ -36,7 +36,7 @@ class DataParams(Section):
     source: Literal["chatterbot", "ultrachat", "local", "sharegpt"]
     path: str
     split: str
-    # layout of local/hub records (cvfp.record_layouts.LAYOUTS); auto: detected from their fields
+    # layout of local/hub records (cvfp.data.record_layouts.LAYOUTS); auto: detected from their fields
     format: Literal["auto", "ultrachat_200k", "ultrachat_original", "sharegpt", "openai"]
     on_truncated: Literal["error", "keep_complete"]  # a JSON file that ends mid-record
     num_samples: int | None = Field(gt=0)
@@ -53,7 +53,7 @@ class TokenizerParams(Section):
 
 
 class SplitParams(Section):
-    """cvfp/splitting.py: test = the last test_fraction of the conversations; val = the
+    """cvfp/data/splitting.py: test = the last test_fraction of the conversations; val = the
     val_fraction before them (holdout) or the train token stream's tail (tail)."""
 
     strategy: Literal["holdout", "tail"]
@@ -106,7 +106,7 @@ class DiversityParams(Section):
 
 
 class ReconstructionParams(Section):
-    """phase1.objective = reconstruction (SPEC section 7, seed 003); see cvfp/reconstruction.py."""
+    """phase1.objective = reconstruction (SPEC section 7, seed 003); see cvfp/phase1/reconstruction.py."""
 
     recon_weight: float = Field(ge=0)  # lambda in loss = CE + lambda * MSE
     chunk_length: int = Field(ge=1)  # TBPTT: positions per backpropagation chunk
@@ -116,7 +116,7 @@ class ReconstructionParams(Section):
 
 
 class DivergenceParams(Section):
-    """phase1.divergence: when Phase 1 counts as diverged (cvfp/phase1_guard.py)."""
+    """phase1.divergence: when Phase 1 counts as diverged (cvfp/phase1/guard.py)."""
 
     action: Literal["fail", "continue"]  # continue: warn and keep the model anyway
     max_loss: float = Field(gt=0)  # |cvfp/diversity/total loss| of an iteration
@@ -263,7 +263,7 @@ class CompareParams(Section):
     # The Transformer baseline depends on the arm only through its epoch budget (the arm's
     # Phase 2 epochs run): train it in the control arm only and pair every arm with that.
     transformer_in_control_only: bool = True
-    # Statistics (cvfp/compare_stats.py). delta: smallest effect of interest as a relative change
+    # Statistics (cvfp/analysis/compare_stats.py). delta: smallest effect of interest as a relative change
     # of test perplexity; the bound on test loss is +-ln(1 + delta) nats/token.
     delta: float = Field(gt=0, lt=1)
     alpha: float = Field(gt=0, lt=0.5)  # test level; intervals are (1 - alpha)

@@ -22,11 +22,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cvfp.check_rules import TRIALS
-from cvfp.formats import fmt_acc, fmt_er, fmt_int, fmt_num, fmt_ppl, fmt_seconds
+from cvfp.analysis.formats import fmt_acc, fmt_er, fmt_int, fmt_num, fmt_ppl, fmt_seconds
+from cvfp.analysis.report.headline import headline_rows
+from cvfp.analysis.report.rule_words import pass_text as rule_pass_text
 from cvfp.params import load_params
-from cvfp.report.headline import headline_rows
-from cvfp.report.rule_words import pass_text as rule_pass_text
+from cvfp.phase1.rules import TRIALS
 from tasks.layout import COMPARE_JSON, METRICS, PARAMS, REPORT_MD, REPORTS, SUMMARY
 from tasks.summary import STAGE_FILES as METRIC_FILES
 from tasks.summary import get, read_stage_metrics, summary_metrics
@@ -80,7 +80,7 @@ def summary_rows(
     warnings: int | None = None,
     pass_rule: str | None = None,
 ) -> list[dict[str, str]]:
-    """The headline table: first what a researcher must read (cvfp/report/headline.py, the
+    """The headline table: first what a researcher must read (cvfp/analysis/report/headline.py, the
     same rows as report.html's Summary: comparison verdicts, CVFP vs Transformer vs bigram,
     the fixed-point check, Phase 1 steps, warnings), then metrics/summary.json's numbers
     (tasks/summary.py) as rounded strings, each labelled with its split; "n/a" when not

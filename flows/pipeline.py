@@ -36,7 +36,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
 from cvfp.params import load_params  # noqa: E402
-from cvfp.utils import progress_listener  # noqa: E402
+from cvfp.runtime.utils import progress_listener  # noqa: E402
 from tasks.layout import REPORT_HTML, stage_names  # noqa: E402
 from tasks.report import write_compare_placeholder  # noqa: E402
 from tasks.stage import run_stage  # noqa: E402

@@ -1,6 +1,6 @@
 """Progress in the Prefect UI: while a stage runs, `<stage>-progress` is a progress artifact
 with the whole stage's position ("epoch k of N"), percent, elapsed time and ETA (`StagePlan`
-from the stage's planned loops, fed by cvfp.utils' progress listeners); `python -m
+from the stage's planned loops, fed by cvfp.runtime.utils' progress listeners); `python -m
 flows.compare` keeps `compare-progress` at "experiment k of n".
 
 StagePlan is plain Python (tested without Prefect); StageProgress and CompareProgress show its
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cvfp.params import Params
-from cvfp.utils import eta_text
+from cvfp.runtime.utils import eta_text
 
 LONG_STAGES = ("phase1", "materialize", "phase2")  # always get a progress artifact
 
@@ -142,7 +142,7 @@ class StagePlan:
 
 
 class StageProgress:
-    """A cvfp.utils progress listener that keeps the progress artifact `<stage>-progress` at
+    """A cvfp.runtime.utils progress listener that keeps the progress artifact `<stage>-progress` at
     the whole stage's position (StagePlan: "epoch k of N", percent, elapsed, stage ETA). Never
     fails the stage: an API error just stops the updates."""
 

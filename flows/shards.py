@@ -1,7 +1,7 @@
 """Sharded stages under the flow: their shards run as mapped Prefect tasks.
 
 `tasks.tokenize.run` and `tasks.materialize.run` take a `map_shards` callable
-(cvfp/sharding.py). Run alone they loop over the shards in-process; under the flow they get
+(cvfp/runtime/sharding.py). Run alone they loop over the shards in-process; under the flow they get
 `shard_mapper(stage, params.orchestration)`, which runs the shards in a subflow
 `<stage>-shards` (one task run per shard, `<stage>-shard-<i>`) on the task runner chosen in
 params.yaml:
@@ -29,7 +29,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from cvfp.params import OrchestrationParams
-from cvfp.sharding import MapShards
+from cvfp.runtime.sharding import MapShards
 
 SHARDED_STAGES = ("tokenize", "materialize")
 

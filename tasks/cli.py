@@ -45,7 +45,7 @@ def setup_logging() -> None:
 def current_world():
     """The torch.distributed world when started by torchrun (joined on first use), else one
     process. Stages that train (phase1, phase2) split their work over it."""
-    from cvfp.distributed import init_world
+    from cvfp.runtime.distributed import init_world
 
     return init_world()
 
@@ -146,8 +146,8 @@ def _cli(stage: str, run: Callable[[Params], object], doc: str | None) -> None:
             _run_cli(stage, run, params, differs, args.replace)
     except WorkspaceBusyError as err:  # what to do is the whole message: no traceback
         parser.exit(1, f"WorkspaceBusyError: {err}\n")
-    if "cvfp.distributed" in sys.modules:  # a stage that joined a world (else: no torch)
-        from cvfp.distributed import close_world
+    if "cvfp.runtime.distributed" in sys.modules:  # a stage that joined a world (else: no torch)
+        from cvfp.runtime.distributed import close_world
 
         close_world(current_world())  # on error the process exits and torchrun stops the rest
 

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cvfp.compare import summarise
-from cvfp.compare_inputs import check_consistent, experiment_values, parse_conversations
-from cvfp.compare_report import build_compare_report
-from cvfp.compare_words import verdict_lines
+from cvfp.analysis.compare import summarise
+from cvfp.analysis.compare_inputs import check_consistent, experiment_values, parse_conversations
+from cvfp.analysis.compare_report import build_compare_report
+from cvfp.analysis.compare_words import verdict_lines
 from cvfp.params import Params, ParamsError, arm_params, load_params, yaml_load
-from cvfp.utils import atomic_path, write_json
+from cvfp.runtime.utils import atomic_path, write_json
 
 from .cli import log, setup_logging
 from .compare_experiment import (

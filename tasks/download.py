@@ -15,16 +15,16 @@ import json
 from pathlib import Path
 
 from cvfp.params import Params
-from cvfp.utils import atomic_path, require_hub
+from cvfp.runtime.utils import atomic_path, require_hub
 from tasks.cli import cli, log
 from tasks.layout import RAW, STATS  # STATS: read by tokenize, which passes it on to split
 from tasks.outputs import StageOutputs
 
 
 def fetch(params: Params, out: Path):
-    """(cvfp.collect_records.Loaded, origin) for `data.source`, the conversations written
+    """(cvfp.data.collect_records.Loaded, origin) for `data.source`, the conversations written
     to the dataset directory `out` batch by batch as they are read."""
-    from cvfp import hub_datasets, local_files, packaged_corpora
+    from cvfp.data import hub_datasets, local_files, packaged_corpora
 
     d = params.data
     if d.source == "chatterbot":

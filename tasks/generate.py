@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cvfp.generate import generate_text, load_model
+from cvfp.analysis.generate import generate_text, load_model
 from cvfp.params import GenerateParams, load_params
 
 from .env import set_env_defaults

@@ -5,7 +5,7 @@ Output: cache/cstar/ with <split>.npy and <split>_offsets.npy for train, val and
 (float32 [N, context_dim] .npy files, memory-mappable; written shard by shard, atomically).
 
 The conversations run in batches of similar length (materialize.batch_tokens), whole
-batches in shards (orchestration.shard_conversations; `cvfp.cstar.materialize_shard`), one after another here; under the Prefect flow the shards
+batches in shards (orchestration.shard_conversations; `cvfp.materialize.cstar.materialize_shard`), one after another here; under the Prefect flow the shards
 are mapped tasks on the configured task runner (threads or Dask). C* is bitwise the same
 either way; phase1.context_reset=stream has a single sequence and so a single shard.
 """
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 
-from cvfp.corpus import Corpus
-from cvfp.cstar import SPLITS, materialize_sharded
+from cvfp.core.corpus import Corpus
+from cvfp.materialize.cstar import SPLITS, materialize_sharded
 from cvfp.params import Params
-from cvfp.sharding import MapShards
-from cvfp.utils import seed_everything
+from cvfp.runtime.sharding import MapShards
+from cvfp.runtime.utils import seed_everything
 
 from .cli import cli, log
 from .layout import CSTAR_DIR, PHASE1_MODEL, SPLIT, TOKENIZER

@@ -1,9 +1,9 @@
 """Phase 1 stage: train on data/split/train with `phase1.objective`, then the SPEC section 4
 checks on train and val.
 
-`cvfp` (SPEC 3): fixed-point learning (cvfp/phase1.py); `none` (SPEC 9, the control): no
+`cvfp` (SPEC 3): fixed-point learning (cvfp/phase1/trainer.py); `none` (SPEC 9, the control): no
 optimizer step, the checks run on the initialised stack; `reconstruction` (SPEC 7):
-cvfp/reconstruction.py, checks on its C*. metrics/phase1.json has the same keys for all
+cvfp/phase1/reconstruction.py, checks on its C*. metrics/phase1.json has the same keys for all
 three. Under `torchrun -m tasks.phase1` (objective cvfp) the ranks split each iteration.
 Outputs: cache/phase1/{model.pt,checks.json}, metrics/phase1.json, plots/phase1_*.csv
 (train / val per iteration with each iteration's `kind`, the val convergence trials, spectrum)
@@ -17,19 +17,19 @@ from typing import Any
 
 import pandas as pd
 
-from cvfp.checkpoint import save_checkpoint
-from cvfp.checks import run_checks
-from cvfp.contexts import sigterm_raises
-from cvfp.corpus import Corpus
-from cvfp.embeddings import load_pretrained_embeddings
-from cvfp.metrics.phase1 import Phase1Checks, Phase1Metrics, Trials
-from cvfp.model import CVFPModel
+from cvfp.core.checkpoint import save_checkpoint
+from cvfp.core.contexts import sigterm_raises
+from cvfp.core.corpus import Corpus
+from cvfp.core.model import CVFPModel
 from cvfp.params import Params
-from cvfp.phase1 import run_phase1
-from cvfp.phase1_guard import check_trained
-from cvfp.phase1_results import Phase1Result
-from cvfp.reconstruction import HISTORY_COLUMNS, SplitStats, train_reconstruction
-from cvfp.utils import atomic_path, seed_everything, write_json
+from cvfp.phase1.checks import run_checks
+from cvfp.phase1.embeddings import load_pretrained_embeddings
+from cvfp.phase1.guard import check_trained
+from cvfp.phase1.metrics import Phase1Checks, Phase1Metrics, Trials
+from cvfp.phase1.reconstruction import HISTORY_COLUMNS, SplitStats, train_reconstruction
+from cvfp.phase1.results import Phase1Result
+from cvfp.phase1.trainer import run_phase1
+from cvfp.runtime.utils import atomic_path, seed_everything, write_json
 
 from .cli import cli, current_world, log
 from .layout import (

@@ -2,7 +2,7 @@
 
 Inputs: cache/phase1/model.pt, cache/cstar/, data/split/{train,val,test}, data/tokenizer.
 Under `torchrun --nproc_per_node=N -m tasks.phase2` the ranks split every batch
-(cvfp/phase2.py Trainer); rank 0 then runs the test pass, ablations and baselines and
+(cvfp/phase2/trainer.py Trainer); rank 0 then runs the test pass, ablations and baselines and
 writes outputs.
 
 Val chooses, test reports (SPEC 9): the best epoch (CVFP, Transformer) and the bigram's k
@@ -32,16 +32,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cvfp.baselines import bigram_baseline, context_ablations, transformer_baseline
-from cvfp.checkpoint import Checkpointer, read_checkpoint, require_space
-from cvfp.corpus import Corpus
-from cvfp.cstar import SPLITS, load_phase1_model, open_cstar
-from cvfp.metrics.phase2 import Phase2Epoch, Phase2Metrics
+from cvfp.core.checkpoint import Checkpointer, read_checkpoint, require_space
+from cvfp.core.corpus import Corpus
+from cvfp.materialize.cstar import SPLITS, load_phase1_model, open_cstar
 from cvfp.params import Params
-from cvfp.phase2 import train_phase2
-from cvfp.phase2_data import PositionData
-from cvfp.phase2_eval import nats_stats, per_conversation, position_nats
-from cvfp.utils import atomic_path, seed_everything, write_json
+from cvfp.phase2.baselines import bigram_baseline, context_ablations, transformer_baseline
+from cvfp.phase2.data import PositionData
+from cvfp.phase2.evaluation import nats_stats, per_conversation, position_nats
+from cvfp.phase2.metrics import Phase2Epoch, Phase2Metrics
+from cvfp.phase2.trainer import train_phase2
+from cvfp.runtime.utils import atomic_path, seed_everything, write_json
 
 from .cli import cli, current_world, log
 from .layout import (

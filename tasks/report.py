@@ -20,13 +20,15 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from cvfp.metrics.base import Metrics, parse
-from cvfp.metrics.data import DataMetrics
-from cvfp.metrics.phase1 import Phase1Checks, Phase1Metrics
-from cvfp.metrics.phase2 import Phase2Epoch, Phase2Metrics
+from cvfp.analysis.report.build import build_report
+from cvfp.analysis.report.document import RunMeta
+from cvfp.analysis.report.inputs import ReportInputs
+from cvfp.data.metrics import DataMetrics
 from cvfp.params import Params
-from cvfp.report import ReportInputs, RunMeta, build_report
-from cvfp.utils import atomic_path, write_json
+from cvfp.phase1.metrics import Phase1Checks, Phase1Metrics
+from cvfp.phase2.metrics import Phase2Epoch, Phase2Metrics
+from cvfp.runtime.metrics_base import Metrics, parse
+from cvfp.runtime.utils import atomic_path, write_json
 
 from .cli import cli, log
 from .layout import (

@@ -1,7 +1,7 @@
 """Stage split: data/tokenized -> data/split/{train,val,test,gx} + metrics/data.json.
 
 Val and test come from the training data (split.strategy: holdout | tail,
-split.val_fraction, split.test_fraction; the rule is `cvfp.splitting.partition`, which the
+split.val_fraction, split.test_fraction; the rule is `cvfp.data.splitting.partition`, which the
 tokenize stage also used to train the BPE on the train conversations only). A Great
 Expectations suite (tasks/expectations.py) checks val and test before anything trains; on
 failure, or when a held-out part is empty, the stage raises and leaves no data/split behind.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cvfp.metrics.data import DataMetrics
+from cvfp.data.metrics import DataMetrics
 from cvfp.params import Params
-from cvfp.utils import atomic_path, write_json
+from cvfp.runtime.utils import atomic_path, write_json
 from tasks.cli import cli, log
 from tasks.layout import (
     DATA_METRICS,
@@ -65,7 +65,7 @@ def load_tokenized(path: Path = TOKENIZED):
 
 def check_ids_fit(convs, vocab_size: int, made_by: str | None) -> None:
     """data/tokenized must come from the data/tokenizer beside it (same tokenize run)."""
-    from cvfp.utils import dir_digest
+    from cvfp.runtime.utils import dir_digest
 
     if made_by is not None and made_by != dir_digest(TOKENIZER):
         raise ValueError(
@@ -84,7 +84,7 @@ def check_ids_fit(convs, vocab_size: int, made_by: str | None) -> None:
 
 def check_tokenizer_train(trained_on: dict | None, train_ids: list[int]) -> None:
     """The BPE in data/tokenizer learned from exactly this split's train conversations."""
-    from cvfp.splitting import ids_digest
+    from cvfp.data.splitting import ids_digest
 
     if trained_on is None:  # a pretrained tokenizer (or stats from before this check)
         return
@@ -108,7 +108,7 @@ def to_dataset(ids, convs):
     from datasets import Dataset, DatasetInfo
     from datasets.table import InMemoryTable
 
-    from cvfp.tokenization import OUT_FEATURES
+    from cvfp.data.tokenization import OUT_FEATURES
 
     lengths = np.fromiter(map(len, convs), np.int64, len(convs))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -135,7 +135,7 @@ def to_dataset(ids, convs):
 
 
 def run(params: Params) -> dict:
-    from cvfp import splitting
+    from cvfp.data import splitting
     from tasks.expectations import validate_heldout
 
     out = StageOutputs("split", params)  # params.yaml now

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cvfp.params import Params
-from cvfp.utils import clean_stale_temps, pid_alive
+from cvfp.runtime.utils import clean_stale_temps, pid_alive
 
 from .guard import params_guard
 from .layout import (

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cvfp.metrics.summary import SummaryMetrics
-from cvfp.report.headline import get
+from cvfp.analysis.metrics import SummaryMetrics
+from cvfp.analysis.report.headline import get
 
 from .layout import DATA_METRICS, METRICS, PHASE1_METRICS, PHASE2_METRICS, SUMMARY
 
@@ -88,7 +88,7 @@ def summary_metrics(m: dict[str, dict], warnings: int | None = None) -> dict:
 def write_summary(
     metrics_dir: str | Path = METRICS, warnings: int | None = None, before_replace=None
 ) -> dict:
-    from cvfp.utils import write_json
+    from cvfp.runtime.utils import write_json
 
     summary = summary_metrics(read_stage_metrics(metrics_dir), warnings)
     write_json(Path(metrics_dir) / SUMMARY.name, summary, before_replace)

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cvfp.utils import write_json
+from cvfp.runtime.utils import write_json
 
 from .layout import TIMING
 

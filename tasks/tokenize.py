@@ -1,11 +1,11 @@
 """Stage tokenize: data/raw -> data/tokenizer + data/tokenized.
 
 tokenizer.kind=bpe trains a byte-level BPE (tokenizer.vocab_size) on the train conversations
-only: `cvfp.splitting.partition` (the rule the split stage cuts by, from the `split` params)
+only: `cvfp.data.splitting.partition` (the rule the split stage cuts by, from the `split` params)
 says which non-empty conversations are train, so val and test text never shapes the
 vocabulary (SPEC 9). tokenizer.kind=pretrained loads AutoTokenizer tokenizer.name (hub
 name or local path).
-Each conversation becomes one token sequence in the chat format of cvfp/tokenization.py
+Each conversation becomes one token sequence in the chat format of cvfp/data/tokenization.py
 (`<|user|> ...\\n<|assistant|> ...\\n<|endoftext|>`; markers and end-of-text inserted by
 id, so text never becomes a special token), cut to tokenizer.max_seq_length (turns past the
 limit are not encoded). A warning names the share of tokens dropped when above 10%
@@ -13,11 +13,11 @@ limit are not encoded). A warning names the share of tokens dropped when above 1
 and counted.
 
 Encoding runs in shards of orchestration.shard_conversations raw rows
-(`cvfp.tokenization.tokenize_shard`), here on tokenizer.num_proc threads (1: a plain
+(`cvfp.data.tokenization.tokenize_shard`), here on tokenizer.num_proc threads (1: a plain
 loop); under the Prefect flow the shards are mapped tasks on the configured task runner
 (threads or Dask). Neither the shard size nor the engine changes the output. Run here,
 memory holds the shards in flight (at most num_proc + 1), not the corpus: shards are read
-from data/raw when taken and their ids go to a work file (`cvfp.token_shards.ShardCombiner`).
+from data/raw when taken and their ids go to a work file (`cvfp.data.token_shards.ShardCombiner`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from cvfp import splitting
+from cvfp.data import splitting
 from cvfp.params import Params
-from cvfp.sharding import MapShards, threaded
-from cvfp.utils import atomic_path, dir_digest
+from cvfp.runtime.sharding import MapShards, threaded
+from cvfp.runtime.utils import atomic_path, dir_digest
 from tasks.cli import cli, log
 from tasks.layout import RAW, STATS, TOKENIZED, TOKENIZER
 from tasks.outputs import StageOutputs
@@ -64,7 +64,7 @@ def empty_data_message(n: int, params: Params | None = None) -> str:
 def train_rows(raw, split_params) -> list[int]:
     """Raw row indices of the train conversations: `partition` over the non-empty ones (the
     conversations tokenize_shard keeps, in order), as the split stage will cut them."""
-    from cvfp import tokenization as tk
+    from cvfp.data import tokenization as tk
 
     nonempty = [i for i, msgs in enumerate(tk.iter_messages(raw)) if tk.format_chat(msgs)]
     if not nonempty:
@@ -77,8 +77,8 @@ def run(params: Params, map_shards: MapShards | None = None) -> dict:
     """`map_shards` runs the encoding shards (default: in this process, on
     tokenizer.num_proc threads; 1 = a plain loop)."""
     check = StageOutputs("tokenize", params).before_replace  # params.yaml now
-    from cvfp import token_shards
-    from cvfp import tokenization as tk
+    from cvfp.data import token_shards
+    from cvfp.data import tokenization as tk
 
     t = params.tokenizer
     raw = load_raw()

@@ -176,7 +176,7 @@ def exit_with_parent() -> None:
     def watch() -> None:
         import time
 
-        from cvfp.utils import pid_alive
+        from cvfp.runtime.utils import pid_alive
 
         while True:
             if os.getppid() != chain[0] or not all(pid_alive(p) for p in chain):

@@ -1,5 +1,5 @@
 """The result artifacts' content (flows/artifacts.py), the stage progress (flows/progress.py)
-and the progress listener hook (cvfp/utils.py), without Prefect: plain functions of the
+and the progress listener hook (cvfp/runtime/utils.py), without Prefect: plain functions of the
 metrics files."""
 
 import json
@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from cvfp import utils
-from cvfp.formats import fmt_er
+from cvfp.analysis.formats import fmt_er
 from cvfp.params import load_params
-from cvfp.utils import eta_text, progress, progress_listener
+from cvfp.runtime import utils
+from cvfp.runtime.utils import eta_text, progress, progress_listener
 from flows.artifacts import read_metrics, sections, sections_markdown, summary_rows
 from helpers import ROOT
 

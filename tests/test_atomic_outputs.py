@@ -14,7 +14,7 @@ from helpers import ROOT
 
 _KILL_AT = """
 import os, signal, sys
-import cvfp.utils as u
+import cvfp.runtime.utils as u
 from pathlib import Path
 when = sys.argv[2]
 real = u.move_in
@@ -45,7 +45,7 @@ def test_killed_between_the_renames_the_old_or_new_output_is_there(tmp_path, whe
     """Killed just before or after the new output is renamed in: the old or the new output
     (a file is renamed over the old one; a directory's old version, moved aside, is put
     back by the next start), never neither; no temporaries left."""
-    from cvfp.utils import clean_stale_temps
+    from cvfp.runtime.utils import clean_stale_temps
 
     final = tmp_path / "cache" / ("cstar" if kind == "dir" else "data.json")
     if kind == "dir":
@@ -102,8 +102,8 @@ def test_leftovers_of_dead_writers_go_and_live_ones_stay(tmp_path, monkeypatch):
 
 
 def test_phase1_out_of_disk_leaves_no_empty_scratch(tmp_path, tiny_params):
-    from cvfp.contexts import DiskSpaceError, context_stores
-    from cvfp.distributed import init_world
+    from cvfp.core.contexts import DiskSpaceError, context_stores
+    from cvfp.runtime.distributed import init_world
 
     stores = context_stores((10**12, 16), tmp_path / "work", init_world(), "train")
     with pytest.raises(DiskSpaceError):

@@ -1,4 +1,4 @@
-"""The Phase 2 baselines and sanity checks (cvfp/baselines.py): the bigram hand-computed
+"""The Phase 2 baselines and sanity checks (cvfp/phase2/baselines.py): the bigram hand-computed
 with k chosen on val, the GPT-2's size and windows, the baseline and ablations running."""
 
 import math
@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from cvfp.baselines import (
+from cvfp.core.corpus import Corpus
+from cvfp.phase2.baselines import (
     bigram_baseline,
     build_transformer,
     choose_n_embd,
@@ -15,8 +16,7 @@ from cvfp.baselines import (
     transformer_baseline,
     windows,
 )
-from cvfp.corpus import Corpus
-from cvfp.phase2 import train_phase2
+from cvfp.phase2.trainer import train_phase2
 from helpers.phase2 import (
     CONVS,
     V,

@@ -1,12 +1,23 @@
-"""The check rules (cvfp/check_rules.py: numbers and operators), applied by the checks and
-the guard, and their words (cvfp/report/rule_words.py), printed by the report."""
+"""The check rules (cvfp/phase1/rules.py: numbers and operators), applied by the checks and
+the guard, and their words (cvfp/analysis/report/rule_words.py), printed by the report."""
 
 import math
 
 import pytest
 import torch
 
-from cvfp.check_rules import (
+from cvfp.analysis.report.rule_words import (
+    limit_text,
+    message,
+    pass_rule,
+    pass_text,
+    rule_text,
+    warn_text,
+)
+from cvfp.params import load_params
+from cvfp.phase1.checks import degeneracy
+from cvfp.phase1.guard import collapse_problems
+from cvfp.phase1.rules import (
     CONTEXT_EQUALS_TOKEN,
     GLOBAL_ATTRACTOR,
     IDENTITY,
@@ -15,10 +26,6 @@ from cvfp.check_rules import (
     NEAR_MEAN,
     TRIALS,
 )
-from cvfp.checks import degeneracy
-from cvfp.params import load_params
-from cvfp.phase1_guard import collapse_problems
-from cvfp.report.rule_words import limit_text, message, pass_rule, pass_text, rule_text, warn_text
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +90,12 @@ def load_params_divergence(ratio: float):
 
 def test_the_rules_module_holds_no_words_or_formats():
     """Rewording a warning or changing a number format must not touch Phase 1's code: the
-    rules module imports neither cvfp.formats nor the report, and every rule has its words
+    rules module imports neither cvfp.analysis.formats nor the report, and every rule has its words
     in the report."""
     import ast
 
-    import cvfp.check_rules as rules
-    from cvfp.report import rule_words
+    import cvfp.phase1.rules as rules
+    from cvfp.analysis.report import rule_words
 
     tree = ast.parse(open(rules.__file__).read())
     imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {

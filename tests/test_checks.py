@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from cvfp import checks
-from cvfp.checks import (
+from cvfp.core.contexts import ContextFile
+from cvfp.core.corpus import Corpus, sequential_pass
+from cvfp.core.model import CVFPModel
+from cvfp.phase1 import checks
+from cvfp.phase1.checks import (
     convergence_trials,
     degeneracy,
     effective_rank,
@@ -13,9 +16,6 @@ from cvfp.checks import (
     singular_values,
     verdict,
 )
-from cvfp.contexts import ContextFile
-from cvfp.corpus import Corpus, sequential_pass
-from cvfp.model import CVFPModel
 
 
 def test_effective_rank_identity_and_rank_one():

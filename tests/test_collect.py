@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 from datasets.table import InMemoryTable
 
-from cvfp import collect_records, packaged_corpora
-from cvfp.chat_schema import FEATURES, DataError, make_record
+from cvfp.data import collect_records, packaged_corpora
+from cvfp.data.chat_schema import FEATURES, DataError, make_record
 
 
 def records(n: int, seed: int = 0) -> list[dict]:

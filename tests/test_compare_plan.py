@@ -3,8 +3,8 @@ summary of it, and collecting the experiments' commits and outputs."""
 
 import pytest
 
-from cvfp.compare_verdict import TOO_FEW
-from cvfp.metrics.compare import CompareMetrics
+from cvfp.analysis.compare_metrics import CompareMetrics
+from cvfp.analysis.compare_verdict import TOO_FEW
 from cvfp.params import ParamsError, load_params
 from helpers import ROOT
 from helpers.compare import comparison, conversation_table, experiment
@@ -121,7 +121,7 @@ def test_run_report_summary_tells_the_truth_and_links_the_comparison(tmp_path, m
     _, html, md = build(tmp_path)
     summary = section(html, "summary")
     assert 'href="compare.html"' in summary
-    for row in (  # the headline rows (cvfp/report/headline.py), the control not as a row
+    for row in (  # the headline rows (cvfp/analysis/report/headline.py), the control not as a row
         "| Comparison: worse vs none (4 seeds) | worse: test loss worse - none: +0.0801, "
         "95% CI [+0.0788, +0.0815], p (Holm) 1.33e-06 |",
         "| Comparison: incon vs none (4 seeds) | inconclusive (between ",
@@ -149,7 +149,7 @@ def test_collect_reads_experiment_commits_and_writes_the_outputs(tmp_path, monke
     write_outputs: metrics/compare.json (valid against its model) and both reports."""
     import json
 
-    from cvfp.metrics.base import read
+    from cvfp.runtime.metrics_base import read
     from tasks.compare import collect, plan, write_outputs
     from tasks.compare_experiment import ExperimentFailed, exp_ref
 

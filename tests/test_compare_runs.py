@@ -1,6 +1,6 @@
 """How flows.compare runs experiments (tasks/compare.py): the thread count each gets, the
 fingerprint that decides whether a finished experiment is restored, and the fixed costs cut
-from every stage process (cvfp/utils.py). The experiments themselves run in
+from every stage process (cvfp/runtime/utils.py). The experiments themselves run in
 test_compare_flow.py's session job."""
 
 import json
@@ -97,7 +97,7 @@ def test_fingerprint_follows_code_params_and_baseline_only():
     other_seed = {**exp, "sets": {**exp["sets"], "seed": exp["seed"] + 1}}
     assert fingerprint(other_seed, _source(text)) != base
     assert fingerprint(exp, _source(text.replace("lr: 0.002", "lr: 0.003", 1))) != base
-    assert fingerprint(exp, _source(text, _diff("cvfp/model.py"))) != base
+    assert fingerprint(exp, _source(text, _diff("cvfp/core/model.py"))) != base
     assert fingerprint(exp, _source(text, baseline="b" * 40)) != base
     # Not inputs: the comparison's own section, how stages are orchestrated, and outputs.
     more_arms = text.replace("run: [none,", "run: [none, cvfp_min10,", 1)
@@ -160,7 +160,7 @@ def test_stage_processes_skip_unused_imports():
     # Deterministic kernels without importing torch's compiler to set its flag; the stage's
     # thread count applies, and one-thread sections return to it.
     out = _fresh_python(
-        "import json, sys, torch; from cvfp.utils import seed_everything, one_intraop_thread; "
+        "import json, sys, torch; from cvfp.runtime.utils import seed_everything, one_intraop_thread; "
         "seed_everything(0, True, threads=1); a = torch.get_num_threads(); "
         "d = torch.are_deterministic_algorithms_enabled(); "
         "ctx = one_intraop_thread(); ctx.__enter__(); ctx.__exit__(None, None, None); "

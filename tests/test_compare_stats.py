@@ -1,4 +1,4 @@
-"""The comparison's statistics (cvfp/compare_stats.py, cvfp/compare_verdict.py) against
+"""The comparison's statistics (cvfp/analysis/compare_stats.py, cvfp/analysis/compare_verdict.py) against
 scipy.stats and statsmodels on fixed numbers, and the per-conversation table's errors."""
 
 import math
@@ -10,8 +10,8 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
-from cvfp.compare_inputs import check_consistent, experiment_values, parse_conversations
-from cvfp.compare_stats import (
+from cvfp.analysis.compare_inputs import check_consistent, experiment_values, parse_conversations
+from cvfp.analysis.compare_stats import (
     bootstrap_diff,
     delta_nats,
     holm,
@@ -19,8 +19,8 @@ from cvfp.compare_stats import (
     rank_test_possible,
     seeds_needed,
 )
-from cvfp.compare_verdict import EQUIVALENT, INCONCLUSIVE, verdict
-from cvfp.formats import interval_words
+from cvfp.analysis.compare_verdict import EQUIVALENT, INCONCLUSIVE, verdict
+from cvfp.analysis.formats import interval_words
 from helpers.compare import DELTA, conversation_table
 
 # docs/compare.md's recorded default comparison (val perplexity, seeds 42 / 7 / 123), the

@@ -1,4 +1,4 @@
-"""The comparison's summary on fixed experiments (cvfp/compare.py): each verdict word with
+"""The comparison's summary on fixed experiments (cvfp/analysis/compare.py): each verdict word with
 Holm over the family, and the compare.json model and report built from it."""
 
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from cvfp.compare_report import build_compare_report
-from cvfp.compare_verdict import BETTER, EQUIVALENT, INCONCLUSIVE, TOO_FEW, WORSE
-from cvfp.compare_words import verdict_lines
-from cvfp.metrics.base import parse
-from cvfp.metrics.compare import VERDICTS, CompareMetrics
+from cvfp.analysis.compare_metrics import VERDICTS, CompareMetrics
+from cvfp.analysis.compare_report import build_compare_report
+from cvfp.analysis.compare_verdict import BETTER, EQUIVALENT, INCONCLUSIVE, TOO_FEW, WORSE
+from cvfp.analysis.compare_words import verdict_lines
+from cvfp.runtime.metrics_base import parse
 from helpers.compare import DELTA, DIFFS, SEEDS, comparison
 
 

@@ -5,9 +5,9 @@ holds by construction (SPEC 3)."""
 import numpy as np
 import torch
 
-from cvfp.corpus import Corpus
-from cvfp.phase1 import run_phase1
-from cvfp.report.headline import iterations_words
+from cvfp.analysis.report.headline import iterations_words
+from cvfp.core.corpus import Corpus
+from cvfp.phase1.trainer import run_phase1
 from helpers.phase1 import convs, tiny_model
 
 
@@ -36,8 +36,8 @@ def test_objective_none_trains_nothing_and_keeps_the_metric_keys(
     from datasets import Dataset
 
     import tasks.phase1 as stage
-    from cvfp.checkpoint import read_checkpoint
-    from cvfp.utils import seed_everything
+    from cvfp.core.checkpoint import read_checkpoint
+    from cvfp.runtime.utils import seed_everything
 
     monkeypatch.chdir(tmp_path)
     for split, seed in (("train", 0), ("val", 1)):

@@ -1,4 +1,4 @@
-"""C* materialization (cvfp/cstar.py): the sharded stage's C* equals the library's
+"""C* materialization (cvfp/materialize/cstar.py): the sharded stage's C* equals the library's
 sequential pass, and missing or mismatched C* and checkpoints are named."""
 
 import json
@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from cvfp.checkpoint import CheckpointError, save_checkpoint
-from cvfp.corpus import Corpus, sequential_pass
-from cvfp.cstar import CstarError, load_phase1_model, open_cstar
+from cvfp.core.checkpoint import CheckpointError, save_checkpoint
+from cvfp.core.corpus import Corpus, sequential_pass
+from cvfp.materialize.cstar import CstarError, load_phase1_model, open_cstar
 from helpers.phase2 import (
     CONVS,
     V,

@@ -94,7 +94,7 @@ def test_phase2_two_ranks_equal_one_process(dvc_project, dvc_copy):
 def test_two_ranks_refuse_what_cannot_be_split(tiny_params, monkeypatch):
     """What a rank of `torchrun --nproc_per_node=2 -m tasks.phase1` sees (the tests above
     show that torchrun gives it a world of 2), before it reads anything."""
-    from cvfp.distributed import World
+    from cvfp.runtime.distributed import World
     from tasks import phase1 as p1_task
 
     monkeypatch.setattr(p1_task, "current_world", lambda: World(0, 2))
@@ -105,7 +105,7 @@ def test_two_ranks_refuse_what_cannot_be_split(tiny_params, monkeypatch):
 
 
 def test_world_shares_cover_every_item_once():
-    from cvfp.distributed import World
+    from cvfp.runtime.distributed import World
 
     for n in (0, 1, 5, 10, 11):
         for size in (1, 2, 3, 4):

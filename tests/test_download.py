@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cvfp import (
-    chat_schema,
-    hub_datasets,
-    local_files,
-    packaged_corpora,
-)
-from cvfp import tokenization as tk
+from cvfp.data import chat_schema, hub_datasets, local_files, packaged_corpora
+from cvfp.data import tokenization as tk
 from helpers.data import params, rows, run_stages, write_records
 
 pytestmark = pytest.mark.usefixtures("isolated_hf_cache")
@@ -105,9 +100,9 @@ def test_ultrachat_source_offline_against_hub_layout(tmp_path, monkeypatch, hub_
 
 
 def test_offline_hub_fails_fast_naming_the_param(tmp_path, monkeypatch):
-    import cvfp.utils
+    import cvfp.runtime.utils
 
-    monkeypatch.setattr(cvfp.utils, "HUB_HOST", ("127.0.0.1", 9))  # closed port: refused
+    monkeypatch.setattr(cvfp.runtime.utils, "HUB_HOST", ("127.0.0.1", 9))  # closed port: refused
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match=r"data\.source=ultrachat.*data\.path"):
         run_stages(tmp_path, monkeypatch, "download", data__source="ultrachat", data__timeout_s=5)

@@ -1,8 +1,12 @@
-"""dvc.yaml's code deps of each stage are exactly the project modules `tasks.<stage>` imports
-(transitively, lazy imports inside functions included), so a change to any code a stage
-runs reruns that stage, and nothing else does."""
+"""dvc.yaml's code deps of each stage are exactly the project code `tasks.<stage>` imports
+(transitively, lazy imports inside functions included), by package: a module of
+cvfp/<package>/ counts as the directory `cvfp/<package>`, a top-level file (cvfp/params.py,
+tasks/*.py) as itself. So a change to any code a stage runs reruns that stage, a change
+to a package it imports nothing from does not, and the package holding the warnings'
+wording and the number formats stays out of every training stage."""
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -58,13 +62,23 @@ def closure(module: str) -> set[str]:
     }
 
 
+def dep_of(path: str) -> str:
+    """A module of a cvfp package counts as the package's directory, others as files."""
+    parts = path.split("/")
+    return "/".join(parts[:2]) if parts[0] == "cvfp" and len(parts) > 2 else path
+
+
+def code_deps(module: str) -> set[str]:
+    return {dep_of(p) for p in closure(module)}
+
+
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_code_deps_equal_the_import_closure(stage):
-    declared = {d for d in STAGES[stage].get("deps", []) if str(d).endswith(".py")}
-    needed = closure(f"tasks.{stage}")
+    declared = {str(d) for d in STAGES[stage].get("deps", []) if str(d).split("/")[0] in PACKAGES}
+    needed = code_deps(f"tasks.{stage}")
     assert not needed - declared, f"{stage}: dvc.yaml lacks code deps {sorted(needed - declared)}"
     assert not declared - needed, (
         f"{stage}: dvc.yaml lists code it never imports {sorted(declared - needed)}"
@@ -74,5 +88,29 @@ def test_code_deps_equal_the_import_closure(stage):
 def test_closure_follows_lazy_and_relative_imports(tmp_path):
     # The rule above would pass vacuously if closure() found nothing: pin what it finds.
     deps = closure("tasks.phase2")
-    assert {"tasks/phase2.py", "tasks/cli.py", "cvfp/phase2.py", "cvfp/params.py"} <= deps
+    assert {"tasks/phase2.py", "tasks/cli.py", "cvfp/phase2/trainer.py", "cvfp/params.py"} <= deps
     assert not any(d.startswith("flows/") for d in deps)
+    assert {"cvfp/phase2", "cvfp/params.py"} <= code_deps("tasks.phase2")
+
+
+@pytest.mark.parametrize("stage", ["phase1", "materialize", "phase2"])
+def test_wording_and_formats_stay_out_of_training(stage):
+    # Rewording a warning or changing a number format reruns only the report (issue 25).
+    for path in ["cvfp/analysis/report/rule_words.py", "cvfp/analysis/formats.py"]:
+        assert (ROOT / path).exists() and dep_of(path) not in STAGES[stage]["deps"]
+
+
+def test_cvfp_packages_hold_a_docstring_and_import_no_cycle():
+    graph = {}
+    for path in sorted((ROOT / "cvfp").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if path.name == "__init__.py":
+            body = ast.parse(path.read_text()).body
+            assert len(body) == 1 and isinstance(body[0], ast.Expr), f"{rel}: a docstring only"
+        graph[rel.as_posix()] = {
+            _module_file(m).relative_to(ROOT).as_posix()
+            for m in _imports(path)
+            if m.startswith("cvfp.")
+        }
+    assert len(graph) > 40
+    graphlib.TopologicalSorter(graph).prepare()  # CycleError names the cycle

@@ -46,8 +46,8 @@ def test_phase2_in_a_fresh_clone_says_run_the_earlier_stages(tmp_path, tiny_para
 
 
 def test_truncated_cstar_and_checkpoint_name_the_file(phase2_project):
-    from cvfp.checkpoint import CheckpointError, read_checkpoint
-    from cvfp.cstar import CstarError
+    from cvfp.core.checkpoint import CheckpointError, read_checkpoint
+    from cvfp.materialize.cstar import CstarError
     from tasks import phase2 as p2_task
 
     root, params = phase2_project
@@ -92,7 +92,7 @@ def _jsonl(rows_) -> bytes:
 def test_download_refuses_bad_local_files_naming_file_and_line(
     content, expected, tmp_path, monkeypatch
 ):
-    from cvfp.chat_schema import DataError
+    from cvfp.data.chat_schema import DataError
     from helpers.data import params, rows
     from tasks import download
 
@@ -108,7 +108,7 @@ def test_download_refuses_bad_local_files_naming_file_and_line(
 def test_download_refuses_a_directory_with_several_formats(tmp_path):
     import pandas as pd
 
-    from cvfp import chat_schema, local_files
+    from cvfp.data import chat_schema, local_files
     from helpers.data import rows
 
     d = tmp_path / "mixed"
@@ -129,7 +129,7 @@ def test_invalid_utf8_from_parquet_or_hub_is_refused_at_validate():
     import pyarrow as pa
     from datasets import Dataset
 
-    from cvfp import chat_schema, hub_datasets
+    from cvfp.data import chat_schema, hub_datasets
     from helpers.data import rows
 
     table = pa.Table.from_pylist(rows())

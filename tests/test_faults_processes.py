@@ -107,7 +107,7 @@ def test_a_killed_stage_leaves_temporaries_that_the_next_run_removes(
     (tmp_path / "cache/cstar").mkdir(parents=True)
     (tmp_path / "cache/cstar/train.npy").write_bytes(b"good")
     script = (
-        "import os, signal\nfrom cvfp.utils import atomic_path\n"
+        "import os, signal\nfrom cvfp.runtime.utils import atomic_path\n"
         "with atomic_path('cache/cstar') as t:\n    t.mkdir()\n"
         "    (t / 'train.npy').write_bytes(bytes(100000))\n    os.kill(os.getpid(), signal.SIGKILL)\n"
     )

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from cvfp.phase2 import NonFiniteLossError, Trainer
+from cvfp.phase2.trainer import NonFiniteLossError, Trainer
 from helpers.outputs import leftovers, snapshot
 from helpers.phase2 import cfg, tiny_project
 
@@ -68,15 +68,15 @@ def _phase1(tiny_params, **kw):
 
 
 def _corpus():
-    from cvfp.corpus import Corpus
+    from cvfp.core.corpus import Corpus
     from helpers.phase1 import convs
 
     return Corpus.from_conversations(convs(n=20), "conversation")
 
 
 def test_diverged_phase1_fails_with_the_iteration_and_the_numbers(tiny_params):
-    from cvfp.phase1 import run_phase1
-    from cvfp.phase1_guard import Phase1DivergedError
+    from cvfp.phase1.guard import Phase1DivergedError
+    from cvfp.phase1.trainer import run_phase1
     from helpers.phase1 import tiny_model
 
     with pytest.raises(Phase1DivergedError) as err:
@@ -90,7 +90,7 @@ def test_phase1_numbers_describe_the_saved_model(tiny_params, caplog):
     """The training pass measures the model before its step: with phase1.lr=1e6 the last
     training row says 84% converged, the saved model (run_phase1's pass without a step after
     training) converges nowhere."""
-    from cvfp.phase1 import run_phase1
+    from cvfp.phase1.trainer import run_phase1
     from helpers.phase1 import tiny_model
 
     p = _phase1(tiny_params, lr=1e6, max_iterations=1, action="continue")
@@ -109,7 +109,7 @@ def test_phase1_numbers_describe_the_saved_model(tiny_params, caplog):
 
 
 def test_diverged_phase1_stage_keeps_the_previous_outputs(tmp_path, tiny_params, monkeypatch):
-    from cvfp.phase1_guard import Phase1DivergedError
+    from cvfp.phase1.guard import Phase1DivergedError
     from tasks import phase1 as p1_task
 
     tiny_project(tmp_path, tiny_params)

@@ -1,4 +1,4 @@
-"""Issue 24's per-process fixed costs, cut without changing a number: `cvfp.utils.adam` (no
+"""Issue 24's per-process fixed costs, cut without changing a number: `cvfp.runtime.utils.adam` (no
 torch._dynamo import), materialize without torch._inductor, `tasks.layout.read_yaml` (parsed
 once while unchanged) and `orchestration.cstar_in_memory_mb` (memory only: the same bytes)."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cvfp.corpus import Corpus
-from cvfp.cstar import CstarRows, open_cstar
+from cvfp.core.corpus import Corpus
+from cvfp.materialize.cstar import CstarRows, open_cstar
 from helpers import ROOT
 from helpers.phase2 import CONVS, stage_params, tiny_model, tiny_project
 from tasks.layout import read_yaml
@@ -20,7 +20,7 @@ from tasks.layout import read_yaml
 TRAIN = """
 import hashlib, sys
 import torch
-from cvfp.utils import adam
+from cvfp.runtime.utils import adam
 mode = sys.argv[1]
 if mode == "dynamo-first":  # torch's own path, taken when torch._dynamo is loaded already
     import torch._dynamo
@@ -66,8 +66,8 @@ def test_adam_trains_to_the_same_bits_without_importing_dynamo():
 MATERIALIZE = """
 import sys
 import numpy as np, torch
-from cvfp.checkpoint import save_checkpoint
-from cvfp.cstar import materialize_shard
+from cvfp.core.checkpoint import save_checkpoint
+from cvfp.materialize.cstar import materialize_shard
 from helpers.phase2 import TINY_MODEL, V, tiny_model
 save_checkpoint(sys.argv[1], tiny_model(), {}, vocab_size=V)
 out, offsets = materialize_shard([[np.array([1, 2, 3]), np.array([4, 5])]], sys.argv[1],
@@ -98,8 +98,8 @@ def test_read_yaml_parses_once_and_again_when_the_file_changes(tmp_path):
 
 
 def _cstar(tmp_path):
-    from cvfp.checkpoint import save_checkpoint
-    from cvfp.cstar import materialize_sharded
+    from cvfp.core.checkpoint import save_checkpoint
+    from cvfp.materialize.cstar import materialize_sharded
     from helpers.phase2 import TINY_MODEL, V
 
     corpus = Corpus.from_conversations(CONVS)

@@ -18,7 +18,7 @@ def _cut(path: Path) -> bytes:
 def test_broken_inputs_name_the_file_and_the_fix(mat_project):
     """Used to be `ValueError: negative seek value`, `OSError: Expected to be able to read
     82944 bytes`, a bare JSONDecodeError."""
-    from cvfp.checkpoint import CheckpointError
+    from cvfp.core.checkpoint import CheckpointError
     from tasks import materialize as mat_task
     from tasks.tokens import BrokenInputError, load_conversations, load_tokenizer
 
@@ -52,8 +52,8 @@ def test_broken_inputs_name_the_file_and_the_fix(mat_project):
 
 
 def test_phase2_checks_free_space_before_training(tmp_path):
-    from cvfp.checkpoint import require_space
-    from cvfp.contexts import DiskSpaceError
+    from cvfp.core.checkpoint import require_space
+    from cvfp.core.contexts import DiskSpaceError
 
     huge = {"w": torch.zeros(1).expand(2**50)}  # 4 PiB of float32 that takes no memory
     with pytest.raises(
@@ -67,8 +67,8 @@ def test_phase2_checks_free_space_before_training(tmp_path):
 def test_phase2_stage_on_a_full_disk_fails_before_an_epoch(mat_project, monkeypatch):
     import shutil
 
-    from cvfp.contexts import DiskSpaceError
-    from cvfp.phase2 import Trainer
+    from cvfp.core.contexts import DiskSpaceError
+    from cvfp.phase2.trainer import Trainer
     from tasks import materialize as mat_task
     from tasks import phase2 as p2_task
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from cvfp.checkpoint import save_checkpoint
-from cvfp.corpus import Corpus, sequential_pass
-from cvfp.cstar import batch_plan, materialize_sharded, open_cstar, shard_plan
-from cvfp.model import CVFPModel
+from cvfp.core.checkpoint import save_checkpoint
+from cvfp.core.corpus import Corpus, sequential_pass
+from cvfp.core.model import CVFPModel
+from cvfp.materialize.cstar import batch_plan, materialize_sharded, open_cstar, shard_plan
 from cvfp.params import load_params
-from cvfp.utils import one_intraop_thread
+from cvfp.runtime.utils import one_intraop_thread
 from helpers import ROOT, TINY_MODEL
 
 V = 40

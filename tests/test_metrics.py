@@ -1,16 +1,16 @@
-"""The metrics models (cvfp/metrics/): the committed files parse and are written back byte for
+"""The metrics models (cvfp/*/metrics.py): the committed files parse and are written back byte for
 byte; a missing, renamed or unknown key is an error that names it."""
 
 import json
 
 import pytest
 
-from cvfp.metrics.base import MetricsFileError, parse, read
-from cvfp.metrics.data import DataMetrics
-from cvfp.metrics.phase1 import Phase1Metrics
-from cvfp.metrics.phase2 import Phase2Metrics
-from cvfp.metrics.summary import SummaryMetrics
-from cvfp.utils import write_json
+from cvfp.analysis.metrics import SummaryMetrics
+from cvfp.data.metrics import DataMetrics
+from cvfp.phase1.metrics import Phase1Metrics
+from cvfp.phase2.metrics import Phase2Metrics
+from cvfp.runtime.metrics_base import MetricsFileError, parse, read
+from cvfp.runtime.utils import write_json
 from helpers import ROOT
 
 FILES = {

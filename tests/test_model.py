@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvfp.model import CVFPLayer, CVFPModel
+from cvfp.core.model import CVFPLayer, CVFPModel
 
 
 def test_hidden_dim_must_equal_context_plus_embed():

@@ -16,7 +16,7 @@ from helpers import ROOT
 _FAKE_STAGE = """
 import atexit
 from pathlib import Path
-from cvfp.utils import atomic_path
+from cvfp.runtime.utils import atomic_path
 from tasks.cli import cli
 from tasks.outputs import StageOutputs
 
@@ -127,7 +127,7 @@ def test_the_flow_commit_refuses_params_edited_after_the_stage(tracked):
     lock = Path("dvc.lock").read_bytes()
 
     def run(params):
-        from cvfp.utils import atomic_path
+        from cvfp.runtime.utils import atomic_path
         from tasks.outputs import StageOutputs
 
         with atomic_path("cache/phase1", StageOutputs("phase1", params).before_replace) as tmp:

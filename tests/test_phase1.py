@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from cvfp.corpus import Corpus, sequential_pass
-from cvfp.diversity import make_diversity
-from cvfp.model import CVFPModel
-from cvfp.phase1 import parallel_iteration, run_phase1
-from cvfp.utils import seed_everything
+from cvfp.core.corpus import Corpus, sequential_pass
+from cvfp.core.model import CVFPModel
+from cvfp.phase1.diversity import make_diversity
+from cvfp.phase1.trainer import parallel_iteration, run_phase1
+from cvfp.runtime.utils import seed_everything
 from helpers.phase1 import convs, tiny_model
 
 
@@ -250,10 +250,10 @@ def test_distribution_diversity_refuses_chunks(tiny_params):
 
 SIGTERM_RUN = """
 import sys, torch
-from cvfp.corpus import Corpus
-from cvfp.model import CVFPModel
+from cvfp.core.corpus import Corpus
+from cvfp.core.model import CVFPModel
 from cvfp.params import load_params
-from cvfp.phase1 import run_phase1
+from cvfp.phase1.trainer import run_phase1
 over = {"phase1.max_iterations": 10**6, "phase1.min_converged_ratio": 1.0,
         "phase1.convergence_threshold": 1e-30, "phase1.progress": False,
         "phase1.chunk_tokens": 16, "phase1.divergence.max_loss": 1e30}

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cvfp.baselines import Bigram, bigram_baseline
-from cvfp.corpus import Corpus
-from cvfp.phase2_data import PositionData
+from cvfp.core.corpus import Corpus
+from cvfp.phase2.baselines import Bigram, bigram_baseline
+from cvfp.phase2.data import PositionData
 
 
 def corpus(seed: int, n_conv: int, reset: str = "conversation") -> Corpus:

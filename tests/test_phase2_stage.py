@@ -1,4 +1,4 @@
-"""Generation (cvfp/generate.py), and the materialize, phase2 and generate stages end to end
+"""Generation (cvfp/analysis/generate.py), and the materialize, phase2 and generate stages end to end
 on a tiny project: outputs, test never feeding selection, the no-context control never
 reading C*."""
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvfp.checkpoint import CheckpointError, save_checkpoint
-from cvfp.generate import generate, load_model
+from cvfp.analysis.generate import generate, load_model
+from cvfp.core.checkpoint import CheckpointError, save_checkpoint
 from helpers.phase2 import V, stage_params, tiny_model, tiny_project
 
 # ---------------------------------------------------------------- generation

@@ -1,4 +1,4 @@
-"""Phase 2 mechanics (cvfp/phase2.py; tiny: 2 blocks, dim 16): positions and targets,
+"""Phase 2 mechanics (cvfp/phase2/trainer.py; tiny: 2 blocks, dim 16): positions and targets,
 where gradients flow, frozen stack, per-block heads, the best epoch, a NaN loss, the
 per-conversation sums."""
 
@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvfp.checkpoint import Checkpointer, read_checkpoint
-from cvfp.corpus import Corpus
-from cvfp.model import CVFPModel
-from cvfp.phase2 import NonFiniteLossError, clone_heads, configure_trainable, train_phase2
-from cvfp.phase2_data import PositionData
-from cvfp.phase2_eval import evaluate, head_logits
-from cvfp.training import BestEpoch, perplexity
+from cvfp.core.checkpoint import Checkpointer, read_checkpoint
+from cvfp.core.corpus import Corpus
+from cvfp.core.model import CVFPModel
+from cvfp.core.training import BestEpoch, perplexity
+from cvfp.phase2.data import PositionData
+from cvfp.phase2.evaluation import evaluate, head_logits
+from cvfp.phase2.trainer import NonFiniteLossError, clone_heads, configure_trainable, train_phase2
 from helpers.phase2 import CONVS, V, cfg, make_cstar, tiny_model
 
 # ---------------------------------------------------------------- Phase 2 mechanics
@@ -168,7 +168,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_params, mo
 
 
 def test_per_conversation_sums_pieces_and_follows_the_segments():
-    from cvfp.phase2_eval import per_conversation
+    from cvfp.phase2.evaluation import per_conversation
 
     rows = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10]]  # rows 1 and 3 are pieces of "b"
     ids = ["a", "b", "c", "b"]

@@ -162,7 +162,7 @@ def test_flow_matches_dvc_and_leaves_status_clean(
             )
         seen.extend((a.data, a.description) for a in arts)
 
-    from cvfp.utils import progress_listener
+    from cvfp.runtime.utils import progress_listener
 
     with progress_listener(read_progress):  # called before the flow's own listener
         state = pipeline("params.yaml", return_state=True)
@@ -180,7 +180,7 @@ def test_flow_matches_dvc_and_leaves_status_clean(
     epochs = [m for m in logs if m.startswith("phase2 epoch ")]
     p2 = json.loads((other / "metrics/phase2.json").read_text())["cvfp"]
     assert len(epochs) == p2["epochs_run"] and "phase2: test ppl cvfp" in "\n".join(logs)
-    # cvfp/phase1.py per iteration, naming the split
+    # cvfp/phase1/trainer.py per iteration, naming the split
     assert any(m.startswith("phase1 train iter 1: converged") for m in logs)
     assert any(m.startswith("phase1 val iter 1: converged") for m in logs)
     assert any(m.startswith("transformer epoch ") for m in logs)

@@ -6,10 +6,10 @@ import pytest
 import torch
 import yaml
 
-from cvfp.corpus import Corpus, sequential_pass
-from cvfp.model import CVFPModel
+from cvfp.core.corpus import Corpus, sequential_pass
+from cvfp.core.model import CVFPModel
 from cvfp.params import ParamsError, load_params
-from cvfp.reconstruction import (
+from cvfp.phase1.reconstruction import (
     ContextDecoder,
     ConversationBatch,
     chunk_forward,
@@ -18,7 +18,7 @@ from cvfp.reconstruction import (
     reconstruction_target,
     train_reconstruction,
 )
-from cvfp.utils import seed_everything
+from cvfp.runtime.utils import seed_everything
 from helpers import write_params
 
 
@@ -239,15 +239,15 @@ def test_stage_checkpoint_loads_for_materialize_and_phase2_warm_start(
     tiny_params, tmp_path, monkeypatch
 ):
     """tasks.phase1 with objective=reconstruction on a tiny token set: its checkpoint loads
-    with cvfp.cstar.load_phase1_model (strict), carries the decoder outside the model's
+    with cvfp.materialize.cstar.load_phase1_model (strict), carries the decoder outside the model's
     state_dict, and Phase 2's warm start begins exactly at the reconstruction val numbers."""
     from datasets import Dataset
 
     import tasks.phase1 as stage
-    from cvfp.checkpoint import read_checkpoint
-    from cvfp.cstar import load_phase1_model
-    from cvfp.phase2_data import PositionData
-    from cvfp.phase2_eval import evaluate as p2_evaluate
+    from cvfp.core.checkpoint import read_checkpoint
+    from cvfp.materialize.cstar import load_phase1_model
+    from cvfp.phase2.data import PositionData
+    from cvfp.phase2.evaluation import evaluate as p2_evaluate
 
     monkeypatch.chdir(tmp_path)
     for split, seed in (("train", 0), ("val", 1)):
@@ -303,7 +303,8 @@ def test_report_shows_the_objective_and_the_reconstruction_epochs(tmp_path, monk
     import json
 
     import helpers.report as tr
-    from cvfp.report import RECONSTRUCTION_TITLE, fmt_ppl
+    from cvfp.analysis.formats import fmt_ppl
+    from cvfp.analysis.report.inputs import RECONSTRUCTION_TITLE
 
     files = tr.fake_run()
     epochs = [

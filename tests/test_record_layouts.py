@@ -8,13 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cvfp import (
-    chat_schema,
-    json_stream,
-    local_files,
-    packaged_corpora,
-    record_layouts,
-)
+from cvfp.data import chat_schema, json_stream, local_files, packaged_corpora, record_layouts
 from helpers.data import CONVS, params, rows, run_stages, write_records
 
 pytestmark = pytest.mark.usefixtures("isolated_hf_cache")

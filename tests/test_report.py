@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cvfp.report import TITLES, fmt_acc, fmt_count, fmt_er, fmt_int, fmt_ppl
+from cvfp.analysis.formats import fmt_acc, fmt_count, fmt_er, fmt_int, fmt_ppl
+from cvfp.analysis.report.inputs import TITLES
 from helpers.report import D, build, fake_run, section, write_run
 
 

@@ -23,7 +23,7 @@ class _Evil:
 
 
 def _evil_checkpoint(tmp_path: Path, name: str = "evil.pt") -> tuple[Path, Path]:
-    from cvfp.model import CVFPModel
+    from cvfp.core.model import CVFPModel
     from cvfp.params import load_params
 
     marker = tmp_path / "pwned"
@@ -37,9 +37,9 @@ def _evil_checkpoint(tmp_path: Path, name: str = "evil.pt") -> tuple[Path, Path]
 def test_a_malicious_checkpoint_runs_nothing_and_is_named(tmp_path):
     import pickle
 
-    from cvfp.checkpoint import CheckpointError, read_checkpoint
-    from cvfp.cstar import _shard_model
-    from cvfp.generate import load_model
+    from cvfp.analysis.generate import load_model
+    from cvfp.core.checkpoint import CheckpointError, read_checkpoint
+    from cvfp.materialize.cstar import _shard_model
     from cvfp.params import load_params
 
     path, marker = _evil_checkpoint(tmp_path)
@@ -59,8 +59,8 @@ def test_a_malicious_checkpoint_runs_nothing_and_is_named(tmp_path):
 def test_checkpoints_are_plain_and_other_torch_files_are_named(tmp_path, tiny_params):
     import numpy as np
 
-    from cvfp.checkpoint import CheckpointError, plain, read_checkpoint, save_checkpoint
-    from cvfp.model import CVFPModel
+    from cvfp.core.checkpoint import CheckpointError, plain, read_checkpoint, save_checkpoint
+    from cvfp.core.model import CVFPModel
 
     model = CVFPModel.from_params(tiny_params.model, 300)
     save_checkpoint(
@@ -84,8 +84,8 @@ def test_checkpoints_are_plain_and_other_torch_files_are_named(tmp_path, tiny_pa
 
 
 def test_a_tiny_temperature_names_the_option(tiny_params):
-    from cvfp.generate import generate
-    from cvfp.model import CVFPModel
+    from cvfp.analysis.generate import generate
+    from cvfp.core.model import CVFPModel
 
     torch.manual_seed(0)
     model = CVFPModel.from_params(tiny_params.model, 50)

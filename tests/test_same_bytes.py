@@ -20,7 +20,7 @@ def test_workers_and_shard_size_do_not_change_a_byte(mat_project):
     speed/memory knobs: C* is the same bytes for any of them."""
     import shutil
 
-    from cvfp.sharding import threaded
+    from cvfp.runtime.sharding import threaded
     from tasks import materialize as mat_task
 
     root, params = mat_project
@@ -59,7 +59,7 @@ def test_a_stage_writes_the_same_dataset_bytes_however_the_rows_were_built(tmp_p
     from datasets import Dataset, load_from_disk
 
     from cvfp.params import load_params
-    from cvfp.utils import atomic_path
+    from cvfp.runtime.utils import atomic_path
     from tasks.outputs import StageOutputs
     from tasks.stage import run_stage
 

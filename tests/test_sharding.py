@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from cvfp.checkpoint import save_checkpoint
-from cvfp.corpus import Corpus
-from cvfp.cstar import materialize_shard, materialize_sharded
-from cvfp.model import CVFPModel
+from cvfp.core.checkpoint import save_checkpoint
+from cvfp.core.corpus import Corpus
+from cvfp.core.model import CVFPModel
+from cvfp.materialize.cstar import materialize_shard, materialize_sharded
 from cvfp.params import ParamsError, load_params
-from cvfp.sharding import threaded
+from cvfp.runtime.sharding import threaded
 from helpers import ROOT, TINY_MODEL
 
 TINY = {
@@ -70,7 +70,7 @@ def _warm_up():
     import prefect.task_engine  # noqa: F401
     import transformers.models.auto.tokenization_auto  # noqa: F401
 
-    import cvfp.cstar  # noqa: F401  (torch)
+    import cvfp.materialize.cstar  # noqa: F401  (torch)
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +190,8 @@ def test_tokenize_shard_sizes_agree(project, tmp_path):
     stage, whose shards were 64 rows."""
     from datasets import load_from_disk
 
-    from cvfp import token_shards
-    from cvfp import tokenization as tk
+    from cvfp.data import token_shards
+    from cvfp.data import tokenization as tk
     from tasks.provenance import pin_fingerprint
 
     proj, _, _, _ = project
@@ -224,7 +224,7 @@ def test_tokenize_shard_sizes_agree(project, tmp_path):
 
 
 def test_shard_combiner_refuses_out_of_order_results(tmp_path):
-    from cvfp import token_shards
+    from cvfp.data import token_shards
 
     combine = token_shards.ShardCombiner(tmp_path)
     empty = {k: np.zeros(0, np.int64) for k in ("conversation_id", "n_tokens", "n_full", "ids")}
@@ -319,7 +319,7 @@ def test_pinned_shards_leave_no_pool_thread_on_one_thread(monkeypatch):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    import cvfp.utils as utils
+    import cvfp.runtime.utils as utils
 
     monkeypatch.setattr(utils, "DEFAULT_THREADS", 2)
     both = threading.Barrier(2)

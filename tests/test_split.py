@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvfp import (
-    splitting,
-)
+from cvfp.data import splitting
 from helpers.data import run_stages
 
 pytestmark = pytest.mark.usefixtures("isolated_hf_cache")
@@ -204,7 +202,7 @@ def test_split_part_dataset_is_the_from_dict_bytes(tmp_path):
     """The part datasets built from arrays save the bytes Dataset.from_dict saved."""
     from datasets import Dataset
 
-    from cvfp.tokenization import OUT_FEATURES
+    from cvfp.data.tokenization import OUT_FEATURES
     from tasks.split import to_dataset
 
     convs = [A(1, 2, 3), A(7), A(4, 5)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cvfp import tokenization as tk
+from cvfp.data import tokenization as tk
 from helpers.data import CONVS, rows, run_stages
 
 pytestmark = pytest.mark.usefixtures("isolated_hf_cache")
@@ -147,8 +147,8 @@ def _saved(tok):
 
 
 def test_generate_prompt_text_is_not_special_tokens(tiny_params):
-    from cvfp.generate import generate_text
-    from cvfp.model import CVFPModel
+    from cvfp.analysis.generate import generate_text
+    from cvfp.core.model import CVFPModel
 
     tok = tk.train_bpe([[{"role": "user", "content": CONTROL_TEXT}]], 300)
     model = CVFPModel.from_params(tiny_params.model, len(tok)).eval()

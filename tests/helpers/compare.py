@@ -1,4 +1,4 @@
-"""A comparison on fixed numbers (tests of cvfp/compare*.py and tasks/compare.py): per-seed
+"""A comparison on fixed numbers (tests of cvfp/analysis/compare*.py and tasks/compare.py): per-seed
 experiment records whose per-conversation tables add up to their test losses, for arms that
 reach each verdict word."""
 
@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from cvfp.compare import summarise
-from cvfp.compare_inputs import experiment_values, parse_conversations
-from cvfp.compare_stats import delta_nats
+from cvfp.analysis.compare import summarise
+from cvfp.analysis.compare_inputs import experiment_values, parse_conversations
+from cvfp.analysis.compare_stats import delta_nats
 
 DELTA = delta_nats(0.01)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from cvfp.model import CVFPModel
+from cvfp.core.model import CVFPModel
 
 
 def tiny_model(seed=0, vocab=30, **kw):

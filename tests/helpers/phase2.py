@@ -4,11 +4,11 @@ as the materialize stage writes it (`materialize`, `make_cstar`)."""
 
 import torch
 
-from cvfp.checkpoint import save_checkpoint
-from cvfp.cstar import materialize_sharded, open_cstar
-from cvfp.model import CVFPModel
+from cvfp.core.checkpoint import save_checkpoint
+from cvfp.core.model import CVFPModel
+from cvfp.materialize.cstar import materialize_sharded, open_cstar
 from cvfp.params import ModelParams
-from cvfp.phase2_data import PositionData
+from cvfp.phase2.data import PositionData
 
 V = 12
 CONVS = [[1, 2, 3, 4, 5, 6, 7], [3, 3, 1], [5, 6, 7, 8, 9, 10, 11, 2, 3, 4, 1], [2, 9], [4]]
@@ -38,7 +38,7 @@ def cfg(tiny_params, **kw):
     return tiny_params.phase2.model_copy(update={**base, **kw})
 
 
-TEST_IDS = ["t0", "t1", "t1", "t2"]  # t1 was cut in two pieces (an unseen id, cvfp.splitting)
+TEST_IDS = ["t0", "t1", "t1", "t2"]  # t1 was cut in two pieces (an unseen id, cvfp.data.splitting)
 
 
 def tiny_project(root, tiny_params, test=None, test_ids=None):

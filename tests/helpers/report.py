@@ -7,8 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-from cvfp.metrics.phase1 import Trials
 from cvfp.params import load_params
+from cvfp.phase1.metrics import Trials
 from helpers import ROOT
 
 D = 16  # context dim of the fake run

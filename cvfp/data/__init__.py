@@ -1,0 +1,1 @@
+"""Data preparation (download, tokenize, split): sources to the chat schema, tokenization, the split, metrics/data.json's model."""

@@ -1,0 +1,1 @@
+"""C* materialization (the materialize stage): the trained Phase 1 model's context for every token."""
