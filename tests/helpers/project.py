@@ -30,7 +30,9 @@ TINY = {
 def make_project(dest: Path) -> Path:
     dest.mkdir(parents=True)
     for name in ("cvfp", "tasks", "flows"):
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        # with __pycache__: copytree keeps each source's mtime, so its .pyc stays valid and the
+        # project's processes skip compiling the code again (.dvcignore leaves it out of deps)
+        shutil.copytree(ROOT / name, dest / name)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
