@@ -99,27 +99,24 @@ def test_directory_of_json_files_and_the_download_stage_records_the_layout(tmp_p
     d.mkdir()
     write_records(d / "a.json", LAYOUT_RECORDS["sharegpt"])
     write_records(d / "b.json", LAYOUT_RECORDS["sharegpt"][:1])
-    (out,) = run_stages(
-        tmp_path,
-        monkeypatch,
-        "download",
-        data__source="local",
-        data__path="dump",
-        data__split="train",
-    )
+
+    def download():
+        return run_stages(
+            tmp_path,
+            monkeypatch,
+            "download",
+            data__source="local",
+            data__path="dump",
+            data__split="train",
+        )
+
+    (out,) = download()
     assert out["conversations"] == 2 and out["dropped"] == {"empty": 1}
     saved = json.loads(Path("data/raw/stats.json").read_text())
     assert saved["layout"] == "sharegpt" and saved["files"] == ["dump/a.json", "dump/b.json"]
     assert "human, user -> user" in saved["mapping"]["conversations[].from"]
     before = {f.name: f.read_bytes() for f in Path("data/raw").iterdir()}
-    run_stages(
-        tmp_path,
-        monkeypatch,
-        "download",
-        data__source="local",
-        data__path="dump",
-        data__split="train",
-    )
+    download()
     assert {f.name: f.read_bytes() for f in Path("data/raw").iterdir()} == before  # same bytes
     write_records(d / "b.json", LAYOUT_RECORDS["openai"])
     with pytest.raises(
