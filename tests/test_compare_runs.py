@@ -157,6 +157,12 @@ def test_stage_processes_skip_unused_imports():
         "print(json.dumps({'torch': 'torch' in sys.modules}))"
     )
     assert out == {"torch": False}
+    # The training stages write their CSV files without pandas (cvfp/runtime/csv_table.py).
+    out = _fresh_python(
+        "import json, sys; import tasks.phase1, tasks.phase2, tasks.materialize; "
+        "print(json.dumps({'pandas': 'pandas' in sys.modules}))"
+    )
+    assert out == {"pandas": False}
     # Deterministic kernels without importing torch's compiler to set its flag; the stage's
     # thread count applies, and one-thread sections return to it.
     out = _fresh_python(
