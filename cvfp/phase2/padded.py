@@ -45,7 +45,7 @@ class HeadOnRealRows(torch.autograd.Function):
 def real_logits(model, inputs, mask, targets) -> tuple[torch.Tensor, torch.Tensor]:
     """GPT2LMHeadModel's logits at the real positions, row-major (window by window, each in
     target order), and their targets. The model's own forward with the same arguments
-    otherwise (use_cache left alone: it changes the attention's last bits)."""
+    otherwise (use_cache left alone: use_cache=False changes the logits' last bits, measured)."""
     hidden = model.transformer(input_ids=inputs, attention_mask=mask).last_hidden_state
     keep = targets.flatten() != IGNORE
     logits = HeadOnRealRows.apply(hidden.flatten(0, 1), model.lm_head.weight, keep)
