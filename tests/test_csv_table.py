@@ -49,3 +49,5 @@ def test_rows_become_columns_as_a_dataframe_of_dicts():
     assert csv_text({"a": []}) == pandas_text(pd.DataFrame({"a": []}))
     with pytest.raises(ValueError, match="unequal length"):
         csv_text({"a": [1], "b": [1, 2]})
+    with pytest.raises(TypeError, match="float32"):  # pandas writes those shorter
+        csv_text({"a": [np.float32(0.1)]})

@@ -30,6 +30,9 @@ def _is_bool(v: Any) -> bool:
 
 def _column_text(values: Sequence[Any]) -> list[str]:
     present = [v for v in values if not _missing(v)]
+    narrow = [v for v in present if isinstance(v, Real) and not isinstance(v, (float, Integral))]
+    if narrow:  # pandas would keep e.g. float32 and write its shorter form: not done here
+        raise TypeError(f"csv_table writes Python/float64 numbers; got {type(narrow[0]).__name__}")
     if present and all(_is_bool(v) for v in present) and len(present) == len(values):
         return [str(bool(v)) for v in values]
     numbers = all(isinstance(v, Real) and not _is_bool(v) for v in present)
