@@ -237,18 +237,6 @@ def publish_details(metrics_dir: Path = METRICS, reports_dir: Path = REPORTS) ->
     return keys
 
 
-def publish_results(
-    metrics_dir: Path = METRICS,
-    reports_dir: Path = REPORTS,
-    params_path: str | Path = PARAMS,
-    summary_id=None,
-) -> list[str]:
-    """The summary (updated in place when the flow created it at its start), then the
-    details; returns the artifact keys."""
-    publish_summary(metrics_dir, params_path, summary_id)
-    return ["cvfp-summary", *publish_details(metrics_dir, reports_dir)]
-
-
 def refresh_report() -> str:
     """After `python -m flows.compare` wrote metrics/compare.json: `dvc repro --single-item
     report` (the report stage depends on that file), so reports/report.{html,md} show the new

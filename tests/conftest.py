@@ -1,6 +1,7 @@
 """Shared fixtures and the session's background jobs. The expensive session resources (a
-real Prefect server, the one tiny `dvc repro`, and the subprocess-only work of test_reruns
-and test_compare_flow on copies of it; their code is in helpers/jobs.py) start in background
+real Prefect server, the one tiny `dvc repro`, the subprocess-only work of test_reruns and
+test_compare_flow on copies of it, and the mostly-waiting process tests of test_schedule and
+test_faults_processes; their code is in helpers/) start in background
 threads before the first test, and the modules that need them run last: on 2 cores they are
 built while the other tests run. Helpers shared by test modules live in helpers/ (no test
 module imports another, nor this file: test_suite_layout.py)."""
@@ -15,7 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code first
 from helpers import ROOT, TINY_MODEL, jobs  # noqa: E402
-from helpers.prefect import SERVERS, PrefectServer, stop  # noqa: E402
+from helpers.prefect import SERVERS, PrefectServer, kill_flow_process, stop  # noqa: E402
+from helpers.schedule import run_schedule  # noqa: E402
 from tasks.env import set_env_defaults  # noqa: E402
 
 set_env_defaults()
@@ -41,6 +43,8 @@ def tiny_params():
 # test uses its fixture (directly or through another one); its fixture waits for it.
 JOBS = {
     "prefect_server": (jobs.prefect_server, ()),
+    "killed_flow": (kill_flow_process, ()),
+    "scheduled_runs": (run_schedule, ("prefect_server",)),
     "dvc_project": (jobs.dvc_project, ()),
     "reruns_run": (jobs.run_reruns, ("dvc_project",)),
     "compare_run": (jobs.run_compare, ("dvc_project", "prefect_server")),
@@ -102,6 +106,18 @@ def prefect_harness(prefect_server):
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
         yield
+
+
+@pytest.fixture(scope="session")
+def killed_flow(request):
+    """A flow process killed while its temporary server runs (helpers.prefect.kill_flow_process)."""
+    return _job(request, "killed_flow")
+
+
+@pytest.fixture(scope="session")
+def scheduled_runs(request):
+    """test_schedule's served deployment and its runs (helpers.schedule.run_schedule)."""
+    return _job(request, "scheduled_runs")
 
 
 @pytest.fixture(scope="session")

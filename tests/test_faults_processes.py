@@ -3,7 +3,6 @@ needs and keeps the old C*, a killed stage's temporaries go on the next run, and
 the flow stops its temporary Prefect server."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -134,72 +133,10 @@ def test_a_killed_stage_leaves_temporaries_that_the_next_run_removes(
 # ---------------------------------------------------------------- item 7: the temporary Prefect server
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def test_killing_the_flow_process_stops_its_temporary_prefect_server(tmp_path):
+def test_killing_the_flow_process_stops_its_temporary_prefect_server(killed_flow):
     """A real temporary server (no PREFECT_API_URL): SIGKILL the flow's process, and the
-    server (uvicorn) must exit by itself instead of living on re-parented to PID 1."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from helpers import ROOT
-
-    script = (
-        "import time, flows\nfrom prefect import flow\n@flow\ndef wait():\n"
-        "    print('READY', flush=True)\n    time.sleep(600)\nwait()\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    servers: list[int] = []
-    try:
-        assert proc.stdout.readline().strip() == "READY"
-        servers += [
-            c
-            for c in _children(proc.pid)
-            if "create_app" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")
-        ]
-        assert len(servers) == 1, _children(proc.pid)
-        server = servers[0]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 30
-        while _running(server) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not _running(server), f"temporary Prefect server {server} outlived its flow process"
-    finally:
-        proc.kill()
-        for pid in servers:  # only if the test failed
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
+    server (uvicorn) must exit by itself instead of living on re-parented to PID 1
+    (helpers.prefect.kill_flow_process, a session job)."""
+    assert killed_flow.ready == "READY"
+    assert len(killed_flow.servers) == 1, killed_flow.children
+    assert killed_flow.survivors == [], "temporary Prefect server outlived its flow process"

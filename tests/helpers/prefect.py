@@ -76,3 +76,79 @@ def start_prefect_server(home: Path) -> PrefectServer:
             stop(proc)
             raise RuntimeError(f"prefect server did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+# ---------------------------------------------------------------- test_faults_processes' kill
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is alive (a zombie is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class KilledFlow:
+    ready: str  # the flow's first line ("READY": its temporary server answered)
+    servers: list[int]  # the flow process's children running the server app (one)
+    children: list[int]  # all its children, for the message
+    survivors: list[int]  # servers still running 30 s after the SIGKILL (none)
+
+
+def kill_flow_process(tmp: Path) -> KilledFlow:
+    """A flow with no PREFECT_API_URL starts a real temporary server (~12 s on a fresh
+    PREFECT_HOME): SIGKILL the flow's process once the flow runs, then wait up to 30 s for the
+    server (uvicorn) to exit by itself. A session job (conftest.py): mostly waiting, it runs
+    in the background."""
+    script = (
+        "import time, flows\nfrom prefect import flow\n@flow\ndef wait():\n"
+        "    print('READY', flush=True)\n    time.sleep(600)\nwait()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        PREFECT_HOME=str(tmp / "prefect"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+    )
+    proc = subprocess.Popen(
+        [str(BIN / "python"), "-c", script],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    servers: list[int] = []
+    try:
+        ready = proc.stdout.readline().strip() if proc.stdout else ""
+        children = _children(proc.pid)
+        servers = [
+            c
+            for c in children
+            if "create_app" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")
+        ]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(map(running, servers)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return KilledFlow(ready, servers, children, [s for s in servers if running(s)])
+    finally:
+        proc.kill()
+        for pid in servers:  # only if the server outlived its flow: do not leak it
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
