@@ -13,9 +13,8 @@ Outputs: cache/phase1/{model.pt,checks.json}, metrics/phase1.json, plots/phase1_
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-import pandas as pd
 
 from cvfp.core.checkpoint import save_checkpoint
 from cvfp.core.contexts import sigterm_raises
@@ -29,6 +28,7 @@ from cvfp.phase1.metrics import Phase1Checks, Phase1Metrics, Trials
 from cvfp.phase1.reconstruction import HISTORY_COLUMNS, SplitStats, train_reconstruction
 from cvfp.phase1.results import Phase1Result
 from cvfp.phase1.trainer import run_phase1
+from cvfp.runtime.csv_table import rows_to_columns, write_csv
 from cvfp.runtime.utils import atomic_path, seed_everything, write_json
 
 from .cli import cli, current_world, log
@@ -225,13 +225,13 @@ def _run(params: Params) -> dict | None:
     if recon is None:
         train_rows = _history_frame(results["train"], params.phase1.mode)
     else:
-        train_rows = pd.DataFrame(epochs, columns=[c for c in HISTORY_COLUMNS if c != "seconds"])
+        train_rows = rows_to_columns(epochs, [c for c in HISTORY_COLUMNS if c != "seconds"])
     _write_csv(PHASE1_TRAIN_CSV, train_rows, out)
     _write_csv(PHASE1_VAL_CSV, _history_frame(results["val"], params.phase1.mode), out)
     losses = checks["val"].get("convergence", {}).get("losses", [])
-    trials = pd.DataFrame({"pass": range(1, len(losses) + 1), "val_diff": losses})
+    trials = {"pass": range(1, len(losses) + 1), "val_diff": losses}
     _write_csv(PHASE1_TRIALS_CSV, trials, out)
-    spectrum = pd.DataFrame({"index": range(params.model.context_dim)})
+    spectrum: dict[str, Sequence] = {"index": range(params.model.context_dim)}
     for s in results:
         sv = checks[s]["effective_rank"]["singular_values"]
         spectrum[f"{s}_singular_value"] = [v / sv[0] if sv[0] else 0.0 for v in sv]
@@ -267,12 +267,12 @@ def reconstruction_summary(st: SplitStats) -> dict:
     }
 
 
-def _history_frame(result, mode: str) -> pd.DataFrame:
+def _history_frame(result, mode: str) -> dict[str, list]:
     """Per-iteration rows for the plots, with `kind`: what each iteration is (dvc plots and
     the report draw only `iteration` rows as a curve): 0 is the zero-start pass (nothing to
     converge to), and in parallel mode 1 reproduces iteration 0 except at the segment
     starts, for any model (converged by construction, SPEC 3)."""
-    frame = pd.DataFrame(result.history_dicts())
+    frame = rows_to_columns(result.history_dicts())
     by_construction = 1 if mode == "parallel" else None
     frame["kind"] = [
         "zero start" if it == 0 else "by construction" if it == by_construction else "iteration"
@@ -281,9 +281,9 @@ def _history_frame(result, mode: str) -> pd.DataFrame:
     return frame
 
 
-def _write_csv(path, frame: pd.DataFrame, out: StageOutputs) -> None:
+def _write_csv(path, columns: Mapping[str, Sequence], out: StageOutputs) -> None:
     with atomic_path(path, out.before_replace) as tmp:
-        frame.to_csv(tmp, index=False)
+        write_csv(tmp, columns)  # as pandas' to_csv(index=False), without importing pandas
 
 
 def main() -> None:

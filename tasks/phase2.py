@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
-import pandas as pd
 import torch
 
 from cvfp.core.checkpoint import Checkpointer, read_checkpoint, require_space
@@ -41,6 +40,7 @@ from cvfp.phase2.data import PositionData
 from cvfp.phase2.evaluation import nats_stats, per_conversation, position_nats
 from cvfp.phase2.metrics import Phase2Epoch, Phase2Metrics
 from cvfp.phase2.trainer import train_phase2
+from cvfp.runtime.csv_table import rows_to_columns, write_csv
 from cvfp.runtime.utils import atomic_path, seed_everything, write_json
 
 from .cli import cli, current_world, log
@@ -217,9 +217,7 @@ def run(params: Params) -> dict | None:
     write_json(PHASE2_METRICS, metrics, check)
     write_test_conversations(per_conv, check)
     with atomic_path(PHASE2_EPOCHS_CSV, check) as tmp:
-        pd.DataFrame(epochs, columns=[c for c in EPOCH_COLUMNS if c != "seconds"]).to_csv(
-            tmp, index=False
-        )
+        write_csv(tmp, rows_to_columns(epochs, [c for c in EPOCH_COLUMNS if c != "seconds"]))
     log.info(
         "phase2: test ppl cvfp %.2f (epoch %d chosen on val, val ppl %.2f) | bigram %.2f (k %g) "
         "| transformer %s | sanity checks: zero C* %.2f, shuffled C* %.2f",
@@ -239,9 +237,8 @@ def write_test_conversations(columns: dict[str, list], before_replace=None) -> N
     """metrics/phase2_test_conversations.csv: one row per test conversation; a model that did
     not run (transformer with baselines.transformer: false) has an empty column."""
     n = len(columns["conversation_id"])
-    frame = pd.DataFrame({c: columns.get(c, [None] * n) for c in TEST_CSV_COLUMNS})
     with atomic_path(PHASE2_TEST_CSV, before_replace) as tmp:
-        frame.to_csv(tmp, index=False)
+        write_csv(tmp, {c: columns.get(c, [None] * n) for c in TEST_CSV_COLUMNS})
 
 
 def main() -> None:

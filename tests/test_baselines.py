@@ -106,3 +106,63 @@ def test_transformer_baseline_and_ablations_run(tmp_path, tiny_params):
     assert abl["zero_context"]["val_loss"] != pytest.approx(res.best["val_loss"])
     for a in abl.values():  # test = val: the per-position pass agrees with evaluate()
         assert a["test_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+
+
+def _gpt2_steps(model, batches, real_rows_only: bool):
+    """Train `model` one Adam step per batch (as transformer_baseline does); returns the
+    losses, then the per-target nats and top-1 hits of the trained model on the batches."""
+    import torch
+    import torch.nn.functional as F
+
+    from cvfp.core.training import optimizer_step
+    from cvfp.phase2.padded import padded_mean, real_logits
+    from cvfp.runtime.utils import adam
+
+    params = list(model.parameters())
+    optimizer = adam(params, lr=0.002, fused=True)
+    losses, nats, hits = [], [], []
+    for inputs, mask, targets in batches:
+        if real_rows_only:
+            logits, real = real_logits(model, inputs, mask, targets)
+            loss = padded_mean(F.cross_entropy(logits, real, reduction="none"), targets)
+        else:  # the padded batch, as GPT2LMHeadModel + F.cross_entropy compute it
+            logits = model(input_ids=inputs, attention_mask=mask).logits
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        optimizer_step(optimizer, loss, params, 1.0)
+        losses.append(loss.detach())
+    with torch.no_grad():
+        for inputs, mask, targets in batches:
+            if real_rows_only:
+                logits, real = real_logits(model, inputs, mask, targets)
+            else:
+                full = model(input_ids=inputs, attention_mask=mask).logits
+                logits, real = full[targets >= 0], targets[targets >= 0]
+            nats.append(F.cross_entropy(logits, real, reduction="none"))
+            hits.append(logits.argmax(-1) == real)
+    return torch.stack(losses), torch.cat(nats), torch.cat(hits)
+
+
+def test_gpt2_on_real_rows_keeps_every_bit():
+    """cvfp/phase2/padded.py: the output layer and softmax on the real rows of padded batches
+    give the same losses, weights and per-target nats, bit for bit, as the full padded
+    batch, at the default data's shapes (vocab 2000, n_embd 84, windows of unequal length
+    padded to the longest; a weight gradient summed over the real rows alone fails this)."""
+    import copy
+
+    import torch
+
+    from cvfp.phase2.baselines import collate
+
+    rng = np.random.default_rng(0)
+    batches = [
+        collate([rng.integers(0, 2000, n) for n in rng.integers(2, 129, rng.integers(2, 9))])
+        for _ in range(12)
+    ]
+    torch.manual_seed(0)
+    model = build_transformer(2000, 84, 2, 2, 256)
+    fast, slow = copy.deepcopy(model), model
+    results = [_gpt2_steps(fast, batches, True), _gpt2_steps(slow, batches, False)]
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    for (name, a), b in zip(fast.named_parameters(), slow.parameters(), strict=True):
+        assert torch.equal(a, b), name

@@ -157,6 +157,12 @@ def test_stage_processes_skip_unused_imports():
         "print(json.dumps({'torch': 'torch' in sys.modules}))"
     )
     assert out == {"torch": False}
+    # The training stages write their CSV files without pandas (cvfp/runtime/csv_table.py).
+    out = _fresh_python(
+        "import json, sys; import tasks.phase1, tasks.phase2, tasks.materialize; "
+        "print(json.dumps({'pandas': 'pandas' in sys.modules}))"
+    )
+    assert out == {"pandas": False}
     # Deterministic kernels without importing torch's compiler to set its flag; the stage's
     # thread count applies, and one-thread sections return to it.
     out = _fresh_python(
@@ -207,3 +213,36 @@ def test_conversations_read_without_datasets_equal_datasets_reading(dvc_project)
         "print(json.dumps({'n': n, 'datasets': 'datasets' in sys.modules}))"
     )
     assert out["datasets"] is False and out["n"] > 10
+
+
+def test_dvc_lock_read_with_the_safe_loader_is_written_the_same(tmp_path):
+    """LOCKFILE_PARSER (each experiment's DVC process): DVC's rewrite of dvc.lock after a
+    stage, its old entries read with the safe loader, gives the bytes of DVC's own rewrite,
+    and params.yaml (comments kept on -S) is still read with the round-trip loader."""
+    from tasks.compare_experiment import LOCKFILE_PARSER
+
+    update = (
+        "import sys\n"
+        "from dvc.utils.serialize import _yaml, modify_yaml\n"
+        "with modify_yaml(sys.argv[1]) as data:\n"
+        "    kinds = [type(data).__name__, type(_yaml.parse_yaml_for_update('a: 1', 'params.yaml')).__name__]\n"
+        "    data['stages']['phase2']['cmd'] = 'python -m tasks.phase2 --changed'\n"
+        "    data['stages']['new'] = {'cmd': 'true', 'outs': [{'path': 'x', 'md5': '0123', 'size': 1}]}\n"
+        "print(' '.join(kinds))\n"
+    )
+    lock = (ROOT / "dvc.lock").read_text()
+    written, kinds = [], []
+    for prefix in (LOCKFILE_PARSER, ""):
+        path = tmp_path / ("fast" if prefix else "dvc") / "dvc.lock"
+        path.parent.mkdir()
+        path.write_text(lock)
+        p = subprocess.run(
+            [sys.executable, "-c", prefix + update, str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        kinds.append(p.stdout.split())
+        written.append(path.read_bytes())
+    assert kinds == [["dict", "CommentedMap"], ["CommentedMap", "CommentedMap"]]
+    assert written[0] == written[1] and b"--changed" in written[0]

@@ -32,6 +32,7 @@ from cvfp.core.training import BestEpoch, count_parameters, optimizer_step, perp
 from cvfp.params import BaselineParams, Phase2Params
 from cvfp.phase2.data import PositionData
 from cvfp.phase2.evaluation import Stats, evaluate, position_nats
+from cvfp.phase2.padded import IGNORE, padded_mean, real_logits
 from cvfp.runtime.utils import adam, progress
 
 log = logging.getLogger("cvfp")
@@ -225,7 +226,7 @@ def collate(wins: list[np.ndarray]):
     t = max(len(w) - 1 for w in wins)
     inputs = torch.zeros(len(wins), t, dtype=torch.long)
     mask = torch.zeros(len(wins), t, dtype=torch.long)
-    targets = torch.full((len(wins), t), -100, dtype=torch.long)  # -100: padding, ignored
+    targets = torch.full((len(wins), t), IGNORE, dtype=torch.long)  # padding, ignored
     for r, w in enumerate(wins):
         n = len(w) - 1
         inputs[r, :n] = torch.from_numpy(w[:-1])
@@ -243,15 +244,9 @@ def transformer_nats(
     n_targets = np.array([len(w) - 1 for w in wins])
     nats, hits = [], []
     for batch in pack(np.arange(len(wins)), n_targets, batch_tokens):
-        inputs, mask, targets = collate([wins[i] for i in batch])
-        logits = model(input_ids=inputs, attention_mask=mask).logits
-        loss = F.cross_entropy(
-            logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
-        ).view(targets.shape)
-        right = logits.argmax(-1) == targets
-        for r, i in enumerate(batch):
-            nats.append(loss[r, : n_targets[i]].double().numpy())
-            hits.append(right[r, : n_targets[i]].numpy())
+        logits, real = real_logits(model, *collate([wins[i] for i in batch]))
+        nats.append(F.cross_entropy(logits, real, reduction="none").double().numpy())
+        hits.append((logits.argmax(-1) == real).numpy())
     if not nats:
         return np.zeros(0), np.zeros(0, dtype=bool)
     return np.concatenate(nats), np.concatenate(hits)
@@ -318,8 +313,8 @@ def transformer_baseline(
             unit="batch",
         ):
             inputs, mask, targets = collate([train_w[i] for i in batch])
-            logits = model(input_ids=inputs, attention_mask=mask).logits
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+            logits, real = real_logits(model, inputs, mask, targets)  # cvfp/phase2/padded.py
+            loss = padded_mean(F.cross_entropy(logits, real, reduction="none"), targets)
             optimizer_step(optimizer, loss, params, cfg.grad_clip)
             loss_sum += loss.item() * int((targets >= 0).sum())
         seconds += time.perf_counter() - t0
