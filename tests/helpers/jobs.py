@@ -2,7 +2,6 @@
 the modules that use them run last): each takes one waiter per job it needs (calling it
 returns that job's result) and a fresh directory of its own."""
 
-import hashlib
 import json
 import re
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from helpers import BIN
+from helpers.outputs import snapshot
 from helpers.prefect import start_prefect_server
 from helpers.project import commit, env, make_project, repro, run, status_clean
 
@@ -49,26 +49,16 @@ OUTPUTS = {
 }
 
 
-def digest(root, rels) -> dict[str, str]:
-    out = {}
-    for rel in rels:
-        path = root / rel
-        for f in sorted([path] if path.is_file() else path.rglob("*")):
-            if f.is_file():
-                out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
 def run_reruns(project, tmp: Path):
     """`dvc repro -f -s split phase1` in a copy of the session's tiny project
     (`project()` waits for it): (copy, stage -> output digests before and after, whether
     `dvc status` is clean after). A session job (conftest.py): it runs in the background."""
     proj = tmp / "proj"
     shutil.copytree(project()[0], proj, symlinks=True)
-    before = {stage: digest(proj, rels) for stage, rels in OUTPUTS.items()}
+    before = {stage: snapshot(proj, rels) for stage, rels in OUTPUTS.items()}
     out = run([str(BIN / "dvc"), "repro", "-f", "-s", *OUTPUTS], proj)  # one dvc process
     assert re.findall(r"Running stage '(\w+)'", out) == list(OUTPUTS), out
-    digests = {stage: (before[stage], digest(proj, rels)) for stage, rels in OUTPUTS.items()}
+    digests = {stage: (before[stage], snapshot(proj, rels)) for stage, rels in OUTPUTS.items()}
     return proj, digests, status_clean(proj)
 
 
