@@ -13,9 +13,10 @@ Printed: each stage's peak RSS at N and 4N tokens and the ratio (target: <= 1.2)
 tokens/s of materialize (its C* pass, as the stage logs it) against Phase 1's
 iteration-0 pass (train tokens over its logged seconds) at 4N (target: within 1.5x).
 The run is cut down where the token count does not matter for memory: 2 blocks of one
-layer (64-d), 1 Phase 1 iteration, 2 convergence trials, 1 Phase 2 epoch, no Transformer
-baseline; torch on `--threads` threads per stage (default 1: on a shared machine two
-OpenMP threads spin-wait each other 4-20x slower; memory does not depend on it).
+layer (64-d), 1 Phase 1 iteration, 2 convergence trials, 1 Phase 2 epoch (and 1 of the
+Transformer baseline, part of the phase2 stage); torch on `--threads` threads per stage
+(default 1: on a shared machine two OpenMP threads spin-wait each other 4-20x slower;
+memory does not depend on it).
 
     python -m benchmarks.memory [--tokens 1000000] [--factor 4] [--conv-tokens 2000]
     python -m benchmarks.memory --stages download          # stops after the last one named
@@ -54,7 +55,6 @@ OVERRIDES = {
     "phase1.progress": False,
     "checks.convergence_trials": 2,
     "phase2.epochs": 1,
-    "baselines.transformer": False,
 }
 
 

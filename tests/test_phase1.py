@@ -223,6 +223,29 @@ def test_chunked_training_matches_one_chunk(tiny_params):
     assert [h.converged for h in a.history] == [h.converged for h in b.history]
 
 
+def test_every_pass_shows_its_tokens(tiny_params):
+    """Issue 26: an iteration over the whole ShareGPT corpus is ~15 min; its bar counts the
+    tokens of both passes over the chunks (pass 2 recomputes them for the step), and the
+    saved model's pass has its own bar; with one chunk the step reuses pass 1's graph."""
+    from cvfp.runtime.utils import progress_listener
+
+    corpus = Corpus.from_conversations(convs(n=8), "conversation")
+    n = corpus.n_tokens
+    for chunk, passes in ((5, 2), (100_000, 1)):
+        seen: dict[str, tuple[int, int]] = {}
+        p = tiny_params.phase1.model_copy(
+            update={"chunk_tokens": chunk, "max_iterations": 2, "min_converged_ratio": 1.0}
+        )
+        with progress_listener(
+            lambda desc, k, total, _s, seen=seen: seen.update({desc: (k, total)})
+        ):
+            run_phase1(tiny_model(), corpus, p)
+        assert seen["phase1 train iter 0"] == (n, n)
+        assert seen["phase1 train iter 1"] == seen["phase1 train iter 2"] == (passes * n,) * 2
+        assert seen["phase1 saved model"] == (n, n)  # no step: one pass
+        assert seen["phase1 train"] == (2, 2)  # the iterations, k of max_iterations
+
+
 def test_contexts_in_work_dir_files_equal_in_memory(tiny_params, tmp_path):
     corpus = Corpus.from_conversations(convs(n=6), "conversation")
     p = tiny_params.phase1.model_copy(

@@ -70,11 +70,14 @@ def parallel_iteration(
     prev_index: torch.Tensor | None = None,
     out=None,
     world: World = SINGLE,
+    show_progress: bool = False,
+    desc: str = "phase1 pass",
 ) -> PassResult:
     """One parallel pass: token i gets previous[i-1] (its conversation's last for i = start).
 
     previous/out: [N, Dc] row stores (tensor, ContextTensor or ContextFile); out=None
-    allocates one."""
+    allocates one. The bar `desc` counts the tokens of both passes over the chunks (on the
+    full ShareGPT corpus one iteration is ~15 min: 2 x 511 chunks)."""
     n, dc, w = corpus.n_tokens, model.context_dim, p.dist_reg_weight
     prev_index = corpus.prev_index() if prev_index is None else prev_index
     out = ContextTensor((n, dc)) if out is None else out
@@ -89,6 +92,19 @@ def parallel_iteration(
             f"or ema_variance, or run one process with phase1.chunk_tokens >= {n}"
         )
     dev = world.device
+    passes = 2 if train and not keep_graph else 1  # the step recomputes every chunk
+    bar = progress(
+        total=passes * sum(b - a for a, b in parts),
+        desc=desc,
+        enabled=show_progress,
+        unit="tok",
+        unit_scale=True,
+        smoothing=0,  # the rate over the pass: the ETA holds
+    )
+
+    def advance(k: int, a: int, b: int, pass_k: int) -> None:
+        bar.set_postfix_str(f"pass {pass_k} of {passes}, chunk {k + 1}/{len(parts)}", False)
+        bar.update(b - a)
 
     def forward(a: int, b: int):
         ctx, _ = model(previous[prev_index[a:b]].to(dev), model.embed(corpus.ids[a:b]))
@@ -98,7 +114,7 @@ def parallel_iteration(
     sums = torch.zeros(2, dtype=torch.float64)  # squared difference to previous, converged
     stats = diversity.stats(torch.zeros(0, dc)) if decomposed else torch.zeros(0)  # unused
     kept = None
-    for a, b in parts:
+    for k, (a, b) in enumerate(parts):
         with torch.set_grad_enabled(keep_graph):
             ctx, target = forward(a, b)
             st = diversity.stats(ctx) if decomposed else diversity(ctx, model)
@@ -111,6 +127,7 @@ def parallel_iteration(
         out[a:b] = done
         if keep_graph:
             kept = (ctx, target, st)
+        advance(k, a, b, 1)
     totals = world.all_reduce(torch.cat([sums, stats]) if decomposed else sums)
     cvfp = float(totals[0]) / (n * dc)  # raw MSE: normalising hid the signal (seed bug #1)
     if decomposed:
@@ -128,7 +145,7 @@ def parallel_iteration(
         g = torch.autograd.grad(div, s)[0].to(dev) if decomposed else None
 
         def backward() -> None:
-            for a, b in parts:
+            for k, (a, b) in enumerate(parts):
                 if kept is not None:
                     ctx, target, st = kept
                 else:
@@ -137,11 +154,14 @@ def parallel_iteration(
                 part = (1 - w) * ((ctx - target) ** 2).sum() / (n * dc)  # phase1_loss's terms
                 part = part + w * ((g * st).sum() if decomposed else st)
                 part.backward()
+                if passes == 2:
+                    advance(k, a, b, 2)
 
         optimizer_step(optimizer, backward, _trainable(model), p.grad_clip, world)
         steps = 1
     elif train:
         skipped = 1
+    bar.close()
     return PassResult(out, Losses(cvfp, div.item(), loss), steps, skipped, int(totals[1]))
 
 
@@ -197,12 +217,23 @@ def _run_pass(
     world: World = SINGLE,
     prev_index: torch.Tensor | None = None,
     show_progress: bool = False,
+    desc: str = "phase1 pass",
 ) -> PassResult:
     """One pass in phase1.mode from the row store `previous` into `out` (with a step when
     `optimizer` is given); every rank's rows are in `out` when it returns."""
     if p.mode == "parallel":
         r = parallel_iteration(
-            model, corpus, previous, p, diversity, optimizer, prev_index, out, world
+            model,
+            corpus,
+            previous,
+            p,
+            diversity,
+            optimizer,
+            prev_index,
+            out,
+            world,
+            show_progress=show_progress,
+            desc=desc,
         )
     else:
         n = corpus.n_tokens
@@ -278,7 +309,7 @@ def run_phase1(
     with context_stores(shape, work_dir, world, name) as (previous, current):
         t0 = time.perf_counter()
         zero_start_pass(
-            model, corpus, previous, p.chunk_tokens, world, show_progress, "phase1 iter 0"
+            model, corpus, previous, p.chunk_tokens, world, show_progress, f"phase1 {label} iter 0"
         )
         result = Phase1Result(
             rows_of(previous), parallel=p.mode == "parallel", segments=corpus.n_conversations
@@ -297,7 +328,17 @@ def run_phase1(
         for it in bar:
             t0 = time.perf_counter()
             r = _run_pass(
-                model, corpus, previous, current, p, diversity, optimizer, world, prev_index, show
+                model,
+                corpus,
+                previous,
+                current,
+                p,
+                diversity,
+                optimizer,
+                world,
+                prev_index,
+                show_progress=show,
+                desc=f"phase1 {label} iter {it}",
             )
             stats = IterationStats.of(it, n, r, time.perf_counter() - t0)
             result.history.append(stats)
@@ -314,7 +355,7 @@ def run_phase1(
     model.set_track_stats(False)
     model.eval()
     if train:
-        measure_saved_model(model, corpus, result, p, world, work_dir)
+        measure_saved_model(model, corpus, result, p, world, work_dir, show)
     return result
 
 
@@ -326,6 +367,7 @@ def measure_saved_model(
     p: Phase1Params,
     world: World = SINGLE,
     work_dir: str | Path | None = None,
+    show_progress: bool = False,
 ) -> Phase1Result:
     """One more pass without a step after training (a training pass measures the model
     *before* its own step): its convergence, losses and contexts are those of the model that
@@ -339,7 +381,17 @@ def measure_saved_model(
     n = corpus.n_tokens
     t0 = time.perf_counter()
     with context_stores((n, model.context_dim), work_dir, world, "saved") as (_, out):
-        r = _run_pass(model, corpus, result.contexts, out, p, diversity, world=world)
+        r = _run_pass(
+            model,
+            corpus,
+            result.contexts,
+            out,
+            p,
+            diversity,
+            world=world,
+            show_progress=show_progress,
+            desc="phase1 saved model",
+        )
         result.contexts = rows_of(out)
     result.saved = IterationStats.of(last.iteration, n, r, time.perf_counter() - t0)
     log.info("phase1 saved model (pass without a step): %s", result.saved.line())
