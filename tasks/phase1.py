@@ -13,7 +13,7 @@ Outputs: cache/phase1/{model.pt,checks.json}, metrics/phase1.json, plots/phase1_
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from cvfp.core.checkpoint import save_checkpoint
@@ -226,16 +226,18 @@ def _run(params: Params) -> dict | None:
         train_rows = _history_frame(results["train"], params.phase1.mode)
     else:
         train_rows = rows_to_columns(epochs, [c for c in HISTORY_COLUMNS if c != "seconds"])
-    _write_csv(PHASE1_TRAIN_CSV, train_rows, out)
-    _write_csv(PHASE1_VAL_CSV, _history_frame(results["val"], params.phase1.mode), out)
+    write_csv(PHASE1_TRAIN_CSV, train_rows, out.before_replace)
+    write_csv(
+        PHASE1_VAL_CSV, _history_frame(results["val"], params.phase1.mode), out.before_replace
+    )
     losses = checks["val"].get("convergence", {}).get("losses", [])
     trials = {"pass": range(1, len(losses) + 1), "val_diff": losses}
-    _write_csv(PHASE1_TRIALS_CSV, trials, out)
+    write_csv(PHASE1_TRIALS_CSV, trials, out.before_replace)
     spectrum: dict[str, Sequence] = {"index": range(params.model.context_dim)}
     for s in results:
         sv = checks[s]["effective_rank"]["singular_values"]
         spectrum[f"{s}_singular_value"] = [v / sv[0] if sv[0] else 0.0 for v in sv]
-    _write_csv(PHASE1_SPECTRUM_CSV, spectrum, out)
+    write_csv(PHASE1_SPECTRUM_CSV, spectrum, out.before_replace)
     for s in results:
         ppl = (
             f", ppl {metrics[s]['ppl']:.2f}, acc {metrics[s]['acc']:.4f}"
@@ -279,11 +281,6 @@ def _history_frame(result, mode: str) -> dict[str, list]:
         for it in frame["iteration"]
     ]
     return frame
-
-
-def _write_csv(path, columns: Mapping[str, Sequence], out: StageOutputs) -> None:
-    with atomic_path(path, out.before_replace) as tmp:
-        write_csv(tmp, columns)  # as pandas' to_csv(index=False), without importing pandas
 
 
 def main() -> None:

@@ -216,8 +216,8 @@ def run(params: Params) -> dict | None:
         )
     write_json(PHASE2_METRICS, metrics, check)
     write_test_conversations(per_conv, check)
-    with atomic_path(PHASE2_EPOCHS_CSV, check) as tmp:
-        write_csv(tmp, rows_to_columns(epochs, [c for c in EPOCH_COLUMNS if c != "seconds"]))
+    columns = [c for c in EPOCH_COLUMNS if c != "seconds"]
+    write_csv(PHASE2_EPOCHS_CSV, rows_to_columns(epochs, columns), check)
     log.info(
         "phase2: test ppl cvfp %.2f (epoch %d chosen on val, val ppl %.2f) | bigram %.2f (k %g) "
         "| transformer %s | sanity checks: zero C* %.2f, shuffled C* %.2f",
@@ -237,8 +237,9 @@ def write_test_conversations(columns: dict[str, list], before_replace=None) -> N
     """metrics/phase2_test_conversations.csv: one row per test conversation; a model that did
     not run (transformer with baselines.transformer: false) has an empty column."""
     n = len(columns["conversation_id"])
-    with atomic_path(PHASE2_TEST_CSV, before_replace) as tmp:
-        write_csv(tmp, {c: columns.get(c, [None] * n) for c in TEST_CSV_COLUMNS})
+    write_csv(
+        PHASE2_TEST_CSV, {c: columns.get(c, [None] * n) for c in TEST_CSV_COLUMNS}, before_replace
+    )
 
 
 def main() -> None:

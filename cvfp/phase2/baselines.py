@@ -322,7 +322,7 @@ def transformer_baseline(
             logits, real = real_logits(model, inputs, mask, targets)  # cvfp/phase2/padded.py
             loss = padded_mean(F.cross_entropy(logits, real, reduction="none"), targets)
             optimizer_step(optimizer, loss, params, cfg.grad_clip)
-            loss_sum += loss.item() * int((targets >= 0).sum())
+            loss_sum += loss.item() * real.numel()
         seconds += time.perf_counter() - t0
         scores = evaluate_transformer(model, val_w, cfg.batch_size)
         row = {

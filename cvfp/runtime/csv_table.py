@@ -19,6 +19,8 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
+from cvfp.runtime.utils import BeforeReplace, atomic_path
+
 
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
@@ -65,5 +67,11 @@ def rows_to_columns(rows: Sequence[dict], columns: Sequence[str] | None = None) 
     return {c: [r.get(c) for r in rows] for c in columns}
 
 
-def write_csv(path: str | Path, columns: Mapping[str, Sequence[Any]]) -> None:
-    Path(path).write_text(csv_text(columns))
+def write_csv(
+    path: str | Path,
+    columns: Mapping[str, Sequence[Any]],
+    before_replace: BeforeReplace | None = None,
+) -> None:
+    """`csv_text(columns)` to `path`, atomically (a temporary path, renamed), as write_json."""
+    with atomic_path(path, before_replace) as tmp:
+        tmp.write_text(csv_text(columns))
